@@ -1,0 +1,133 @@
+"""The `rlhfkit` command: thin. Parse a command's config, call its loop function.
+
+Each command is one row of COMMANDS: its config dataclass (in `config.py`), the function
+that runs it, and a one-line summary. Heavy libraries are imported only once a command
+is chosen, so `rlhfkit --help` answers at once.
+
+Config resolution, lowest to highest priority: the dataclass defaults, `--config FILE.yaml`,
+then flags. Required options (those with no useful default) are listed per command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from rlhfkit import __version__
+
+
+class Command(NamedTuple):
+    config: str  # "module:Class"
+    run: str  # "module:function", called with the resolved config
+    summary: str
+    required: tuple[str, ...] = ()
+
+
+COMMANDS: dict[str, Command] = {
+    "pretrain": Command(
+        "rlhfkit.config:PretrainConfig",
+        "rlhfkit.loops.pretrain:train_pretrain",
+        "0  train a tokenizer and a small LM from scratch on a corpus",
+        ("data", "out"),
+    ),
+    "sft": Command(
+        "rlhfkit.config:SFTConfig",
+        "rlhfkit.loops.sft:train_sft",
+        "1  supervised fine-tuning, a checkpoint per epoch",
+        ("model", "data", "out"),
+    ),
+}
+
+
+def _load(ref: str):
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    rows = "\n".join(f"  {n:<{width}}  {c.summary}" for n, c in COMMANDS.items())
+    return (
+        f"rlhfkit {__version__}: the RLHF pipeline of InstructGPT and Llama 2 on any "
+        "Hugging Face causal LM\n\n"
+        "usage: rlhfkit COMMAND [--config FILE.yaml] [--option value ...]\n"
+        "       rlhfkit COMMAND --help\n\n"
+        f"commands (stage number first):\n{rows}\n\n"
+        "Every option can also be set in a YAML file given with --config; flags override it.\n"
+    )
+
+
+def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The longest command name (one or two words) that argv starts with."""
+    if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in COMMANDS:
+        return f"{argv[0]} {argv[1]}", argv[2:]
+    if argv and argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    return None, argv
+
+
+def _pop_config_file(args: list[str]) -> tuple[str | None, list[str]]:
+    rest, path, i = [], None, 0
+    while i < len(args):
+        a = args[i]
+        if a == "--config" and i + 1 < len(args):
+            path, i = args[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return path, rest
+
+
+def parse(name: str, args: Sequence[str]):
+    """Resolve a command's config from `--config` YAML and flags (exits on bad flags)."""
+    import tyro
+
+    from rlhfkit.config import load_yaml_defaults
+
+    cmd = COMMANDS[name]
+    cls = _load(cmd.config)
+    path, rest = _pop_config_file(list(args))
+    default = load_yaml_defaults(cls, path)
+    # An option is required unless the YAML already set it to something non-empty.
+    missing = {f: tyro.MISSING for f in cmd.required if getattr(default, f) in ("", None)}
+    default = dataclasses.replace(default, **missing)
+    return tyro.cli(cls, default=default, args=rest, prog=f"rlhfkit {name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"rlhfkit {__version__}")
+        return 0
+    name, rest = _split_command(argv)
+    if name is None:
+        print(f"rlhfkit: unknown command {argv[0]!r}\n", file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return 2
+
+    from rlhfkit.errors import UserError
+
+    try:
+        cfg = parse(name, rest)
+        result = _load(COMMANDS[name].run)(cfg)
+    except UserError as e:
+        # Bad input is the user's to fix: say what and where, no traceback.
+        print(f"rlhfkit {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nrlhfkit {name}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
