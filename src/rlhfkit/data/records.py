@@ -1,0 +1,400 @@
+"""Record schemas and validation of the data files, before any training starts.
+
+Formats (SPEC "Data formats"), one JSON object a line (or a Parquet file, or a folder
+written by `datasets.Dataset.save_to_disk`, where "line" means row index + 1):
+
+- corpus:   {"text": ...}, or a plain .txt file whose documents are separated by blank lines
+- SFT:      {"prompt": ..., "completion": ...} or {"messages": [{"role", "content"}, ...]}
+- ranking:  {"prompt": ..., "responses": [y_1 .. y_K], "ranking": [best .. worst], "strengths"?}
+- pairwise: {"prompt": ..., "chosen": ..., "rejected": ..., "strength"?}  (becomes a K=2 ranking)
+- prompts:  {"prompt": ..., "safety"?: bool}
+
+Every reader validates the whole file and raises a `RecordError` (`file:line: problem`)
+for the first bad record, saying how many bad records the file holds. Unknown fields are
+ignored; a JSON null counts as a missing field. No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rlhfkit.data.ranking import STRENGTHS  # the one list of strengths (no torch there)
+from rlhfkit.errors import RecordError, UserError
+
+__all__ = [
+    "STRENGTHS",
+    "PromptRecord",
+    "RankingRecord",
+    "SFTRecord",
+    "iter_json_records",
+    "read_corpus",
+    "read_preferences",
+    "read_prompts",
+    "read_sft",
+]
+
+PathLike = str | Path
+T = TypeVar("T")
+
+
+@dataclass
+class SFTRecord:
+    """A demonstration. For a `messages` record, `prompt` is the last user turn before the
+    last assistant turn and `completion` that assistant turn (for display and stats);
+    encoding uses `messages` with the tokenizer's chat template."""
+
+    prompt: str
+    completion: str
+    messages: list[dict[str, str]] | None = None
+    line: int = 0
+    source: str = ""
+
+
+@dataclass
+class RankingRecord:
+    """K >= 2 responses to one prompt; `ranking` lists response indices best to worst.
+    `strengths[i]` (optional) says how much ranking[i] beats ranking[i + 1]."""
+
+    prompt: str
+    responses: list[str]
+    ranking: list[int]
+    strengths: list[str] | None = None
+    line: int = 0
+    source: str = ""
+
+
+@dataclass
+class PromptRecord:
+    """A prompt for RL / rejection sampling / evaluation; `safety` marks possibly unsafe ones."""
+
+    prompt: str
+    safety: bool = False
+    line: int = 0
+    source: str = ""
+
+
+class _Bad(Exception):
+    """A problem with one record; the reader adds file and line."""
+
+
+# ---------------------------------------------------------------- raw rows
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.ipc
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise UserError(
+            "reading Parquet files and datasets folders needs pyarrow: pip install 'rlhfkit[data]'"
+        ) from e
+    return pyarrow
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | _Bad]]:
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line_no, _Bad(f"invalid UTF-8 (byte {e.start} of the line)")
+                continue
+            if line_no == 1:
+                text = text.removeprefix("\ufeff")
+            if not text.strip():
+                continue  # blank lines are allowed
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield line_no, _Bad(f"bad JSON: {e.msg} (column {e.colno})")
+                continue
+            if not isinstance(obj, dict):
+                yield (
+                    line_no,
+                    _Bad(
+                        f"record is not a JSON object (got {type(obj).__name__}); "
+                        "expected JSON Lines: one object per line"
+                    ),
+                )
+                continue
+            yield line_no, obj
+
+
+def _arrow_files(folder: Path) -> list[Path]:
+    """The arrow files of a folder written by `Dataset.save_to_disk`, in row order."""
+    if (folder / "dataset_dict.json").exists():
+        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        if len(splits) != 1:
+            raise RecordError(
+                str(folder), None, f"a DatasetDict with splits {splits}: give one split's folder"
+            )
+        return _arrow_files(folder / splits[0])
+    state = folder / "state.json"
+    if state.exists():
+        names = [d["filename"] for d in json.loads(state.read_text())["_data_files"]]
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.arrow"))
+    if not files:
+        raise RecordError(
+            str(folder), None, "a folder without arrow files is not a datasets folder"
+        )
+    return files
+
+
+def _arrow_rows(path: Path) -> Iterator[tuple[int, dict | _Bad]]:
+    pa = _pyarrow()
+    if path.is_dir():
+        batches: Iterable[Any] = (b for f in _arrow_files(path) for b in _read_arrow_file(pa, f))
+    else:
+        batches = pa.parquet.ParquetFile(str(path)).iter_batches(batch_size=4096)
+    row = 0
+    for batch in batches:
+        for obj in batch.to_pylist():
+            row += 1
+            yield row, obj
+
+
+def _read_arrow_file(pa: Any, f: Path) -> Iterator[Any]:
+    # datasets writes the Arrow IPC stream format; accept the file format too.
+    try:
+        reader = pa.ipc.open_stream(str(f))
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_file(str(f))
+        yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
+        return
+    yield from reader
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict | _Bad]]:
+    if not path.exists():
+        raise RecordError(str(path), None, "file not found")
+    if path.is_dir() or path.suffix.lower() == ".parquet":
+        return _arrow_rows(path)
+    return _jsonl_rows(path)
+
+
+def iter_json_records(path: PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line, record) from a JSON Lines file, a .parquet file or a datasets folder.
+
+    Lazy: raises RecordError at the first undecodable line or non-object record.
+    Blank lines of a JSON Lines file are skipped; line numbers count them.
+    """
+    p = Path(path)
+    for line, obj in _rows(p):
+        if isinstance(obj, _Bad):
+            raise RecordError(str(p), line, str(obj))
+        yield line, obj
+
+
+def _read_all(path: PathLike, parse: Callable[[dict, int, str], T]) -> list[T]:
+    """Parse every record of `path`; raise the first problem, with the count of bad records."""
+    p = Path(path)
+    out: list[T] = []
+    first: tuple[int, str] | None = None
+    n_bad = 0
+    for line, obj in _rows(p):
+        try:
+            if isinstance(obj, _Bad):
+                raise obj
+            out.append(parse(obj, line, str(p)))
+        except _Bad as e:
+            n_bad += 1
+            first = first or (line, str(e))
+    if first is not None:
+        where = "the only bad record" if n_bad == 1 else f"first of {n_bad} bad records"
+        raise RecordError(str(p), first[0], f"{first[1]} ({where} in this file)")
+    if not out:
+        raise RecordError(str(p), None, "empty file: no records")
+    return out
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _get(row: dict, key: str) -> Any:
+    if row.get(key) is None:
+        raise _Bad(f"missing field '{key}'")
+    return row[key]
+
+
+def _str(row: dict, key: str, allow_empty: bool = False) -> str:
+    v = _get(row, key)
+    if not isinstance(v, str):
+        raise _Bad(f"field '{key}' must be a string, got {type(v).__name__}")
+    if not allow_empty and not v.strip():
+        raise _Bad(f"field '{key}' is empty")
+    return v
+
+
+def _list(row: dict, key: str) -> list:
+    v = _get(row, key)
+    if not isinstance(v, list):
+        raise _Bad(f"field '{key}' must be a list, got {type(v).__name__}")
+    return v
+
+
+def _strength(v: Any, where: str) -> str:
+    if not isinstance(v, str) or v not in STRENGTHS:
+        raise _Bad(f"{where} is {v!r}, expected one of {', '.join(STRENGTHS)}")
+    return v
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def _parse_text(row: dict, line: int, source: str) -> str:
+    return _str(row, "text")
+
+
+def _check_messages(messages: list) -> None:
+    if not messages:
+        raise _Bad("field 'messages' is an empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise _Bad(f"messages[{i}] must be an object with 'role' and 'content'")
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                raise _Bad(f"messages[{i}] needs a string '{key}'")
+        if not m["role"]:
+            raise _Bad(f"messages[{i}] has an empty role")
+    assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not assistant:
+        raise _Bad("'messages' has no assistant turn: nothing to train on")
+    for i in assistant:
+        if not messages[i]["content"].strip():
+            raise _Bad(f"messages[{i}] is an empty assistant turn")
+
+
+def _parse_sft(row: dict, line: int, source: str) -> SFTRecord:
+    if row.get("messages") is not None:
+        if row.get("prompt") is not None or row.get("completion") is not None:
+            raise _Bad("give either 'messages' or 'prompt' + 'completion', not both")
+        messages = _list(row, "messages")
+        _check_messages(messages)
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        users = [m["content"] for m in messages[:last] if m["role"] == "user"]
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return SFTRecord(users[-1] if users else "", messages[last]["content"], msgs, line, source)
+    if row.get("completion") is None and row.get("prompt") is None:
+        raise _Bad("missing fields: need 'prompt' + 'completion' or 'messages'")
+    prompt = _str(row, "prompt", allow_empty=True)
+    completion = _str(row, "completion")
+    return SFTRecord(prompt, completion, None, line, source)
+
+
+def _parse_ranking(row: dict, line: int, source: str) -> RankingRecord:
+    prompt = _str(row, "prompt", allow_empty=True)
+    if row.get("responses") is None and (
+        row.get("chosen") is not None or row.get("rejected") is not None
+    ):
+        chosen, rejected = _str(row, "chosen"), _str(row, "rejected")
+        strength = row.get("strength")
+        strengths = None if strength is None else [_strength(strength, "field 'strength'")]
+        return RankingRecord(prompt, [chosen, rejected], [0, 1], strengths, line, source)
+    if row.get("responses") is None:
+        raise _Bad(
+            "missing field 'responses' (ranking record) or 'chosen' + 'rejected' (pairwise record)"
+        )
+    responses = _list(row, "responses")
+    for i, r in enumerate(responses):
+        if not isinstance(r, str):
+            raise _Bad(f"responses[{i}] must be a string, got {type(r).__name__}")
+        if not r.strip():
+            raise _Bad(f"responses[{i}] is empty")
+    k = len(responses)
+    if k < 2:
+        raise _Bad(f"a ranking needs at least 2 responses, got {k}")
+    ranking = _list(row, "ranking")
+    if len(ranking) != k:
+        raise _Bad(f"'ranking' has {len(ranking)} entries for {k} responses")
+    for r in ranking:
+        if not isinstance(r, int) or isinstance(r, bool):
+            raise _Bad(f"'ranking' entries must be integers, got {r!r}")
+        if not 0 <= r < k:
+            raise _Bad(f"'ranking' index {r} is out of range 0..{k - 1}")
+    if len(set(ranking)) != k:
+        dup = next(r for r in ranking if ranking.count(r) > 1)
+        raise _Bad(f"'ranking' is not a permutation of 0..{k - 1}: index {dup} repeats")
+    strengths = None
+    if row.get("strengths") is not None:
+        strengths = _list(row, "strengths")
+        if len(strengths) != k - 1:
+            raise _Bad(
+                f"'strengths' has {len(strengths)} entries; {k} responses need {k - 1} "
+                "(one per adjacent pair of the ranking)"
+            )
+        strengths = [_strength(s, f"strengths[{i}]") for i, s in enumerate(strengths)]
+    return RankingRecord(prompt, list(responses), list(ranking), strengths, line, source)
+
+
+def _parse_prompt(row: dict, line: int, source: str) -> PromptRecord:
+    prompt = _str(row, "prompt")
+    safety = row.get("safety")
+    if safety is None:
+        safety = False
+    elif not isinstance(safety, bool):
+        raise _Bad(f"field 'safety' must be true or false, got {safety!r}")
+    return PromptRecord(prompt, safety, line, source)
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _read_txt(p: Path) -> list[str]:
+    """Documents separated by blank lines; invalid UTF-8 is reported by line."""
+    docs: list[str] = []
+    current: list[str] = []
+    with p.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(
+                    str(p), line_no, f"invalid UTF-8 (byte {e.start} of the line)"
+                ) from None
+            if line_no == 1:
+                text = text.removeprefix("\ufeff")
+            if text.strip():
+                current.append(text.rstrip("\r\n"))
+            elif current:
+                docs.append("\n".join(current))
+                current = []
+    if current:
+        docs.append("\n".join(current))
+    if not docs:
+        raise RecordError(str(p), None, "empty file: no documents")
+    return docs
+
+
+def read_corpus(path: PathLike) -> list[str]:
+    """Documents of a corpus: `{"text"}` records, or a .txt file split at blank lines."""
+    p = Path(path)
+    if p.suffix.lower() == ".txt":
+        if not p.exists():
+            raise RecordError(str(p), None, "file not found")
+        return _read_txt(p)
+    return _read_all(p, _parse_text)
+
+
+def read_sft(path: PathLike) -> list[SFTRecord]:
+    """SFT demonstrations: prompt + completion, or chat `messages`."""
+    return _read_all(path, _parse_sft)
+
+
+def read_preferences(paths: PathLike | Sequence[PathLike]) -> list[RankingRecord]:
+    """K-wise rankings and pairwise preferences (mixed freely) from one or more files."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise UserError("read_preferences: no files given")
+    return [r for p in paths for r in _read_all(p, _parse_ranking)]
+
+
+def read_prompts(path: PathLike) -> list[PromptRecord]:
+    """Prompts with an optional `safety` tag (default False)."""
+    return _read_all(path, _parse_prompt)

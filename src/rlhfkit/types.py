@@ -1,0 +1,106 @@
+"""Batch containers shared by data, models, rollouts and losses.
+
+One mask convention everywhere: masks are `torch.bool`, True = a valid token.
+Labels use -100 for positions the loss ignores (the Hugging Face convention).
+Shapes: B = batch size, T = sequence length, P = prompt length.
+
+No `transformers` import here: these are plain tensors in dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+"""Label value that the loss skips (prompt tokens, padding, packed boundaries)."""
+
+
+def _move(batch: Any, device: torch.device | str, non_blocking: bool) -> Any:
+    """A copy of a dataclass of tensors with every tensor moved to `device`."""
+    moved = {
+        f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+        for f in fields(batch)
+        for v in [getattr(batch, f.name)]
+    }
+    return replace(batch, **moved)
+
+
+@dataclass
+class LMBatch:
+    """A language-modelling batch (pretraining, SFT, rejection-sampling fine-tuning).
+
+    Two layouts:
+    - padded: B rows, right-padded; `attention_mask` marks real tokens, `position_ids` None
+      (the model derives them) or given.
+    - padding-free packed: B = 1, several examples concatenated in one row, `attention_mask`
+      None and `position_ids` restarting at 0 at each example. transformers 5 turns such
+      position_ids into a block-diagonal causal mask, but only when the forward gets
+      `attention_mask=None` and no KV cache: pass `use_cache=False` (see `model_inputs`).
+
+    The loss shift predicts `labels[:, t + 1]` from position t; labels of the first token
+    of every example are -100 so no token is ever predicted across an example boundary.
+    """
+
+    input_ids: torch.Tensor
+    """(B, T) long: token ids; padding positions hold the pad id."""
+    attention_mask: torch.Tensor | None
+    """(B, T) bool, True = valid token; None for padding-free packed batches."""
+    labels: torch.Tensor
+    """(B, T) long: target ids, -100 (IGNORE_INDEX) where no loss is taken."""
+    position_ids: torch.Tensor | None = None
+    """(B, T) long: positions, restarting at 0 per packed example; None = 0..T-1 per row."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of prediction targets: labels != -100 at positions 1..T-1.
+
+        Position 0 of a row is never a target under the one-position shift, so it is not
+        counted even when its label is set; for batches from `rlhfkit.data.collate` this is
+        the plain count of labels != -100.
+        """
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum().item())
+
+    @property
+    def is_packed(self) -> bool:
+        """True for a padding-free packed batch (attention_mask None, position_ids given)."""
+        return self.attention_mask is None and self.position_ids is not None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> LMBatch:
+        """A copy with every tensor on `device`."""
+        return _move(self, device, non_blocking)
+
+    def model_inputs(self) -> dict[str, torch.Tensor | bool | None]:
+        """Keyword arguments for a Hugging Face causal LM forward (labels excluded).
+
+        `use_cache=False` always: training forwards need no KV cache, and with a cache
+        transformers 5 silently skips the packed-sequence mask (it only looks at
+        position_ids when `past_key_values is None`), letting examples attend to each other.
+        """
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+            "use_cache": False,
+        }
+
+
+@dataclass
+class PromptBatch:
+    """Prompts for generation, left-padded so every row's last column is its last prompt token."""
+
+    input_ids: torch.Tensor
+    """(B, P) long: prompt ids, left-padded with the pad id."""
+    attention_mask: torch.Tensor
+    """(B, P) bool, True = valid (non-pad) token."""
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) long: number of real tokens in each prompt."""
+        return self.attention_mask.sum(dim=1)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PromptBatch:
+        """A copy with every tensor on `device`."""
+        return _move(self, device, non_blocking)
