@@ -1,7 +1,53 @@
 """Shared test setup: deterministic, small, offline."""
 
 import os
+import random
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- models fixtures: a tokenizer trained in-process and a very small Llama ----------------
+
+_WORDS = (
+    "the a cat dog bird sat ran on under mat house tree red blue big small and or not "
+    "what is add sort reverse copy list number answer please sorry cannot help with that "
+    "one two three four five six seven eight nine ten 0 1 2 3 4 5 6 7 8 9 + - = ? . , !"
+).split()
+
+
+def _synthetic_sentences(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 12))]
+        out.append(" ".join(words).capitalize() + rng.choice([".", "?", "!"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_texts() -> list[str]:
+    """A few hundred short synthetic English-like sentences (seeded)."""
+    return _synthetic_sentences()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_texts):
+    """Byte-level BPE (vocab <= 512) with <|bos|>/<|eos|>/<|pad|> and a chat template.
+
+    Session-scoped: do not mutate it (padding_side etc.); copy.deepcopy it if you must.
+    """
+    from rlhfkit.models.presets import train_tokenizer
+
+    return train_tokenizer(tiny_texts, vocab_size=512)
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer):
+    """A fresh, seeded LlamaForCausalLM from the 'test' preset (hidden 32, 2 layers), on CPU."""
+    from rlhfkit.models.presets import build_model
+
+    return build_model("test", tiny_tokenizer, seed=0)

@@ -1,0 +1,187 @@
+"""Loading models and tokenizers, and picking a device: the only place that calls from_pretrained.
+
+Safety: weights load from safetensors only (a pickle in a downloaded folder can run code),
+and model code shipped inside a folder never runs unless `trust_remote_code=True` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from rlhfkit.errors import UserError
+
+_warned_bf16: set[str] = set()
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.
+
+    Under torchrun, 'auto' and 'cuda' pick `cuda:$LOCAL_RANK` so that each process gets
+    its own GPU.
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec not in ("auto", "cuda") and not spec.startswith("cuda:"):
+        raise UserError(f"unknown device {spec!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not torch.cuda.is_available():
+        if spec == "auto":
+            return torch.device("cpu")
+        raise UserError(f"device {spec!r} asked for, but CUDA is not available here")
+    count = torch.cuda.device_count()
+    if spec.startswith("cuda:"):
+        index_str = spec.split(":", 1)[1]
+        if not index_str.isdigit():
+            raise UserError(f"bad device {spec!r}: expected 'cuda:N' with N a number")
+        index = int(index_str)
+    else:
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+    if index >= count:
+        raise UserError(f"device cuda:{index} asked for, but only {count} CUDA device(s) exist")
+    return torch.device("cuda", index)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast works on `device` (always on CPU; Ampere+ on CUDA)."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return False
+
+
+def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` when asked for and supported; else a no-op (warned once).
+
+    Weights and optimizer state stay fp32: autocast only runs matmuls in bf16.
+    """
+    if not bf16:
+        return contextlib.nullcontext()
+    if not bf16_supported(device):
+        if device.type not in _warned_bf16:
+            _warned_bf16.add(device.type)
+            warnings.warn(
+                f"bf16 autocast is not supported on {device}: running in fp32", stacklevel=2
+            )
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`)."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _check_folder(path: str | Path, what: str, required: tuple[str, ...]) -> Path:
+    folder = Path(path)
+    if not folder.exists():
+        raise UserError(f"{what} folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file: expected a {what} folder")
+    if not any((folder / name).is_file() for name in required):
+        raise UserError(
+            f"{folder} is not a Hugging Face {what} folder (it has none of {', '.join(required)})"
+        )
+    return folder
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """AutoTokenizer from a local folder, with a pad token guaranteed.
+
+    A tokenizer without a pad token gets its EOS token as pad: pad ids then equal EOS ids,
+    so masks must come from attention masks, never from `ids != pad_token_id`. Padding side
+    is left as saved; callers pick it (right for training, left for generation).
+    """
+    folder = _check_folder(
+        path, "tokenizer", ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    )
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load a tokenizer from {folder}: {e}") from e
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise UserError(f"tokenizer in {folder} has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _check_model_folder(path: str | Path) -> Path:
+    folder = _check_folder(path, "model", ("config.json",))
+    has_safetensors = any(folder.glob("*.safetensors")) or any(
+        folder.glob("*.safetensors.index.json")
+    )
+    if not has_safetensors:
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+            raise UserError(
+                f"{folder} holds pickled weights (.bin/.pt) only; rlhfkit loads safetensors "
+                "only (pickles can run code). Convert with save_pretrained in a trusted session."
+            )
+        raise UserError(f"{folder} has a config.json but no .safetensors weights")
+    return folder
+
+
+def load_causal_lm(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """AutoModelForCausalLM from a local folder (safetensors only), moved to `device`.
+
+    Returned in train mode with gradients on, like a freshly built model.
+    """
+    folder = _check_model_folder(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder),
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"could not load a causal LM from {folder}: {e}") from e
+    model.to(torch.device(device))
+    model.train()
+    return model
+
+
+def load_state_like(model: PreTrainedModel, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of the saved folder `path`, loaded by `model`'s own class.
+
+    For architectures whose saved key names differ from their `state_dict()` (transformers
+    may convert keys back to an original checkpoint format on save).
+    """
+    folder = _check_model_folder(path)
+    loaded = type(model).from_pretrained(str(folder), use_safetensors=True)
+    return loaded.state_dict()
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode and requires_grad False on every parameter, in place; returns the model."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_reference(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """A frozen causal LM (eval mode, no gradients), e.g. the SFT model for the KL penalty."""
+    return freeze(load_causal_lm(path, device, dtype, trust_remote_code))
