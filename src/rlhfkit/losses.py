@@ -1,0 +1,192 @@
+"""The losses of the pipeline: SFT / ptx, reward-model ranking, PPO policy and value.
+
+Each returns ``(loss, stats)``: ``loss`` a 0-d tensor to call ``backward`` on, ``stats``
+a dict of detached 0-d tensors for logging. Masks are bool, True = valid token.
+
+PPO-ptx needs no function of its own. InstructGPT maximises
+``RL objective + gamma * E_{x ~ D_pretrain}[log pi(x)]``; as a loss that term is
+``ptx_coef * ptx_loss(logits, labels)`` on a pretraining batch (``ptx_loss`` is
+``sft_nll`` with every non-padding token as a label), and the loop adds its gradient to
+the PPO gradient before the one optimizer step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlhfkit.ops.logprobs import shifted_token_logprobs
+from rlhfkit.ops.masking import masked_mean, masked_sum
+
+
+def sft_nll(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Next-token negative log-likelihood, HF-style labels (shifted here, not by the caller).
+
+    logits: (B, T, V) from the model on input_ids (B, T); labels: (B, T), usually
+    input_ids with ``ignore_index`` on prompt and padding tokens. With
+    valid_j = labels[:, j + 1] != ignore_index and N = number of valid tokens:
+
+        nll_sum = -sum_{b, j valid} log p(labels[b, j + 1] | tokens <= j)
+        loss    = nll_sum / max(N, 1)    (reduction="mean")
+        loss    = nll_sum                (reduction="sum")
+
+    "sum" is for exact gradient accumulation over micro-batches / DDP ranks: sum the
+    losses and divide by the total of ``stats["n_tokens"]``.
+    Stats: loss (always the per-token mean), nll_sum, n_tokens.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ")
+    valid = labels[:, 1:] != ignore_index  # (B, T-1)
+    safe_labels = torch.where(labels == ignore_index, 0, labels)  # gather needs an index
+    logprobs = shifted_token_logprobs(logits, safe_labels)  # (B, T-1)
+    nll_sum = -masked_sum(logprobs, valid)
+    n_tokens = valid.sum()
+    mean = nll_sum / n_tokens.clamp_min(1)
+    stats = {
+        "loss": mean.detach(),
+        "nll_sum": nll_sum.detach(),
+        "n_tokens": n_tokens.detach(),
+    }
+    return (mean if reduction == "mean" else nll_sum), stats
+
+
+ptx_loss = sft_nll  # PPO-ptx: the same next-token NLL, on pretraining text (see module doc)
+
+
+def kwise_ranking_loss(
+    scores: torch.Tensor,
+    pairs: torch.Tensor,
+    margins: torch.Tensor | None = None,
+    pair_prompt: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """InstructGPT K-wise ranking loss with Llama 2 margins; per prompt, then over prompts.
+
+    scores: (N,) one reward per response, all responses of all prompts concatenated
+    (K forward passes per prompt, not one per pair). pairs: (M, 2) int64 rows
+    (winner index, loser index) into ``scores``. margins: (M,) m(r) per pair, None = 0.
+    pair_prompt: (M,) int64 prompt id of each pair; None = every pair its own prompt
+    (plain pairwise data). For prompt p with pair set P_p (its C(K,2) comparisons):
+
+        loss_p = 1/|P_p| * sum_{(w, l) in P_p} -log sigmoid(s_w - s_l - m_wl)
+        loss   = mean_p loss_p
+
+    which is SPEC's -1/C(K,2) E[log sigmoid(r_w - r_l)] per prompt, each prompt
+    weighted the same whatever its K. Stats: loss, accuracy (fraction of pairs with
+    s_w > s_l, margins aside), score_gap (mean s_w - s_l), n_prompts, n_pairs.
+    """
+    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
+        raise ValueError(f"pairs must be a non-empty (M, 2) index tensor, got {tuple(pairs.shape)}")
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be (N,), got {tuple(scores.shape)}")
+    n_pairs = pairs.shape[0]
+    for name, t in (("margins", margins), ("pair_prompt", pair_prompt)):
+        if t is not None and t.shape != (n_pairs,):
+            raise ValueError(f"{name} must be (M,) = ({n_pairs},), got {tuple(t.shape)}")
+
+    gap = scores[pairs[:, 0]] - scores[pairs[:, 1]]  # (M,) s_w - s_l
+    z = gap if margins is None else gap - margins.to(gap.dtype)
+    pair_loss = -F.logsigmoid(z)  # (M,); finite, with a finite gradient, for |z| ~ 1e4
+
+    if pair_prompt is None:
+        loss = pair_loss.mean()
+        n_prompts = torch.tensor(n_pairs, device=scores.device)
+    else:
+        prompt_ids, group = torch.unique(pair_prompt, return_inverse=True)  # group: (M,)
+        n_groups = prompt_ids.shape[0]
+        per_prompt_sum = pair_loss.new_zeros(n_groups).index_add(0, group, pair_loss)
+        per_prompt_count = torch.bincount(group, minlength=n_groups).to(pair_loss.dtype)
+        loss = (per_prompt_sum / per_prompt_count).mean()
+        n_prompts = torch.tensor(n_groups, device=scores.device)
+
+    with torch.no_grad():
+        stats = {
+            "loss": loss.detach(),
+            "accuracy": (gap > 0).float().mean(),
+            "score_gap": gap.mean(),
+            "n_prompts": n_prompts,
+            "n_pairs": torch.tensor(n_pairs, device=scores.device),
+        }
+    return loss, stats
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate (Schulman et al. 2017), token-level masked mean.
+
+    logprobs: (B, R) under the policy being trained; old_logprobs: (B, R) from the
+    rollout; advantages: (B, R); response_mask: (B, R) bool. With
+    ratio_t = exp(logprobs_t - old_logprobs_t):
+
+        loss = masked_mean( -min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t) )
+
+    Stats: policy_loss; approx_kl = masked_mean((ratio - 1) - log ratio) (k3 of
+    KL(old || new), >= 0); clipfrac = fraction of tokens where the clipped term is
+    the active one; ratio_mean.
+    """
+    zeros = torch.zeros_like(logprobs)
+    # Padding -> ratio 1, A 0 before any exp, so junk there cannot reach a gradient.
+    log_ratio = torch.where(response_mask, logprobs - old_logprobs, zeros)
+    advantages = torch.where(response_mask, advantages, torch.zeros_like(advantages))
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = masked_mean(torch.maximum(unclipped, clipped), response_mask)
+
+    with torch.no_grad():
+        stats = {
+            "policy_loss": loss.detach(),
+            "approx_kl": masked_mean((ratio - 1) - log_ratio, response_mask),
+            "clipfrac": masked_mean((clipped > unclipped).float(), response_mask),
+            "ratio_mean": masked_mean(ratio, response_mask),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_range: float | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss (as in OpenAI baselines / InstructGPT's PPO), masked mean.
+
+    values: (B, R) from the value model being trained; old_values: (B, R) from the
+    rollout; returns: (B, R) GAE returns; response_mask: (B, R) bool.
+
+        v_clip = old_values + clip(values - old_values, -clip_range, clip_range)
+        loss   = 0.5 * masked_mean( max((values - returns)^2, (v_clip - returns)^2) )
+
+    ``clip_range=None`` disables clipping (plain 0.5 * MSE). Stats: value_loss,
+    value_clipfrac (fraction of tokens where the clipped error is the larger).
+    """
+    zeros = torch.zeros_like(values)
+    values = torch.where(response_mask, values, zeros)
+    old_values = torch.where(response_mask, old_values, zeros)
+    returns = torch.where(response_mask, returns, zeros)
+    unclipped = (values - returns) ** 2
+    if clip_range is None:
+        clipped = unclipped
+    else:
+        v_clip = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+        clipped = (v_clip - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), response_mask)
+
+    with torch.no_grad():
+        stats = {
+            "value_loss": loss.detach(),
+            "value_clipfrac": masked_mean((clipped > unclipped).float(), response_mask),
+        }
+    return loss, stats
