@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -85,6 +86,20 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hide transformers' per-call progress bars ("Loading weights", "Writing model shards")."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _check_folder(path: str | Path, what: str, required: tuple[str, ...]) -> Path:
     folder = Path(path)
     if not folder.exists():
@@ -146,12 +161,13 @@ def load_causal_lm(
     """
     folder = _check_model_folder(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder),
-            dtype=dtype,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-        )
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder),
+                dtype=dtype,
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+            )
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not load a causal LM from {folder}: {e}") from e
     model.to(torch.device(device))
@@ -166,7 +182,8 @@ def load_state_like(model: PreTrainedModel, path: str | Path) -> dict[str, torch
     may convert keys back to an original checkpoint format on save).
     """
     folder = _check_model_folder(path)
-    loaded = type(model).from_pretrained(str(folder), use_safetensors=True)
+    with quiet_progress():
+        loaded = type(model).from_pretrained(str(folder), use_safetensors=True)
     return loaded.state_dict()
 
 

@@ -1,0 +1,437 @@
+"""Checkpoints and output folders: nothing is lost.
+
+Every folder is written under a temporary sibling and renamed into place, so a kill at any
+moment leaves either the old or the new complete folder, never a half-written one.
+Model weights are plain Hugging Face folders (safetensors); the loop state is
+`trainer_state.pt` (optimizers, schedulers, RNG; read back with `weights_only=True`, so no
+arbitrary unpickling) and `trainer_state.json` (step, epoch, data position, KL controller...).
+
+Layout of a run:
+    run_dir/run.json                      marks the folder as an rlhfkit run
+    run_dir/checkpoints/step-000123/      one resumable checkpoint (COMPLETE marker inside)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit import __version__
+from rlhfkit.errors import OutputExistsError, UserError
+from rlhfkit.models.load import load_state_like, quiet_progress, unwrap_model
+
+log = logging.getLogger("rlhfkit")
+
+COMPLETE = "COMPLETE"
+RUN_MARKER = "run.json"
+STATE_PT = "trainer_state.pt"
+STATE_JSON = "trainer_state.json"
+CHECKPOINTS = "checkpoints"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+_ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+# ---------------------------------------------------------------------------------------
+# Atomic folders
+# ---------------------------------------------------------------------------------------
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under `root` to disk (best effort on folders)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:  # folders cannot be opened on Windows; the rename is still atomic there
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _recover(final: Path) -> None:
+    """Undo what a kill during a previous swap of `final` left behind.
+
+    Killed between "rename old aside" and "rename new in": `final` is missing and its old
+    version sits in `.old-<name>-<pid>`: put it back. Killed after the swap: delete the old.
+    """
+    olds = sorted(final.parent.glob(f".old-{final.name}-*"))
+    if not final.exists() and olds:
+        olds[-1].rename(final)
+        olds = olds[:-1]
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final_path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it becomes `final_path` in one rename.
+
+    An existing `final_path` is renamed aside, the new folder renamed in, then the old one
+    deleted. On an exception the temporary folder is removed and `final_path` is untouched.
+    """
+    final = Path(final_path).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _recover(final)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():  # left by a killed process that had our pid
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".old-{final.name}-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    _fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# ---------------------------------------------------------------------------------------
+# Hugging Face folders
+# ---------------------------------------------------------------------------------------
+
+
+def _write_hf(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
+    model = unwrap_model(model)
+    if not hasattr(model, "save_pretrained"):
+        raise TypeError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained)")
+    with quiet_progress():
+        model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_hf(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    path: str | Path,
+    extra_json: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write `model` (+ tokenizer) as a Hugging Face folder, atomically.
+
+    `from_pretrained(path)` gives the same logits. `extra_json` maps file names to dicts
+    written as JSON inside the folder (e.g. {"rlhfkit.json": {...resolved config...}}).
+    Returns the final path.
+    """
+    final = Path(path)
+    with atomic_dir(final) as tmp:
+        _write_hf(model, tokenizer, tmp)
+        for name, data in (extra_json or {}).items():
+            if Path(name).name != name or name in ("config.json", "generation_config.json"):
+                raise ValueError(f"extra_json file name {name!r} must be a plain, new file name")
+            _write_json(tmp / name, data)
+    return final
+
+
+_HF_WEIGHTS = ("*.safetensors", "*.safetensors.index.json")
+
+
+def export_hf(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    folder: str | Path,
+    extra_json: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write the HF files of `model` (+ tokenizer) INTO an existing folder, e.g. a run folder.
+
+    Unlike `save_hf`, the folder's other contents (run.json, checkpoints/, logs) stay. The
+    files are written in full to a temporary subfolder first, then each is moved in with
+    an atomic rename, config.json last: a kill leaves every file either old or new, and a
+    folder whose config.json is new has all its new weights. Weight files of an earlier
+    export that the new one does not have (other shard counts) are removed.
+    """
+    dest = Path(folder)
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = dest / f".tmp-export-{os.getpid()}"
+    with atomic_dir(staging) as tmp:
+        _write_hf(model, tokenizer, tmp)
+        for name, data in (extra_json or {}).items():
+            _write_json(tmp / name, data)
+    try:
+        new = {p.name for p in staging.iterdir()}
+        stale = [p for pat in _HF_WEIGHTS for p in dest.glob(pat) if p.name not in new]
+        order = sorted(new, key=lambda n: n == "config.json")  # config.json last
+        for name in order:
+            os.replace(staging / name, dest / name)
+        _fsync_dir(dest)
+        for p in stale:
+            p.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------
+# Train state: models + optimizers + schedulers + RNG + loop state
+# ---------------------------------------------------------------------------------------
+
+
+def _role_dir(root: Path, role: str, roles: Mapping[str, Any]) -> Path:
+    # One role called "model": HF files at the top, so the checkpoint loads with from_pretrained.
+    return root if list(roles) == ["model"] else root / role
+
+
+def _rng_state() -> dict[str, Any]:
+    """RNG states as tuples, ints and tensors only, so that weights_only=True reads them."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning(
+                "checkpoint has CUDA RNG states for %d devices, here are %d: not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    models: Mapping[str, torch.nn.Module],
+    tokenizer: Any,
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+) -> Path:
+    """Write one resumable checkpoint folder, atomically (rank 0 only).
+
+    Each model is an HF folder `path/<role>/` (or `path/` itself when the only role is
+    "model"); optimizer, scheduler, RNG and `generators` states go to `trainer_state.pt`,
+    and `state` (JSON-serialisable: step, epoch, data position, KL coefficient...) to
+    `trainer_state.json`. A `COMPLETE` marker is written last, before the rename.
+    """
+    if not models:
+        raise ValueError("save_checkpoint needs at least one model")
+    for role in models:
+        if not _ROLE_RE.match(role) or role in (CHECKPOINTS,):
+            raise ValueError(f"bad role name {role!r}")
+    state = dict(state or {})
+    try:
+        state_text = json.dumps(state, indent=2, sort_keys=True)
+    except TypeError as e:
+        raise TypeError(f"checkpoint state must be JSON-serialisable: {e}") from e
+    trainer_state = {
+        "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
+        "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
+        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+        "rng": _rng_state(),
+    }
+    final = Path(path)
+    with atomic_dir(final) as tmp:
+        for role, model in models.items():
+            _write_hf(model, tokenizer, _role_dir(tmp, role, models))
+        torch.save(trainer_state, tmp / STATE_PT)
+        meta = {"rlhfkit_version": __version__, "roles": list(models), "saved": time.time()}
+        _write_json(tmp / STATE_JSON, {"meta": meta, "state": json.loads(state_text)})
+        (tmp / COMPLETE).write_text("")
+    return final
+
+
+def _load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Copy the safetensors weights of `folder` into `model` in place."""
+    model = unwrap_model(model)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{folder} holds no .safetensors weights")
+    loaded: dict[str, torch.Tensor] = {}
+    for f in files:
+        loaded.update(load_file(str(f)))
+    own = dict(model.state_dict(keep_vars=True))
+    if set(loaded) - set(own):  # keys renamed on save: let the model's class map them
+        loaded = load_state_like(model, folder)
+    missing = set(own) - set(loaded)
+    # save_pretrained drops tied copies (lm_head.weight tied to the embeddings): fine when
+    # the missing tensor is the very same tensor as a loaded one.
+    loaded_ptrs = {own[k].data_ptr() for k in loaded if k in own}
+    untied = [k for k in missing if own[k].data_ptr() not in loaded_ptrs]
+    if untied:
+        raise UserError(f"{folder}: weights missing for {sorted(untied)[:5]}")
+    with torch.no_grad():
+        for key, tensor in loaded.items():
+            own[key].copy_(tensor)
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    models: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+) -> dict[str, Any]:
+    """Restore a `save_checkpoint` folder in place; returns its `state` dict.
+
+    Models, optimizers and schedulers must be built as for the saved run (same roles,
+    shapes and parameter groups). RNG states are restored too, so the run continues the
+    same random stream.
+    """
+    root = Path(path)
+    if not (root / COMPLETE).is_file() or not (root / STATE_PT).is_file():
+        raise UserError(f"{root} is not a complete rlhfkit checkpoint")
+    meta = json.loads((root / STATE_JSON).read_text())
+    saved_roles = meta["meta"]["roles"]
+    if sorted(saved_roles) != sorted(models):
+        raise UserError(f"{root} holds roles {saved_roles}, but this run has {sorted(models)}")
+    trainer_state = torch.load(root / STATE_PT, map_location="cpu", weights_only=True)
+    for role, model in models.items():
+        _load_weights(model, _role_dir(root, role, models))
+    for kind, objects in (("optimizers", optimizers), ("schedulers", schedulers)):
+        for name, obj in (objects or {}).items():
+            if name not in trainer_state[kind]:
+                raise UserError(f"{root}: no state for {kind[:-1]} {name!r}")
+            obj.load_state_dict(trainer_state[kind][name])
+    for name, gen in (generators or {}).items():
+        gen.set_state(trainer_state["generators"][name])
+    _set_rng_state(trainer_state["rng"])
+    return meta["state"]
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of optimizer step `step` goes: run_dir/checkpoints/step-000123."""
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def _complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _STEP_RE.match(child.name)
+        if m and child.is_dir() and (child / COMPLETE).is_file():
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step, ignoring temporary/incomplete folders."""
+    found = _complete_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the `keep_last` newest complete checkpoints (<= 0 keeps all).
+
+    Incomplete step folders older than the newest complete one go too. Returns what was
+    deleted.
+    """
+    found = _complete_checkpoints(run_dir)
+    if keep_last <= 0 or not found:
+        return []
+    doomed = [p for _, p in found[:-keep_last]]
+    newest = found[-1][0]
+    root = Path(run_dir) / CHECKPOINTS
+    for child in root.iterdir():
+        m = _STEP_RE.match(child.name)
+        if m and int(m.group(1)) < newest and not (child / COMPLETE).is_file():
+            doomed.append(child)
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+# ---------------------------------------------------------------------------------------
+# Output folders
+# ---------------------------------------------------------------------------------------
+
+
+def prepare_output_dir(
+    out: str | Path, *, resume: bool, overwrite: bool, command: str | None = None
+) -> None:
+    """Create `out` for a run, refusing to clobber anything silently.
+
+    - new or empty folder: created, `run.json` written;
+    - a previous rlhfkit run (has `run.json`): needs `resume` (kept; a run without a
+      checkpoint starts fresh, with a note) or `overwrite` (deleted and recreated);
+    - any other non-empty folder: refused, even with `overwrite` (we only delete our own).
+    """
+    if resume and overwrite:
+        raise UserError("pass --resume or --overwrite, not both")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file: --out must be a folder")
+    is_run = (folder / RUN_MARKER).is_file()
+    non_empty = folder.is_dir() and any(folder.iterdir())
+    if non_empty and not is_run:
+        raise OutputExistsError(
+            f"{folder} is not empty and holds no rlhfkit run (no {RUN_MARKER}): "
+            "refusing to write into or delete it; choose a new or empty --out"
+        )
+    if non_empty and not resume and not overwrite:
+        raise OutputExistsError(
+            f"{folder} holds another run: pass --resume to continue it or --overwrite to replace it"
+        )
+    if non_empty and overwrite:
+        shutil.rmtree(folder)
+    if resume and latest_checkpoint(folder) is None:
+        log.warning("note: %s has no checkpoint to resume from: starting fresh", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / RUN_MARKER
+    info = json.loads(marker.read_text()) if marker.is_file() else {}
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if info:
+        info.setdefault("resumed", []).append(now)
+    else:
+        info = {
+            "rlhfkit_version": __version__,
+            "command": command if command is not None else " ".join(sys.argv),
+            "created": now,
+        }
+    _write_json(marker, info)
