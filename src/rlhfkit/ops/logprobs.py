@@ -6,9 +6,10 @@ tokens in this sequence" goes through ``shifted_token_logprobs`` or
 ``response_logprobs`` so the shift is written once.
 
 Results are float32 (float64 stays float64) even for bf16/fp16 logits: PPO ratios
-exp(logp - old_logp) need the precision. To keep peak memory near one (T, V) row
-rather than a float32 copy of the whole (B, T, V) tensor, the vocabulary reductions
-run one batch row at a time.
+exp(logp - old_logp) need the precision. Callers need not upcast the logits: the
+vocabulary reductions run one batch row at a time on a float32 copy of that row, so
+under no_grad (rollouts) the extra memory is one (T, V) row, not a float32 copy of the
+whole (B, T, V) tensor (with grad, autograd keeps what backward needs, as always).
 """
 
 from __future__ import annotations
