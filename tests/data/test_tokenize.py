@@ -137,6 +137,10 @@ def test_encode_many_matches_one_by_one_and_counts(tok, chat_tok):
     assert stats.truncated == sum(e.truncated for e in out) and "kept" in str(stats)
     chat_out, chat_stats = encode_sft_many([SFTRecord("hi", "the fox", msgs)], chat_tok, 64)
     assert chat_out == [encode_sft(SFTRecord("hi", "the fox", msgs), chat_tok, 64)]
+    counted = EncodeStats()
+    for r in recs:
+        encode_sft(r, tok, 12, stats=counted)
+    assert counted == stats
     s = EncodeStats()
     s.add(None)
     s.add(EncodedExample([1], [-100], truncated=True))

@@ -90,6 +90,7 @@ def encode_sft(
     loss_on_prompt: bool = False,
     overlong: Overlong = "truncate",
     add_bos: bool | None = None,
+    stats: EncodeStats | None = None,
 ) -> EncodedExample | None:
     """One SFT record -> ids and labels, or None when dropped as too long.
 
@@ -98,7 +99,22 @@ def encode_sft(
     `messages`: see `_chat_segments` (loss on assistant turns only).
     overlong: "truncate" cuts from the right and drops the example if no trained token is
     left; "drop" returns None; "error" raises RecordError naming the record's line.
+    `stats`, if given, counts the result (kept / truncated / dropped).
     """
+    ex = _encode_one(record, tokenizer, max_len, loss_on_prompt, overlong, add_bos)
+    if stats is not None:
+        stats.add(ex)
+    return ex
+
+
+def _encode_one(
+    record: SFTRecord,
+    tokenizer: Any,
+    max_len: int,
+    loss_on_prompt: bool,
+    overlong: str,
+    add_bos: bool | None,
+) -> EncodedExample | None:
     if record.messages is not None:
         segments = _chat_segments(record.messages, tokenizer)
         texts = [t for t, _ in segments]
