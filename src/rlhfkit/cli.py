@@ -39,6 +39,30 @@ COMMANDS: dict[str, Command] = {
         "1  supervised fine-tuning, a checkpoint per epoch",
         ("model", "data", "out"),
     ),
+    "world make": Command(
+        "rlhfkit.config:WorldMakeConfig",
+        "rlhfkit.data.world.commands:world_make",
+        "-  write the built-in world: corpus, SFT demos, RL and eval prompts",
+        ("out",),
+    ),
+    "world judge": Command(
+        "rlhfkit.config:WorldJudgeConfig",
+        "rlhfkit.data.world.commands:world_judge",
+        "-  score prompt/response records with the world's gold judges",
+        ("data",),
+    ),
+    "world label": Command(
+        "rlhfkit.config:WorldLabelConfig",
+        "rlhfkit.data.world.commands:world_label",
+        "-  simulated labellers: rank K samples of a policy by the gold judges",
+        ("policy", "prompts", "out"),
+    ),
+    "eval": Command(
+        "rlhfkit.config:EvalConfig",
+        "rlhfkit.data.world.commands:run_eval",
+        "-  gold helpfulness, safety and false refusals of a model on world prompts",
+        ("model", "prompts"),
+    ),
 }
 
 

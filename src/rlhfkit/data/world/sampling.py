@@ -1,0 +1,79 @@
+"""The model-backed side of the world: sampling responses to world prompts from a checkpoint.
+
+The only module of the world that touches torch and the models, and only inside
+functions, so that the judges and generators stay plain Python. It sits beside the
+world (not under `models/`) because it serves `world label` and `eval` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelSampler:
+    """A `Sampler` over a Hugging Face causal LM folder (model + tokenizer).
+
+    Prompts are encoded like SFT encodes them (`rlhfkit.data.tokenize.encode_prompt`:
+    BOS policy, no other specials), so the model sees the context it was trained on.
+    `temperature` 0 is greedy. Sampling is seeded: the same seed, prompts and batch size
+    give the same responses on the same device.
+    """
+
+    path: str
+    device: str = "auto"
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    batch_size: int = 32
+    seed: int = 0
+    max_prompt_len: int = 128
+
+    def __post_init__(self) -> None:
+        self._model = self._tokenizer = self._device = None
+        self.last_token_counts: list[list[int]] = []
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from rlhfkit.models.load import load_causal_lm, load_tokenizer, pick_device
+
+        self._device = pick_device(self.device)
+        self._tokenizer = load_tokenizer(self.path)
+        self._model = load_causal_lm(self.path, self._device)
+        self._model.eval()
+
+    def sample(self, prompts: list[str], k: int) -> list[list[str]]:
+        """K responses per prompt (decoded text, EOS removed); token counts of each
+        response (EOS not counted) are left in `last_token_counts`."""
+        import torch
+
+        from rlhfkit.data.tokenize import encode_prompt
+        from rlhfkit.models.generate import decode_responses, sample
+
+        self._load()
+        tok = self._tokenizer
+        gen = torch.Generator(device=self._device).manual_seed(self.seed)
+        flat = [p for p in prompts for _ in range(k)]
+        texts: list[str] = []
+        counts: list[int] = []
+        for i in range(0, len(flat), self.batch_size):
+            batch = flat[i : i + self.batch_size]
+            ids = [encode_prompt(p, tok, self.max_prompt_len) for p in batch]
+            out = sample(
+                self._model,
+                ids,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                generator=gen,
+            )
+            texts += decode_responses(tok, out)
+            counts += (out.response_mask.sum(-1) - out.ended.long()).tolist()
+        self.last_token_counts = _chunks(counts, k)
+        return _chunks(texts, k)
+
+
+def _chunks(xs: Sequence, k: int) -> list[list]:
+    return [list(xs[i : i + k]) for i in range(0, len(xs), k)]
