@@ -1,0 +1,229 @@
+"""Batched sampling with a KV cache: ids, a response mask cut at EOS, and log-probs.
+
+Prompts are left-padded so that every row's next token sits in the last column; position
+ids count real tokens only (0 at each row's first prompt token), so a row's output does not
+depend on how much padding the batch gave it. One prefill forward fills a DynamicCache,
+then one forward per new token. Sampling stops when every row has produced EOS.
+
+`logprobs` are what PPO needs as `old_logprobs`: log softmax(logits / temperature) over the
+FULL vocabulary (before top-k/top-p filtering) at the sampled token, i.e. the same number a
+fresh forward pass over prompt + response gives, so rollouts need no second policy pass.
+With temperature 0 (greedy) they are log softmax(logits), temperature 1.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from transformers import DynamicCache
+
+from rlhfkit.models.load import unwrap_model
+
+
+@dataclass
+class Generation:
+    """One batch of sampled responses. Masks are bool, True = real token."""
+
+    prompt_ids: torch.Tensor  # (B, P) long, left-padded with pad_token_id
+    prompt_mask: torch.Tensor  # (B, P) bool
+    response_ids: torch.Tensor  # (B, R) long, pad after EOS; R = longest response
+    response_mask: torch.Tensor  # (B, R) bool, True up to and including EOS
+    logprobs: torch.Tensor  # (B, R) float32, 0 where response_mask is False
+    ended: torch.Tensor  # (B,) bool, the row produced EOS within max_new_tokens
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """(B, P+R) prompt then response ids."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, P+R) bool: real prompt and response tokens."""
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """(B, P+R) long: positions that match the ones used while sampling."""
+        return position_ids_from_mask(self.attention_mask)
+
+    def to(self, device: torch.device | str) -> Generation:
+        return Generation(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool -> (B, T) long: index among real tokens, 0 on left padding."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def left_pad(
+    prompt_ids: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of ids -> (B, P) ids left-padded with `pad_token_id`, and the (B, P) bool mask."""
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("sample() needs at least one prompt, and every prompt needs a token")
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.bool)
+    for row, p in enumerate(prompt_ids):
+        ids[row, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[row, width - len(p) :] = True
+    return ids.to(device), mask.to(device)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """(B, V) -> (B, V) with tokens outside top-k / the top-p nucleus set to -inf.
+
+    top_k = 0 and top_p = 1 keep everything. The nucleus is the smallest set of most likely
+    tokens whose probability reaches top_p; the most likely token is always kept.
+    """
+    if top_k and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # (B, V) probability of strictly better tokens
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) probabilities -> (B,) token ids by inverse-CDF sampling.
+
+    One uniform per row from `generator` (on whatever device it lives), so a seeded CPU
+    generator gives the same tokens whether the model runs on CPU or GPU up to float noise.
+    A token with probability 0 is never drawn (the first index whose cumulative mass
+    exceeds u has positive mass).
+    """
+    gen_device = generator.device if generator is not None else probs.device
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=gen_device).to(probs.device)
+    cdf = probs.cumsum(-1)  # (B, V)
+    target = u * cdf[:, -1:]  # (B, 1), below the total mass even if it rounds under 1
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def _forward_kwargs(model: torch.nn.Module) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+def sample(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Sample up to `max_new_tokens` tokens after each prompt; greedy when temperature == 0.
+
+    Rows that produced EOS get `pad_token_id`, mask False and logprob 0 afterwards. Runs
+    under no_grad with the model in eval mode (its training flag is restored after).
+    Returned tensors are on the model's device.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    model = unwrap_model(model)
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompt_ids, pad_token_id, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            response, logprobs, ended = _sample_loop(
+                model, ids, mask, max_new_tokens, temperature, top_k, top_p,
+                eos_token_id, pad_token_id, generator,
+            )  # fmt: skip
+    finally:
+        model.train(was_training)
+    # True up to and including EOS: a token is real unless EOS came strictly before it.
+    is_eos = response == eos_token_id
+    eos_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    response_mask = ~eos_before
+    return Generation(
+        prompt_ids=ids,
+        prompt_mask=mask,
+        response_ids=response.masked_fill(~response_mask, pad_token_id),
+        response_mask=response_mask,
+        logprobs=logprobs.masked_fill(~response_mask, 0.0),
+        ended=ended,
+    )
+
+
+def _sample_loop(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, device = ids.shape[0], ids.device
+    accepted = _forward_kwargs(model)
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+    cache = DynamicCache(config=model.config)
+    positions = position_ids_from_mask(mask)  # (B, P)
+    attention = mask.long()  # (B, P + t), grows by one column per step
+    ended = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens: list[torch.Tensor] = []
+    logps: list[torch.Tensor] = []
+    step_ids = ids
+    for step in range(max_new_tokens):
+        out = model(
+            input_ids=step_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **extra,
+        )
+        logits = out.logits[:, -1, :].float()  # (B, V)
+        cache = out.past_key_values
+        if temperature == 0:
+            logp = torch.log_softmax(logits, dim=-1)
+            token = logits.argmax(-1)  # (B,)
+        else:
+            scaled = logits / temperature
+            logp = torch.log_softmax(scaled, dim=-1)
+            probs = torch.softmax(filter_logits(scaled, top_k, top_p), dim=-1)
+            token = _draw(probs, generator)
+        token = token.masked_fill(ended, pad_token_id)
+        tokens.append(token)
+        logps.append(logp.gather(-1, token[:, None]).squeeze(-1))
+        ended = ended | (token == eos_token_id)
+        if step == max_new_tokens - 1 or bool(ended.all()):
+            break
+        step_ids = token[:, None]  # (B, 1)
+        positions = positions[:, -1:] + 1  # (B, 1)
+        attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=1)
+    if not tokens:
+        empty = torch.zeros(batch, 0, device=device)
+        return empty.long(), empty, ended
+    return torch.stack(tokens, 1), torch.stack(logps, 1), ended
+
+
+def decode_responses(tokenizer, gen: Generation) -> list[str]:
+    """The response text of each row, without EOS and padding."""
+    drop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    texts = []
+    for ids, keep in zip(gen.response_ids.tolist(), gen.response_mask.tolist(), strict=True):
+        kept = [t for t, k in zip(ids, keep, strict=True) if k and t not in drop]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=False))
+    return texts
