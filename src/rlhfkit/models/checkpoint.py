@@ -134,6 +134,13 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _write_extra(folder: Path, extra_json: Mapping[str, Mapping[str, Any]] | None) -> None:
+    for name, data in (extra_json or {}).items():
+        if Path(name).name != name or name in ("config.json", "generation_config.json"):
+            raise ValueError(f"extra_json file name {name!r} must be a plain, new file name")
+        _write_json(folder / name, data)
+
+
 def save_hf(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -149,10 +156,7 @@ def save_hf(
     final = Path(path)
     with atomic_dir(final) as tmp:
         _write_hf(model, tokenizer, tmp)
-        for name, data in (extra_json or {}).items():
-            if Path(name).name != name or name in ("config.json", "generation_config.json"):
-                raise ValueError(f"extra_json file name {name!r} must be a plain, new file name")
-            _write_json(tmp / name, data)
+        _write_extra(tmp, extra_json)
     return final
 
 
@@ -178,8 +182,7 @@ def export_hf(
     staging = dest / f".tmp-export-{os.getpid()}"
     with atomic_dir(staging) as tmp:
         _write_hf(model, tokenizer, tmp)
-        for name, data in (extra_json or {}).items():
-            _write_json(tmp / name, data)
+        _write_extra(tmp, extra_json)
     try:
         new = {p.name for p in staging.iterdir()}
         stale = [p for pat in _HF_WEIGHTS for p in dest.glob(pat) if p.name not in new]

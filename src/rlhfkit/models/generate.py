@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from transformers import DynamicCache
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rlhfkit.models.load import unwrap_model
 
@@ -219,7 +220,7 @@ def _sample_loop(
     return torch.stack(tokens, 1), torch.stack(logps, 1), ended
 
 
-def decode_responses(tokenizer, gen: Generation) -> list[str]:
+def decode_responses(tokenizer: PreTrainedTokenizerBase, gen: Generation) -> list[str]:
     """The response text of each row, without EOS and padding."""
     drop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     texts = []
