@@ -1,0 +1,211 @@
+"""Plumbing every training loop shares: seeding, devices, torchrun, optimizer, schedule,
+one optimizer step, and the deterministic data order that makes resume exact.
+
+Distributed training follows one rule: the global order of examples depends only on the
+seed and the epoch, never on the number of processes. Rank r of W takes its slice of each
+global batch, and gradients are summed over tokens and divided by the global token count,
+so W processes x batch b step exactly like 1 process x batch W*b.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------
+# Processes and devices
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands under torchrun (rank 0 of 1 without it)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device_spec: str = "auto") -> tuple[Dist, torch.device]:
+    """Initialise torch.distributed when launched by torchrun; pick this rank's device.
+
+    NCCL on CUDA, gloo on CPU. Without torchrun's environment, a single process.
+    """
+    from rlhfkit.models.load import pick_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), pick_device(device_spec)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_spec)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(x: float | int, d: Dist, device: torch.device) -> float:
+    """Sum a Python number over processes (identity for one process)."""
+    if not d.enabled:
+        return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
+    if not d.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def no_sync(model: torch.nn.Module, sync: bool):
+    """Skip DDP's all-reduce on accumulation micro-batches (it runs on the last one)."""
+    if sync or not hasattr(model, "no_sync"):
+        return nullcontext()
+    return model.no_sync()
+
+
+# ---------------------------------------------------------------------------------------
+# Optimisation
+# ---------------------------------------------------------------------------------------
+
+
+def build_optimizer(
+    model: torch.nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, norms or 1-d gains)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def lr_factor(step: int, *, schedule: str, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then
+    cosine or linear decay to `min_ratio` at `total`, or constant."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - (1 - min_ratio) * progress
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, *, schedule: str, warmup: int, total: int, min_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    def f(step: int) -> float:
+        return lr_factor(step, schedule=schedule, warmup=warmup, total=total, min_ratio=min_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    max_grad_norm: float,
+) -> float:
+    """Clip, step, advance the schedule, zero the grads. Returns the pre-clip grad norm."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_grad_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# ---------------------------------------------------------------------------------------
+# Data order
+# ---------------------------------------------------------------------------------------
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """The global order of example indices in one epoch: a function of (seed, epoch) only."""
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def global_batches(
+    order: Sequence[int], global_batch: int, drop_last: bool = False
+) -> list[list[int]]:
+    """Cut an epoch's order into optimizer steps of `global_batch` examples."""
+    steps = [list(order[i : i + global_batch]) for i in range(0, len(order), global_batch)]
+    if drop_last and steps and len(steps[-1]) < global_batch:
+        steps.pop()
+    return steps
+
+
+def rank_micro_batches(step_indices: Sequence[int], d: Dist, micro: int) -> Iterator[list[int]]:
+    """This rank's micro-batches of one optimizer step.
+
+    The step's examples are split into contiguous, equal-as-possible slices per rank,
+    each cut into micro-batches of at most `micro` examples.
+    """
+    n = len(step_indices)
+    lo = (n * d.rank) // d.world_size
+    hi = (n * (d.rank + 1)) // d.world_size
+    mine = list(step_indices[lo:hi])
+    for i in range(0, len(mine), micro):
+        yield mine[i : i + micro]

@@ -1,0 +1,100 @@
+"""`rlhfkit sft`: supervised fine-tuning on prompt + completion pairs (InstructGPT step 1).
+
+Steps:
+  1. read and validate every record (train and eval) before any model is loaded;
+  2. tokenize: prompt + completion + EOS, prompt tokens masked (label -100) unless
+     --loss-on-prompt; chat `messages` through the tokenizer's chat template; sequences
+     over --max-len truncated, dropped or refused (counted and reported);
+  3. the shared LM loop (`loops/lm.py`), padding-free packed micro-batches by default;
+  4. a complete Hugging Face checkpoint per epoch, `epoch-N/` (InstructGPT kept every
+     epoch and picked one by reward: `rlhfkit select`), plus the held-out loss per epoch.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from rlhfkit.config import SFTConfig, save_config
+from rlhfkit.data.records import read_sft
+from rlhfkit.data.tokenize import EncodeStats, encode_sft
+from rlhfkit.errors import UserError
+from rlhfkit.logging import rank0_print
+from rlhfkit.loops.common import barrier, seed_everything, setup_distributed, teardown_distributed
+from rlhfkit.loops.lm import LMRun, fit_lm
+from rlhfkit.models.checkpoint import prepare_output_dir
+from rlhfkit.models.load import load_causal_lm, load_tokenizer
+
+
+def encode_records(records, tokenizer, cfg: SFTConfig, source: str):
+    """Tokenize SFT records with the prompt masked; report what --overlong did."""
+    stats = EncodeStats()
+    examples = []
+    for rec in records:
+        ex = encode_sft(
+            rec,
+            tokenizer,
+            cfg.max_len,
+            loss_on_prompt=cfg.loss_on_prompt,
+            overlong=cfg.overlong,
+            stats=stats,
+        )
+        if ex is not None:
+            examples.append(ex)
+    if stats.truncated or stats.dropped:
+        rank0_print(
+            f"{source}: {stats.truncated} truncated, {stats.dropped} dropped "
+            f"(over --max-len {cfg.max_len}, --overlong {cfg.overlong})"
+        )
+    if not examples:
+        raise UserError(f"{source}: no usable examples after tokenization")
+    return examples
+
+
+def train_sft(cfg: SFTConfig) -> dict:
+    d, device = setup_distributed(cfg.device)
+    out = Path(cfg.out)
+    records = read_sft(cfg.data)
+    eval_records = read_sft(cfg.eval_data) if cfg.eval_data else []
+    if not eval_records and cfg.eval_fraction > 0:
+        rng = random.Random(cfg.seed)
+        order = list(range(len(records)))
+        rng.shuffle(order)
+        n_eval = max(1, int(len(records) * cfg.eval_fraction))
+        eval_records = [records[i] for i in order[:n_eval]]
+        records = [records[i] for i in order[n_eval:]]
+    if d.is_main:
+        prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, command="sft")
+        save_config(cfg, out / "config.yaml")
+    barrier(d)
+
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    train = encode_records(records, tokenizer, cfg, cfg.data)
+    held_out = (
+        encode_records(eval_records, tokenizer, cfg, cfg.eval_data or "eval split")
+        if eval_records
+        else []
+    )
+    seed_everything(cfg.seed)
+    model = load_causal_lm(cfg.model, device, trust_remote_code=cfg.trust_remote_code)
+    rank0_print(
+        f"sft: {len(train)} examples, {len(held_out)} held out, {cfg.epochs} epochs", rank=d.rank
+    )
+    run = LMRun(
+        model=model,
+        tokenizer=tokenizer,
+        train=train,
+        eval=held_out,
+        out=out,
+        dist=d,
+        device=device,
+        packing=cfg.packing,
+        epoch_checkpoints=True,
+        desc="sft",
+    )
+    summary = fit_lm(run, cfg)
+    rank0_print(
+        f"checkpoints: {', '.join(sorted(p.name for p in out.glob('epoch-*')))}", rank=d.rank
+    )
+    teardown_distributed()
+    return summary

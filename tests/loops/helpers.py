@@ -1,0 +1,48 @@
+"""Small on-disk fixtures for loop tests: a base model folder and data files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def sft_rows(n: int) -> list[dict]:
+    # Distinct prompts with short completions a tiny model can memorise.
+    colours = ["red", "blue", "green", "black", "white", "pink", "grey", "gold", "teal", "tan"]
+    return [
+        {
+            "prompt": f"Q: colour of thing {i}?\nA:",
+            "completion": f" {colours[i % len(colours)]} {i}",
+        }
+        for i in range(n)
+    ]
+
+
+def make_base_model(folder: Path, tokenizer, preset: str = "test", seed: int = 0) -> Path:
+    from rlhfkit.models.checkpoint import save_hf
+    from rlhfkit.models.presets import build_model
+
+    model = build_model(preset, tokenizer, seed=seed)
+    save_hf(model, tokenizer, folder)
+    return folder
+
+
+def assert_same_training(wa: dict, wb: dict, w0: dict, rel: float = 1e-3) -> None:
+    """Two runs made the same updates from `w0`, up to float rounding: per tensor, the
+    runs differ by less than `rel` x the size of the update itself."""
+    import torch
+
+    moved = False
+    for k in wa:
+        update = (wa[k] - w0[k]).abs().max().item()
+        diff = (wa[k] - wb[k]).abs().max().item()
+        assert diff <= rel * max(update, 1e-8), (
+            f"{k}: runs differ by {diff:.2e}, update {update:.2e}"
+        )
+        moved |= not torch.equal(wa[k], w0[k])
+    assert moved, "nothing trained"

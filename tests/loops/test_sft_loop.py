@@ -1,0 +1,123 @@
+"""SFT through the shared LM loop: learning, per-epoch checkpoints, accumulation, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rlhfkit import cli
+from rlhfkit.config import SFTConfig
+from rlhfkit.loops.sft import train_sft
+from tests.loops.helpers import assert_same_training, make_base_model, sft_rows, write_jsonl
+
+
+@pytest.fixture
+def base(tmp_path, tiny_tokenizer):
+    return make_base_model(tmp_path / "base", tiny_tokenizer)
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_sft_overfits_eight_examples(tmp_path, tiny_tokenizer):
+    base = make_base_model(tmp_path / "base", tiny_tokenizer, preset="tiny")
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
+    cfg = SFTConfig(
+        model=str(base),
+        data=str(data),
+        out=str(tmp_path / "sft"),
+        epochs=60,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=5,
+        log_every=1,
+    )
+    summary = train_sft(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[0] > 2.0  # an untrained model is far from the answers
+    assert summary["final_loss"] < 0.05  # completion-token NLL near zero: memorised
+
+
+def test_sft_writes_a_loadable_checkpoint_per_epoch(base, tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(12))
+    out = tmp_path / "sft"
+    train_sft(
+        SFTConfig(
+            model=str(base),
+            data=str(data),
+            out=str(out),
+            epochs=2,
+            batch_size=4,
+            eval_fraction=0.25,
+        )
+    )
+    assert sorted(p.name for p in out.glob("epoch-*")) == ["epoch-1", "epoch-2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
+    assert all(e["eval_loss"] == e["eval_loss"] for e in summary["epochs"])  # not NaN
+    model = AutoModelForCausalLM.from_pretrained(out / "epoch-2")
+    tok = AutoTokenizer.from_pretrained(out / "epoch-2")
+    ids = torch.tensor([tok("Q: colour of thing 3?\nA:")["input_ids"]])
+    assert torch.isfinite(model(ids).logits).all()
+    assert (out / "config.yaml").exists()
+
+
+def test_gradient_accumulation_equals_a_larger_batch(base, tmp_path):
+    # Loss is normalised by the step's token count, so 2 x 2 micro-batches == 1 x 4 up to
+    # float rounding (which Adam's g / sqrt(v) amplifies to ~1e-5 of a 2e-2 update).
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
+    kw = dict(model=str(base), data=str(data), epochs=1, lr=1e-2, schedule="constant")
+    train_sft(SFTConfig(**kw, out=str(tmp_path / "a"), batch_size=4, grad_accum=1))
+    train_sft(SFTConfig(**kw, out=str(tmp_path / "b"), batch_size=2, grad_accum=2))
+    wa, wb = _weights(tmp_path / "a" / "epoch-1"), _weights(tmp_path / "b" / "epoch-1")
+    assert_same_training(wa, wb, _weights(base))
+
+
+def test_packed_and_padded_batches_train_alike(base, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
+    kw = dict(model=str(base), data=str(data), epochs=1, lr=1e-2, batch_size=4)
+    train_sft(SFTConfig(**kw, out=str(tmp_path / "p"), packing=True))
+    train_sft(SFTConfig(**kw, out=str(tmp_path / "r"), packing=False))
+    wp, wr = _weights(tmp_path / "p" / "epoch-1"), _weights(tmp_path / "r" / "epoch-1")
+    assert_same_training(wp, wr, _weights(base))
+
+
+def test_bad_record_stops_before_any_output(base, tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": ""}\n')
+    out = tmp_path / "never"
+    rc = cli.main(["sft", "--model", str(base), "--data", str(data), "--out", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{data}:2:" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten(base, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(4))
+    args = [
+        "sft",
+        "--model",
+        str(base),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--epochs",
+        "1",
+    ]
+    assert cli.main(args) == 0
+    before = _weights(tmp_path / "o" / "epoch-1")
+    assert cli.main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    after = _weights(tmp_path / "o" / "epoch-1")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert cli.main([*args, "--overwrite"]) == 0
