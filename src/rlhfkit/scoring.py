@@ -1,0 +1,428 @@
+"""Scoring prompt + response with one or several reward models: the object PPO, rejection
+sampling, `rlhfkit select` and `rlhfkit score` call.
+
+Tokenization (one rule, shared with training): the RM reads exactly the sequence SFT
+trains on, `[bos?] + prompt + response + [eos]` (`data.tokenize.encode_sft`), EOS
+INCLUDED, because the policy's finished responses end in EOS and the score is read at that
+last token. A sequence over `max_len` keeps its END: the oldest prompt tokens are dropped
+(after BOS), since the score is read at the last token.
+
+Two entry points:
+- `RewardScorer.score(prompts, responses, safety)`: texts, tokenized per RM with its own
+  tokenizer;
+- `RewardScorer.score_tokens(prompt_ids, prompt_mask, response_ids, response_mask, ...)`:
+  the policy's token ids as sampled (`models.generate.Generation` fields). An RM whose
+  tokenizer maps every policy token to the same id (checked once per policy tokenizer)
+  scores those ids directly: no decode / re-encode, and exactly the tokens the policy
+  produced. Other RMs get decoded text. Note the tensor path scores a response cut at
+  max_new_tokens as is (no EOS), while the text path always appends EOS.
+
+The combined score is computed over the call's batch (`combine.py`; whitening is over it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.combine import Combiner, make_combiner
+from rlhfkit.data.collate import collate_right
+from rlhfkit.data.records import SFTRecord, iter_json_records
+from rlhfkit.data.tokenize import EncodedExample, encode_sft_many, resolve_bos
+from rlhfkit.errors import RecordError, UserError
+from rlhfkit.models.reward import load_reward_model, reward_scores
+
+RM_INFO = "rlhfkit_reward.json"  # written beside a trained RM: tokenization settings
+
+
+# ---------------------------------------------------------------------------------------
+# Tokens
+# ---------------------------------------------------------------------------------------
+
+
+def truncate_left(ids: list[int], max_len: int, bos: int | None) -> list[int]:
+    """Keep the last tokens of `ids` (and a leading BOS) so that len <= max_len."""
+    if len(ids) <= max_len:
+        return ids
+    head = [bos] if bos is not None and ids and ids[0] == bos else []
+    keep = max_len - len(head)
+    if keep < 1:
+        raise ValueError(f"max_len={max_len} leaves no room after BOS")
+    return head + ids[-keep:]
+
+
+def encode_responses(
+    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_len: int
+) -> tuple[list[list[int]], int]:
+    """`[bos?] + prompt + response + [eos]` per pair (SFT's encoding), left-truncated to
+    max_len. Returns (ids per pair, number truncated)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    records = [SFTRecord(p, r) for p, r in zip(prompts, responses, strict=True)]
+    # max_len far above any length: encode_sft_many then never drops; we cut below.
+    examples, _ = encode_sft_many(records, tokenizer, max_len=1 << 30, loss_on_prompt=True)
+    bos = resolve_bos(tokenizer)
+    out = [truncate_left(ex.input_ids, max_len, bos) for ex in examples]
+    n_cut = sum(len(o) < len(ex.input_ids) for o, ex in zip(out, examples, strict=True))
+    return out, n_cut
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (N, T) right-padded ids and (N, T) bool mask (via `collate_right`)."""
+    batch = collate_right([EncodedExample(list(s), list(s)) for s in sequences], pad_id)
+    return batch.input_ids, batch.attention_mask
+
+
+@torch.no_grad()
+def score_sequences(
+    model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """(N,) float32 CPU scores of token sequences, batched by similar length (less padding)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out = torch.empty(len(sequences), dtype=torch.float32)
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        ids, mask = pad_right([sequences[j] for j in idx], pad_id)
+        out[idx] = reward_scores(model, ids.to(device), mask.to(device)).float().cpu()
+    model.train(was_training)
+    return out
+
+
+def score_texts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    max_len: int = 1024,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """(N,) raw RM scores r(prompt_i, response_i) (float32, CPU), in input order."""
+    if not prompts:
+        return torch.zeros(0)
+    sequences, _ = encode_responses(tokenizer, prompts, responses, max_len)
+    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
+
+
+# ---------------------------------------------------------------------------------------
+# Several reward models, one reward
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreResult:
+    """Scores of one batch: the combined reward and each RM's raw score."""
+
+    scores: torch.Tensor
+    """(B,) float32: the combined reward (what PPO / rejection sampling maximise)."""
+    per_rm: dict[str, torch.Tensor] = field(default_factory=dict)
+    """name -> (B,) float32 raw score of that RM (a logit; sigmoid gives Llama 2's R)."""
+
+
+@dataclass
+class LoadedRM:
+    """One reward model with its tokenizer and tokenization settings."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    max_len: int
+
+
+def parse_rm_spec(spec: str) -> tuple[str, str]:
+    """ "NAME=DIR" -> (NAME, DIR); a bare "DIR" is named "reward"."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        return "reward", spec
+    if not name.strip() or not path.strip():
+        raise UserError(f"bad --rm {spec!r}: expected NAME=DIR (e.g. helpfulness=runs/rm_help)")
+    return name.strip(), path.strip()
+
+
+def saved_max_len(folder: Path, model: torch.nn.Module) -> int:
+    info = folder / RM_INFO
+    if info.is_file():
+        return int(json.loads(info.read_text())["max_len"])
+    return int(getattr(model.config, "max_position_embeddings", 1024))
+
+
+def _as_bool(safety: Sequence[bool] | torch.Tensor | None, n: int) -> torch.Tensor:
+    if safety is None:
+        return torch.zeros(n, dtype=torch.bool)
+    out = torch.as_tensor(safety, dtype=torch.bool).cpu()
+    if out.shape != (n,):
+        raise ValueError(
+            f"safety must have one flag per sample ({n}), got shape {tuple(out.shape)}"
+        )
+    return out
+
+
+def _maps_tokens_alike(rm_tok: Any, policy_tok: Any) -> bool:
+    """True if every policy token has the same id in the RM's tokenizer (and BOS/EOS agree)."""
+    rm_vocab = rm_tok.get_vocab()
+    if rm_tok.eos_token_id != policy_tok.eos_token_id:
+        return False
+    if rm_tok.bos_token_id != policy_tok.bos_token_id:
+        return False
+    return all(rm_vocab.get(t) == i for t, i in policy_tok.get_vocab().items())
+
+
+class RewardScorer:
+    """Named reward models and a combiner: (prompts, responses, safety) -> `ScoreResult`.
+
+        scorer = RewardScorer.from_specs(["helpfulness=DIR", "safety=DIR"], combine="llama2")
+        result = scorer.score(prompts, responses, safety)   # result.scores: (B,)
+
+    Models are frozen (eval mode, no gradients). `combine_options` go to the combiner
+    (e.g. {"threshold": 0.2, "whiten": False}); see `rlhfkit.combine`.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, LoadedRM],
+        combine: str = "single",
+        combine_options: Mapping[str, Any] | None = None,
+        batch_size: int = 32,
+    ):
+        if not models:
+            raise UserError("a RewardScorer needs at least one reward model")
+        self.models = dict(models)
+        self.combine_name = combine
+        try:
+            self.combiner: Combiner = make_combiner(combine, **dict(combine_options or {}))
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        self.batch_size = batch_size
+        self._shared: dict[tuple[int, str], bool] = {}
+
+    @classmethod
+    def from_specs(
+        cls,
+        specs: Sequence[str] | Mapping[str, str | Path],
+        combine: str = "single",
+        combine_options: Mapping[str, Any] | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        batch_size: int = 32,
+        max_len: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> RewardScorer:
+        """Load RMs from ["NAME=DIR", ...] or {name: DIR}; max_len None = each RM's own."""
+        pairs = (
+            list(specs.items()) if isinstance(specs, Mapping) else [parse_rm_spec(s) for s in specs]
+        )
+        names = [n for n, _ in pairs]
+        if len(set(names)) != len(names):
+            raise UserError(f"reward model names must be distinct, got {names}")
+        models = {}
+        for name, path in pairs:
+            model, tok = load_reward_model(path, device, trust_remote_code=trust_remote_code)
+            models[name] = LoadedRM(model, tok, max_len or saved_max_len(Path(path), model))
+        return cls(models, combine, combine_options, batch_size)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def _combine(self, per_rm: dict[str, torch.Tensor], safety: torch.Tensor) -> ScoreResult:
+        try:
+            scores = self.combiner(per_rm, safety.to(next(iter(per_rm.values())).device))
+        except ValueError as e:
+            raise UserError(f"--combine {self.combine_name}: {e}") from e
+        return ScoreResult(scores, per_rm)
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        safety: Sequence[bool] | torch.Tensor | None = None,
+    ) -> ScoreResult:
+        """Score texts; `safety` flags prompts tagged possibly unsafe (None = none). CPU out."""
+        flags = _as_bool(safety, len(prompts))
+        per_rm = {
+            name: score_texts(
+                rm.model,
+                rm.tokenizer,
+                prompts,
+                responses,
+                max_len=rm.max_len,
+                batch_size=self.batch_size,
+            )
+            for name, rm in self.models.items()
+        }
+        return self._combine(per_rm, flags)
+
+    def shares_tokenizer(self, name: str, policy_tokenizer: Any) -> bool:
+        """Whether RM `name` can score the policy's token ids directly (cached)."""
+        key = (id(policy_tokenizer), name)
+        if key not in self._shared:
+            self._shared[key] = _maps_tokens_alike(self.models[name].tokenizer, policy_tokenizer)
+        return self._shared[key]
+
+    @torch.no_grad()
+    def score_tokens(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        policy_tokenizer: Any,
+        safety: Sequence[bool] | torch.Tensor | None = None,
+    ) -> ScoreResult:
+        """Score sampled token ids: prompt (B, P) and response (B, R) ids with bool masks,
+        any padding. Results on the device of `response_ids`. See the module docstring."""
+        out_device = response_ids.device
+        flags = _as_bool(safety, response_ids.shape[0])
+        ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+R)
+        mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P+R)
+        per_rm: dict[str, torch.Tensor] = {}
+        texts: tuple[list[str], list[str]] | None = None
+        for name, rm in self.models.items():
+            if self.shares_tokenizer(name, policy_tokenizer):
+                per_rm[name] = self._score_ids(rm.model, ids, mask).to(out_device)
+                continue
+            if texts is None:
+                texts = _decode(
+                    policy_tokenizer, prompt_ids, prompt_mask, response_ids, response_mask
+                )
+            per_rm[name] = score_texts(
+                rm.model, rm.tokenizer, *texts, max_len=rm.max_len, batch_size=self.batch_size
+            ).to(out_device)
+        return self._combine(per_rm, flags.to(out_device))
+
+    def _score_ids(
+        self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        device = next(model.parameters()).device
+        parts = [
+            reward_scores(
+                model,
+                ids[i : i + self.batch_size].to(device),
+                mask[i : i + self.batch_size].to(device),
+            )
+            for i in range(0, ids.shape[0], self.batch_size)
+        ]
+        return torch.cat(parts).float()
+
+
+def _decode(tokenizer: Any, p_ids, p_mask, r_ids, r_mask) -> tuple[list[str], list[str]]:
+    def texts(ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        rows = [row[m].tolist() for row, m in zip(ids.cpu(), mask.cpu(), strict=True)]
+        return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    return texts(p_ids, p_mask), texts(r_ids, r_mask)
+
+
+# ---------------------------------------------------------------------------------------
+# `rlhfkit score`
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoredRecord:
+    """A {"prompt", "response", "safety"?} record; other fields are kept."""
+
+    prompt: str
+    response: str
+    safety: bool
+    row: dict
+    line: int
+
+
+def read_scoring_records(path: str | Path) -> list[ScoredRecord]:
+    """{"prompt", "response", "safety"?} records, validated (file:line errors)."""
+    out = []
+    for line, row in iter_json_records(path):
+        for key in ("prompt", "response"):
+            if not isinstance(row.get(key), str):
+                problem = "missing" if row.get(key) is None else "not a string"
+                raise RecordError(str(path), line, f"field '{key}' is {problem}")
+        if not row["response"].strip():
+            raise RecordError(str(path), line, "field 'response' is empty")
+        safety = row.get("safety")
+        if safety is not None and not isinstance(safety, bool):
+            raise RecordError(
+                str(path), line, f"field 'safety' must be true or false, got {safety!r}"
+            )
+        out.append(ScoredRecord(row["prompt"], row["response"], bool(safety), row, line))
+    if not out:
+        raise RecordError(str(path), None, "empty file: no records")
+    return out
+
+
+def combine_options_from(cfg: Any) -> dict[str, Any]:
+    """The combiner options a `ScoreConfig`-like config sets for its --combine."""
+    opts: dict[str, Any] = {}
+    if cfg.whiten is not None:
+        opts["whiten"] = cfg.whiten
+    if cfg.combine == "llama2":
+        opts.update(helpfulness=cfg.helpfulness_rm, safety=cfg.safety_rm, threshold=cfg.threshold)
+    elif cfg.combine == "weighted-sum" and cfg.weights:
+        opts["weights"] = parse_weights(cfg.weights)
+    return opts
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """ "helpfulness=0.7,safety=0.3" -> {"helpfulness": 0.7, "safety": 0.3}."""
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise UserError(f"bad --weights entry {part!r}: expected NAME=NUMBER")
+    return out
+
+
+def run_score(cfg: Any) -> dict:
+    """`rlhfkit score`: write each record with "score" (combined) and "scores" (per RM)."""
+    from rlhfkit.models.load import pick_device
+
+    if not cfg.rm:
+        raise UserError("give at least one reward model: --rm NAME=DIR (repeatable)")
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"{out} exists: pass --overwrite to replace it")
+    records = read_scoring_records(cfg.data)
+    scorer = RewardScorer.from_specs(
+        list(cfg.rm),
+        cfg.combine,
+        combine_options_from(cfg),
+        device=pick_device(cfg.device),
+        batch_size=cfg.batch_size,
+        max_len=cfg.max_len,
+    )
+    result = scorer.score(
+        [r.prompt for r in records], [r.response for r in records], [r.safety for r in records]
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for i, rec in enumerate(records):
+            per = {name: float(s[i]) for name, s in result.per_rm.items()}
+            f.write(json.dumps({**rec.row, "score": float(result.scores[i]), "scores": per}) + "\n")
+    tmp.replace(out)
+    summary = {
+        "records": len(records),
+        "combine": cfg.combine,
+        "mean_score": float(result.scores.mean()),
+        "mean_per_rm": {n: float(s.mean()) for n, s in result.per_rm.items()},
+        "out": str(out),
+    }
+    print(
+        f"scored {len(records)} records with {', '.join(scorer.names)} ({cfg.combine}): "
+        f"mean {summary['mean_score']:.4f} -> {out}"
+    )
+    return summary
