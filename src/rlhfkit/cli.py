@@ -39,6 +39,24 @@ COMMANDS: dict[str, Command] = {
         "1  supervised fine-tuning, a checkpoint per epoch",
         ("model", "data", "out"),
     ),
+    "rm": Command(
+        "rlhfkit.config:RMConfig",
+        "rlhfkit.loops.reward:train_rm",
+        "2  reward model from K-wise rankings / graded pairs (margins, per-strength eval)",
+        ("model", "out"),
+    ),
+    "rm eval": Command(
+        "rlhfkit.config:RMEvalConfig",
+        "rlhfkit.loops.reward:eval_rm",
+        "-  reward model loss and pairwise accuracy (overall, per strength) on rankings",
+        ("model",),
+    ),
+    "score": Command(
+        "rlhfkit.config:ScoreConfig",
+        "rlhfkit.scoring:run_score",
+        "-  score prompt/response records with reward models (single, weighted-sum, llama2)",
+        ("data", "out"),
+    ),
     "world make": Command(
         "rlhfkit.config:WorldMakeConfig",
         "rlhfkit.data.world.commands:world_make",

@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import tyro
 import yaml
 
 from rlhfkit.errors import UserError
@@ -131,6 +132,89 @@ class SFTConfig(TrainOptions):
     warmup_steps: int = 10
     trust_remote_code: bool = False
     """Allow model code shipped inside the model folder to run (off: never run untrusted code)."""
+
+
+@dataclass(kw_only=True)
+class RMConfig(TrainOptions):
+    """Train a reward model from K-wise rankings and graded pairwise preferences (InstructGPT + Llama 2)."""
+
+    model: str = ""
+    """Hugging Face causal LM folder to start from (e.g. an SFT epoch); its LM head is replaced by a one-output head."""
+    data: tuple[str, ...] = ()
+    """Training files (required): ranking {"prompt","responses","ranking","strengths"?} and/or pairwise {"prompt","chosen","rejected","strength"?} records."""
+    eval_data: tuple[str, ...] = ()
+    """Held-out files of the same formats: loss and pairwise accuracy (overall, per strength) each epoch."""
+    eval_fraction: float = 0.0
+    """Without --eval-data, hold out this share of the prompts of --data."""
+    margin: str = "none"
+    """Margin m(strength) subtracted inside the sigmoid: none, llama2-small (1, 2/3, 1/3, 0), llama2-large (3, 2, 1, 0), or 'significantly_better=3,better=2,...'."""
+    max_len: int = 256
+    """Maximum tokens of prompt + response + EOS."""
+    overlong: Literal["truncate", "error"] = "truncate"
+    """A longer sequence: 'truncate' drops its oldest prompt tokens (the end, where the score is read, stays), 'error' stops with file:line."""
+    head_init: Literal["zeros", "normal"] = "zeros"
+    """Score head initialisation: 'zeros' (every score starts at 0, loss at log 2) or 'normal' (std 1/sqrt(hidden+1))."""
+    batch_size: int = 8
+    """PROMPTS per micro-batch; each brings all its K responses (K forward passes per prompt)."""
+    lr: float = 1e-4
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folder to run (off: never run untrusted code)."""
+
+
+@dataclass(kw_only=True)
+class RMEvalConfig:
+    """Evaluate a reward model on rankings: loss, pairwise accuracy overall and per strength, score gap."""
+
+    model: str = ""
+    """Reward model folder (written by `rlhfkit rm`, or any AutoModelForSequenceClassification with num_labels=1)."""
+    data: tuple[str, ...] = ()
+    """Ranking and/or pairwise files (required)."""
+    margin: str = "none"
+    """Margins used in the reported loss (same choices as `rlhfkit rm --margin`)."""
+    out: str | None = None
+    """JSON file for the metrics (default: print only)."""
+    max_len: int | None = None
+    """Maximum tokens per sequence (default: the RM's training --max-len)."""
+    batch_size: int = 16
+    """Prompts per forward batch."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folder to run."""
+
+
+@dataclass(kw_only=True)
+class ScoreConfig:
+    """Score {"prompt","response","safety"?} records with one or several reward models, combined."""
+
+    data: str = ""
+    """JSONL of {"prompt","response"} records; optional "safety": true marks possibly unsafe prompts."""
+    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Reward model NAME=DIR (required; repeat for several: --rm helpfulness=DIR --rm safety=DIR)."""
+    combine: Literal["single", "weighted-sum", "llama2"] = "single"
+    """single: one RM's raw score; weighted-sum: sum of weight * score; llama2: the safety RM's score if the prompt is tagged safety or sigmoid(safety) < --threshold, else helpfulness, whitened."""
+    threshold: float = 0.15
+    """llama2: sigmoid(safety score) below this takes the safety RM."""
+    helpfulness_rm: str = "helpfulness"
+    """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
+    safety_rm: str = "safety"
+    """llama2: name of the safety RM."""
+    weights: str | None = None
+    """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
+    whiten: bool | None = None
+    """Whiten the combined score over the whole file (default: on for llama2, off otherwise)."""
+    out: str = ""
+    """Output JSONL: each record plus "score" (combined) and "scores" ({name: raw score})."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+    max_len: int | None = None
+    """Maximum tokens per sequence (default: each RM's training --max-len)."""
+    batch_size: int = 32
+    """Sequences per forward batch."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
 
 
 # --- The built-in world (rlhfkit.data.world) ---------------------------------------------

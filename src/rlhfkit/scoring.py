@@ -1,11 +1,8 @@
 """Scoring prompt + response with one or several reward models: the object PPO, rejection
 sampling, `rlhfkit select` and `rlhfkit score` call.
 
-Tokenization (one rule, shared with training): the RM reads exactly the sequence SFT
-trains on, `[bos?] + prompt + response + [eos]` (`data.tokenize.encode_sft`), EOS
-INCLUDED, because the policy's finished responses end in EOS and the score is read at that
-last token. A sequence over `max_len` keeps its END: the oldest prompt tokens are dropped
-(after BOS), since the score is read at the last token.
+Tokenization is training's (`data.reward_data.encode_responses`): `[bos?] + prompt +
+response + [eos]`, SFT's sequence, EOS included; an overlong sequence keeps its end.
 
 Two entry points:
 - `RewardScorer.score(prompts, responses, safety)`: texts, tokenized per RM with its own
@@ -31,51 +28,16 @@ from typing import Any
 import torch
 
 from rlhfkit.combine import Combiner, make_combiner
-from rlhfkit.data.collate import collate_right
-from rlhfkit.data.records import SFTRecord, iter_json_records
-from rlhfkit.data.tokenize import EncodedExample, encode_sft_many, resolve_bos
+from rlhfkit.data.records import iter_json_records
+from rlhfkit.data.reward_data import encode_responses, pad_right
 from rlhfkit.errors import RecordError, UserError
 from rlhfkit.models.reward import load_reward_model, reward_scores
 
 RM_INFO = "rlhfkit_reward.json"  # written beside a trained RM: tokenization settings
 
-
 # ---------------------------------------------------------------------------------------
-# Tokens
+# One reward model
 # ---------------------------------------------------------------------------------------
-
-
-def truncate_left(ids: list[int], max_len: int, bos: int | None) -> list[int]:
-    """Keep the last tokens of `ids` (and a leading BOS) so that len <= max_len."""
-    if len(ids) <= max_len:
-        return ids
-    head = [bos] if bos is not None and ids and ids[0] == bos else []
-    keep = max_len - len(head)
-    if keep < 1:
-        raise ValueError(f"max_len={max_len} leaves no room after BOS")
-    return head + ids[-keep:]
-
-
-def encode_responses(
-    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_len: int
-) -> tuple[list[list[int]], int]:
-    """`[bos?] + prompt + response + [eos]` per pair (SFT's encoding), left-truncated to
-    max_len. Returns (ids per pair, number truncated)."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    records = [SFTRecord(p, r) for p, r in zip(prompts, responses, strict=True)]
-    # max_len far above any length: encode_sft_many then never drops; we cut below.
-    examples, _ = encode_sft_many(records, tokenizer, max_len=1 << 30, loss_on_prompt=True)
-    bos = resolve_bos(tokenizer)
-    out = [truncate_left(ex.input_ids, max_len, bos) for ex in examples]
-    n_cut = sum(len(o) < len(ex.input_ids) for o, ex in zip(out, examples, strict=True))
-    return out, n_cut
-
-
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> (N, T) right-padded ids and (N, T) bool mask (via `collate_right`)."""
-    batch = collate_right([EncodedExample(list(s), list(s)) for s in sequences], pad_id)
-    return batch.input_ids, batch.attention_mask
 
 
 @torch.no_grad()

@@ -1,0 +1,176 @@
+"""Reward-model data: prompt + response -> tokens, rankings -> examples -> batches.
+
+One tokenization rule for every reward model (training, evaluation, scoring): the RM reads
+exactly the sequence SFT trains on, `[bos?] + prompt + response + [eos]`
+(`data.tokenize.encode_sft`), EOS INCLUDED, because the policy's finished responses end in
+EOS and the score is read at that last token. A sequence over `max_len` keeps its END: the
+oldest prompt tokens are dropped (after a leading BOS).
+
+A ranking of K responses becomes ONE example: its K sequences and its C(K,2) comparisons
+(winner, loser, margin, strength bucket). A batch concatenates whole examples, so a
+prompt's responses are never split and each gets exactly one forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+
+from rlhfkit.data.collate import collate_right
+from rlhfkit.data.ranking import STRENGTHS, comparisons_with_margins, ranking_to_comparisons
+from rlhfkit.data.ranking import resolve_margins as _resolve
+from rlhfkit.data.records import RankingRecord, SFTRecord
+from rlhfkit.data.tokenize import EncodedExample, encode_sft_many, resolve_bos
+from rlhfkit.errors import RecordError, UserError
+
+UNLABELED = "unlabeled"  # bucket of comparisons that carry no strength
+BUCKETS: tuple[str, ...] = (*STRENGTHS, UNLABELED)
+
+
+def truncate_left(ids: list[int], max_len: int, bos: int | None) -> list[int]:
+    """Keep the last tokens of `ids` (and a leading BOS) so that len <= max_len."""
+    if len(ids) <= max_len:
+        return ids
+    head = [bos] if bos is not None and ids and ids[0] == bos else []
+    keep = max_len - len(head)
+    if keep < 1:
+        raise ValueError(f"max_len={max_len} leaves no room after BOS")
+    return head + ids[-keep:]
+
+
+def encode_responses(
+    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_len: int
+) -> tuple[list[list[int]], int]:
+    """`[bos?] + prompt + response + [eos]` per pair (SFT's encoding), left-truncated to
+    max_len. Returns (ids per pair, number truncated)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    records = [SFTRecord(p, r) for p, r in zip(prompts, responses, strict=True)]
+    # max_len far above any length: encode_sft_many then never drops; we cut below.
+    examples, _ = encode_sft_many(records, tokenizer, max_len=1 << 30, loss_on_prompt=True)
+    bos = resolve_bos(tokenizer)
+    out = [truncate_left(ex.input_ids, max_len, bos) for ex in examples]
+    n_cut = sum(len(o) < len(ex.input_ids) for o, ex in zip(out, examples, strict=True))
+    return out, n_cut
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (N, T) right-padded ids and (N, T) bool mask (via `collate_right`)."""
+    batch = collate_right([EncodedExample(list(s), list(s)) for s in sequences], pad_id)
+    return batch.input_ids, batch.attention_mask
+
+
+# ---------------------------------------------------------------------------------------
+# Records -> examples -> batches
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RankingExample:
+    """One prompt's K token sequences and its comparisons (indices into `sequences`)."""
+
+    sequences: list[list[int]]
+    pairs: list[tuple[int, int]]
+    margins: list[float]
+    buckets: list[str]
+    line: int = 0
+    source: str = ""
+
+
+def resolve_margin_table(spec: str | None) -> dict[str, float]:
+    """--margin: a preset (none, llama2-small, llama2-large) or "strength=value,..."."""
+    try:
+        return _resolve(spec)
+    except ValueError as e:
+        raise UserError(f"--margin: {e}") from e
+
+
+def encode_rankings(
+    records: Sequence[RankingRecord],
+    tokenizer: Any,
+    max_len: int,
+    margin_table: dict[str, float],
+    overlong: str = "truncate",
+) -> tuple[list[RankingExample], int]:
+    """Tokenize every response and expand every ranking into its comparisons with margins.
+
+    Returns (examples, number of sequences truncated). overlong "truncate" keeps a
+    sequence's end (drops the oldest prompt tokens); "error" raises a RecordError naming
+    the record's file and line.
+    """
+    prompts = [r.prompt for r in records for _ in r.responses]
+    responses = [resp for r in records for resp in r.responses]
+    flat, _ = encode_responses(tokenizer, prompts, responses, max_len=1 << 30)
+    out, n_cut, pos = [], 0, 0
+    for rec in records:
+        seqs = flat[pos : pos + len(rec.responses)]
+        pos += len(rec.responses)
+        if any(len(s) > max_len for s in seqs):
+            if overlong == "error":
+                longest = max(len(s) for s in seqs)
+                raise RecordError(
+                    rec.source,
+                    rec.line,
+                    f"a response is {longest} tokens with its prompt, over --max-len {max_len} "
+                    "(raise --max-len or use --overlong truncate)",
+                )
+            n_cut += sum(len(s) > max_len for s in seqs)
+            seqs = encode_responses(tokenizer, [rec.prompt] * len(seqs), rec.responses, max_len)[0]
+        comps = comparisons_with_margins(
+            ranking_to_comparisons(rec.ranking, rec.strengths), margin_table
+        )
+        out.append(
+            RankingExample(
+                sequences=seqs,
+                pairs=[(win, lose) for win, lose, _, _ in comps],
+                margins=[m for _, _, m, _ in comps],
+                buckets=[b or UNLABELED for _, _, _, b in comps],
+                line=rec.line,
+                source=rec.source,
+            )
+        )
+    return out, n_cut
+
+
+@dataclass
+class RankingBatch:
+    """Several prompts' responses, flattened: N = sum of K, M = sum of C(K,2)."""
+
+    input_ids: torch.Tensor  # (N, T) long, right-padded
+    attention_mask: torch.Tensor  # (N, T) bool
+    pairs: torch.Tensor  # (M, 2) long (winner, loser) rows of input_ids
+    margins: torch.Tensor  # (M,) float32
+    pair_prompt: torch.Tensor  # (M,) long prompt index within the batch
+    buckets: list[str] = field(default_factory=list)  # (M,) strength bucket per pair
+
+    def to(self, device: torch.device | str) -> RankingBatch:
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
+
+def collate_rankings(examples: Sequence[RankingExample], pad_id: int) -> RankingBatch:
+    """Concatenate prompts' sequences (never splitting a prompt) and offset their pairs."""
+    seqs, pairs, margins, prompt_of, buckets = [], [], [], [], []
+    for p, ex in enumerate(examples):
+        offset = len(seqs)
+        seqs += ex.sequences
+        pairs += [(win + offset, lose + offset) for win, lose in ex.pairs]
+        margins += ex.margins
+        prompt_of += [p] * len(ex.pairs)
+        buckets += ex.buckets
+    ids, mask = pad_right(seqs, pad_id)
+    return RankingBatch(
+        input_ids=ids,
+        attention_mask=mask,
+        pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 2),
+        margins=torch.tensor(margins, dtype=torch.float32),
+        pair_prompt=torch.tensor(prompt_of, dtype=torch.long),
+        buckets=buckets,
+    )

@@ -1,0 +1,486 @@
+"""`rlhfkit rm` and `rlhfkit rm eval`: reward models from K-wise rankings (InstructGPT)
+with graded margins (Llama 2).
+
+Algorithm:
+  1. read and validate every ranking / pairwise record (train and eval) before anything
+     is written; a pairwise record is a K = 2 ranking;
+  2. each record -> K token sequences `[bos?] + prompt + response_k + [eos]` (SFT's
+     encoding, `data.reward_data`) and its C(K,2) comparisons: winner, loser,
+     margin m(strength) (`data.ranking`; a non-adjacent pair takes the STRONGEST strength
+     on the ranking path between its two responses);
+  3. the RM starts from the LM: backbone copied, a zero one-output head (`models.reward`);
+  4. one optimizer step = `batch_size * grad_accum * world_size` PROMPTS in a seeded order;
+     a prompt's K responses always travel together, each through ONE forward pass (K
+     passes per prompt, not one per pair: InstructGPT's speed and regularity);
+  5. loss per prompt = mean over its pairs of -log sigmoid(r_w - r_l - m), loss of the
+     step = mean over its prompts (`losses.kwise_ranking_loss`); micro-batches and ranks
+     are weighted by their prompt counts, so accumulation and DDP change nothing;
+  6. each epoch: held-out loss, pairwise accuracy overall and per strength bucket, score
+     gap; a resumable checkpoint `epoch-N/` (itself a from_pretrained-loadable RM);
+  7. the final RM at the top of --out (AutoModelForSequenceClassification, num_labels=1).
+
+Departures: InstructGPT used one epoch at lr 9e-6 on a 6B RM; our defaults (lr 1e-4,
+1 epoch) suit the tiny world models. InstructGPT also normalised the RM so that labeller
+demonstrations score 0 on average; we do not (PPO whitens or uses raw scores, as chosen).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import RMConfig, RMEvalConfig, save_config
+from rlhfkit.data.records import RankingRecord, read_preferences
+from rlhfkit.data.reward_data import (
+    BUCKETS,
+    RankingBatch,
+    RankingExample,
+    collate_rankings,
+    encode_rankings,
+    resolve_margin_table,
+)
+from rlhfkit.errors import UserError
+from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print, write_json
+from rlhfkit.loops.common import (
+    Dist,
+    all_reduce_sum,
+    barrier,
+    build_optimizer,
+    build_scheduler,
+    epoch_order,
+    global_batches,
+    no_sync,
+    optimizer_step,
+    rank_micro_batches,
+    seed_everything,
+    setup_distributed,
+    teardown_distributed,
+    unwrap,
+    wrap_ddp,
+)
+from rlhfkit.losses import kwise_ranking_loss
+from rlhfkit.models.checkpoint import (
+    export_hf,
+    load_checkpoint,
+    prepare_output_dir,
+    save_checkpoint,
+)
+from rlhfkit.models.load import autocast_context, load_tokenizer
+from rlhfkit.models.reward import (
+    ensure_distinct_pad,
+    init_reward_model,
+    load_reward_model,
+    reward_scores,
+)
+from rlhfkit.scoring import RM_INFO
+
+# ---------------------------------------------------------------------------------------
+# The loss of one batch
+# ---------------------------------------------------------------------------------------
+
+
+def ranking_batch_loss(
+    model: torch.nn.Module, batch: RankingBatch, bf16: bool = False
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """(loss, stats, scores (N,)): one forward over all N responses, then the K-wise loss."""
+    device = batch.input_ids.device
+    with autocast_context(device, bf16):
+        scores = reward_scores(model, batch.input_ids, batch.attention_mask)  # (N,)
+    loss, stats = kwise_ranking_loss(scores.float(), batch.pairs, batch.margins, batch.pair_prompt)
+    return loss, stats, scores
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalTotals:
+    """Sums over prompts and pairs, reducible over ranks; `metrics()` makes the report."""
+
+    loss_sum: float = 0.0  # sum over prompts of the prompt's mean pair loss
+    n_prompts: int = 0
+    n_pairs: int = 0
+    correct: int = 0
+    gap_sum: float = 0.0
+    bucket_pairs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
+    bucket_correct: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
+
+    def add(self, loss: torch.Tensor, scores: torch.Tensor, batch: RankingBatch) -> None:
+        gap = (scores[batch.pairs[:, 0]] - scores[batch.pairs[:, 1]]).float().cpu()  # (M,)
+        n_prompts = int(batch.pair_prompt.max()) + 1
+        self.loss_sum += float(loss) * n_prompts
+        self.n_prompts += n_prompts
+        self.n_pairs += len(gap)
+        self.correct += int((gap > 0).sum())
+        self.gap_sum += float(gap.sum())
+        for bucket, ok in zip(batch.buckets, (gap > 0).tolist(), strict=True):
+            self.bucket_pairs[bucket] += 1
+            self.bucket_correct[bucket] += int(ok)
+
+    def reduce(self, d: Dist, device: torch.device) -> EvalTotals:
+        def r(x: float) -> float:
+            return all_reduce_sum(x, d, device)
+
+        return EvalTotals(
+            r(self.loss_sum),
+            int(r(self.n_prompts)),
+            int(r(self.n_pairs)),
+            int(r(self.correct)),
+            r(self.gap_sum),
+            {b: int(r(n)) for b, n in self.bucket_pairs.items()},
+            {b: int(r(n)) for b, n in self.bucket_correct.items()},
+        )
+
+    def metrics(self) -> dict[str, Any]:
+        """loss, accuracy, score_gap, n_prompts, n_pairs, and per bucket {accuracy, n_pairs}."""
+        n = max(self.n_pairs, 1)
+        return {
+            "loss": self.loss_sum / max(self.n_prompts, 1),
+            "accuracy": self.correct / n,
+            "score_gap": self.gap_sum / n,
+            "n_prompts": self.n_prompts,
+            "n_pairs": self.n_pairs,
+            "buckets": {
+                b: {"accuracy": self.bucket_correct[b] / k, "n_pairs": k}
+                for b, k in self.bucket_pairs.items()
+                if k
+            },
+        }
+
+
+@torch.no_grad()
+def evaluate_rm(
+    model: torch.nn.Module,
+    examples: Sequence[RankingExample],
+    pad_id: int,
+    *,
+    batch_size: int = 16,
+    device: torch.device = torch.device("cpu"),
+    dist: Dist | None = None,
+    bf16: bool = False,
+) -> dict[str, Any]:
+    """Ranking loss (training's formula), pairwise accuracy overall and per strength
+    bucket, mean score gap s_w - s_l, prompt and pair counts; over all ranks."""
+    d = dist or Dist()
+    was_training = model.training
+    model.eval()
+    totals = EvalTotals()
+    for idx in rank_micro_batches(range(len(examples)), d, batch_size):
+        batch = collate_rankings([examples[i] for i in idx], pad_id).to(device)
+        loss, _, scores = ranking_batch_loss(model, batch, bf16)
+        totals.add(loss, scores, batch)
+    model.train(was_training)
+    return totals.reduce(d, device).metrics()
+
+
+def format_eval(metrics: dict[str, Any]) -> str:
+    """A small table: overall numbers, then accuracy per strength bucket."""
+    lines = [
+        f"loss {metrics['loss']:.4f}   accuracy {metrics['accuracy']:.4f}   "
+        f"score gap {metrics['score_gap']:.4f}   prompts {metrics['n_prompts']}   "
+        f"pairs {metrics['n_pairs']}",
+        f"  {'strength':<22}{'accuracy':>9}{'pairs':>8}",
+    ]
+    for bucket, row in metrics["buckets"].items():
+        lines.append(f"  {bucket:<22}{row['accuracy']:>9.4f}{row['n_pairs']:>8}")
+    return "\n".join(lines)
+
+
+def _flat_eval(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {f"{prefix}/{k}": v for k, v in metrics.items() if k != "buckets"}
+    for b, row in metrics["buckets"].items():
+        out[f"{prefix}/accuracy_{b}"] = row["accuracy"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RMRun:
+    """What the loop needs besides the options: the RM, data and where to write."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    train: Sequence[RankingExample]
+    eval: Sequence[RankingExample] = ()
+    out: Path = Path(".")
+    dist: Dist = field(default_factory=Dist)
+    device: torch.device = torch.device("cpu")
+    info: dict[str, Any] = field(default_factory=dict)  # written as RM_INFO beside the RM
+
+
+def _latest_state_dir(out: Path) -> Path | None:
+    """The complete resumable checkpoint with the most steps: `epoch-N/` or `checkpoints/step-N/`."""
+    best, best_step = None, -1
+    for p in [*out.glob("epoch-*"), *out.glob("checkpoints/step-*")]:
+        f = p / "trainer_state.json"
+        if p.is_dir() and (p / "COMPLETE").is_file() and f.is_file():
+            step = json.loads(f.read_text())["state"]["step"]
+            if step > best_step:
+                best, best_step = p, step
+    return best
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    micro: Sequence[Sequence[RankingExample]],
+    n_global: int,
+    run: RMRun,
+    bf16: bool = False,
+) -> dict[str, float]:
+    """Forward + backward of this rank's micro-batches of one optimizer step.
+
+    The step's loss is the mean over its `n_global` prompts (all ranks): a micro-batch's
+    mean over its own prompts is weighted by its share of them, so any split into
+    micro-batches or ranks gives the same gradient. Returns this rank's sums (loss share,
+    correct pairs, pairs, score gap) for logging.
+    """
+    d = run.dist
+    sums = {"loss": 0.0, "correct": 0.0, "pairs": 0.0, "gap": 0.0}
+    for k, examples in enumerate(micro):
+        batch = collate_rankings(examples, run.tokenizer.pad_token_id).to(run.device)
+        with no_sync(model, sync=k == len(micro) - 1):
+            loss, stats, _ = ranking_batch_loss(model, batch, bf16)
+            # DDP averages gradients over ranks, hence * world_size.
+            (loss * (len(examples) * d.world_size / n_global)).backward()
+        n_pairs = float(stats["n_pairs"])
+        sums["loss"] += float(loss.detach()) * len(examples) / n_global
+        sums["correct"] += float(stats["accuracy"]) * n_pairs
+        sums["gap"] += float(stats["score_gap"]) * n_pairs
+        sums["pairs"] += n_pairs
+    return {k: all_reduce_sum(v, d, run.device) for k, v in sums.items()}
+
+
+def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
+    """Train `run.model` on `run.train` with the K-wise ranking loss. Returns the summary."""
+    d, out, pad_id = run.dist, Path(run.out), run.tokenizer.pad_token_id
+    model = wrap_ddp(run.model.to(run.device), d, run.device)
+    model.train()
+    optimizer = build_optimizer(
+        model, lr=opts.lr, weight_decay=opts.weight_decay, betas=(opts.adam_beta1, opts.adam_beta2)
+    )
+    global_batch = opts.batch_size * opts.grad_accum * d.world_size  # prompts per step
+    steps_per_epoch = len(global_batches(range(len(run.train)), global_batch, drop_last=d.enabled))
+    total = steps_per_epoch * opts.epochs
+    if opts.max_steps is not None:
+        total = min(total, opts.max_steps)
+    scheduler = build_scheduler(
+        optimizer,
+        schedule=opts.schedule,
+        warmup=opts.warmup_steps,
+        total=total,
+        min_ratio=opts.min_lr_ratio,
+    )
+
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "history": []}
+    if opts.resume and (ckpt := _latest_state_dir(out)) is not None:
+        state = load_checkpoint(
+            ckpt,
+            models={"model": unwrap(model)},
+            optimizers={"model": optimizer},
+            schedulers={"model": scheduler},
+        )
+        rank0_print(f"resuming from {ckpt} at step {state['step']}", rank=d.rank)
+
+    def save(path: Path) -> None:
+        if d.is_main:
+            save_checkpoint(
+                path,
+                models={"model": unwrap(model)},
+                tokenizer=run.tokenizer,
+                optimizers={"model": optimizer},
+                schedulers={"model": scheduler},
+                state=dict(state),
+            )
+        barrier(d)
+
+    def evaluate() -> dict[str, Any] | None:
+        if not run.eval:
+            return None
+        return evaluate_rm(
+            model,
+            run.eval,
+            pad_id,
+            batch_size=opts.batch_size,
+            device=run.device,
+            dist=d,
+            bf16=opts.bf16,
+        )
+
+    logger = MetricsLogger(out, enabled=d.is_main)
+    bar = progress(total, desc="rm", enabled=d.is_main, initial=state["step"])
+    t_start, prompts_seen, last = time.perf_counter(), 0, {}
+    for epoch in range(state["epoch"], opts.epochs):
+        order = epoch_order(len(run.train), opts.seed, epoch)
+        steps = global_batches(order, global_batch, drop_last=d.enabled)
+        for i in range(state["step_in_epoch"], len(steps)):
+            if state["step"] >= total:
+                break
+            micro = [
+                [run.train[j] for j in mb]
+                for mb in rank_micro_batches(steps[i], d, opts.batch_size)
+            ]
+            n_global = len(steps[i])  # prompts in this optimizer step, all ranks
+            sums = accumulate_gradients(model, micro, n_global, run, opts.bf16)
+            grad_norm = optimizer_step(model, optimizer, scheduler, opts.max_grad_norm)
+            state.update(step=state["step"] + 1, step_in_epoch=i + 1)
+            prompts_seen += n_global
+            elapsed = time.perf_counter() - t_start
+            last = {
+                "loss": sums["loss"],
+                "accuracy": sums["correct"] / max(sums["pairs"], 1),
+                "score_gap": sums["gap"] / max(sums["pairs"], 1),
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "prompts_per_s": prompts_seen / max(elapsed, 1e-9),
+                "epoch": epoch,
+            }
+            bar.update(1)
+            bar.set_postfix(format_metrics(last, ("loss", "accuracy", "prompts_per_s")))
+            if state["step"] % opts.log_every == 0 or state["step"] == total:
+                logger.log(state["step"], {f"train/{k}": v for k, v in last.items()})
+            if opts.save_every and state["step"] % opts.save_every == 0:
+                save(out / "checkpoints" / f"step-{state['step']:06d}")
+        if state["step_in_epoch"] < len(steps):  # max_steps reached mid-epoch
+            if not (opts.save_every and state["step"] % opts.save_every == 0):
+                save(out / "checkpoints" / f"step-{state['step']:06d}")
+            break
+        state.update(epoch=epoch + 1, step_in_epoch=0)
+        metrics = evaluate()
+        row = {
+            "epoch": epoch + 1,
+            "step": state["step"],
+            "train_loss": last.get("loss"),
+            "eval": metrics,
+        }
+        state["history"].append(row)
+        if metrics is not None:
+            logger.log(state["step"], {**_flat_eval("eval", metrics), "epoch": epoch + 1})
+            rank0_print(f"epoch {epoch + 1} eval:\n{format_eval(metrics)}", rank=d.rank)
+        save(out / f"epoch-{epoch + 1}")
+        if state["step"] >= total:
+            break
+    bar.close()
+    logger.close()
+    wall = time.perf_counter() - t_start
+    if d.is_main:
+        export_hf(unwrap(model), run.tokenizer, out, extra_json={RM_INFO: run.info})
+    barrier(d)
+    final_eval = state["history"][-1]["eval"] if state["history"] else None
+    summary = {
+        "final_loss": last.get("loss"),
+        "final_train_accuracy": last.get("accuracy"),
+        "eval": final_eval,
+        "steps": state["step"],
+        "epochs": state["history"],
+        "prompts": len(run.train),
+        "wall_time_s": round(wall, 2),
+        "prompts_per_s": round(prompts_seen / max(wall, 1e-9), 2),
+        "world_size": d.world_size,
+        "device": str(run.device),
+    }
+    if d.is_main:
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+def _split_eval(records: list[RankingRecord], fraction: float, seed: int):
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(records) * fraction))
+    if n_eval >= len(records):
+        raise UserError(f"--eval-fraction {fraction} leaves no training records")
+    return [records[i] for i in order[n_eval:]], [records[i] for i in order[:n_eval]]
+
+
+def train_rm(cfg: RMConfig) -> dict[str, Any]:
+    """`rlhfkit rm`: validate everything, then train and save the reward model."""
+    if not cfg.data:
+        raise UserError("--data is required: ranking / pairwise JSONL file(s)")
+    margin_table = resolve_margin_table(cfg.margin)
+    records = read_preferences(list(cfg.data))  # file:line errors before anything is written
+    eval_records = read_preferences(list(cfg.eval_data)) if cfg.eval_data else []
+    if not eval_records and cfg.eval_fraction > 0:
+        records, eval_records = _split_eval(records, cfg.eval_fraction, cfg.seed)
+    d, device = setup_distributed(cfg.device)
+    out = Path(cfg.out)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    ensure_distinct_pad(tokenizer)  # before encoding: same ids, pad never inside a sequence
+    train, n_cut = encode_rankings(records, tokenizer, cfg.max_len, margin_table, cfg.overlong)
+    held_out, n_cut_eval = encode_rankings(
+        eval_records, tokenizer, cfg.max_len, margin_table, cfg.overlong
+    )
+    if n_cut + n_cut_eval:
+        rank0_print(
+            f"{n_cut + n_cut_eval} sequences over --max-len {cfg.max_len}: oldest prompt "
+            "tokens dropped (the end, where the score is read, is kept)",
+            rank=d.rank,
+        )
+    if d.is_main:
+        prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, command="rm")
+        save_config(cfg, out / "config.yaml")
+    barrier(d)
+
+    seed_everything(cfg.seed)
+    model, tokenizer = init_reward_model(
+        cfg.model,
+        tokenizer,
+        head_init=cfg.head_init,
+        seed=cfg.seed,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    n_pairs = sum(len(ex.pairs) for ex in train)
+    rank0_print(
+        f"rm: {len(train)} prompts ({n_pairs} comparisons), {len(held_out)} held out, "
+        f"margins {cfg.margin}, {cfg.epochs} epoch(s)",
+        rank=d.rank,
+    )
+    info = {
+        "max_len": cfg.max_len,
+        "margin": cfg.margin,
+        "margin_table": margin_table,
+        "sequence": "[bos?] + prompt + response + [eos]",
+    }
+    run = RMRun(model, tokenizer, train, held_out, out, d, device, info)
+    summary = fit_rm(run, cfg)
+    rank0_print(
+        f"reward model: {out} (AutoModelForSequenceClassification, num_labels=1)", rank=d.rank
+    )
+    teardown_distributed()
+    return summary
+
+
+def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
+    """`rlhfkit rm eval`: the ranking metrics of a saved RM on ranking / pairwise files."""
+    from rlhfkit.models.load import pick_device
+    from rlhfkit.scoring import saved_max_len
+
+    if not cfg.data:
+        raise UserError("--data is required: ranking / pairwise JSONL file(s)")
+    margin_table = resolve_margin_table(cfg.margin)
+    records = read_preferences(list(cfg.data))
+    device = pick_device(cfg.device)
+    model, tokenizer = load_reward_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)
+    max_len = cfg.max_len or saved_max_len(Path(cfg.model), model)
+    examples, _ = encode_rankings(records, tokenizer, max_len, margin_table)
+    metrics = evaluate_rm(
+        model, examples, tokenizer.pad_token_id, batch_size=cfg.batch_size, device=device
+    )
+    result = {"model": cfg.model, "data": list(cfg.data), "margin": cfg.margin, **metrics}
+    print(format_eval(metrics))
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json(cfg.out, result)
+    return result
