@@ -378,3 +378,42 @@ def test_cli_rm_then_rm_eval_then_score(base, tmp_path, capsys):
                  "--device", "cpu", "--overwrite"]) == 0  # fmt: skip
     single = [json.loads(x) for x in scored.read_text().splitlines()]
     assert [r["score"] for r in single] == [r["scores"]["reward"] for r in single]
+
+
+# ---------------------------------------------------------------- DDP
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_processes_step_like_one_with_twice_the_prompts(base, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", PYTHONPATH=str(root / "src"))  # fmt: skip
+    # uneven K (2..5) per prompt: ranks see different numbers of responses and pairs
+    rows = [keyword_rankings(1, 2 + i % 4, seed=i)[0] for i in range(16)]
+    data = write_jsonl(tmp_path / "r.jsonl", rows)
+    opts = ["--lr", "1e-2", "--schedule", "constant", "--warmup-steps", "0", "--head-init",
+            "normal", "--eval-data", str(data)]  # fmt: skip
+    cli = [sys.executable, "-m", "rlhfkit.cli"]
+    one = _rm_args(base, [data], tmp_path / "one", *opts, "--batch-size", "8")
+    subprocess.run([*cli, *one], env=env, check=True, capture_output=True)
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + os.getpid() % 1000), "-m", "rlhfkit.cli"]  # fmt: skip
+    two = _rm_args(base, [data], tmp_path / "two", *opts, "--batch-size", "4")
+    r = subprocess.run([*ddp, *two], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    model, _ = init_reward_model(base, head_init="normal", seed=0)
+    w0 = model.state_dict()
+    w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert_same_training(w1, w2, {k: w0[k] for k in w1}, rel=1e-2)  # Adam: see above
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s2["world_size"] == 2 and s1["steps"] == s2["steps"] == 2
+    assert s2["eval"]["n_prompts"] == 16 and s2["eval"]["n_pairs"] == s1["eval"]["n_pairs"]
+    assert s2["eval"]["loss"] == pytest.approx(s1["eval"]["loss"], abs=1e-3)
