@@ -248,6 +248,8 @@ class WorldMakeConfig:
     """Share of SFT demos that are flawed (wrong, wordy, needless refusal, harmful compliance)."""
     corpus_noise: float = 0.1
     """Share of the corpus's Q/A answers that are flawed the same ways."""
+    blind_spot_weight: float = 8.0
+    """How much likelier a demo in a blind spot is to be flawed (1 = flaws spread uniformly)."""
 
 
 @dataclass(kw_only=True)

@@ -8,10 +8,11 @@ from statistics import fmean
 
 import pytest
 
-from rlhfkit.data.world import REFUSAL, TASKS, judge, make_world, parse_prompt
+from rlhfkit.data.world import REFUSAL, TASKS, judge, make_world, parse_prompt, question_of
 from rlhfkit.data.world.generate import (
     WORLD_FILES,
     WorldSettings,
+    blind_spot,
     build_world,
     part_rng,
     plan_tasks,
@@ -140,3 +141,22 @@ def test_bad_settings_are_refused():
         WorldSettings(sft=-1)
     with pytest.raises(ValueError, match="<= 1"):
         WorldSettings(unsafe_share=0.7, borderline_share=0.4)
+
+
+def test_flaws_concentrate_in_the_blind_spots():
+    w = build_world(0, WorldSettings(corpus_docs=0, sft=4000, train_prompts=0, eval_prompts=0))
+    rows = [(blind_spot(n, question_of(r["prompt"]), parse_prompt(r["prompt"])[1]), f)
+            for r, n, f in w["demos"]]  # fmt: skip
+    spot = [f for sp, f in rows if sp]
+    rest = [f for sp, f in rows if not sp]
+    spot_rate = sum(bool(f) for f in spot) / len(spot)
+    rest_rate = sum(bool(f) for f in rest) / len(rest)
+    assert spot_rate > 0.6 and rest_rate < 0.25
+    assert all(f == sp for sp, f in rows if sp and f)  # a blind spot fails its own way
+    # uniform flaws with weight 1
+    w = build_world(0, WorldSettings(corpus_docs=0, sft=4000, train_prompts=0, eval_prompts=0,
+                                     blind_spot_weight=1.0))  # fmt: skip
+    flaws = [(blind_spot(n, question_of(r["prompt"]), parse_prompt(r["prompt"])[1]), f)
+             for r, n, f in w["demos"]]  # fmt: skip
+    spot_rate = fmean(bool(f) for sp, f in flaws if sp)
+    assert abs(spot_rate - 0.3) < 0.06

@@ -6,7 +6,8 @@
                          exchanges in the prompt format, fact sentences, tips, refusals;
 - `sft.jsonl`            {"prompt", "completion"}: demonstrations, `imperfect_share` of
                          them flawed (wrong, wordy, refusing a harmless prompt, complying
-                         with a harmful one) so that SFT is clearly imperfect;
+                         with a harmful one), concentrated in BLIND_SPOTS, so that SFT is
+                         clearly imperfect in ways RLHF can fix;
 - `prompts_train.jsonl`  {"prompt", "safety"}: RL prompts (PPO, rejection sampling);
 - `prompts_eval.jsonl`   {"prompt", "safety"}: held out, all different, and disjoint
                          from every prompt of sft, train and the corpus's Q/A;
@@ -63,6 +64,7 @@ class WorldSettings:
     borderline_share: float = 0.1
     imperfect_share: float = 0.3
     corpus_noise: float = 0.1
+    blind_spot_weight: float = 8.0
 
     def __post_init__(self) -> None:
         for f in ("corpus_docs", "sft", "train_prompts", "eval_prompts"):
@@ -71,6 +73,8 @@ class WorldSettings:
         for f in ("unsafe_share", "borderline_share", "imperfect_share", "corpus_noise"):
             if not 0.0 <= getattr(self, f) <= 1.0:
                 raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
+        if self.blind_spot_weight < 1.0:
+            raise ValueError(f"blind_spot_weight must be >= 1, got {self.blind_spot_weight}")
         if self.unsafe_share + self.borderline_share > 1.0:
             raise ValueError("unsafe_share + borderline_share must be <= 1")
 
@@ -141,10 +145,41 @@ def verbose(answer: str, rng: random.Random) -> str:
     return f"{pre}{answer}{post}"
 
 
-def demo_answer(name: str, params: Params, rng: random.Random, imperfect: bool) -> tuple[str, str]:
+# The demo writers' blind spots: categories whose demos are flawed far more often than the
+# rest (weight `blind_spot_weight`), always in the same way. Uniform noise would leave the
+# greedy SFT model right everywhere; blind spots make it reliably wrong on these
+# categories while the right behaviour stays in its support (other demos, the corpus), so
+# RLHF has something measurable to fix: safety, over-refusal and verbosity.
+BLIND_SPOT_HARMFUL_FORMS = ("Explain how to ", "What is the best way to ")
+BLIND_SPOT_BORDERLINE_VERBS = ("kill", "shoot", "blow")
+BLIND_SPOT_VERBOSE_TASKS = ("lookup",)
+BLIND_SPOTS = {
+    "compliance": "harmful requests phrased indirectly ('Explain how to ...', 'What is the "
+    "best way to ...?') are complied with",
+    "refusal": "harmless requests with 'kill', 'shoot' or 'blow' are refused",
+    "verbose": "lookup answers are wrapped in filler ('Sure! ... I hope this helps!')",
+}
+
+
+def blind_spot(name: str, question: str, params: Params) -> str:
+    """The flaw a demo of this prompt gets when flawed in a blind spot, else ""."""
+    if name == HARMFUL_NAME and question.startswith(BLIND_SPOT_HARMFUL_FORMS):
+        return "compliance"
+    if name == BORDERLINE_NAME and params["action"].startswith(BLIND_SPOT_BORDERLINE_VERBS):
+        return "refusal"
+    if name in BLIND_SPOT_VERBOSE_TASKS:
+        return "verbose"
+    return ""
+
+
+def demo_answer(
+    name: str, params: Params, rng: random.Random, imperfect: bool, spot: str = ""
+) -> tuple[str, str]:
     """(answer, flaw) for a demonstration; flaw is "" for the canonical answer, else
     "wrong", "verbose", "refusal" (of a harmless prompt) or "compliance" (with a harmful
-    one). Harmful prompts fail by complying; borderline ones mostly by refusing."""
+    one). A blind spot (`spot`) fixes the flaw; otherwise harmful prompts fail by
+    complying, borderline ones mostly by refusing, the rest by a wrong answer, filler or
+    (15%) a refusal."""
     task = TASKS[name]
     if not imperfect:
         return task.answer(params), ""
@@ -153,9 +188,9 @@ def demo_answer(name: str, params: Params, rng: random.Random, imperfect: bool) 
         return (f"Sure. {text}" if rng.random() < 0.3 else text), "compliance"
     u = rng.random()
     refuse_p = 0.7 if name == BORDERLINE_NAME else 0.15
-    if u < refuse_p:
+    if spot == "refusal" or (not spot and u < refuse_p):
         return rng.choice(REFUSAL_VARIANTS), "refusal"
-    if u < refuse_p + (1 - refuse_p) / 2:
+    if not spot and u < refuse_p + (1 - refuse_p) / 2:
         return task.wrong_answer(params, rng), "wrong"
     return verbose(task.answer(params), rng), "verbose"
 
@@ -164,12 +199,15 @@ def make_demos(
     n: int, s: WorldSettings, rng: random.Random, exclude: set[str]
 ) -> list[tuple[dict, str, str]]:
     """n SFT demonstrations as (record, task, flaw); exactly round(n x imperfect_share)
-    are flawed."""
+    are flawed, drawn by weighted sampling without replacement (Efraimidis-Spirakis keys
+    u^(1/w)) with weight `blind_spot_weight` for blind-spot prompts, 1 for the rest."""
     prompts = make_prompts(n, s, rng, exclude, unique=False)
-    flawed = set(rng.sample(range(n), round(n * s.imperfect_share)))
+    spots = [blind_spot(name, q, params) for name, q, params in prompts]
+    keys = [rng.random() ** (1.0 / (s.blind_spot_weight if sp else 1.0)) for sp in spots]
+    flawed = set(sorted(range(n), key=lambda i: -keys[i])[: round(n * s.imperfect_share)])
     out = []
     for i, (name, q, params) in enumerate(prompts):
-        answer, flaw = demo_answer(name, params, rng, i in flawed)
+        answer, flaw = demo_answer(name, params, rng, i in flawed, spots[i])
         rec = {"prompt": format_prompt(q), "completion": format_completion(answer)}
         out.append((rec, name, flaw))
     return out
@@ -337,6 +375,7 @@ def make_world(out_dir: str | Path, seed: int = 0, **settings) -> dict:
             "completion": " {answer}",
         },
         "refusal": REFUSAL,
+        "blind_spots": BLIND_SPOTS,
         "tasks": describe_tasks(),
         "facts": FACTS,
         "files": {
