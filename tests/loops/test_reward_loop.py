@@ -257,19 +257,19 @@ def test_separable_rankings_reach_accuracy_1_and_hf_round_trip(base, tmp_path):
 
 
 def test_resume_ends_like_an_uninterrupted_run(base, tmp_path):
-    data = write_jsonl(tmp_path / "r.jsonl", keyword_rankings(24, 3, seed=3))
+    data = write_jsonl(tmp_path / "r.jsonl", keyword_rankings(16, 3, seed=3))
     opts = ["--epochs", "2", "--batch-size", "4", "--lr", "1e-3", "--schedule", "constant",
             "--warmup-steps", "0"]  # fmt: skip
     assert main(_rm_args(base, [data], tmp_path / "full", *opts)) == 0
     part = tmp_path / "part"
-    assert main(_rm_args(base, [data], part, *opts, "--max-steps", "4")) == 0  # mid-epoch 1
-    assert (part / "checkpoints" / "step-000004" / "COMPLETE").is_file()
+    assert main(_rm_args(base, [data], part, *opts, "--max-steps", "3")) == 0  # mid-epoch 1
+    assert (part / "checkpoints" / "step-000003" / "COMPLETE").is_file()
     assert main(_rm_args(base, [data], part, *opts, "--resume")) == 0
     full = load_file(str(tmp_path / "full" / "model.safetensors"))
     resumed = load_file(str(part / "model.safetensors"))
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], atol=1e-6, rtol=0, msg=k)
-    assert json.loads((part / "summary.json").read_text())["steps"] == 12
+    assert json.loads((part / "summary.json").read_text())["steps"] == 8
     assert (part / "epoch-1").is_dir() and (part / "epoch-2").is_dir()
 
 
