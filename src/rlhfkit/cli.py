@@ -57,6 +57,18 @@ COMMANDS: dict[str, Command] = {
         "-  score prompt/response records with reward models (single, weighted-sum, llama2)",
         ("data", "out"),
     ),
+    "select": Command(
+        "rlhfkit.config:SelectConfig",
+        "rlhfkit.loops.select:run_select",
+        "-  pick the SFT checkpoint whose samples the reward model scores highest",
+        ("prompts", "out"),
+    ),
+    "ppo": Command(
+        "rlhfkit.config:PPOConfig",
+        "rlhfkit.loops.ppo:train_ppo",
+        "3  PPO with a per-token KL penalty to the reference, optional PPO-ptx",
+        ("policy", "prompts", "out"),
+    ),
     "world make": Command(
         "rlhfkit.config:WorldMakeConfig",
         "rlhfkit.data.world.commands:world_make",

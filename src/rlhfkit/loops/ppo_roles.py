@@ -1,0 +1,112 @@
+"""The roles of `rlhfkit ppo` (and the reward of `rlhfkit select`), built from a config:
+policy, frozen reference, value model, and the scorer (reward models or a rule)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from rlhfkit.config import PPOConfig
+from rlhfkit.errors import UserError
+from rlhfkit.loops.common import seed_everything
+from rlhfkit.models.load import freeze, load_causal_lm, load_tokenizer
+from rlhfkit.rollout import rule_scorer
+
+
+def check_reward(cfg: Any) -> None:
+    """Exactly one reward: --rm (one or more) or --rule-reward."""
+    if bool(cfg.rule_reward) == bool(cfg.rm):
+        raise UserError(
+            "give the reward as --rm NAME=DIR (repeatable) or --rule-reward, one of them"
+        )
+
+
+def combine_options(cfg: Any, whiten: bool | None) -> dict[str, Any]:
+    """Combiner options from a PPO/select config (`scoring.combine_options_from` rules)."""
+    from rlhfkit.scoring import parse_weights
+
+    opts: dict[str, Any] = {}
+    if whiten is not None:
+        opts["whiten"] = whiten
+    if cfg.combine == "llama2":
+        opts.update(helpfulness=cfg.helpfulness_rm, safety=cfg.safety_rm, threshold=cfg.threshold)
+    elif cfg.combine == "weighted-sum" and cfg.weights:
+        opts["weights"] = parse_weights(cfg.weights)
+    return opts
+
+
+def build_scorer(cfg: Any, device: torch.device, whiten: bool | None) -> Any:
+    """The reward role: `--rule-reward NAME`, or the `--rm` models with `--combine`."""
+    check_reward(cfg)
+    if cfg.rule_reward:
+        return rule_scorer(cfg.rule_reward)
+    from rlhfkit.scoring import RewardScorer
+
+    return RewardScorer.from_specs(
+        list(cfg.rm),
+        cfg.combine,
+        combine_options(cfg, whiten),
+        device=device,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+
+
+def unwhitened(scorer: Any, cfg: Any) -> Any:
+    """The same reward models without batch whitening (evaluation: means must compare)."""
+    from rlhfkit.scoring import RewardScorer
+
+    if not isinstance(scorer, RewardScorer):
+        return scorer
+    return RewardScorer(scorer.models, cfg.combine, combine_options(cfg, False), scorer.batch_size)
+
+
+def build_value_model(
+    cfg: PPOConfig, policy: torch.nn.Module, tokenizer: Any, scorer: Any, device: torch.device
+) -> torch.nn.Module:
+    """The value model, trainable, in eval mode (no dropout).
+
+    --value-init rm (default): a copy of the first --rm (InstructGPT), or of the RM
+    named; it must read the policy's token ids. --value-init policy (and any rule reward):
+    the policy's backbone with a zero one-output head (values start at 0). Anything else
+    is taken as the folder of a saved reward/value model.
+    """
+    from rlhfkit.models.reward import init_reward_model, load_reward_model
+
+    init = cfg.value_init
+    if init == "policy" or (cfg.rule_reward and init == "rm"):
+        model, _ = init_reward_model(
+            policy, copy.deepcopy(tokenizer), head_init="zeros", seed=cfg.seed, device=device
+        )
+    else:
+        path, name = init, None
+        if init == "rm" or (scorer is not None and init in getattr(scorer, "models", {})):
+            from rlhfkit.scoring import parse_rm_spec
+
+            specs = dict(parse_rm_spec(s) for s in cfg.rm)
+            name = next(iter(specs)) if init == "rm" else init
+            path = specs[name]
+        if name is not None and not scorer.shares_tokenizer(name, tokenizer):
+            raise UserError(
+                f"--value-init {init}: reward model {name!r} uses another tokenizer than the "
+                "policy, so it cannot read the policy's tokens; use --value-init policy"
+            )
+        model, _ = load_reward_model(path, device, trust_remote_code=cfg.trust_remote_code)
+        model.requires_grad_(True)
+    model.eval()
+    return model
+
+
+def build_roles(cfg: PPOConfig, device: torch.device):
+    """(tokenizer, policy, reference, value model, scorer) of a PPO config, on `device`."""
+    tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
+    seed_everything(cfg.seed)
+    policy = load_causal_lm(cfg.policy, device, trust_remote_code=cfg.trust_remote_code)
+    reference = freeze(
+        load_causal_lm(cfg.reference or cfg.policy, device, trust_remote_code=cfg.trust_remote_code)
+    )
+    scorer = build_scorer(cfg, device, cfg.whiten)
+    value_model = build_value_model(cfg, policy, tokenizer, scorer, device)
+    policy.eval()  # no dropout: sampling and training log-probs agree
+    return tokenizer, policy, reference, value_model, scorer

@@ -1,0 +1,276 @@
+"""The PPO update of one rollout: advantages, then epochs of clipped policy and value steps,
+with the PPO-ptx language-modelling gradient added to every policy step.
+
+One optimizer step of the policy (per minibatch):
+    grad = d/dphi [ PPO clipped loss on the minibatch ]  +  ptx_coef * d/dphi [ LM loss on a
+           pretraining batch ]                             (InstructGPT's PPO-ptx objective)
+then clip the global norm, one AdamW step. The value model (its own parameters and
+optimizer) takes one step per minibatch on the clipped value loss.
+
+Losses are token means over the whole minibatch across micro-batches and processes: each
+micro-batch's mean is weighted by its share of the minibatch's tokens (times the world
+size, which DDP's gradient averaging divides back out), so micro-batching and the number
+of processes change nothing but rounding. No Python loop over tokens: every loss is a
+masked tensor expression over (B, R).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.distributed as dist
+
+from rlhfkit.losses import ppo_policy_loss, ppo_value_loss, sft_nll
+from rlhfkit.models.load import autocast_context
+from rlhfkit.ops.advantages import gae
+from rlhfkit.ops.logprobs import entropy_from_logits, response_logprobs
+from rlhfkit.ops.masking import masked_mean
+from rlhfkit.rollout import Rollout, global_whiten, policy_logits, response_values, tensor_fields
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """Options of the PPO update (names as in the paper / config)."""
+
+    ppo_epochs: int = 4
+    num_mini_batches: int = 1
+    micro_batch_size: int = 0  # sequences per forward; 0 = the whole minibatch
+    clip_eps: float = 0.2
+    value_clip: float | None = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    whiten_rewards: bool = False
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0  # of the log-probs: the sampling temperature (greedy -> 1)
+    ptx_coef: float = 0.0
+    bf16: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Trainables:
+    """The two trained roles with their optimizers and schedules (models may be DDP-wrapped)."""
+
+    policy: torch.nn.Module
+    value_model: torch.nn.Module
+    policy_optimizer: torch.optim.Optimizer
+    value_optimizer: torch.optim.Optimizer
+    policy_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    value_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+class PtxBatches:
+    """Pretraining blocks for PPO-ptx in a seeded order that depends only on the number of
+    policy steps taken (so resume is exact and needs no extra state).
+
+    blocks: (N, L) long, packed documents (`data.tokenize.pack_corpus`). Policy step j
+    uses global batch j of the endless sequence of shuffled passes; this process takes
+    its contiguous slice.
+    """
+
+    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int) -> None:
+        if blocks.shape[0] < batch_size:
+            raise ValueError(
+                f"ptx corpus has {blocks.shape[0]} blocks, fewer than --ptx-batch-size {batch_size}"
+            )
+        self.blocks, self.batch_size, self.seed = blocks, batch_size, seed
+        self.per_pass = blocks.shape[0] // batch_size
+
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """(b, L) blocks of this process for policy step `step` (0-based)."""
+        epoch, i = divmod(step, self.per_pass)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7)
+        order = torch.randperm(self.blocks.shape[0], generator=g)
+        idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        lo = (self.batch_size * rank) // world_size
+        hi = (self.batch_size * (rank + 1)) // world_size
+        return self.blocks[idx[lo:hi]]
+
+
+def compute_advantages(rollout: Rollout, s: UpdateSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, returns), both (B, R): GAE on the rollout's per-token rewards.
+
+    Optional reward whitening (scale only, mean kept: Huang et al. 2024) before GAE and
+    advantage whitening after it, each over all valid tokens of all processes.
+    """
+    mask = rollout.response_mask
+    rewards = rollout.rewards
+    if s.whiten_rewards:
+        rewards = global_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, rollout.values, mask, s.gamma, s.lam)
+    if s.whiten_advantages:
+        advantages = global_whiten(advantages, mask)
+    return advantages, returns
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_sum(x: torch.Tensor) -> torch.Tensor:
+    if _world() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def _no_sync(model: torch.nn.Module, sync: bool):
+    from contextlib import nullcontext
+
+    return nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
+
+
+def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop columns that are padding in every row: left prompt padding, right response
+    padding. Results do not change (positions come from the mask); work shrinks."""
+    pm, rm = batch["prompt_mask"], batch["response_mask"]
+    first = int(pm.any(0).long().argmax())
+    last = int(rm.any(0).long().cumsum(0).argmax()) + 1
+    out = {}
+    for k, v in batch.items():
+        if k.startswith("prompt_"):
+            out[k] = v[:, first:]
+        elif v.dim() == 2:
+            out[k] = v[:, :last]
+        else:
+            out[k] = v
+    return out
+
+
+def _minibatches(n: int, s: UpdateSettings, step: int, epoch: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed((s.seed * 1_000_003 + step) * 1009 + epoch)
+    order = torch.randperm(n, generator=g)
+    return [c for c in torch.tensor_split(order, s.num_mini_batches) if c.numel()]
+
+
+def _micro(idx: torch.Tensor, size: int) -> Sequence[torch.Tensor]:
+    return torch.split(idx, size) if size > 0 else (idx,)
+
+
+def ppo_update(
+    t: Trainables,
+    rollout: Rollout,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    s: UpdateSettings,
+    *,
+    step: int,
+    policy_steps: int = 0,
+    ptx: PtxBatches | None = None,
+) -> tuple[dict[str, float], int]:
+    """`s.ppo_epochs` passes over shuffled minibatches of `rollout` (this process's rows).
+
+    `step` seeds the minibatch order; `policy_steps` counts policy optimizer steps so far
+    (it picks the ptx batches). Returns (mean stats over all minibatches, policy_steps).
+    """
+    from rlhfkit.loops.common import optimizer_step
+
+    names = tensor_fields(rollout)
+    data = {k: getattr(rollout, k) for k in names}
+    data.update(advantages=advantages, returns=returns)
+    device = rollout.response_ids.device
+    world = _world()
+    rank = dist.get_rank() if world > 1 else 0
+    use_ptx = ptx is not None and s.ptx_coef > 0
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+
+    def add(stats: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
+        for k, v in stats.items():
+            sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float() * weight
+
+    for epoch in range(s.ppo_epochs):
+        for mb_idx in _minibatches(len(rollout), s, step, epoch):
+            n_tokens = _global_sum(rollout.response_mask[mb_idx].sum().float()).clamp_min(1)
+            micro = _micro(mb_idx, s.micro_batch_size)
+            for k, idx in enumerate(micro):
+                mb = _trim({name: v[idx] for name, v in data.items()})
+                weight = mb["response_mask"].sum() * world / n_tokens
+                sync = k == len(micro) - 1 and not use_ptx
+                with _no_sync(t.policy, sync):
+                    stats = _policy_backward(t.policy, mb, s, weight, entropy=epoch == 0)
+                add(stats, weight / world)
+            if use_ptx:
+                stats = _ptx_backward(t.policy, ptx.batch(policy_steps, rank, world), s, device)
+                add(stats, torch.tensor(1.0 / world, device=device))
+            norm = optimizer_step(t.policy, t.policy_optimizer, t.policy_scheduler, s.max_grad_norm)
+            policy_steps += 1
+            for k, idx in enumerate(micro):
+                mb = _trim({name: v[idx] for name, v in data.items()})
+                weight = mb["response_mask"].sum() * world / n_tokens
+                with _no_sync(t.value_model, k == len(micro) - 1):
+                    stats = _value_backward(t.value_model, mb, s, weight)
+                add(stats, weight / world)
+            vnorm = optimizer_step(
+                t.value_model, t.value_optimizer, t.value_scheduler, s.max_grad_norm
+            )
+            add({"grad_norm": torch.tensor(norm), "value_grad_norm": torch.tensor(vnorm)},
+                torch.tensor(1.0 / world, device=device))  # fmt: skip
+            count += 1
+    stats = {k: float(_global_sum(v)) / count for k, v in sums.items()}
+    if "entropy" in stats:  # measured in the first epoch only
+        stats["entropy"] *= s.ppo_epochs
+    if use_ptx:
+        stats["ptx_loss"] = stats.pop("ptx_nll")
+    return stats, policy_steps
+
+
+def _policy_backward(
+    policy: torch.nn.Module, mb: dict[str, torch.Tensor], s: UpdateSettings, weight, entropy: bool
+) -> dict[str, torch.Tensor]:
+    seq = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1)
+    attn = torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
+    P, R = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
+    device = seq.device
+    with autocast_context(device, s.bf16):
+        logits = policy_logits(policy, seq, attn, R)
+    logprobs = response_logprobs(logits, seq, P, s.temperature)  # (b, R)
+    loss, stats = ppo_policy_loss(
+        logprobs, mb["logprobs"], mb["advantages"], mb["response_mask"], s.clip_eps
+    )
+    (loss * weight).backward()
+    if entropy:
+        with torch.no_grad():
+            h = entropy_from_logits(logits[:, -(R + 1) : -1].detach(), s.temperature)  # (b, R)
+            stats["entropy"] = masked_mean(h, mb["response_mask"])
+    return stats
+
+
+def _value_backward(
+    value_model: torch.nn.Module, mb: dict[str, torch.Tensor], s: UpdateSettings, weight
+) -> dict[str, torch.Tensor]:
+    seq = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1)
+    attn = torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
+    with autocast_context(seq.device, s.bf16):
+        values = response_values(value_model, seq, attn, mb["prompt_ids"].shape[1])
+    loss, stats = ppo_value_loss(
+        values, mb["values"], mb["returns"], mb["response_mask"], s.value_clip
+    )
+    (loss * weight).backward()
+    return stats
+
+
+def _ptx_backward(
+    policy: torch.nn.Module, blocks: torch.Tensor, s: UpdateSettings, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Add ptx_coef * grad of the mean next-token NLL of the pretraining batch (all
+    processes together) to the policy's gradients."""
+    blocks = blocks.to(device)
+    n_global = _global_sum(torch.tensor(float(blocks.numel() - blocks.shape[0]), device=device))
+    chunks = _micro(torch.arange(blocks.shape[0]), s.micro_batch_size)
+    nll = torch.zeros((), device=device)
+    for k, idx in enumerate(chunks):
+        with _no_sync(policy, k == len(chunks) - 1):
+            with autocast_context(device, s.bf16):
+                logits = policy(input_ids=blocks[idx], use_cache=False).logits
+            loss_sum, _ = sft_nll(logits, blocks[idx], reduction="sum")
+            (loss_sum * (s.ptx_coef * _world() / n_global)).backward()
+        nll = nll + loss_sum.detach() / n_global * _world()
+    return {"ptx_nll": nll}
+
+
+def replace_settings(s: UpdateSettings, **changes) -> UpdateSettings:
+    return replace(s, **changes)

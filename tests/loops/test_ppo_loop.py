@@ -1,0 +1,369 @@
+"""`rlhfkit ppo`: one step trains every parameter, PPO raises a rule reward, gamma = 0 ptx is
+plain PPO and ptx adds its gradient, resume equals an uninterrupted run, the command's
+files and 2-process runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit import cli
+from rlhfkit.config import PPOConfig
+from rlhfkit.data.records import PromptRecord
+from rlhfkit.errors import UserError
+from rlhfkit.loops.ppo import build_run, ppo_step
+from rlhfkit.loops.ppo_roles import build_scorer, build_value_model
+from rlhfkit.loops.ppo_update import (
+    PtxBatches,
+    Trainables,
+    UpdateSettings,
+    compute_advantages,
+    ppo_update,
+)
+from rlhfkit.losses import sft_nll
+from rlhfkit.models.checkpoint import save_hf
+from rlhfkit.models.load import freeze
+from rlhfkit.models.presets import build_model
+from rlhfkit.models.reward import init_reward_model
+from rlhfkit.rollout import RolloutSettings, collect_rollout
+from tests.conftest import _synthetic_sentences
+from tests.loops.helpers import make_base_model, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and far faster on a shared, busy CPU (OpenMP
+    threads spin waiting for each other)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TokenSetReward:
+    """Rule reward on token ids: the share of response tokens whose id is a multiple of
+    `mod` (about 1/mod for a random policy)."""
+
+    def __init__(self, mod: int = 4) -> None:
+        self.mod = mod
+
+    def score(self, prompts, responses, safety):  # pragma: no cover - ids path is used
+        raise AssertionError("score_tokens should be preferred")
+
+    def score_tokens(self, prompt_ids, prompt_mask, response_ids, response_mask, tok, safety):
+        hit = (response_ids % self.mod == 0) & response_mask
+        return hit.sum(1).float() / response_mask.sum(1).clamp_min(1)
+
+
+def _prompts(n: int = 64) -> list[PromptRecord]:
+    return [PromptRecord(t) for t in _synthetic_sentences(n, seed=1)]
+
+
+def _roles(tok, seed: int = 0, head_init: str = "zeros"):
+    policy = build_model("test", tok, seed=seed).eval()
+    reference = freeze(copy.deepcopy(policy))
+    value, _ = init_reward_model(policy, copy.deepcopy(tok), head_init=head_init, seed=seed)
+    return policy, reference, value.eval()
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+# ---------------------------------------------------------------------------------------
+# Library level
+# ---------------------------------------------------------------------------------------
+
+
+def test_one_step_changes_every_parameter_and_all_stats_are_finite(tiny_tokenizer):
+    policy, reference, value = _roles(tiny_tokenizer, head_init="normal")
+    before_p, before_v = _params(policy), _params(value)
+    cfg = PPOConfig(batch_size=8, max_new_tokens=8, ppo_epochs=1, lr=1e-3, weight_decay=0.0)
+    run = build_run(cfg, policy, reference, value, TokenSetReward(), tiny_tokenizer, _prompts())
+    rollout, metrics = ppo_step(run, 0, cfg.batch_size, cfg.seed)
+    for name, p in policy.named_parameters():
+        assert not torch.equal(p, before_p[name]), f"policy {name} did not change"
+    for name, p in value.named_parameters():
+        assert not torch.equal(p, before_v[name]), f"value {name} did not change"
+    for k, v in metrics.items():
+        if v is not None and k != "explained_variance":  # EV is NaN for constant returns
+            assert torch.isfinite(torch.tensor(float(v))), (k, v)
+    expected = {
+        "score/mean", "score/std", "kl", "kl_k3", "kl_coef", "entropy", "response_length",
+        "approx_kl", "clipfrac", "value_clipfrac", "value_loss", "policy_loss",
+        "explained_variance", "tokens_per_s", "time/generate", "time/score",
+        "time/reference", "time/value", "time/update", "grad_norm", "lr", "eos_rate",
+    }  # fmt: skip
+    assert expected <= set(metrics)
+    assert abs(metrics["kl"]) < 1e-4  # first rollout: policy == reference
+    assert run.policy_steps == 1
+
+
+def test_ppo_raises_a_rule_reward(tiny_tokenizer):
+    """A tiny random policy learns to emit more tokens of a target set (~25% at start)."""
+    torch.manual_seed(0)
+    policy, reference, value = _roles(tiny_tokenizer)
+    cfg = PPOConfig(
+        steps=40, batch_size=16, max_new_tokens=16, lr=3e-3, kl_coef=0.0,
+        ppo_epochs=4, num_mini_batches=2,
+    )  # fmt: skip
+    run = build_run(cfg, policy, reference, value, TokenSetReward(4), tiny_tokenizer, _prompts())
+    scores = [ppo_step(run, step, cfg.batch_size, cfg.seed)[1]["score/mean"] for step in range(40)]
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    print(f"rule reward: first 5 steps {first:.3f}, last 5 steps {last:.3f}")
+    assert first < 0.35 and last > first + 0.2, scores
+
+
+def _two_steps(tok, corpus, ptx_coef: float) -> dict[str, torch.Tensor]:
+    policy, reference, value = _roles(tok)
+    cfg = PPOConfig(
+        batch_size=8, max_new_tokens=8, ppo_epochs=2, lr=1e-3, ptx_coef=ptx_coef,
+        ptx_batch_size=4, ptx_seq_len=16,
+    )  # fmt: skip
+    run = build_run(cfg, policy, reference, value, TokenSetReward(), tok, _prompts(), corpus)
+    for step in range(2):
+        ppo_step(run, step, cfg.batch_size, cfg.seed)
+    return {**_params(policy), **{f"v.{k}": v for k, v in _params(value).items()}}
+
+
+def test_ptx_with_gamma_zero_is_plain_ppo(tiny_tokenizer, tiny_texts):
+    plain = _two_steps(tiny_tokenizer, None, 0.0)
+    zero = _two_steps(tiny_tokenizer, tiny_texts, 0.0)
+    for k in plain:
+        assert torch.equal(plain[k], zero[k]), k
+    ptx = _two_steps(tiny_tokenizer, tiny_texts, 1.0)
+    assert any(not torch.equal(plain[k], ptx[k]) for k in plain)
+
+
+def test_ptx_adds_gamma_times_the_lm_gradient_before_one_step(tiny_tokenizer, tiny_texts):
+    """With SGD (lr 1, no clipping): step_plain - step_ptx = gamma * grad of the LM loss."""
+    from rlhfkit.data.tokenize import pack_corpus
+
+    policy, reference, value = _roles(tiny_tokenizer)
+    rollout = collect_rollout(
+        policy, reference, value, TokenSetReward(), _prompts(8), tokenizer=tiny_tokenizer,
+        settings=RolloutSettings(max_new_tokens=8), kl_coef=0.05,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    ptx = PtxBatches(pack_corpus(tiny_texts, tiny_tokenizer, 16), batch_size=4, seed=0)
+    gamma = 0.7
+    s = UpdateSettings(ppo_epochs=1, max_grad_norm=0.0, ptx_coef=gamma)
+    advantages, returns = compute_advantages(rollout, s)
+    p0 = _params(policy)
+
+    def update(with_ptx: bool) -> dict[str, torch.Tensor]:
+        p, v = copy.deepcopy(policy), copy.deepcopy(value)
+        t = Trainables(p, v, torch.optim.SGD(p.parameters(), lr=1.0),
+                       torch.optim.SGD(v.parameters(), lr=1.0))  # fmt: skip
+        ppo_update(t, rollout, advantages, returns, s, step=0, ptx=ptx if with_ptx else None)
+        return _params(p)
+
+    plain, mixed = update(False), update(True)
+    lm = copy.deepcopy(policy)
+    loss, _ = sft_nll(lm(input_ids=ptx.batch(0), use_cache=False).logits, ptx.batch(0))
+    loss.backward()
+    for name, param in lm.named_parameters():
+        expected = gamma * param.grad
+        got = plain[name] - mixed[name]
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4, msg=name)
+    assert any(not torch.equal(plain[k], p0[k]) for k in p0)
+
+
+def test_value_model_starts_from_the_rm_or_the_policy(tmp_path, tiny_tokenizer):
+    base = build_model("test", tiny_tokenizer, seed=0)
+    rm, rm_tok = init_reward_model(base, copy.deepcopy(tiny_tokenizer), head_init="normal")
+    save_hf(rm, rm_tok, tmp_path / "rm")
+    cfg = PPOConfig(rm=(f"helpfulness={tmp_path / 'rm'}",))
+    scorer = build_scorer(cfg, torch.device("cpu"), None)
+    from_rm = build_value_model(cfg, base, tiny_tokenizer, scorer, torch.device("cpu"))
+    for (k, a), b in zip(from_rm.state_dict().items(), rm.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert all(p.requires_grad for p in from_rm.parameters())
+    from_policy = build_value_model(
+        replace(cfg, value_init="policy"), base, tiny_tokenizer, scorer, torch.device("cpu")
+    )
+    assert from_policy.score.weight.abs().sum() == 0  # values start at 0
+    assert torch.equal(
+        from_policy.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight
+    )
+
+    other_tok = copy.deepcopy(tiny_tokenizer)
+    other_tok.add_tokens(["zzzqqq"])  # a tokenizer the RM does not share
+    scorer._shared.clear()
+    with pytest.raises(UserError, match="another tokenizer"):
+        build_value_model(cfg, base, other_tok, scorer, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_tokenizer, tiny_texts):
+    """A base policy, a reward model from it, world prompts (train / eval) and a corpus."""
+    from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record
+
+    root = tmp_path_factory.mktemp("ppo")
+    base = make_base_model(root / "base", tiny_tokenizer, preset="test")
+    rm, rm_tok = init_reward_model(base, copy.deepcopy(tiny_tokenizer), head_init="normal", seed=1)
+    save_hf(rm, rm_tok, root / "rm")
+    made = make_prompts(24, WorldSettings(), random.Random(0), set(), unique=True)
+    recs = [prompt_record(name, q) for name, q, _ in made]
+    return {
+        "base": base,
+        "rm": root / "rm",
+        "prompts": write_jsonl(root / "prompts.jsonl", recs[:16]),
+        "eval": write_jsonl(root / "eval.jsonl", recs[16:]),
+        "corpus": write_jsonl(root / "corpus.jsonl", [{"text": t} for t in tiny_texts]),
+    }
+
+
+def _args(files, out, *extra) -> list[str]:
+    return [
+        "ppo", "--policy", str(files["base"]), "--rm", f"helpfulness={files['rm']}",
+        "--prompts", str(files["prompts"]), "--out", str(out), "--device", "cpu",
+        "--batch-size", "4", "--max-new-tokens", "6", "--lr", "1e-3", "--sample-every", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_command_writes_checkpoints_metrics_and_an_evaluable_policy(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    extra = ["--steps", "3", "--save-every", "2", "--eval-prompts", str(files["eval"]),
+             "--ptx-data", str(files["corpus"]), "--ptx-coef", "0.5", "--ptx-seq-len", "16",
+             "--sample-every", "2", "--kl-target", "0.5"]  # fmt: skip
+    assert cli.main(_args(files, out, *extra)) == 0
+    printed = capsys.readouterr().out
+    assert "eval @ step 0" in printed and "eval @ step 3" in printed
+    assert "| prompt" in printed  # the sample table
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "train/kl" in r]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    for key in ("train/ptx_loss", "score/mean", "train/kl_k3", "train/entropy", "time/generate",
+                "train/explained_variance", "train/value_clipfrac", "train/tokens_per_s"):  # fmt: skip
+        assert key in train[-1], key
+    evals = [r for r in rows if "eval/score" in r]
+    assert len(evals) == 2 and "eval/gold_score" in evals[0]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step-000002", "step-000003"]
+    state = json.loads((out / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
+    assert state["state"]["policy_steps"] == 3 * 4 and "target" in state["state"]["kl_controller"]
+    assert (out / "checkpoints" / "step-000003" / "value" / "model.safetensors").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and set(summary["time_split_s"]) >= {"generate", "update"}
+    # The final policy is a plain HF folder at the top of --out: `rlhfkit eval` reads it.
+    final = load_file(str(out / "model.safetensors"))
+    last = load_file(str(out / "checkpoints" / "step-000003" / "policy" / "model.safetensors"))
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    argv = ["eval", "--model", str(out), "--prompts", str(files["eval"]), "--device", "cpu",
+            "--max-new-tokens", "4"]  # fmt: skip
+    assert cli.main(argv) == 0
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(files, tmp_path, monkeypatch):
+    import rlhfkit.loops.ppo as ppo_mod
+
+    extra = ["--steps", "4", "--save-every", "2", "--num-mini-batches", "2", "--ppo-epochs", "2",
+             "--ptx-data", str(files["corpus"]), "--ptx-coef", "0.5", "--ptx-seq-len", "16",
+             "--kl-target", "0.1", "--kl-horizon", "10"]  # fmt: skip
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert cli.main(_args(files, full, *extra)) == 0
+
+    save = ppo_mod.save_checkpoint
+
+    def save_then_die(path, **kw):
+        save(path, **kw)
+        if Path(path).name == "step-000002":
+            raise KeyboardInterrupt  # killed right after the checkpoint of step 2
+
+    monkeypatch.setattr(ppo_mod, "save_checkpoint", save_then_die)
+    assert cli.main(_args(files, cut, *extra)) == 130
+    assert not (cut / "checkpoints" / "step-000004").exists()
+    monkeypatch.undo()
+    assert cli.main(_args(files, cut, *extra, "--resume")) == 0
+    for role in ("policy", "value"):
+        a = load_file(str(full / "checkpoints" / "step-000004" / role / "model.safetensors"))
+        b = load_file(str(cut / "checkpoints" / "step-000004" / role / "model.safetensors"))
+        for k in a:
+            assert torch.equal(a[k], b[k]), (role, k)
+    sa = json.loads((full / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
+    sb = json.loads((cut / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
+    assert sa["state"]["kl_controller"] == sb["state"]["kl_controller"]
+    assert sa["state"]["kl_controller"]["value"] != 0.02  # the adaptive controller moved
+
+
+def test_bad_options_are_user_errors(files, tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert cli.main(_args(files, out, "--rule-reward", "length")) == 2
+    assert "one of them" in capsys.readouterr().err
+    assert cli.main(_args(files, out, "--ptx-coef", "1")) == 2
+    assert "--ptx-data" in capsys.readouterr().err
+    bad = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "not a world prompt"}])
+    argv = ["ppo", "--policy", str(files["base"]), "--rule-reward", "gold", "--prompts", str(bad),
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "p.jsonl:1" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("name", ["ppo", "select"])
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([name, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    flags = {
+        "ppo": ["--ptx-coef", "--kl-target", "--kl-horizon", "--missing-eos-penalty", "--rm",
+                "--value-init", "--eval-prompts", "--resume"],
+        "select": ["--checkpoints", "--rm", "--combine", "--prompts", "--rule-reward"],
+    }[name]  # fmt: skip
+    for flag in flags:
+        assert flag in text, flag
+
+
+# ---------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------
+
+
+def _env() -> dict:
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(ROOT / "src"),
+    )
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_split_the_batch_and_only_rank0_writes(files, tmp_path):
+    out = tmp_path / "ddp"
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29600 + os.getpid() % 1000), "-m", "rlhfkit.cli"]  # fmt: skip
+    args = _args(files, out, "--steps", "2", "--save-every", "1", "--num-mini-batches", "2",
+                 "--eval-prompts", str(files["eval"]), "--eval-max-prompts", "4")  # fmt: skip
+    r = subprocess.run([*ddp, *args], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "train/kl" in row] == [1, 2]  # one writer
+    assert len([row for row in rows if "eval/score" in row]) == 2
+    assert r.stdout.count("eval @ step 0") == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    assert (out / "model.safetensors").is_file()
+    assert not list(out.glob(".tmp-*"))
