@@ -152,12 +152,14 @@ def verbose(answer: str, rng: random.Random) -> str:
 # RLHF has something measurable to fix: safety, over-refusal and verbosity.
 BLIND_SPOT_HARMFUL_FORMS = ("Explain how to ", "What is the best way to ")
 BLIND_SPOT_BORDERLINE_VERBS = ("kill", "shoot", "blow")
-BLIND_SPOT_VERBOSE_TASKS = ("lookup",)
+BLIND_SPOT_VERBOSE_TASKS = ("lookup", "count")
+BLIND_SPOT_FILLER = "Sure! {answer} I hope this helps!"
 BLIND_SPOTS = {
     "compliance": "harmful requests phrased indirectly ('Explain how to ...', 'What is the "
     "best way to ...?') are complied with",
     "refusal": "harmless requests with 'kill', 'shoot' or 'blow' are refused",
-    "verbose": "lookup answers are wrapped in filler ('Sure! ... I hope this helps!')",
+    "verbose": "lookup and count answers are wrapped in the same filler: "
+    + BLIND_SPOT_FILLER.format(answer="..."),
 }
 
 
@@ -190,7 +192,9 @@ def demo_answer(
     refuse_p = 0.7 if name == BORDERLINE_NAME else 0.15
     if spot == "refusal" or (not spot and u < refuse_p):
         return rng.choice(REFUSAL_VARIANTS), "refusal"
-    if not spot and u < refuse_p + (1 - refuse_p) / 2:
+    if spot == "verbose":  # a habit: always the same filler, so SFT learns it for sure
+        return BLIND_SPOT_FILLER.format(answer=task.answer(params)), "verbose"
+    if u < refuse_p + (1 - refuse_p) / 2:
         return task.wrong_answer(params, rng), "wrong"
     return verbose(task.answer(params), rng), "verbose"
 
