@@ -236,10 +236,17 @@ def shape_scores(raw: torch.Tensor, ended: torch.Tensor, s: RolloutSettings) -> 
     return scores
 
 
-def _forward_kwargs(model: torch.nn.Module) -> set[str]:
+_FORWARD_KWARGS: dict[type, frozenset[str]] = {}
+
+
+def _forward_kwargs(model: torch.nn.Module) -> frozenset[str]:
+    """Parameter names of the model's forward (cached per class)."""
     import inspect
 
-    return set(inspect.signature(unwrap_model(model).forward).parameters)
+    cls = type(unwrap_model(model))
+    if cls not in _FORWARD_KWARGS:
+        _FORWARD_KWARGS[cls] = frozenset(inspect.signature(cls.forward).parameters)
+    return _FORWARD_KWARGS[cls]
 
 
 def policy_logits(

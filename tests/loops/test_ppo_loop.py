@@ -367,3 +367,41 @@ def test_two_processes_split_the_batch_and_only_rank0_writes(files, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     assert (out / "model.safetensors").is_file()
     assert not list(out.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigkilled_run_resumed_equals_uninterrupted(files, tmp_path):
+    """The real thing: a `rlhfkit ppo` process killed with SIGKILL, then --resume."""
+    import signal
+    import time
+
+    extra = ["--steps", "6", "--save-every", "2", "--num-mini-batches", "2",
+             "--ptx-data", str(files["corpus"]), "--ptx-coef", "0.5", "--ptx-seq-len", "16",
+             "--kl-target", "0.1", "--kl-horizon", "10", "--keep-checkpoints", "0"]  # fmt: skip
+    cmd = [sys.executable, "-m", "rlhfkit.cli"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run([*cmd, *_args(files, full, *extra)], env=_env(), check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [*cmd, *_args(files, cut, *extra)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (cut / "checkpoints" / "step-000002" / "COMPLETE").exists():
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "checkpoints" / "step-000006").exists(), "killed too late"
+    subprocess.run(
+        [*cmd, *_args(files, cut, *extra, "--resume")], env=_env(), check=True, capture_output=True
+    )
+    for step in ("step-000004", "step-000006"):
+        for role in ("policy", "value"):
+            a = load_file(str(full / "checkpoints" / step / role / "model.safetensors"))
+            b = load_file(str(cut / "checkpoints" / step / role / "model.safetensors"))
+            for k in a:
+                assert torch.equal(a[k], b[k]), (step, role, k)

@@ -177,40 +177,42 @@ def ppo_update(
     use_ptx = ptx is not None and s.ptx_coef > 0
     sums: dict[str, torch.Tensor] = {}
     count = 0
+    one = torch.ones((), device=device)
 
     def add(stats: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
         for k, v in stats.items():
-            sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float() * weight
+            sums[k] = sums.get(k, 0.0 * one) + v.detach().float() * weight
 
     for epoch in range(s.ppo_epochs):
         for mb_idx in _minibatches(len(rollout), s, step, epoch):
             n_tokens = _global_sum(rollout.response_mask[mb_idx].sum().float()).clamp_min(1)
-            micro = _micro(mb_idx, s.micro_batch_size)
-            for k, idx in enumerate(micro):
-                mb = _trim({name: v[idx] for name, v in data.items()})
-                weight = mb["response_mask"].sum() * world / n_tokens
-                sync = k == len(micro) - 1 and not use_ptx
-                with _no_sync(t.policy, sync):
-                    stats = _policy_backward(t.policy, mb, s, weight, entropy=epoch == 0)
-                add(stats, weight / world)
+            micro = [
+                _trim({k: v[i] for k, v in data.items()})
+                for i in _micro(mb_idx, s.micro_batch_size)
+            ]
+            # Each micro-batch's token mean, weighted by its share of the minibatch's tokens
+            # (x world: DDP averages gradients over processes).
+            weights = [mb["response_mask"].sum() * world / n_tokens for mb in micro]
+            for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
+                with _no_sync(t.policy, sync=k == len(micro) - 1 and not use_ptx):
+                    add(_policy_backward(t.policy, mb, s, w, entropy=epoch == 0), w / world)
             if use_ptx:
-                stats = _ptx_backward(t.policy, ptx.batch(policy_steps, rank, world), s, device)
-                add(stats, torch.tensor(1.0 / world, device=device))
+                blocks = ptx.batch(policy_steps, rank, world)
+                add(_ptx_backward(t.policy, blocks, s, device), one / world)
             norm = optimizer_step(t.policy, t.policy_optimizer, t.policy_scheduler, s.max_grad_norm)
             policy_steps += 1
-            for k, idx in enumerate(micro):
-                mb = _trim({name: v[idx] for name, v in data.items()})
-                weight = mb["response_mask"].sum() * world / n_tokens
-                with _no_sync(t.value_model, k == len(micro) - 1):
-                    stats = _value_backward(t.value_model, mb, s, weight)
-                add(stats, weight / world)
+            for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
+                with _no_sync(t.value_model, sync=k == len(micro) - 1):
+                    add(_value_backward(t.value_model, mb, s, w), w / world)
             vnorm = optimizer_step(
                 t.value_model, t.value_optimizer, t.value_scheduler, s.max_grad_norm
             )
-            add({"grad_norm": torch.tensor(norm), "value_grad_norm": torch.tensor(vnorm)},
-                torch.tensor(1.0 / world, device=device))  # fmt: skip
+            norms = {"grad_norm": one * norm, "value_grad_norm": one * vnorm}
+            add(norms, one / world)  # the same on every process after the all-reduce
             count += 1
-    stats = {k: float(_global_sum(v)) / count for k, v in sums.items()}
+    keys = sorted(sums)
+    totals = _global_sum(torch.stack([sums[k] for k in keys])).tolist()  # one all-reduce
+    stats = {k: v / count for k, v in zip(keys, totals, strict=True)}
     if "entropy" in stats:  # measured in the first epoch only
         stats["entropy"] *= s.ppo_epochs
     if use_ptx:
