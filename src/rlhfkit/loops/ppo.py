@@ -28,8 +28,10 @@ The final policy is exported at the top of `--out` (a Hugging Face folder: `rlhf
 Departures from the papers, on purpose:
 - every model runs in eval mode (no dropout), so the sampling log-probs equal the
   training forward's before the first update (Huang et al. 2024);
-- sampling and minibatch orders are re-seeded from (seed, step, rank) every step, so a
-  resumed run (and every process under torchrun) needs no saved generator state;
+- sampling and minibatch orders are re-seeded from (seed, step, rank) every step, and
+  the data position (which prompts, which ptx blocks) is a function of the step count,
+  so a checkpoint's step restores both: a resumed run, and every process under
+  torchrun, need no saved generator state;
 - a llama2-combined reward is whitened within each process's share of the batch (the
   combiner's batch); `--score-norm whiten` whitens over all processes.
 """
@@ -61,7 +63,7 @@ from rlhfkit.loops.common import (
     wrap_ddp,
 )
 from rlhfkit.loops.ppo_eval import evaluate_policy, rollout_metrics, sample_table
-from rlhfkit.loops.ppo_roles import build_roles, check_reward, unwhitened
+from rlhfkit.loops.ppo_roles import build_roles, check_reward, unwhitened, value_source
 from rlhfkit.loops.ppo_update import (
     PtxBatches,
     Trainables,
@@ -352,7 +354,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     rank0_print(
         f"ppo: {len(prompts)} prompts, {cfg.steps} steps x {cfg.batch_size} samples, "
         f"{d.world_size} process(es) on {device}; reward: "
-        f"{cfg.rule_reward or ', '.join(cfg.rm)}; value model from {cfg.value_init}",
+        f"{cfg.rule_reward or ', '.join(cfg.rm)}; value model from {value_source(cfg)}",
         rank=d.rank,
     )
     logger = MetricsLogger(out, enabled=d.is_main)

@@ -62,6 +62,16 @@ def unwhitened(scorer: Any, cfg: Any) -> Any:
     return RewardScorer(scorer.models, cfg.combine, combine_options(cfg, False), scorer.batch_size)
 
 
+def value_source(cfg: Any) -> str:
+    """Where the value model starts: 'policy' (also for a rule reward with the default
+    --value-init rm: there is no RM to copy), else --value-init as given."""
+    return (
+        "policy"
+        if cfg.value_init == "policy" or (cfg.rule_reward and cfg.value_init == "rm")
+        else cfg.value_init
+    )
+
+
 def build_value_model(
     cfg: PPOConfig, policy: torch.nn.Module, tokenizer: Any, scorer: Any, device: torch.device
 ) -> torch.nn.Module:
@@ -75,7 +85,7 @@ def build_value_model(
     from rlhfkit.models.reward import init_reward_model, load_reward_model
 
     init = cfg.value_init
-    if init == "policy" or (cfg.rule_reward and init == "rm"):
+    if value_source(cfg) == "policy":
         model, _ = init_reward_model(
             policy, copy.deepcopy(tokenizer), head_init="zeros", seed=cfg.seed, device=device
         )

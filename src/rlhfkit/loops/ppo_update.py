@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.distributed as dist
 
+from rlhfkit.errors import UserError
 from rlhfkit.losses import ppo_policy_loss, ppo_value_loss, sft_nll
 from rlhfkit.models.load import autocast_context
 from rlhfkit.ops.advantages import gae
@@ -73,7 +74,7 @@ class PtxBatches:
 
     def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int) -> None:
         if blocks.shape[0] < batch_size:
-            raise ValueError(
+            raise UserError(
                 f"ptx corpus has {blocks.shape[0]} blocks, fewer than --ptx-batch-size {batch_size}"
             )
         self.blocks, self.batch_size, self.seed = blocks, batch_size, seed
