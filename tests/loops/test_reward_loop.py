@@ -185,6 +185,18 @@ def test_each_response_gets_exactly_one_forward_pass(base, tiny_tokenizer, tmp_p
     assert metrics["n_prompts"] == len(ks)
 
 
+def test_eval_counts_ties_as_half_and_reports_buckets(base):
+    # zero head: every score is 0, every pair a tie -> accuracy 0.5 (chance), loss log 2
+    model, tok = init_reward_model(base)
+    rows = keyword_rankings(3, 4, seed=5)
+    examples, _ = encode_rankings(records_of(rows), tok, 256, resolve_margin_table("none"))
+    m = evaluate_rm(model, examples, tok.pad_token_id)
+    assert m["accuracy"] == 0.5 and m["n_ties"] == m["n_pairs"] == 18
+    assert m["loss"] == pytest.approx(math.log(2)) and m["score_gap"] == 0
+    assert sum(b["n_pairs"] for b in m["buckets"].values()) == 18
+    assert all(b["accuracy"] == 0.5 for b in m["buckets"].values())
+
+
 # ---------------------------------------------------------------- one step, accumulation, learning
 
 

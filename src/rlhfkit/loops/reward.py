@@ -102,56 +102,60 @@ def ranking_batch_loss(
 # ---------------------------------------------------------------------------------------
 
 
+def pair_credit(scores: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """((M,) gap s_w - s_l, (M,) credit): 1 if the RM prefers the winner, 0.5 for a tie.
+
+    A tie (equal scores: in practice two identical responses, which noisy labellers
+    still order) counts half, the expected accuracy of breaking it at random, so chance
+    is 0.5 in every bucket. `losses.kwise_ranking_loss`'s own accuracy counts ties as 0.
+    """
+    gap = (scores[pairs[:, 0]] - scores[pairs[:, 1]]).detach().float()  # (M,)
+    return gap, (gap > 0).float() + 0.5 * (gap == 0).float()
+
+
 @dataclass
 class EvalTotals:
     """Sums over prompts and pairs, reducible over ranks; `metrics()` makes the report."""
 
     loss_sum: float = 0.0  # sum over prompts of the prompt's mean pair loss
-    n_prompts: int = 0
-    n_pairs: int = 0
-    correct: int = 0
+    n_prompts: float = 0
     gap_sum: float = 0.0
-    bucket_pairs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
-    bucket_correct: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
+    # per bucket: [pairs, credit (correct + ties / 2), ties]
+    buckets: dict[str, list[float]] = field(
+        default_factory=lambda: {b: [0.0, 0.0, 0.0] for b in BUCKETS}
+    )
 
     def add(self, loss: torch.Tensor, scores: torch.Tensor, batch: RankingBatch) -> None:
-        gap = (scores[batch.pairs[:, 0]] - scores[batch.pairs[:, 1]]).float().cpu()  # (M,)
+        gap, credit = pair_credit(scores, batch.pairs)
         n_prompts = int(batch.pair_prompt.max()) + 1
         self.loss_sum += float(loss) * n_prompts
         self.n_prompts += n_prompts
-        self.n_pairs += len(gap)
-        self.correct += int((gap > 0).sum())
         self.gap_sum += float(gap.sum())
-        for bucket, ok in zip(batch.buckets, (gap > 0).tolist(), strict=True):
-            self.bucket_pairs[bucket] += 1
-            self.bucket_correct[bucket] += int(ok)
+        for bucket, c, g in zip(batch.buckets, credit.tolist(), gap.tolist(), strict=True):
+            row = self.buckets[bucket]
+            row[0], row[1], row[2] = row[0] + 1, row[1] + c, row[2] + (g == 0)
 
     def reduce(self, d: Dist, device: torch.device) -> EvalTotals:
         def r(x: float) -> float:
             return all_reduce_sum(x, d, device)
 
-        return EvalTotals(
-            r(self.loss_sum),
-            int(r(self.n_prompts)),
-            int(r(self.n_pairs)),
-            int(r(self.correct)),
-            r(self.gap_sum),
-            {b: int(r(n)) for b, n in self.bucket_pairs.items()},
-            {b: int(r(n)) for b, n in self.bucket_correct.items()},
-        )
+        buckets = {b: [r(x) for x in row] for b, row in self.buckets.items()}
+        return EvalTotals(r(self.loss_sum), r(self.n_prompts), r(self.gap_sum), buckets)
 
     def metrics(self) -> dict[str, Any]:
-        """loss, accuracy, score_gap, n_prompts, n_pairs, and per bucket {accuracy, n_pairs}."""
-        n = max(self.n_pairs, 1)
+        """loss, accuracy, score_gap, n_prompts, n_pairs, n_ties, and per strength bucket
+        {accuracy, n_pairs, n_ties} (buckets without pairs left out)."""
+        n_pairs = sum(row[0] for row in self.buckets.values())
         return {
             "loss": self.loss_sum / max(self.n_prompts, 1),
-            "accuracy": self.correct / n,
-            "score_gap": self.gap_sum / n,
-            "n_prompts": self.n_prompts,
-            "n_pairs": self.n_pairs,
+            "accuracy": sum(row[1] for row in self.buckets.values()) / max(n_pairs, 1),
+            "score_gap": self.gap_sum / max(n_pairs, 1),
+            "n_prompts": int(self.n_prompts),
+            "n_pairs": int(n_pairs),
+            "n_ties": int(sum(row[2] for row in self.buckets.values())),
             "buckets": {
-                b: {"accuracy": self.bucket_correct[b] / k, "n_pairs": k}
-                for b, k in self.bucket_pairs.items()
+                b: {"accuracy": c / k, "n_pairs": int(k), "n_ties": int(t)}
+                for b, (k, c, t) in self.buckets.items()
                 if k
             },
         }
@@ -187,11 +191,11 @@ def format_eval(metrics: dict[str, Any]) -> str:
     lines = [
         f"loss {metrics['loss']:.4f}   accuracy {metrics['accuracy']:.4f}   "
         f"score gap {metrics['score_gap']:.4f}   prompts {metrics['n_prompts']}   "
-        f"pairs {metrics['n_pairs']}",
-        f"  {'strength':<22}{'accuracy':>9}{'pairs':>8}",
+        f"pairs {metrics['n_pairs']} ({metrics['n_ties']} ties)",
+        f"  {'strength':<22}{'accuracy':>9}{'pairs':>8}{'ties':>7}",
     ]
     for bucket, row in metrics["buckets"].items():
-        lines.append(f"  {bucket:<22}{row['accuracy']:>9.4f}{row['n_pairs']:>8}")
+        lines.append(f"  {bucket:<22}{row['accuracy']:>9.4f}{row['n_pairs']:>8}{row['n_ties']:>7}")
     return "\n".join(lines)
 
 
@@ -252,14 +256,14 @@ def accumulate_gradients(
     for k, examples in enumerate(micro):
         batch = collate_rankings(examples, run.tokenizer.pad_token_id).to(run.device)
         with no_sync(model, sync=k == len(micro) - 1):
-            loss, stats, _ = ranking_batch_loss(model, batch, bf16)
+            loss, _, scores = ranking_batch_loss(model, batch, bf16)
             # DDP averages gradients over ranks, hence * world_size.
             (loss * (len(examples) * d.world_size / n_global)).backward()
-        n_pairs = float(stats["n_pairs"])
+        gap, credit = pair_credit(scores, batch.pairs)
         sums["loss"] += float(loss.detach()) * len(examples) / n_global
-        sums["correct"] += float(stats["accuracy"]) * n_pairs
-        sums["gap"] += float(stats["score_gap"]) * n_pairs
-        sums["pairs"] += n_pairs
+        sums["correct"] += float(credit.sum())
+        sums["gap"] += float(gap.sum())
+        sums["pairs"] += len(gap)
     return {k: all_reduce_sum(v, d, run.device) for k, v in sums.items()}
 
 
