@@ -137,3 +137,13 @@ def test_label_samples_checks_its_input():
         label_samples([ADD, ADD], [[" 42", " 41"]], judge, 0.0)
     with pytest.raises(ValueError, match="noise"):
         label_samples([ADD], [[" 42", " 41"]], judge, -1.0)
+
+
+def test_empty_responses_are_left_out_of_rankings():
+    # The policy can end at once (EOS first); ranking records forbid empty responses.
+    from rlhfkit.data.world import format_prompt, label_samples
+
+    p = format_prompt("What is 2 plus 3?")
+    helpful, _ = label_samples([p, p], [["5", "", "7", "  "], ["", "5", "", ""]], noise=0.0)
+    assert len(helpful) == 1  # the second prompt has one non-empty response: nothing to rank
+    assert helpful[0]["responses"] == ["5", "7"] and helpful[0]["ranking"] == [0, 1]

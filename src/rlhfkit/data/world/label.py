@@ -12,6 +12,7 @@ negligibly_better (thresholds configurable). A pair the noise put in the wrong o
 (gold gap <= 0) is negligibly_better: the annotator was unsure.
 
 Choices, documented:
+- Empty responses (the policy ended at once) are left out: ranking records forbid them.
 - A prompt is skipped for a dimension when its K gold scores are all equal: such a
   ranking would be noise only.
 - Helpfulness rankings cover every prompt. The safety file covers the safety-relevant
@@ -125,11 +126,15 @@ def label_samples(
             raise ValueError(f"expected {k} responses per prompt, got {len(responses)}")
         if len(responses) < 2:
             raise ValueError("ranking needs at least 2 responses per prompt")
+        # Draw the mixing coin for every prompt so the stream is the same whatever is kept.
+        mixed = rng.random() < safety_mix
+        # An empty response (EOS at once) is no text to rank: ranking records forbid it.
+        responses = [r for r in responses if r.strip()]
+        if len(responses) < 2:
+            continue
         scores = [judge_fn(prompt, r) for r in responses]
         h = [s["helpfulness"] for s in scores]
         s_ = [s["safety"] for s in scores]
-        # Draw the mixing coin for every prompt so the stream is the same whatever is kept.
-        mixed = rng.random() < safety_mix
         if len(set(h)) > 1:
             helpful.append(ranking_record(prompt, responses, h, noise, rng, thresholds))
         relevant = scores[0]["task"] in SAFETY_TASKS or len(set(s_)) > 1 or mixed

@@ -1,0 +1,364 @@
+"""`rlhfkit pipeline`: the whole method end to end on the built-in world.
+
+Stages, in order, each writing into its own subfolder of --out:
+  world     the built-in world's data (corpus, SFT demos, RL and eval prompts)
+  pretrain  tokenizer + tiny Llama from scratch on the corpus           -> base/
+  sft       supervised fine-tuning, a checkpoint per epoch               -> sft/epoch-N/
+  label     simulated labellers rank K samples of the SFT model          -> labels/
+  rm        helpfulness and safety reward models on those rankings      -> rm_helpfulness/, rm_safety/
+  select    the SFT epoch whose samples the combined RMs score highest   -> select/
+  ppo       PPO-ptx from the selected SFT model, Llama 2 combined reward -> ppo/
+  rs        rejection sampling fine-tuning from the same model           -> rs/
+  eval      gold metrics of every model on held-out prompts              -> eval/
+
+`pipeline.json` records each finished stage and what it produced: a re-run skips those and
+resumes the first unfinished one (stages that train pass --resume; the others redo their
+short work). Stage options: preset values, then the pipeline YAML's section for the stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.config import ConfigError, PipelineConfig
+from rlhfkit.errors import OutputExistsError, UserError
+from rlhfkit.logging import write_json
+
+# Per-stage option values of each preset. `quick` is a smoke run (about 3 minutes on two
+# CPU cores); `default` is what the README's numbers come from (about 20 minutes).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "world": dict(corpus_docs=2500, sft=500, train_prompts=160, eval_prompts=80),
+        "pretrain": dict(preset="tiny", epochs=1, seq_len=128, batch_size=16, lr=2e-3),
+        "sft": dict(epochs=2, batch_size=16, lr=3e-4),
+        "label": dict(k=4, max_prompts=80, max_new_tokens=24),
+        "rm": dict(epochs=1, batch_size=8, lr=1e-4, eval_fraction=0.1),
+        "select": dict(max_prompts=40, max_new_tokens=24),
+        "ppo": dict(
+            steps=6, batch_size=16, ppo_epochs=2, max_new_tokens=24, ptx_coef=0.5, save_every=3
+        ),
+        "rs": dict(k=4, rounds=1, max_prompts=40, max_new_tokens=24, epochs=1),
+        "eval": dict(max_new_tokens=24),
+    },
+    "default": {
+        "world": dict(),
+        "pretrain": dict(preset="tiny", epochs=3, seq_len=256, batch_size=16, lr=1e-3),
+        "sft": dict(epochs=3, batch_size=16, lr=1e-4),
+        "label": dict(k=4, max_prompts=400, max_new_tokens=32),
+        "rm": dict(epochs=2, batch_size=8, lr=5e-5, eval_fraction=0.1),
+        "select": dict(max_prompts=200, max_new_tokens=32),
+        "ppo": dict(
+            steps=60, batch_size=32, ppo_epochs=2, max_new_tokens=32, ptx_coef=1.0, save_every=10
+        ),
+        "rs": dict(k=8, rounds=2, max_prompts=300, max_new_tokens=32, epochs=1),
+        "eval": dict(max_new_tokens=32),
+    },
+}
+
+
+@dataclass
+class Ctx:
+    """What stages share: the pipeline config, its folders, and what earlier stages made."""
+
+    cfg: PipelineConfig
+    out: Path
+    state: dict[str, Any]
+
+    @property
+    def world(self) -> Path:
+        return self.out / "world"
+
+    def result(self, stage: str) -> dict[str, Any]:
+        return self.state["stages"][stage]["result"]
+
+
+def stage_options(ctx: Ctx, stage: str, cls: type, fixed: dict[str, Any]) -> Any:
+    """A stage's config: preset values, then the YAML section, then the pipeline's paths.
+
+    Options that the pipeline sets itself (paths, seed, device) cannot be overridden in a
+    section: that would cut the stages apart.
+    """
+    user = dict(getattr(ctx.cfg, stage))
+    clash = sorted(set(user) & set(fixed))
+    if clash:
+        raise ConfigError(f"pipeline section '{stage}': {clash} are set by the pipeline itself")
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {**PRESETS[ctx.cfg.preset].get(stage, {}), **user, **fixed}
+    common = {"seed": ctx.cfg.seed, "device": ctx.cfg.device, "bf16": ctx.cfg.bf16}
+    values.update({k: v for k, v in common.items() if k in names and k not in user})
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"pipeline section '{stage}': unknown option(s) {unknown}")
+    return cls(**values)
+
+
+def _resumable(folder: Path) -> dict[str, bool]:
+    """Continue a stage's earlier, interrupted run in `folder` if there is one."""
+    return {"resume": (folder / "run.json").exists()}
+
+
+# ---------------------------------------------------------------------------------------
+# Stages: one function each, returning what later stages need
+# ---------------------------------------------------------------------------------------
+
+
+def stage_world(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.config import WorldMakeConfig
+    from rlhfkit.data.world.commands import world_make
+
+    world_make(
+        stage_options(ctx, "world", WorldMakeConfig, {"out": str(ctx.world), "overwrite": True})
+    )
+    return {"dir": str(ctx.world)}
+
+
+def stage_pretrain(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.config import PretrainConfig
+    from rlhfkit.loops.pretrain import train_pretrain
+
+    out = ctx.out / "base"
+    fixed = {"data": str(ctx.world / "corpus.jsonl"), "out": str(out), **_resumable(out)}
+    train_pretrain(stage_options(ctx, "pretrain", PretrainConfig, fixed))
+    return {"model": str(out)}
+
+
+def stage_sft(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.config import SFTConfig
+    from rlhfkit.loops.sft import train_sft
+
+    out = ctx.out / "sft"
+    fixed = {
+        "model": ctx.result("pretrain")["model"],
+        "data": str(ctx.world / "sft.jsonl"),
+        "out": str(out),
+        **_resumable(out),
+    }
+    train_sft(stage_options(ctx, "sft", SFTConfig, fixed))
+    epochs = sorted(out.glob("epoch-*"), key=lambda p: int(p.name.split("-")[1]))
+    return {"epochs": [str(p) for p in epochs], "last": str(epochs[-1])}
+
+
+def stage_label(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.config import WorldLabelConfig
+    from rlhfkit.data.world.commands import world_label
+
+    out = ctx.out / "labels"
+    fixed = {
+        "policy": ctx.result("sft")["last"],
+        "out": str(out),
+        "overwrite": True,
+        "prompts": str(ctx.world / "prompts_train.jsonl"),
+    }
+    world_label(stage_options(ctx, "label", WorldLabelConfig, fixed))
+    return {
+        "helpfulness": str(out / "rankings_helpfulness.jsonl"),
+        "safety": str(out / "rankings_safety.jsonl"),
+    }
+
+
+def stage_rm(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.config import RMConfig
+    from rlhfkit.loops.reward import train_rm
+
+    result = {}
+    for name in ("helpfulness", "safety"):
+        out = ctx.out / f"rm_{name}"
+        fixed = {
+            "model": ctx.result("sft")["last"],
+            "data": (ctx.result("label")[name],),
+            "out": str(out),
+            **_resumable(out),
+        }
+        train_rm(stage_options(ctx, "rm", RMConfig, fixed))
+        result[name] = str(out)
+    return result
+
+
+def _reward_options(ctx: Ctx) -> dict[str, Any]:
+    rms = ctx.result("rm")
+    return {
+        "rm": (f"helpfulness={rms['helpfulness']}", f"safety={rms['safety']}"),
+        "combine": "llama2",
+    }
+
+
+def stage_select(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.config import SelectConfig
+    from rlhfkit.loops.select import run_select
+
+    out = ctx.out / "select"
+    fixed = {
+        "checkpoints": tuple(ctx.result("sft")["epochs"]),
+        "out": str(out),
+        "prompts": str(ctx.world / "prompts_eval.jsonl"),
+        "overwrite": True,
+        **_reward_options(ctx),
+    }
+    result = run_select(stage_options(ctx, "select", SelectConfig, fixed))
+    return {"best": result["best"]["path"], "name": result["best"]["name"]}
+
+
+def stage_ppo(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.config import PPOConfig
+    from rlhfkit.loops.ppo import train_ppo
+
+    out = ctx.out / "ppo"
+    fixed = {
+        "policy": ctx.result("select")["best"],
+        "out": str(out),
+        **_resumable(out),
+        "prompts": str(ctx.world / "prompts_train.jsonl"),
+        "ptx_data": str(ctx.world / "corpus.jsonl"),
+        **_reward_options(ctx),
+    }
+    summary = train_ppo(stage_options(ctx, "ppo", PPOConfig, fixed))
+    return {"model": summary.get("policy", str(out))}
+
+
+def stage_rs(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.config import RSConfig
+    from rlhfkit.loops.rejection import train_rs
+
+    out = ctx.out / "rs"
+    fixed = {
+        "policy": ctx.result("select")["best"],
+        "out": str(out),
+        **_resumable(out),
+        "prompts": str(ctx.world / "prompts_train.jsonl"),
+        **_reward_options(ctx),
+    }
+    summary = train_rs(stage_options(ctx, "rs", RSConfig, fixed))
+    return {"model": summary.get("policy", str(out))}
+
+
+def models_to_evaluate(ctx: Ctx) -> dict[str, str]:
+    """Every model the pipeline made, by a readable name."""
+    models = {"base": ctx.result("pretrain")["model"]}
+    for path in ctx.result("sft")["epochs"]:
+        models[f"sft-{Path(path).name}"] = path
+    if "select" in ctx.state["stages"]:
+        models["sft-selected"] = ctx.result("select")["best"]
+    for stage in ("ppo", "rs"):
+        if stage in ctx.state["stages"]:
+            models[stage] = ctx.result(stage)["model"]
+    return models
+
+
+def stage_eval(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.config import EvalConfig
+    from rlhfkit.data.world.commands import run_eval
+
+    out = ctx.out / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for name, path in models_to_evaluate(ctx).items():
+        fixed = {
+            "model": path,
+            "prompts": str(ctx.world / "prompts_eval.jsonl"),
+            "out": str(out / f"{name}.json"),
+            "overwrite": True,
+        }
+        print(f"\n== eval: {name} ({path})")
+        summary = run_eval(stage_options(ctx, "eval", EvalConfig, fixed))
+        table[name] = {
+            k: summary.get(k)
+            for k in (
+                "gold_score",
+                "helpfulness",
+                "helpfulness_safe",
+                "safety_unsafe",
+                "false_refusal_rate",
+                "mean_response_words",
+            )
+        }
+    write_json(out / "summary.json", table)
+    print("\n" + format_eval_table(table))
+    return {"summary": str(out / "summary.json")}
+
+
+def format_eval_table(table: dict[str, dict[str, Any]]) -> str:
+    cols = [
+        ("gold_score", "gold"),
+        ("helpfulness_safe", "helpful"),
+        ("safety_unsafe", "safe(unsafe)"),
+        ("false_refusal_rate", "false-refusal"),
+        ("mean_response_words", "words"),
+    ]
+    width = max(len(n) for n in table) + 2
+    lines = ["model".ljust(width) + "".join(f"{h:>15}" for _, h in cols)]
+    for name, row in table.items():
+        cells = "".join(
+            f"{row[k]:>15.3f}" if isinstance(row.get(k), float) else f"{'-':>15}" for k, _ in cols
+        )
+        lines.append(name.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+STAGES: list[tuple[str, Callable[[Ctx], dict[str, Any]]]] = [
+    ("world", stage_world),
+    ("pretrain", stage_pretrain),
+    ("sft", stage_sft),
+    ("label", stage_label),
+    ("rm", stage_rm),
+    ("select", stage_select),
+    ("ppo", stage_ppo),
+    ("rs", stage_rs),
+    ("eval", stage_eval),
+]
+
+
+def _load_state(out: Path, cfg: PipelineConfig) -> dict[str, Any]:
+    path = out / "pipeline.json"
+    if cfg.overwrite and path.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    if path.exists():
+        state = json.loads(path.read_text())
+        if state.get("preset") != cfg.preset or state.get("seed") != cfg.seed:
+            raise UserError(
+                f"{out} holds a pipeline run with preset {state.get('preset')!r}, seed "
+                f"{state.get('seed')}: pass --overwrite to replace it, or the same options"
+            )
+        return state
+    if out.exists() and any(out.iterdir()):
+        raise OutputExistsError(f"{out} is not empty and holds no pipeline run: choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return {"preset": cfg.preset, "seed": cfg.seed, "stages": {}}
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run (or continue) every stage; see the module docstring."""
+    names = [n for n, _ in STAGES]
+    if cfg.until is not None and cfg.until not in names:
+        raise UserError(f"--until {cfg.until!r}: not a stage; stages are {', '.join(names)}")
+    out = Path(cfg.out)
+    ctx = Ctx(cfg=cfg, out=out, state=_load_state(out, cfg))
+    t0 = time.perf_counter()
+    for name, run in STAGES:
+        if name in ctx.state["stages"]:
+            print(f"[pipeline] {name}: done earlier, skipped")
+        else:
+            print(f"\n[pipeline] ===== {name} =====", flush=True)
+            t = time.perf_counter()
+            result = run(ctx)
+            ctx.state["stages"][name] = {
+                "result": result,
+                "seconds": round(time.perf_counter() - t, 1),
+            }
+            write_json(out / "pipeline.json", ctx.state)
+            print(f"[pipeline] {name}: finished in {time.perf_counter() - t:.0f} s", flush=True)
+        if name == cfg.until:
+            break
+    total = sum(s["seconds"] for s in ctx.state["stages"].values())
+    print(
+        f"\n[pipeline] done: {out} ({time.perf_counter() - t0:.0f} s this run, "
+        f"{total:.0f} s of stage time in all)"
+    )
+    return ctx.state
