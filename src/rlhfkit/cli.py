@@ -69,6 +69,11 @@ COMMANDS: dict[str, Command] = {
         "3  PPO with a per-token KL penalty to the reference, optional PPO-ptx",
         ("policy", "prompts", "out"),
     ),
+    "pipeline": Command(
+        "rlhfkit.config:PipelineConfig",
+        "rlhfkit.pipeline:run_pipeline",
+        "*  every stage end to end on the built-in world, with evaluation of every model",
+    ),
     "world make": Command(
         "rlhfkit.config:WorldMakeConfig",
         "rlhfkit.data.world.commands:world_make",

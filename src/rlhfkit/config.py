@@ -506,6 +506,47 @@ class EvalConfig:
 # ---------------------------------------------------------------------------------------
 
 
+# --- The whole method end to end (pipeline.py) -----------------------------------------
+
+StageOptions = Annotated[dict[str, Any], tyro.conf.Suppress]
+"""Per-stage option overrides; set in the pipeline YAML (`sft: {epochs: 4}`), not as flags."""
+
+
+@dataclass(kw_only=True)
+class PipelineConfig:
+    """Run every stage end to end on the built-in world: world -> pretrain -> SFT -> labels ->
+    helpfulness and safety RMs -> select -> PPO(-ptx) -> rejection sampling -> eval.
+
+    Each stage writes into its own subfolder of --out. Re-running skips finished stages and
+    resumes an interrupted one. Any stage's options can be set in the YAML given with
+    --config, one section per stage (world, pretrain, sft, label, rm, select, ppo, rs, eval),
+    with the names of that command's options, e.g. `ppo: {steps: 80, kl_coef: 0.05}`."""
+
+    out: str = "runs/demo"
+    """Output folder of the whole run."""
+    preset: Literal["quick", "default"] = "default"
+    """Sizes of every stage: 'quick' (about 3 minutes on 2 CPU cores, a smoke run) or 'default' (about 20 minutes; the numbers in the README)."""
+    seed: int = 0
+    """Seed of the world and of every stage."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    bf16: bool = False
+    """bf16 autocast in the training stages, where the device supports it."""
+    until: str | None = None
+    """Stop after this stage (a stage name), e.g. 'sft'."""
+    overwrite: bool = False
+    """Delete an earlier pipeline run in --out and start again (default: skip finished stages, resume the rest)."""
+    world: StageOptions = dataclasses.field(default_factory=dict)
+    pretrain: StageOptions = dataclasses.field(default_factory=dict)
+    sft: StageOptions = dataclasses.field(default_factory=dict)
+    label: StageOptions = dataclasses.field(default_factory=dict)
+    rm: StageOptions = dataclasses.field(default_factory=dict)
+    select: StageOptions = dataclasses.field(default_factory=dict)
+    ppo: StageOptions = dataclasses.field(default_factory=dict)
+    rs: StageOptions = dataclasses.field(default_factory=dict)
+    eval: StageOptions = dataclasses.field(default_factory=dict)
+
+
 class ConfigError(UserError):
     """A config file that cannot be read or names unknown options."""
 
