@@ -4,10 +4,18 @@ import os
 import random
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread per test process: the tiny models gain nothing from more, and subprocess
+# tests (torchrun, kill/resume) would otherwise oversubscribe the cores, where OpenMP's
+# spinning threads make torch up to 20x slower. RLHFKIT_TEST_THREADS overrides.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("RLHFKIT_TEST_THREADS", "1"))
+
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 # --- models fixtures: a tokenizer trained in-process and a very small Llama ----------------
