@@ -69,6 +69,12 @@ COMMANDS: dict[str, Command] = {
         "3  PPO with a per-token KL penalty to the reference, optional PPO-ptx",
         ("policy", "prompts", "out"),
     ),
+    "rs": Command(
+        "rlhfkit.config:RSConfig",
+        "rlhfkit.loops.rejection:train_rs",
+        "3  rejection sampling: best of K samples by reward, SFT on them, by rounds (Llama 2)",
+        ("policy", "prompts", "out"),
+    ),
     "pipeline": Command(
         "rlhfkit.config:PipelineConfig",
         "rlhfkit.pipeline:run_pipeline",

@@ -390,6 +390,71 @@ class SelectConfig:
     """Allow model code shipped inside the model folders to run."""
 
 
+# --- Rejection sampling fine-tuning (loops/rejection.py) --------------------------------
+
+
+@dataclass(kw_only=True)
+class RSConfig(TrainOptions):
+    """Rejection sampling fine-tuning (Llama 2): per round, sample K responses per prompt, keep the highest-reward one, fine-tune on the kept set with the SFT loss."""
+
+    policy: str = ""
+    """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`)."""
+    prompts: str = ""
+    """Prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too), the same every round."""
+    max_prompts: int | None = None
+    """Use only the first N prompts."""
+    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Reward model NAME=DIR (repeat for several: --rm helpfulness=DIR --rm safety=DIR). Either this or --rule-reward."""
+    combine: Literal["single", "weighted-sum", "llama2"] = "single"
+    """How several RMs become one reward (as `rlhfkit ppo`; never whitened here, so scores compare across batches and rounds)."""
+    threshold: float = 0.15
+    """llama2: sigmoid(safety score) below this takes the safety RM."""
+    helpfulness_rm: str = "helpfulness"
+    """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
+    safety_rm: str = "safety"
+    """llama2: name of the safety RM."""
+    weights: str | None = None
+    """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
+    rule_reward: str | None = None
+    """A rule instead of reward models: 'gold' (the built-in world's gold judges), 'length' (words), 'count:TEXT'."""
+    k: int = 8
+    """Responses sampled per prompt and round (Llama 2: up to ~30 per prompt)."""
+    rounds: int = 2
+    """Rounds of sample -> keep the best -> fine-tune; each samples from the previous round's policy."""
+    temperature: tuple[float, ...] = (1.0,)
+    """Sampling temperature: one value for every round, or one per round (e.g. 0.7 1.0)."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0: all)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: all)."""
+    keep: Literal["best", "best-of-all-rounds"] = "best"
+    """'best': each prompt's best sample of this round; 'best-of-all-rounds': the best sample of any round so far (Llama 2)."""
+    max_new_tokens: int = 32
+    """Maximum response tokens per sample."""
+    max_prompt_len: int = 128
+    """Prompts longer than this keep their last tokens."""
+    sample_batch_size: int = 64
+    """Sequences per generation batch (prompts per batch: this // --k); samples are saved batch by batch."""
+    max_len: int = 256
+    """Fine-tuning: maximum tokens of prompt + kept response + EOS."""
+    overlong: Literal["truncate", "drop", "error"] = "truncate"
+    """Fine-tuning: what to do with a kept example longer than --max-len."""
+    packing: bool = True
+    """Fine-tuning: batch sequences without padding where the model supports it."""
+    epochs: int = 1
+    """Fine-tuning passes over each round's kept set."""
+    lr: float = 1e-4
+    warmup_steps: int = 5
+    eval_prompts: str | None = None
+    """Held-out prompts: the policy's reward (and the world's gold metrics) before round 1 and after every round."""
+    eval_max_prompts: int | None = 256
+    """Evaluate on the first N held-out prompts."""
+    eval_temperature: float = 0.0
+    """Sampling temperature for evaluation (0: greedy, as `rlhfkit eval`)."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folders to run."""
+
+
 # --- The built-in world (rlhfkit.data.world) ---------------------------------------------
 # These take only the options they use: the world's commands neither train nor resume, so
 # RunOptions (resume, bf16) would put dead flags into their --help.

@@ -1,0 +1,379 @@
+"""`rlhfkit rs`: rejection sampling fine-tuning (Llama 2, section 3.2.3).
+
+Each round r = 1 .. --rounds:
+  1. sample K responses per prompt from the current policy (the previous round's output;
+     round 1: --policy), at the round's temperature, with seeded generators;
+  2. score them with the reward (RMs combined by --combine, or a rule), in batches;
+  3. keep, per prompt, the highest-reward response (ties: the lowest index), or with
+     --keep best-of-all-rounds the best response of any round so far (ties: the earliest);
+  4. fine-tune the current policy on the kept set with the SFT loss, prompt tokens masked
+     (`loops/lm.fit_lm`, the loop of `rlhfkit sft`);
+  5. write `round-N/`: samples.jsonl, kept.jsonl, stats.json and the fine-tuned policy
+     (a Hugging Face folder: `rlhfkit eval --model OUT/round-N` reads it).
+The final policy is exported at the top of --out (as `rlhfkit ppo` does): `rlhfkit eval
+--model OUT` and `from_pretrained(OUT)` read it. Per round, stats.json (and summary.json)
+hold the mean reward of all samples and of the kept ones, and the max and median reward
+among the first k samples for k = 1 .. K, averaged over prompts (Llama 2 Figure 7), drawn
+in `rs_max_median.png`.
+
+Choices, where the paper leaves room:
+- each round fine-tunes the CURRENT policy (the previous round's output), as Llama 2
+  fine-tuned its latest model; the optimizer and schedule start afresh every round;
+- the reward is never whitened (llama2-combined RMs included): whitening depends on the
+  batch, and scores must compare across batches and rounds;
+- best-of-all-rounds keeps the scores earlier rounds' samples got when they were drawn:
+  the reward is fixed, so they compare with this round's as they are (no re-scoring);
+- the same prompts every round.
+
+Resume (--resume): a round with `stats.json` is finished and skipped; a round's samples
+are never redrawn (`rejection_samples`: saved batch by batch, seeded per batch), and its
+fine-tuning resumes from the last checkpoint of `round-N/train/` (`fit_lm`'s resume;
+--save-every adds checkpoints within an epoch). The training checkpoints of a finished
+round are deleted (its policy is `round-N/` itself). A resumed run ends with the same
+weights as an uninterrupted one. One process only (not under torchrun).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import RSConfig, save_config
+from rlhfkit.data.records import PromptRecord, SFTRecord, read_prompts
+from rlhfkit.data.tokenize import EncodedExample, EncodeStats, encode_sft
+from rlhfkit.errors import UserError
+from rlhfkit.logging import MetricsLogger, write_json
+from rlhfkit.loops.common import seed_everything
+from rlhfkit.loops.lm import LMRun, fit_lm
+from rlhfkit.loops.ppo_roles import build_scorer, check_reward
+from rlhfkit.loops.rejection_keep import KEEP_RULES, Kept, plot_max_median, round_stats
+from rlhfkit.loops.rejection_samples import (
+    SampleRecord,
+    SamplingSettings,
+    evaluate_policy,
+    read_samples,
+    sample_round,
+    write_jsonl_atomic,
+)
+from rlhfkit.models.checkpoint import export_hf, prepare_output_dir
+from rlhfkit.models.load import load_causal_lm, load_tokenizer, pick_device
+from rlhfkit.rollout import check_rule_prompts, encode_prompts
+
+log = logging.getLogger("rlhfkit")
+RS_INFO = "rlhfkit_rs.json"
+SAMPLES, KEPT, STATS = "samples.jsonl", "kept.jsonl", "stats.json"
+PLOT = "rs_max_median.png"
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------
+
+
+def round_temperatures(cfg: RSConfig) -> list[float]:
+    """One temperature per round from --temperature (one value, or one per round)."""
+    temps = list(cfg.temperature)
+    if len(temps) == 1:
+        temps = temps * cfg.rounds
+    if len(temps) != cfg.rounds:
+        raise UserError(
+            f"--temperature: give one value or one per round ({cfg.rounds}), got {len(temps)}"
+        )
+    if any(t < 0 for t in temps):
+        raise UserError("--temperature must be >= 0")
+    return temps
+
+
+def _check(cfg: RSConfig) -> list[float]:
+    check_reward(cfg)
+    if cfg.k < 1 or cfg.rounds < 1 or cfg.sample_batch_size < 1 or cfg.epochs < 1:
+        raise UserError("--k, --rounds, --sample-batch-size and --epochs must be >= 1")
+    if cfg.keep not in KEEP_RULES:
+        raise UserError(f"--keep must be one of {sorted(KEEP_RULES)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("rlhfkit rs runs in one process: launch it without torchrun")
+    return round_temperatures(cfg)
+
+
+def _read_inputs(cfg: RSConfig) -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """Every prompt file, validated (file:line errors) before anything is written."""
+    prompts = read_prompts(cfg.prompts)[: cfg.max_prompts]
+    if not prompts:
+        raise UserError(f"{cfg.prompts}: no prompts (--max-prompts {cfg.max_prompts})")
+    eval_prompts = read_prompts(cfg.eval_prompts) if cfg.eval_prompts else []
+    if cfg.eval_max_prompts is not None:
+        eval_prompts = eval_prompts[: cfg.eval_max_prompts]
+    check_rule_prompts(cfg.rule_reward, [*prompts, *eval_prompts])
+    return prompts, eval_prompts
+
+
+@contextlib.contextmanager
+def _quiet_checkpoint_note() -> Iterator[None]:
+    # prepare_output_dir's "no checkpoint to resume from" note is about checkpoints/step-N,
+    # which this command does not write (it resumes by round folders).
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def encode_kept(
+    kept: Sequence[Kept], tokenizer: Any, cfg: RSConfig, source: str
+) -> list[EncodedExample]:
+    """The kept set as SFT examples: [bos?] + prompt + response + EOS, prompt masked."""
+    stats = EncodeStats()
+    examples = []
+    for line, k in enumerate(kept, start=1):
+        rec = SFTRecord(k.prompt, k.completion, line=line, source=source)
+        ex = encode_sft(rec, tokenizer, cfg.max_len, overlong=cfg.overlong, stats=stats)
+        if ex is not None:
+            examples.append(ex)
+    if stats.truncated or stats.dropped:
+        print(f"{source}: {stats} (--max-len {cfg.max_len}, --overlong {cfg.overlong})")
+    if not examples:
+        raise UserError(f"{source}: no usable examples after tokenization")
+    return examples
+
+
+def prune_training_checkpoints(round_dir: Path) -> None:
+    """A finished round's policy is `round-N/` itself: its resumable training checkpoints
+    (weights + optimizer state, per epoch) are not needed any more."""
+    train = round_dir / "train"
+    for p in [*train.glob("epoch-*"), train / "checkpoints"]:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def train_rs(cfg: RSConfig) -> dict[str, Any]:
+    """Run `rlhfkit rs` (module docstring). Returns the summary dict (also summary.json)."""
+    temps = _check(cfg)
+    prompts, eval_prompts = _read_inputs(cfg)
+    out = Path(cfg.out)
+    with _quiet_checkpoint_note():
+        prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, command="rs")
+    save_config(cfg, out / "config.yaml")
+    t0 = time.perf_counter()
+    run = RSRun.build(cfg, prompts, eval_prompts)
+    logger = MetricsLogger(out)
+    print(
+        f"rs: {len(prompts)} prompts x {cfg.k} samples, {cfg.rounds} round(s), keep "
+        f"{cfg.keep}, on {run.device}; reward: {cfg.rule_reward or ', '.join(cfg.rm)}",
+        flush=True,
+    )
+    try:
+        initial_eval = run.initial_eval()
+        rounds: list[dict[str, Any]] = []
+        for r in range(1, cfg.rounds + 1):
+            stats = run.round(r, temps[r - 1])
+            rounds.append(stats)
+            logger.log(r, _round_metrics(stats))
+            plot_max_median(rounds, out / PLOT)
+            summary = _summary(cfg, out, rounds, initial_eval, time.perf_counter() - t0)
+            write_json(out / "summary.json", summary)
+        run.export_final(out, {RS_INFO: _info(cfg, len(prompts))})
+    finally:
+        logger.close()
+    print(f"rs: final policy written to {out} (rlhfkit eval --model {out}); plot {out / PLOT}")
+    return summary
+
+
+_LOGGED = ("mean_reward_all", "mean_reward_kept", "mean_reward_best_of_round", "temperature",
+           "mean_response_tokens_kept")  # fmt: skip
+
+
+def _round_metrics(stats: dict[str, Any]) -> dict[str, Any]:
+    m = {f"rs/{k}": stats[k] for k in _LOGGED if k in stats}
+    if stats.get("train"):
+        m["rs/train_loss"] = stats["train"].get("final_loss")
+    for k, v in (stats.get("eval") or {}).items():
+        if isinstance(v, (int, float)):
+            m[f"eval/{k}"] = v
+    return m
+
+
+def _info(cfg: RSConfig, n_prompts: int) -> dict[str, Any]:
+    return {
+        "policy_init": cfg.policy,
+        "rounds": cfg.rounds,
+        "k": cfg.k,
+        "keep": cfg.keep,
+        "prompts": n_prompts,
+        "reward": cfg.rule_reward or list(cfg.rm),
+        "combine": None if cfg.rule_reward else cfg.combine,
+    }
+
+
+def _summary(
+    cfg: RSConfig,
+    out: Path,
+    rounds: list[dict[str, Any]],
+    initial_eval: dict[str, Any] | None,
+    wall: float,
+) -> dict[str, Any]:
+    keys = ("round", "temperature", "mean_reward_all", "mean_reward_kept",
+            "mean_reward_best_of_round", "kept_from_earlier_rounds", "max_median_at_k",
+            "gold_all", "gold_kept", "train", "eval")  # fmt: skip
+    return {
+        **_info(cfg, rounds[0]["prompts"]),
+        "rounds": [{k: st[k] for k in keys if k in st} for st in rounds],
+        "eval_initial": initial_eval,
+        "wall_time_s": round(wall, 2),
+        "policy": str(out),
+        "plot": str(out / PLOT),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The rounds
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RSRun:
+    """The state of a run between rounds: the roles, the prompts, every round's samples,
+    and where the current policy is (in memory after training, else a folder)."""
+
+    cfg: RSConfig
+    out: Path
+    device: torch.device
+    tokenizer: Any
+    scorer: Any
+    prompts: list[PromptRecord]
+    prompt_ids: list[list[int]]
+    eval_prompts: list[PromptRecord]
+    eval_ids: list[list[int]]
+    policy_path: Path
+    model: torch.nn.Module | None = None
+    history: list[list[SampleRecord]] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls, cfg: RSConfig, prompts: list[PromptRecord], eval_prompts: list[PromptRecord]
+    ) -> RSRun:
+        device = pick_device(cfg.device)
+        tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
+        return cls(
+            cfg=cfg,
+            out=Path(cfg.out),
+            device=device,
+            tokenizer=tokenizer,
+            scorer=build_scorer(cfg, device, whiten=False),
+            prompts=prompts,
+            prompt_ids=encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
+            eval_prompts=eval_prompts,
+            eval_ids=encode_prompts(eval_prompts, tokenizer, cfg.max_prompt_len),
+            policy_path=Path(cfg.policy),
+        )
+
+    def settings(self, temperature: float) -> SamplingSettings:
+        c = self.cfg
+        return SamplingSettings(
+            k=c.k,
+            temperature=temperature,
+            top_k=c.top_k,
+            top_p=c.top_p,
+            max_new_tokens=c.max_new_tokens,
+            prompts_per_batch=max(1, c.sample_batch_size // c.k),
+            seed=c.seed,
+            bf16=c.bf16,
+        )
+
+    def policy(self) -> torch.nn.Module:
+        if self.model is None:
+            self.model = load_causal_lm(
+                self.policy_path, self.device, trust_remote_code=self.cfg.trust_remote_code
+            )
+        return self.model
+
+    def evaluate(self) -> dict[str, Any]:
+        s = dataclasses.replace(self.settings(self.cfg.eval_temperature), k=1)
+        return evaluate_policy(
+            self.policy(), self.tokenizer, self.eval_prompts, self.eval_ids, self.scorer, s
+        )
+
+    def initial_eval(self) -> dict[str, Any] | None:
+        """The starting policy on --eval-prompts (computed once, kept in eval_initial.json)."""
+        if not self.eval_prompts:
+            return None
+        path = self.out / "eval_initial.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        result = self.evaluate()
+        write_json(path, result)
+        print(_eval_line("initial policy", result), flush=True)
+        return result
+
+    def round(self, r: int, temperature: float) -> dict[str, Any]:
+        """Round r (1-based): sample, keep, fine-tune, write round-N/. Returns its stats."""
+        rdir = self.out / f"round-{r}"
+        if (rdir / STATS).is_file():  # finished earlier
+            self.history.append(read_samples(rdir / SAMPLES, self.prompts, self.cfg.k))
+            prune_training_checkpoints(rdir)
+            self.policy_path, self.model = rdir, None
+            print(f"round {r}: finished earlier, skipped", flush=True)
+            return json.loads((rdir / STATS).read_text())
+        rdir.mkdir(parents=True, exist_ok=True)
+        model = self.policy()
+        records = sample_round(
+            model, self.tokenizer, self.prompts, self.prompt_ids, self.scorer,
+            self.settings(temperature), round_index=r, path=rdir / SAMPLES,
+        )  # fmt: skip
+        self.history.append(records)
+        kept = KEEP_RULES[self.cfg.keep](self.history)
+        write_jsonl_atomic(rdir / KEPT, [k.to_json() for k in kept])
+        stats = {"round": r, "temperature": temperature, **round_stats(records, kept, r)}
+        print(
+            f"round {r}: mean reward of all samples {stats['mean_reward_all']:.4f}, of the "
+            f"kept {stats['mean_reward_kept']:.4f} (best of {self.cfg.k}: "
+            f"{stats['mean_reward_best_of_round']:.4f})",
+            flush=True,
+        )
+        stats["train"] = self.finetune(model, kept, rdir, r)
+        export_hf(model, self.tokenizer, rdir, extra_json={RS_INFO: {"round": r}})
+        if self.eval_prompts:
+            stats["eval"] = self.evaluate()
+            print(_eval_line(f"after round {r}", stats["eval"]), flush=True)
+        write_json(rdir / STATS, stats)  # the round is finished
+        prune_training_checkpoints(rdir)
+        self.policy_path = rdir
+        return stats
+
+    def finetune(
+        self, model: torch.nn.Module, kept: list[Kept], rdir: Path, r: int
+    ) -> dict[str, Any]:
+        """SFT of `model` on the kept set with the shared LM loop; resumes in round-N/train."""
+        examples = encode_kept(kept, self.tokenizer, self.cfg, str(rdir / KEPT))
+        train_dir = rdir / "train"
+        opts = dataclasses.replace(self.cfg, out=str(train_dir), resume=True)
+        seed_everything(self.cfg.seed + r)  # dropout, if any (a resume restores the RNG)
+        lm_run = LMRun(
+            model=model, tokenizer=self.tokenizer, train=examples, out=train_dir,
+            device=self.device, packing=self.cfg.packing, epoch_checkpoints=True,
+            desc=f"round {r} train",
+        )  # fmt: skip
+        summary = fit_lm(lm_run, opts)
+        keys = ("final_loss", "steps", "train_tokens", "wall_time_s", "tokens_per_s")
+        return {k: summary.get(k) for k in keys}
+
+    def export_final(self, out: Path, extra_json: dict[str, Any]) -> None:
+        export_hf(self.policy(), self.tokenizer, out, extra_json=extra_json)
+
+
+def _eval_line(what: str, r: dict[str, Any]) -> str:
+    parts = [f"eval ({what}): reward {r['score']:.4f}"]
+    if r.get("gold_score") is not None:
+        parts.append(f"gold {r['gold_score']:.4f}")
+    return ", ".join(parts)

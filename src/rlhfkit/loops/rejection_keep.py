@@ -1,0 +1,164 @@
+"""Rejection sampling, the selection half (pure functions of the saved samples): which
+response each prompt is fine-tuned on, the numbers of a round, and the max/median plot.
+
+Keep rules, picked by name from KEEP_RULES:
+- "best": per prompt, the best of this round's K samples (ties: the lowest index);
+- "best-of-all-rounds": per prompt, the best sample of any round so far (Llama 2; ties:
+  the earliest round, then the lowest index). Earlier rounds' samples keep the scores
+  they were drawn with: the reward is fixed and never whitened, so they compare as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from rlhfkit.data.ranking import best_of_k, max_and_median_at_k
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The response one prompt is fine-tuned on, and where it came from."""
+
+    prompt: str
+    completion: str
+    score: float
+    round: int  # 1-based round that drew it
+    index: int  # its index among that round's K samples
+    safety: bool = False
+    tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """SFT format ({"prompt", "completion"}) plus where it came from."""
+        return {
+            "prompt": self.prompt,
+            "completion": self.completion,
+            "score": self.score,
+            "round": self.round,
+            "index": self.index,
+            "safety": self.safety,
+        }
+
+
+def _kept(rec: Any, round_index: int, i: int) -> Kept:
+    tokens = rec.response_tokens[i] if rec.response_tokens else 0
+    return Kept(rec.prompt, rec.responses[i], rec.scores[i], round_index, i, rec.safety, tokens)
+
+
+def keep_best(history: Sequence[Sequence[Any]]) -> list[Kept]:
+    """Per prompt, the best sample of the latest round (ties: the lowest index).
+
+    `history[r][p]`: round r+1's `SampleRecord` of prompt p (same prompts every round).
+    """
+    r = len(history)
+    return [_kept(rec, r, best_of_k(rec.scores)) for rec in history[-1]]
+
+
+def keep_best_of_all_rounds(history: Sequence[Sequence[Any]]) -> list[Kept]:
+    """Per prompt, the best sample of every round so far (Llama 2); ties: the earliest
+    round, then the lowest index. Earlier rounds keep the scores they were drawn with."""
+    out = []
+    for p, rec in enumerate(history[-1]):
+        # round-major order, so best_of_k's lowest-index tie rule means "earliest round"
+        pool = [(r + 1, i) for r, rnd in enumerate(history) for i in range(len(rnd[p].scores))]
+        if any(rnd[p].prompt != rec.prompt for rnd in history):
+            raise ValueError(f"prompt {p} differs between rounds")
+        best = best_of_k([history[r - 1][p].scores[i] for r, i in pool])
+        r, i = pool[best]
+        out.append(_kept(history[r - 1][p], r, i))
+    return out
+
+
+KEEP_RULES: dict[str, Callable[[Sequence[Sequence[Any]]], list[Kept]]] = {
+    "best": keep_best,
+    "best-of-all-rounds": keep_best_of_all_rounds,
+}
+
+
+def max_median_curve(records: Sequence[Any]) -> list[dict[str, float]]:
+    """[{"k", "max", "median"}] for k = 1 .. K: the max and the median reward among a
+    prompt's first k samples, averaged over prompts (Llama 2 Figure 7)."""
+    rows = [max_and_median_at_k(rec.scores) for rec in records]
+    return [
+        {
+            "k": k + 1,
+            "max": fmean(r[k][1] for r in rows),
+            "median": fmean(r[k][2] for r in rows),
+        }
+        for k in range(min(len(r) for r in rows))
+    ]
+
+
+def round_stats(records: Sequence[Any], kept: Sequence[Kept], round_index: int) -> dict[str, Any]:
+    """The numbers of one round: mean reward of all samples vs the kept ones, the
+    max/median curve, lengths, per-RM means, and gold metrics on the world's prompts."""
+    scores = [s for rec in records for s in rec.scores]
+    curve = max_median_curve(records)
+    stats: dict[str, Any] = {
+        "round": round_index,
+        "prompts": len(records),
+        "k": len(records[0].scores),
+        "mean_reward_all": fmean(scores),
+        "mean_reward_kept": fmean(k.score for k in kept),
+        "mean_reward_best_of_round": curve[-1]["max"],
+        "kept_from_earlier_rounds": sum(k.round != round_index for k in kept),
+        "mean_response_tokens_all": fmean(t for rec in records for t in rec.response_tokens),
+        "mean_response_tokens_kept": fmean(k.tokens for k in kept),
+        "max_median_at_k": curve,
+    }
+    names = sorted(records[0].per_rm)
+    if names:
+        stats["per_rm_all"] = {n: fmean(s for rec in records for s in rec.per_rm[n]) for n in names}
+    from rlhfkit.loops.ppo_eval import gold_metrics  # {} unless the prompts are the world's
+
+    flat = [(rec, i) for rec in records for i in range(len(rec.responses))]
+    gold_all = gold_metrics(
+        [rec.prompt for rec, _ in flat],
+        [rec.responses[i] for rec, i in flat],
+        [rec.safety for rec, _ in flat],
+        [rec.response_tokens[i] for rec, i in flat],
+    )
+    if gold_all:
+        stats["gold_all"] = gold_all
+        stats["gold_kept"] = gold_metrics(
+            [k.prompt for k in kept],
+            [k.completion for k in kept],
+            [k.safety for k in kept],
+            [k.tokens for k in kept],
+        )
+    return stats
+
+
+def plot_max_median(rounds: Sequence[dict[str, Any]], path: Path) -> Path:
+    """`rs_max_median.png`: per round, max (solid) and median (dashed) reward among k
+    samples against k. Written atomically; no pyplot (no global backend state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, st in enumerate(rounds):
+        ks = [row["k"] for row in st["max_median_at_k"]]
+        color = f"C{i % 10}"
+        temp = f", T={st['temperature']:g}" if "temperature" in st else ""
+        ax.plot(ks, [row["max"] for row in st["max_median_at_k"]], "-o", color=color,
+                markersize=3, label=f"round {st['round']} max{temp}")  # fmt: skip
+        ax.plot(ks, [row["median"] for row in st["max_median_at_k"]], "--", color=color,
+                label=f"round {st['round']} median")  # fmt: skip
+    ax.set_title("Rejection sampling: max and median reward among k samples")
+    ax.set_xlabel("k (samples per prompt)")
+    ax.set_ylabel("reward (mean over prompts)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    os.replace(tmp, path)
+    return path

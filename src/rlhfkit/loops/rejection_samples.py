@@ -1,0 +1,282 @@
+"""Rejection sampling, the sampling half: K responses per prompt from the current policy,
+scored by the reward, saved as `round-N/samples.jsonl`.
+
+One record per prompt: {"prompt", "safety", "responses": [K], "scores": [K], "best": index,
+"response_tokens": [K], "per_rm": {name: [K]}} ("per_rm" only with reward models).
+
+Resumable without redrawing: prompts are sampled in batches of `prompts_per_batch`, each
+batch with its own generator seeded by (seed, round, batch), and every finished batch is
+appended (flushed, fsynced) to a hidden `.samples.jsonl.partial`. A killed run keeps the
+finished batches and samples the rest, drawing exactly what an uninterrupted run draws;
+`samples.jsonl` appears, by one rename, only once every prompt is sampled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import torch
+
+from rlhfkit.data.ranking import best_of_k
+from rlhfkit.data.records import PromptRecord
+from rlhfkit.errors import UserError
+from rlhfkit.logging import progress
+from rlhfkit.loops.ppo_eval import gold_metrics
+from rlhfkit.models.generate import decode_responses, sample
+from rlhfkit.models.load import autocast_context
+from rlhfkit.rollout import score_generation
+
+
+@dataclass
+class SampleRecord:
+    """One prompt's K samples of one round and their rewards."""
+
+    prompt: str
+    responses: list[str]
+    scores: list[float]  # the combined reward of each response (unwhitened)
+    best: int  # best_of_k(scores): the highest score, ties to the lowest index
+    safety: bool = False
+    response_tokens: list[int] = field(default_factory=list)  # per response, EOS not counted
+    per_rm: dict[str, list[float]] = field(default_factory=dict)  # raw score of each RM
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "prompt": self.prompt,
+            "safety": self.safety,
+            "responses": self.responses,
+            "scores": self.scores,
+            "best": self.best,
+            "response_tokens": self.response_tokens,
+        }
+        if self.per_rm:
+            row["per_rm"] = self.per_rm
+        return row
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> SampleRecord:
+        return cls(
+            prompt=row["prompt"],
+            responses=list(row["responses"]),
+            scores=[float(s) for s in row["scores"]],
+            best=int(row["best"]),
+            safety=bool(row.get("safety", False)),
+            response_tokens=[int(t) for t in row.get("response_tokens", [])],
+            per_rm={k: [float(s) for s in v] for k, v in (row.get("per_rm") or {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How one round samples."""
+
+    k: int = 8
+    temperature: float = 1.0  # 0 = greedy (then the K samples are identical)
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    prompts_per_batch: int = 8  # K x this many sequences per generation batch
+    seed: int = 0
+    bf16: bool = False
+
+
+def batch_generator(seed: int, round_index: int, batch_index: int) -> torch.Generator:
+    """A CPU generator per (seed, round, batch): a resumed round draws what an uninterrupted
+    one draws, and the tokens do not depend on the device (`models.generate._draw`)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + round_index) * 1_009 + batch_index)
+
+
+@torch.no_grad()
+def sample_batch(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[PromptRecord],
+    prompt_ids: Sequence[Sequence[int]],
+    scorer: Any,
+    s: SamplingSettings,
+    generator: torch.Generator | None,
+) -> list[SampleRecord]:
+    """K samples of each prompt in one generation batch, scored in one scorer call."""
+    k = s.k
+    flat = [p for p in prompts for _ in range(k)]
+    device = next(model.parameters()).device
+    with autocast_context(device, s.bf16):
+        gen = sample(
+            model,
+            [ids for ids in prompt_ids for _ in range(k)],
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            generator=generator,
+        )
+    texts = decode_responses(tokenizer, gen)
+    safety = torch.tensor([p.safety for p in flat], device=gen.response_ids.device)
+    scores, per_rm = score_generation(
+        scorer, gen, [p.prompt for p in flat], texts, safety, tokenizer
+    )
+    scores_l = scores.cpu().tolist()
+    tokens = (gen.response_mask.sum(-1) - gen.ended.long()).tolist()
+    per = {name: v.cpu().tolist() for name, v in per_rm.items()}
+    out = []
+    for i, p in enumerate(prompts):
+        lo, hi = i * k, (i + 1) * k
+        if any(math.isnan(x) for x in scores_l[lo:hi]):
+            raise UserError(f"the reward is NaN for a response to {p.prompt[:60]!r}")
+        out.append(
+            SampleRecord(
+                prompt=p.prompt,
+                responses=texts[lo:hi],
+                scores=scores_l[lo:hi],
+                best=best_of_k(scores_l[lo:hi]),
+                safety=p.safety,
+                response_tokens=tokens[lo:hi],
+                per_rm={name: v[lo:hi] for name, v in per.items()},
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write JSON Lines via a hidden temp file, fsync, rename: never half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_record(rec: SampleRecord, prompt: PromptRecord, k: int, where: str) -> None:
+    if rec.prompt != prompt.prompt or len(rec.responses) != k or len(rec.scores) != k:
+        raise UserError(
+            f"{where}: drawn for other prompts or another --k than this run's; resume with "
+            "the same options, or start again with --overwrite"
+        )
+
+
+def read_samples(path: Path, prompts: Sequence[PromptRecord], k: int) -> list[SampleRecord]:
+    """A finished round's samples, checked against this run's prompts and K."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) != len(prompts):
+        raise UserError(
+            f"{path}: {len(lines)} records for {len(prompts)} prompts; resume with the same "
+            "options, or start again with --overwrite"
+        )
+    out = []
+    for i, (line, prompt) in enumerate(zip(lines, prompts, strict=True)):
+        rec = SampleRecord.from_json(json.loads(line))
+        _check_record(rec, prompt, k, f"{path}:{i + 1}")
+        out.append(rec)
+    return out
+
+
+def _read_partial(
+    partial: Path, prompts: Sequence[PromptRecord], s: SamplingSettings
+) -> list[SampleRecord]:
+    """The whole batches a killed run left in `partial` (a torn last batch is dropped)."""
+    if not partial.exists():
+        return []
+    done: list[SampleRecord] = []
+    for i, line in enumerate(partial.read_text(encoding="utf-8").splitlines()):
+        if i >= len(prompts):
+            break
+        try:
+            rec = SampleRecord.from_json(json.loads(line))
+        except (ValueError, KeyError, TypeError):
+            break  # the line being written when the run was killed
+        _check_record(rec, prompts[i], s.k, f"{partial}:{i + 1}")
+        done.append(rec)
+    if len(done) < len(prompts):
+        done = done[: len(done) // s.prompts_per_batch * s.prompts_per_batch]
+    write_jsonl_atomic(partial, [r.to_json() for r in done])
+    return done
+
+
+def sample_round(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[PromptRecord],
+    prompt_ids: Sequence[Sequence[int]],
+    scorer: Any,
+    s: SamplingSettings,
+    *,
+    round_index: int,
+    path: Path,
+) -> list[SampleRecord]:
+    """Every prompt's K samples for round `round_index`, written to `path` (read back if it
+    exists; continued from its `.partial` file if a run was killed while sampling)."""
+    if path.exists():
+        return read_samples(path, prompts, s.k)
+    partial = path.with_name(f".{path.name}.partial")
+    done = _read_partial(partial, prompts, s)
+    n, per = len(prompts), s.prompts_per_batch
+    bar = progress(n, desc=f"round {round_index} sample", initial=len(done))
+    with partial.open("a", encoding="utf-8") as f:
+        for b in range(math.ceil(len(done) / per), math.ceil(n / per)):
+            lo, hi = b * per, min(n, (b + 1) * per)
+            gen = batch_generator(s.seed, round_index, b)
+            recs = sample_batch(model, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, s, gen)
+            f.writelines(json.dumps(r.to_json()) + "\n" for r in recs)
+            f.flush()
+            os.fsync(f.fileno())
+            done += recs
+            bar.update(hi - lo)
+            bar.set_postfix(
+                mean=f"{fmean(x for r in done for x in r.scores):.3g}",
+                best=f"{fmean(r.scores[r.best] for r in done):.3g}",
+            )
+    bar.close()
+    os.replace(partial, path)
+    return done
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation on held-out prompts
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_policy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[PromptRecord],
+    prompt_ids: Sequence[Sequence[int]],
+    scorer: Any,
+    s: SamplingSettings,
+) -> dict[str, Any]:
+    """Mean reward of one response per held-out prompt (greedy at temperature 0), and the
+    world's gold metrics when the prompts are its. Same seed every call: comparable."""
+    one = replace(s, k=1)
+    recs: list[SampleRecord] = []
+    gen = torch.Generator().manual_seed(s.seed + 12_345)
+    for lo in range(0, len(prompts), s.prompts_per_batch * s.k):
+        hi = lo + s.prompts_per_batch * s.k
+        recs += sample_batch(model, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, one, gen)
+    out: dict[str, Any] = {
+        "score": fmean(r.scores[0] for r in recs),
+        "n": len(recs),
+        "response_tokens": fmean(r.response_tokens[0] for r in recs),
+    }
+    out.update(
+        gold_metrics(
+            [r.prompt for r in recs],
+            [r.responses[0] for r in recs],
+            [r.safety for r in recs],
+            [r.response_tokens[0] for r in recs],
+        )
+    )
+    return out
