@@ -9,6 +9,7 @@ checkpointing, same micro-batch size, same step count, same AdamW hyper-paramete
 warmup + cosine-to-10% schedule, same thread count. Configurations:
 
   rlhfkit              `train_sft` defaults: padding-free packed micro-batches
+  rlhfkit-padded       the same with packing=False (right-padded micro-batches)
   trl                  `SFTTrainer` defaults (padded batches, fused AdamW, fused LM head,
                        entropy/accuracy metrics), with only the settings above pinned
   trl padding_free     the same with TRL's own `padding_free=True` (no packing)
@@ -48,7 +49,7 @@ def parse_args() -> argparse.Namespace:
         choices=["sft", "corpus"],
         default="sft",
         help="sft: the world's sft.jsonl (short, 11-36 tokens); corpus: longer records "
-        "cut from the world's corpus documents (17-175 tokens)",
+        "cut from the world's corpus documents (48-177 tokens)",
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-len", type=int, default=256, help="sequence cap (no example exceeds it)")
@@ -79,7 +80,7 @@ def parse_args() -> argparse.Namespace:
 
 def corpus_as_sft(corpus: Path, out: Path, n: int) -> Path:
     """Longer SFT records (--data corpus): each world corpus document cut after its first
-    "A:", the rest (several Q/A pairs, ~80 tokens, at most ~180) being the completion."""
+    "A:", the rest (several Q/A pairs; 48-177 tokens, mean ~100) being the completion."""
     with open(corpus) as src, open(out, "w") as dst:
         kept = 0
         for line in src:
