@@ -350,6 +350,8 @@ def test_resume_after_kills_while_sampling_and_while_training(files, tmp_path, m
         a, b = _weights(full / folder), _weights(cut / folder)
         for k in a:
             assert torch.equal(a[k], b[k]), (folder, k)
+    rows = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # each round logged once
     s_full = json.loads((full / "summary.json").read_text())["rounds"]
     s_cut = json.loads((cut / "summary.json").read_text())["rounds"]
     assert [r["mean_reward_kept"] for r in s_full] == [r["mean_reward_kept"] for r in s_cut]

@@ -177,9 +177,11 @@ def train_rs(cfg: RSConfig) -> dict[str, Any]:
         initial_eval = run.initial_eval()
         rounds: list[dict[str, Any]] = []
         for r in range(1, cfg.rounds + 1):
-            stats = run.round(r, temps[r - 1])
-            rounds.append(stats)
-            logger.log(r, _round_metrics(stats))
+            if run.finished(r):
+                rounds.append(run.skip(r))
+            else:
+                rounds.append(run.round(r, temps[r - 1]))
+                logger.log(r, _round_metrics(rounds[-1]))
             plot_max_median(rounds, out / PLOT)
             summary = _summary(cfg, out, rounds, initial_eval, time.perf_counter() - t0)
             write_json(out / "summary.json", summary)
@@ -299,7 +301,11 @@ class RSRun:
         return self.model
 
     def evaluate(self) -> dict[str, Any]:
-        s = dataclasses.replace(self.settings(self.cfg.eval_temperature), k=1)
+        s = dataclasses.replace(
+            self.settings(self.cfg.eval_temperature),
+            k=1,
+            prompts_per_batch=self.cfg.sample_batch_size,
+        )
         return evaluate_policy(
             self.policy(), self.tokenizer, self.eval_prompts, self.eval_ids, self.scorer, s
         )
@@ -316,15 +322,23 @@ class RSRun:
         print(_eval_line("initial policy", result), flush=True)
         return result
 
+    def finished(self, r: int) -> bool:
+        """Round r wrote its stats.json: its policy and samples are complete."""
+        return (self.out / f"round-{r}" / STATS).is_file()
+
+    def skip(self, r: int) -> dict[str, Any]:
+        """Take a round finished earlier as it is: its samples (for best-of-all-rounds) and
+        its policy (where the next round starts). Returns its stats."""
+        rdir = self.out / f"round-{r}"
+        self.history.append(read_samples(rdir / SAMPLES, self.prompts, self.cfg.k))
+        prune_training_checkpoints(rdir)  # in case a kill came between stats and pruning
+        self.policy_path, self.model = rdir, None
+        print(f"round {r}: finished earlier, skipped", flush=True)
+        return json.loads((rdir / STATS).read_text())
+
     def round(self, r: int, temperature: float) -> dict[str, Any]:
         """Round r (1-based): sample, keep, fine-tune, write round-N/. Returns its stats."""
         rdir = self.out / f"round-{r}"
-        if (rdir / STATS).is_file():  # finished earlier
-            self.history.append(read_samples(rdir / SAMPLES, self.prompts, self.cfg.k))
-            prune_training_checkpoints(rdir)
-            self.policy_path, self.model = rdir, None
-            print(f"round {r}: finished earlier, skipped", flush=True)
-            return json.loads((rdir / STATS).read_text())
         rdir.mkdir(parents=True, exist_ok=True)
         model = self.policy()
         records = sample_round(

@@ -259,12 +259,13 @@ def evaluate_policy(
     s: SamplingSettings,
 ) -> dict[str, Any]:
     """Mean reward of one response per held-out prompt (greedy at temperature 0), and the
-    world's gold metrics when the prompts are its. Same seed every call: comparable."""
+    world's gold metrics when the prompts are its. Same seed every call: comparable.
+    `s.k` is ignored (one response each); `s.prompts_per_batch` prompts per batch."""
     one = replace(s, k=1)
     recs: list[SampleRecord] = []
     gen = torch.Generator().manual_seed(s.seed + 12_345)
-    for lo in range(0, len(prompts), s.prompts_per_batch * s.k):
-        hi = lo + s.prompts_per_batch * s.k
+    for lo in range(0, len(prompts), s.prompts_per_batch):
+        hi = lo + s.prompts_per_batch
         recs += sample_batch(model, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, one, gen)
     out: dict[str, Any] = {
         "score": fmean(r.scores[0] for r in recs),
