@@ -103,6 +103,33 @@ def test_packed_logits_equal_unpacked(attn):
     )
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_rows_capped_packing_equals_unpacked(attn):
+    # Rows of at most 8 tokens: [5 tokens] [7 tokens] [3 tokens]: the 7 would overflow the
+    # first row, the 3 would overflow the second. Shorter rows end in a padding segment.
+    model = tiny_llama(attn)
+    exs = examples()
+    packed = collate_packed(exs, max_row_tokens=8, pad_id=PAD)
+    assert packed.input_ids.shape == (3, 7)
+    assert packed.position_ids[0].tolist() == [0, 1, 2, 3, 4, 0, 1]  # pad segment restarts
+    assert packed.labels[0, 5:].tolist() == [-100, -100]
+    assert packed.num_tokens == collate_packed(exs).num_tokens
+    two = collate_packed(exs, max_row_tokens=12, pad_id=PAD)  # [5 + 7] [3]
+    assert two.input_ids.shape == (2, 12)
+    for batch in (packed, two):
+        with torch.no_grad():
+            logits = model(**batch.model_inputs()).logits
+        flat = collate_packed(exs)
+        with torch.no_grad():
+            flat_logits = model(**flat.model_inputs()).logits
+        torch.testing.assert_close(
+            summed_nll(logits, batch.labels),
+            summed_nll(flat_logits, flat.labels),
+            atol=1e-4,
+            rtol=0,
+        )
+
+
 def test_packing_is_ignored_when_a_kv_cache_exists():
     """transformers 5.23: with config.use_cache=True (the default) a forward without
     `use_cache=False` makes a DynamicCache, and packed-sequence detection is skipped, so

@@ -62,8 +62,25 @@ def collate_right(
     return LMBatch(input_ids=input_ids, attention_mask=mask, labels=labels)
 
 
-def collate_packed(examples: Sequence[Example]) -> LMBatch:
-    """Padding-free batch: all examples concatenated in one row (B = 1, T = total length).
+def _pack_rows(examples: Sequence[Example], max_row_tokens: int | None) -> list[list[int]]:
+    """Example indices per row, in order: a row takes examples until the next would pass
+    `max_row_tokens` (an example longer than that gets a row of its own)."""
+    rows: list[list[int]] = [[]]
+    used = 0
+    for i, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        if rows[-1] and max_row_tokens is not None and used + n > max_row_tokens:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
+
+
+def collate_packed(
+    examples: Sequence[Example], max_row_tokens: int | None = None, pad_id: int = 0
+) -> LMBatch:
+    """Padding-free batch: examples concatenated into rows (B = 1 without a cap).
 
     position_ids restart at 0 at each example (the model builds a block-diagonal causal
     mask from them; attention_mask is None). Boundary labels: the shifted loss predicts
@@ -71,20 +88,36 @@ def collate_packed(examples: Sequence[Example]) -> LMBatch:
     -100; otherwise the last token of one example would be trained to predict the first
     token of the next. Forward with `batch.model_inputs()` (it passes `use_cache=False`,
     without which transformers 5 ignores the packing).
+
+    With `max_row_tokens`, rows hold at most that many tokens (attention costs the square
+    of a row's length, so one long row of a whole micro-batch is slower than a few short
+    ones); shorter rows are padded at the end with a segment of their own (positions from
+    0, labels -100), which no real token attends to.
     """
     _check(examples)
-    input_ids = torch.tensor([t for ex in examples for t in ex.input_ids], dtype=torch.long)
-    labels = torch.tensor([t for ex in examples for t in ex.labels], dtype=torch.long)
-    lengths = torch.tensor([len(ex.input_ids) for ex in examples])
-    starts = torch.cumsum(lengths, 0) - lengths  # (n_examples,) first position of each
-    labels[starts] = IGNORE_INDEX
-    # position within own example: global index minus the example's start
-    position_ids = torch.arange(len(input_ids)) - torch.repeat_interleave(starts, lengths)
+    rows = []
+    for idx in _pack_rows(examples, max_row_tokens):
+        lengths = torch.tensor([len(examples[i].input_ids) for i in idx])
+        ids = torch.tensor([t for i in idx for t in examples[i].input_ids], dtype=torch.long)
+        labels = torch.tensor([t for i in idx for t in examples[i].labels], dtype=torch.long)
+        starts = torch.cumsum(lengths, 0) - lengths  # (n_examples,) first position of each
+        labels[starts] = IGNORE_INDEX
+        # position within own example: global index minus the example's start
+        positions = torch.arange(len(ids)) - torch.repeat_interleave(starts, lengths)
+        rows.append((ids, labels, positions))
+    width = max(len(r[0]) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (ids, lab, pos) in enumerate(rows):
+        n = len(ids)
+        input_ids[b, :n], labels[b, :n], position_ids[b, :n] = ids, lab, pos
+        position_ids[b, n:] = torch.arange(width - n)  # the padding's own segment
     return LMBatch(
-        input_ids=input_ids[None],  # (1, T)
+        input_ids=input_ids,  # (B, T)
         attention_mask=None,
-        labels=labels[None],  # (1, T)
-        position_ids=position_ids[None],  # (1, T)
+        labels=labels,  # (B, T)
+        position_ids=position_ids,  # (B, T)
     )
 
 

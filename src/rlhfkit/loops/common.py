@@ -128,7 +128,11 @@ def build_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    # The fused kernel updates all parameters at once instead of one Python loop per tensor.
+    fused = all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in decay + no_decay
+    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
 def lr_factor(step: int, *, schedule: str, warmup: int, total: int, min_ratio: float) -> float:

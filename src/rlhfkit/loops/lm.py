@@ -59,6 +59,7 @@ class LMRun:
     dist: Dist = field(default_factory=Dist)
     device: torch.device = torch.device("cpu")
     packing: bool = True
+    row_tokens: int | None = None  # packed rows hold at most this many tokens (None: one row)
     epoch_checkpoints: bool = False  # SFT: a complete `epoch-N/` folder per epoch
     desc: str = "train"
     on_epoch_end: Callable[[int, dict], None] | None = None
@@ -71,7 +72,7 @@ def _num_label_tokens(examples: Sequence[EncodedExample]) -> int:
 
 def _collate(examples: Sequence[EncodedExample], run: LMRun):
     if run.packing:
-        return collate_packed(examples)
+        return collate_packed(examples, run.row_tokens, run.tokenizer.pad_token_id)
     return collate_right(examples, run.tokenizer.pad_token_id)
 
 

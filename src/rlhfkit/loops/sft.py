@@ -89,6 +89,7 @@ def train_sft(cfg: SFTConfig) -> dict:
         dist=d,
         device=device,
         packing=cfg.packing,
+        row_tokens=cfg.max_len,
         epoch_checkpoints=True,
         desc="sft",
     )
