@@ -296,7 +296,7 @@ def test_resume_after_kills_while_sampling_and_while_training(files, tmp_path, m
     """Kill 1: in round 2's sampling, after its first batch. Kill 2: in round 2's
     fine-tuning, right after the checkpoint of step 2. The resumed run redraws nothing
     and ends with the weights of an uninterrupted run."""
-    import rlhfkit.loops.lm as lm_mod
+    import rlhfkit.models.checkpoint as checkpoint_mod
 
     extra = ["--rule-reward", "count:e", "--rounds", "2", "--keep", "best-of-all-rounds",
              "--sample-batch-size", "32", "--save-every", "2", "--batch-size", "4",
@@ -323,14 +323,14 @@ def test_resume_after_kills_while_sampling_and_while_training(files, tmp_path, m
     )
     round1 = (cut / "round-1" / "samples.jsonl").stat().st_mtime_ns
 
-    save = lm_mod.save_checkpoint
+    save = checkpoint_mod.save_checkpoint
 
     def save_then_die(path, **kw):
         save(path, **kw)
         if "round-2" in str(path) and Path(path).name == "step-000002":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(lm_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
     calls.clear()
     kill_at_call = None
     assert cli.main(_args(files, cut, *extra, "--resume")) == 130
@@ -338,7 +338,7 @@ def test_resume_after_kills_while_sampling_and_while_training(files, tmp_path, m
     assert (cut / "round-2" / "samples.jsonl").is_file() and not partial.exists()
     assert not (cut / "round-2" / "stats.json").exists()
 
-    monkeypatch.setattr(lm_mod, "save_checkpoint", save)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save)
     calls.clear()
     assert cli.main(_args(files, cut, *extra, "--resume")) == 0
     assert calls == []  # nothing redrawn

@@ -30,8 +30,8 @@ from rlhfkit.data.tokenize import EncodedExample
 from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print, write_json
 from rlhfkit.loops.common import (
     Dist,
+    SingleModelCheckpointer,
     all_reduce_sum,
-    barrier,
     build_optimizer,
     build_scheduler,
     epoch_order,
@@ -39,11 +39,9 @@ from rlhfkit.loops.common import (
     no_sync,
     optimizer_step,
     rank_micro_batches,
-    unwrap,
     wrap_ddp,
 )
 from rlhfkit.losses import sft_nll
-from rlhfkit.models.checkpoint import load_checkpoint, save_checkpoint
 from rlhfkit.models.load import autocast_context
 
 
@@ -102,20 +100,6 @@ def evaluate_lm(model, examples: Sequence[EncodedExample], run: LMRun, opts: Tra
     return total / max(n, 1)
 
 
-def _latest_state_dir(out: Path) -> Path | None:
-    """The resumable checkpoint with the most optimizer steps: `epoch-N/` or `checkpoints/step-N/`."""
-    import json
-
-    best, best_step = None, -1
-    for p in [*out.glob("epoch-*"), *out.glob("checkpoints/step-*")]:
-        f = p / "trainer_state.json"
-        if p.is_dir() and not p.name.startswith(".") and f.exists():
-            step = json.loads(f.read_text())["state"]["step"]
-            if step > best_step:
-                best, best_step = p, step
-    return best
-
-
 def fit_lm(run: LMRun, opts: TrainOptions) -> dict[str, Any]:
     """Train `run.model` on `run.train` with next-token NLL. Returns the summary dict."""
     d, out = run.dist, Path(run.out)
@@ -144,26 +128,12 @@ def fit_lm(run: LMRun, opts: TrainOptions) -> dict[str, Any]:
         "train_tokens": 0,
         "history": [],
     }
-    if opts.resume and (ckpt := _latest_state_dir(out)) is not None:
-        state = load_checkpoint(
-            ckpt,
-            models={"model": unwrap(model)},
-            optimizers={"model": optimizer},
-            schedulers={"model": scheduler},
-        )
-        rank0_print(f"resuming from {ckpt} at step {state['step']}", rank=d.rank)
+    ckpt = SingleModelCheckpointer(out, model, run.tokenizer, optimizer, scheduler, d)
+    if opts.resume:
+        state = ckpt.restore() or state
 
     def save(path: Path) -> None:
-        if d.is_main:
-            save_checkpoint(
-                path,
-                models={"model": unwrap(model)},
-                tokenizer=run.tokenizer,
-                optimizers={"model": optimizer},
-                schedulers={"model": scheduler},
-                state=dict(state),
-            )
-        barrier(d)
+        ckpt.save(path, state)
 
     logger = MetricsLogger(out, enabled=d.is_main)
     bar = progress(total, desc=run.desc, enabled=d.is_main, initial=state["step"])

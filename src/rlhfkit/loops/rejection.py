@@ -375,7 +375,8 @@ class RSRun:
         seed_everything(self.cfg.seed + r)  # dropout, if any (a resume restores the RNG)
         lm_run = LMRun(
             model=model, tokenizer=self.tokenizer, train=examples, out=train_dir,
-            device=self.device, packing=self.cfg.packing, epoch_checkpoints=True,
+            device=self.device, packing=self.cfg.packing, row_tokens=self.cfg.max_len,
+            epoch_checkpoints=True,
             desc=f"round {r} train",
         )  # fmt: skip
         summary = fit_lm(lm_run, opts)

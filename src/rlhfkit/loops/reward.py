@@ -26,7 +26,6 @@ demonstrations score 0 on average; we do not (PPO whitens or uses raw scores, as
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print, write_json
 from rlhfkit.loops.common import (
     Dist,
+    SingleModelCheckpointer,
     all_reduce_sum,
     barrier,
     build_optimizer,
@@ -68,9 +68,7 @@ from rlhfkit.loops.common import (
 from rlhfkit.losses import kwise_ranking_loss
 from rlhfkit.models.checkpoint import (
     export_hf,
-    load_checkpoint,
     prepare_output_dir,
-    save_checkpoint,
 )
 from rlhfkit.models.load import autocast_context, load_tokenizer
 from rlhfkit.models.reward import (
@@ -225,18 +223,6 @@ class RMRun:
     info: dict[str, Any] = field(default_factory=dict)  # written as RM_INFO beside the RM
 
 
-def _latest_state_dir(out: Path) -> Path | None:
-    """The complete resumable checkpoint with the most steps: `epoch-N/` or `checkpoints/step-N/`."""
-    best, best_step = None, -1
-    for p in [*out.glob("epoch-*"), *out.glob("checkpoints/step-*")]:
-        f = p / "trainer_state.json"
-        if p.is_dir() and (p / "COMPLETE").is_file() and f.is_file():
-            step = json.loads(f.read_text())["state"]["step"]
-            if step > best_step:
-                best, best_step = p, step
-    return best
-
-
 def accumulate_gradients(
     model: torch.nn.Module,
     micro: Sequence[Sequence[RankingExample]],
@@ -289,26 +275,12 @@ def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
     )
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "history": []}
-    if opts.resume and (ckpt := _latest_state_dir(out)) is not None:
-        state = load_checkpoint(
-            ckpt,
-            models={"model": unwrap(model)},
-            optimizers={"model": optimizer},
-            schedulers={"model": scheduler},
-        )
-        rank0_print(f"resuming from {ckpt} at step {state['step']}", rank=d.rank)
+    ckpt = SingleModelCheckpointer(out, model, run.tokenizer, optimizer, scheduler, d)
+    if opts.resume:
+        state = ckpt.restore() or state
 
     def save(path: Path) -> None:
-        if d.is_main:
-            save_checkpoint(
-                path,
-                models={"model": unwrap(model)},
-                tokenizer=run.tokenizer,
-                optimizers={"model": optimizer},
-                schedulers={"model": scheduler},
-                state=dict(state),
-            )
-        barrier(d)
+        ckpt.save(path, state)
 
     def evaluate() -> dict[str, Any] | None:
         if not run.eval:
