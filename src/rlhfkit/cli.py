@@ -43,19 +43,19 @@ COMMANDS: dict[str, Command] = {
         "rlhfkit.config:RMConfig",
         "rlhfkit.loops.reward:train_rm",
         "2  reward model from K-wise rankings / graded pairs (margins, per-strength eval)",
-        ("model", "out"),
+        ("model", "data", "out"),
     ),
     "rm eval": Command(
         "rlhfkit.config:RMEvalConfig",
         "rlhfkit.loops.reward:eval_rm",
         "-  reward model loss and pairwise accuracy (overall, per strength) on rankings",
-        ("model",),
+        ("model", "data"),
     ),
     "score": Command(
         "rlhfkit.config:ScoreConfig",
         "rlhfkit.scoring:run_score",
         "-  score prompt/response records with reward models (single, weighted-sum, llama2)",
-        ("data", "out"),
+        ("data", "rm", "out"),
     ),
     "select": Command(
         "rlhfkit.config:SelectConfig",
@@ -160,7 +160,7 @@ def parse(name: str, args: Sequence[str]):
     path, rest = _pop_config_file(list(args))
     default = load_yaml_defaults(cls, path)
     # An option is required unless the YAML already set it to something non-empty.
-    missing = {f: tyro.MISSING for f in cmd.required if getattr(default, f) in ("", None)}
+    missing = {f: tyro.MISSING for f in cmd.required if getattr(default, f) in ("", None, ())}
     default = dataclasses.replace(default, **missing)
     return tyro.cli(cls, default=default, args=rest, prog=f"rlhfkit {name}")
 
