@@ -11,7 +11,7 @@ This module imports no torch: `rlhfkit --help` must answer in well under a secon
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
