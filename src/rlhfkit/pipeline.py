@@ -253,11 +253,13 @@ def models_to_evaluate(ctx: Ctx) -> dict[str, str]:
 def stage_eval(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import EvalConfig
     from rlhfkit.data.world.commands import run_eval
+    from rlhfkit.evaluation import ExtraEval, evaluate_extras, summary_row
 
     out = ctx.out / "eval"
     out.mkdir(parents=True, exist_ok=True)
     table = {}
-    for name, path in models_to_evaluate(ctx).items():
+    models = models_to_evaluate(ctx)
+    for name, path in models.items():
         fixed = {
             "model": path,
             "prompts": str(ctx.world / "prompts_eval.jsonl"),
@@ -265,7 +267,8 @@ def stage_eval(ctx: Ctx) -> dict[str, Any]:
             "overwrite": True,
         }
         print(f"\n== eval: {name} ({path})")
-        summary = run_eval(stage_options(ctx, "eval", EvalConfig, fixed))
+        cfg = stage_options(ctx, "eval", EvalConfig, fixed)
+        summary = run_eval(cfg)
         table[name] = {
             k: summary.get(k)
             for k in (
@@ -277,6 +280,16 @@ def stage_eval(ctx: Ctx) -> dict[str, Any]:
                 "mean_response_words",
             )
         }
+    # RM score of the same greedy responses, KL to the selected SFT model on samples.
+    done = ctx.state["stages"]
+    spec = ExtraEval.from_eval_config(
+        cfg,
+        reference=ctx.result("select")["best"] if "select" in done else None,
+        rm_specs=_reward_options(ctx)["rm"] if "rm" in done else (),
+    )
+    extras = evaluate_extras(out, models, spec)
+    for name, row in extras.items():
+        table[name].update(summary_row(row))
     write_json(out / "summary.json", table)
     print("\n" + format_eval_table(table))
     return {"summary": str(out / "summary.json")}
