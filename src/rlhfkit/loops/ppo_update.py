@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from rlhfkit.errors import UserError
+from rlhfkit.loops.common import no_sync
 from rlhfkit.losses import ppo_policy_loss, ppo_value_loss, sft_nll
 from rlhfkit.models.load import autocast_context
 from rlhfkit.ops.advantages import gae
@@ -118,12 +119,6 @@ def _global_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _no_sync(model: torch.nn.Module, sync: bool):
-    from contextlib import nullcontext
-
-    return nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
-
-
 def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop columns that are padding in every row: left prompt padding, right response
     padding. Results do not change (positions come from the mask); work shrinks."""
@@ -195,7 +190,7 @@ def ppo_update(
             # (x world: DDP averages gradients over processes).
             weights = [mb["response_mask"].sum() * world / n_tokens for mb in micro]
             for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
-                with _no_sync(t.policy, sync=k == len(micro) - 1 and not use_ptx):
+                with no_sync(t.policy, sync=k == len(micro) - 1 and not use_ptx):
                     add(_policy_backward(t.policy, mb, s, w, entropy=epoch == 0), w / world)
             if use_ptx:
                 blocks = ptx.batch(policy_steps, rank, world)
@@ -203,7 +198,7 @@ def ppo_update(
             norm = optimizer_step(t.policy, t.policy_optimizer, t.policy_scheduler, s.max_grad_norm)
             policy_steps += 1
             for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
-                with _no_sync(t.value_model, sync=k == len(micro) - 1):
+                with no_sync(t.value_model, sync=k == len(micro) - 1):
                     add(_value_backward(t.value_model, mb, s, w), w / world)
             vnorm = optimizer_step(
                 t.value_model, t.value_optimizer, t.value_scheduler, s.max_grad_norm
@@ -266,7 +261,7 @@ def _ptx_backward(
     chunks = _micro(torch.arange(blocks.shape[0]), s.micro_batch_size)
     nll = torch.zeros((), device=device)
     for k, idx in enumerate(chunks):
-        with _no_sync(policy, k == len(chunks) - 1):
+        with no_sync(policy, k == len(chunks) - 1):
             with autocast_context(device, s.bf16):
                 logits = policy(input_ids=blocks[idx], use_cache=False).logits
             loss_sum, _ = sft_nll(logits, blocks[idx], reduction="sum")
