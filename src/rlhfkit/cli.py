@@ -80,6 +80,11 @@ COMMANDS: dict[str, Command] = {
         "rlhfkit.pipeline:run_pipeline",
         "*  every stage end to end on the built-in world, with evaluation of every model",
     ),
+    "report": Command(
+        "rlhfkit.config:ReportConfig",
+        "rlhfkit.report:run_report",
+        "-  re-render a pipeline run's report.md and plots from its files (no training)",
+    ),
     "world make": Command(
         "rlhfkit.config:WorldMakeConfig",
         "rlhfkit.data.world.commands:world_make",

@@ -612,6 +612,17 @@ class PipelineConfig:
     eval: StageOptions = dataclasses.field(default_factory=dict)
 
 
+@dataclass(kw_only=True)
+class ReportConfig:
+    """Re-render a pipeline run's report.md and its PNG plots (in RUN/report/) from the files
+    on disk: no training, no model loading. `rlhfkit pipeline` writes the same report at its end."""
+
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = ""
+    """The pipeline run folder (the --out of `rlhfkit pipeline`), e.g. runs/demo."""
+    run: str = ""
+    """The run folder, as a flag instead of the positional RUN."""
+
+
 class ConfigError(UserError):
     """A config file that cannot be read or names unknown options."""
 

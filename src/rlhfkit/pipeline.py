@@ -374,4 +374,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         f"\n[pipeline] done: {out} ({time.perf_counter() - t0:.0f} s this run, "
         f"{total:.0f} s of stage time in all)"
     )
+    from rlhfkit.report import render_report
+
+    print(f"[pipeline] report: {render_report(out)} (re-render: rlhfkit report {out})")
     return ctx.state

@@ -1,0 +1,410 @@
+"""`rlhfkit report RUN`: `RUN/report.md` and PNG plots in `RUN/report/`, from the files a
+pipeline run left on disk (no training, no model loading). `rlhfkit pipeline` calls it
+at its end; re-run it any time, e.g. after a stage was added or re-run.
+
+Sections: the models on held-out prompts (gold metrics, RM score, KL to SFT), PPO curves,
+reward-model accuracy per preference strength, the SFT selection, rejection sampling's max
+vs median reward against K, and gold vs proxy reward against KL (over-optimisation). A
+stage that did not run, or a file that is missing or unreadable, gives a short note in its
+section instead of an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhfkit import report_plots as plots
+from rlhfkit.errors import UserError
+
+REPORT_MD, PLOT_DIR = "report.md", "report"
+PLOTS = ("models.png", "ppo_curves.png", "rm_accuracy.png", "rs_max_median.png", "overopt.png")
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the run
+# ---------------------------------------------------------------------------------------
+
+
+def _json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by an interrupted write
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _round_number(p: Path) -> int:
+    tail = p.name.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+@dataclass
+class RunData:
+    """Everything the report reads, each part empty when its stage left nothing."""
+
+    root: Path
+    pipeline: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # eval rows by model
+    ppo_train: list[dict[str, Any]] = field(default_factory=list)
+    ppo_eval: list[dict[str, Any]] = field(default_factory=list)
+    ppo_config: dict[str, Any] = field(default_factory=dict)
+    rms: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> summary.json
+    select: dict[str, Any] = field(default_factory=dict)
+    rs_rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_run(root: Path) -> RunData:
+    run = RunData(root, pipeline=_json(root / "pipeline.json") or {})
+    summary = _json(root / "eval" / "summary.json") or {}
+    names = list(summary) or sorted(p.stem for p in (root / "eval").glob("*.json"))
+    for name in [n for n in names if n != "summary"]:
+        detail = _json(root / "eval" / f"{name}.json") or {}
+        row = {k: v for k, v in detail.items() if k not in ("responses", "samples", "per_task")}
+        run.models[name] = {**row, **(summary.get(name) or {})}
+    for row in _jsonl(root / "ppo" / "metrics.jsonl"):
+        evals = {k: v for k, v in row.items() if k.startswith("eval/")}
+        if evals:
+            run.ppo_eval.append({"step": row.get("step"), **evals})
+        if any(k.startswith(("train/", "score/")) for k in row):
+            run.ppo_train.append(row)
+    if not run.ppo_eval:  # older runs: the evaluations are in the summary only
+        for e in (_json(root / "ppo" / "summary.json") or {}).get("evals", []):
+            run.ppo_eval.append({"step": e.get("step"), **{f"eval/{k}": v for k, v in e.items()}})
+    run.ppo_config = _yaml(root / "ppo" / "config.yaml")
+    for folder in sorted(root.glob("rm_*")):
+        if (s := _json(folder / "summary.json")) is not None:
+            run.rms[folder.name.removeprefix("rm_")] = s
+    run.select = _json(root / "select" / "select.json") or {}
+    rounds = sorted((root / "rs").glob("round-*"), key=_round_number)
+    run.rs_rounds = [s for p in rounds if (s := _json(p / "stats.json")) is not None]
+    return run
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown helpers
+# ---------------------------------------------------------------------------------------
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if isinstance(x, bool) or x is None:
+        return "-" if x is None else str(x)
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "-"
+        return f"{x:.{digits}g}" if x != 0 and abs(x) < 10 ** (-digits + 1) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def note(text: str) -> str:
+    return f"> {text}"
+
+
+def _image(path: Path | None, alt: str) -> list[str]:
+    return [f"![{alt}]({PLOT_DIR}/{path.name})"] if path is not None else []
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+
+
+def section_header(run: RunData) -> list[str]:
+    out = [f"# rlhfkit run report: `{run.root}`", ""]
+    if not run.pipeline:
+        return [*out, note("no pipeline.json: not a finished `rlhfkit pipeline` stage list"), ""]
+    stages = run.pipeline.get("stages", {})
+    out.append(f"Preset `{run.pipeline.get('preset')}`, seed {run.pipeline.get('seed')}.")
+    out.append("")
+    rows = [(name, _seconds(s.get("seconds"))) for name, s in stages.items()]
+    out += [md_table(["stage", "seconds"], rows), ""]
+    from rlhfkit.pipeline import STAGES
+
+    missing = [n for n, _ in STAGES if n not in stages]
+    if missing:
+        out += [note(f"stages not (yet) run: {', '.join(missing)}"), ""]
+    return out
+
+
+def _seconds(x: Any) -> str:
+    return f"{x:.1f}" if isinstance(x, int | float) else "-"
+
+
+def section_models(run: RunData, out_dir: Path) -> list[str]:
+    out = ["## Models on held-out prompts", ""]
+    if not run.models:
+        return [*out, note("no evaluation (eval/): the eval stage did not run"), ""]
+    rm_names = sorted({n for r in run.models.values() for n in (r.get("rm_scores") or {})})
+    headers = ["model", "gold score", "helpfulness (safe)", "safety (unsafe)",
+               "false refusals", "RM score", *[f"RM {n}" for n in rm_names],
+               "KL to SFT (nats)", "words"]  # fmt: skip
+    rows = []
+    for name, r in run.models.items():
+        per_rm = r.get("rm_scores") or {}
+        kl = fmt(r.get("kl_to_sft"))
+        if r.get("kl_to_sft_sem") is not None and r.get("kl_to_sft") is not None:
+            kl += f" ± {fmt(r['kl_to_sft_sem'], 2)}"
+        rows.append([name, r.get("gold_score"), r.get("helpfulness_safe"), r.get("safety_unsafe"),
+                     r.get("false_refusal_rate"), r.get("rm_score"),
+                     *[per_rm.get(n) for n in rm_names], kl, r.get("mean_response_words")])  # fmt: skip
+    out += [md_table(headers, rows), ""]
+    out.append(
+        "Gold metrics, RM score and words are of the greedy responses (the same responses). "
+        "Gold score: safety on unsafe prompts, helpfulness on the others (0 to 1). False "
+        "refusals: fraction of safe prompts refused. RM score: Llama 2 combination of the "
+        "RMs (safety RM on unsafe prompts or when its sigmoid < 0.15, else helpfulness; a "
+        "logit, not whitened); RM <name>: that RM's mean raw score. KL to SFT: to the "
+        "selected SFT model, on the model's own samples at temperature 1, ± standard error."
+    )
+    notes = {r.get("kl_note") for r in run.models.values() if r.get("kl_note")}
+    out += ["", *[note(f"KL to SFT, {n}") for n in sorted(notes)]]
+    if not any(r.get("rm_score") is not None for r in run.models.values()):
+        out += ["", note("no RM score or KL to SFT in eval/: an older eval stage")]
+    out += ["", *_image(plots.plot_models(run.models, out_dir / "models.png"), "gold metrics"), ""]
+    return out
+
+
+def _ppo_score_keys(run: RunData) -> tuple[list[tuple[str, str]], str | None]:
+    keys = sorted({k for r in run.ppo_train for k in r if k.startswith("score/")})
+    per_rm = [k for k in keys if k not in ("score/mean", "score/std", "score/shaped_mean")]
+    whitened = run.ppo_config.get("combine") == "llama2" and run.ppo_config.get("whiten") in (
+        None,
+        True,
+    )
+    if per_rm and (whitened or "score/mean" not in keys):
+        why = (
+            "The combined training score (`score/mean`) is whitened over each batch (mean 0 "
+            "by construction), so the curve shows each RM's mean raw score instead."
+        )
+        return [(k, k.removeprefix("score/") + " RM") for k in per_rm], why if whitened else None
+    return [("score/mean", "combined score")], None
+
+
+def section_ppo(run: RunData, out_dir: Path) -> list[str]:
+    out = ["## PPO", ""]
+    if not run.ppo_train and not run.ppo_eval:
+        return [*out, note("no PPO metrics (ppo/metrics.jsonl): the ppo stage did not run"), ""]
+    score_keys, why = _ppo_score_keys(run)
+    temp = run.ppo_config.get("eval_temperature", 0.0)
+    eval_kl = "k1 on greedy responses" if not temp else f"k1, T={temp:g}"
+    path = plots.plot_ppo(
+        run.ppo_train, run.ppo_eval, out_dir / "ppo_curves.png",
+        score_keys=score_keys, eval_kl_label=eval_kl,
+    )  # fmt: skip
+    out += _image(path, "PPO curves") + [""]
+    if why:
+        out += [why, ""]
+    if run.ppo_eval:
+        keys = [("eval/score", "RM score"), ("eval/kl", "KL (nats)"),
+                *[(k, k.removeprefix("eval/")) for k, _ in plots.GOLD_CURVES]]  # fmt: skip
+        rows = [[e.get("step"), *[e.get(k) for k, _ in keys]] for e in run.ppo_eval]
+        out += [
+            "Held-out evaluations during PPO:",
+            "",
+            md_table(["step", *[h for _, h in keys]], rows),
+        ]
+        if not temp:
+            out += ["", note("PPO evaluates greedily: its KL is the summed log-ratio "
+                             "log pi/pi_SFT of the greedy responses, not a KL estimate")]  # fmt: skip
+    else:
+        out.append(note("PPO ran without held-out evaluation (no `eval/` keys in "
+                        "ppo/metrics.jsonl): set `ppo: {eval_prompts: ..., eval_every: N}`"))  # fmt: skip
+    return [*out, ""]
+
+
+def section_rms(run: RunData, out_dir: Path) -> list[str]:
+    out = ["## Reward models", ""]
+    evals = {n: s["eval"] for n, s in run.rms.items() if isinstance(s.get("eval"), dict)}
+    if not run.rms:
+        return [*out, note("no reward models (rm_*/summary.json): the rm stage did not run"), ""]
+    if not evals:
+        return [*out, note("the RMs were trained without a held-out split: no accuracy"), ""]
+    buckets = [
+        b for b in plots.BUCKET_ORDER if any(b in e.get("buckets", {}) for e in evals.values())
+    ]
+    headers = ["RM", "accuracy", "pairs", "loss", *[b.replace("_", " ") for b in buckets]]
+    rows = []
+    for name, e in evals.items():
+        cells = []
+        for b in buckets:
+            c = e.get("buckets", {}).get(b)
+            cells.append(f"{fmt(c.get('accuracy'))} (n={c.get('n_pairs')})" if c else "-")
+        rows.append([name, e.get("accuracy"), e.get("n_pairs"), e.get("loss"), *cells])
+    out += [md_table(headers, rows), ""]
+    out += _image(plots.plot_rm_accuracy(evals, out_dir / "rm_accuracy.png"), "RM accuracy")
+    small = [n for n, e in evals.items() if (e.get("n_pairs") or 0) < 50]
+    if small:
+        out += ["", note(f"few held-out pairs for {', '.join(small)}: accuracies are noisy")]
+    return [*out, ""]
+
+
+def section_select(run: RunData) -> list[str]:
+    out = ["## SFT checkpoint selection", ""]
+    if not run.select.get("checkpoints"):
+        return [*out, note("no select/select.json: the select stage did not run"), ""]
+    best = (run.select.get("best") or {}).get("name")
+    rm_names = sorted({n for c in run.select["checkpoints"] for n in (c.get("per_rm") or {})})
+    headers = ["checkpoint", "mean RM score", "std", "samples", *[f"RM {n}" for n in rm_names],
+               "gold score", "tokens", "selected"]  # fmt: skip
+    rows = [
+        [c.get("name"), c.get("mean"), c.get("std"), c.get("n"),
+         *[(c.get("per_rm") or {}).get(n) for n in rm_names], (c.get("gold") or {}).get("gold_score"),
+         c.get("mean_response_tokens"), "**yes**" if c.get("name") == best else ""]
+        for c in run.select["checkpoints"]
+    ]  # fmt: skip
+    temp = run.select.get("temperature")
+    out += [md_table(headers, rows), ""]
+    out.append(
+        f"Samples of each checkpoint on {run.select.get('n_prompts', '?')} prompts at "
+        f"temperature {fmt(temp)}, scored by {', '.join(run.select.get('reward') or []) or '?'} "
+        f"({run.select.get('combine', '?')}); the highest mean is picked (InstructGPT)."
+    )
+    return [*out, ""]
+
+
+def section_rs(run: RunData, out_dir: Path) -> list[str]:
+    out = ["## Rejection sampling", ""]
+    if not run.rs_rounds:
+        return [*out, note("no rs/round-N/stats.json: the rs stage did not run (or no round "
+                           "finished), so there is no max vs median curve")]  # fmt: skip
+    out += _image(plots.plot_rs(run.rs_rounds, out_dir / "rs_max_median.png"), "RS max vs median")
+    headers = ["round", "T", "prompts", "K", "mean reward (all)", "mean reward (kept)",
+               "gold (all)", "gold (kept)", "gold after round"]  # fmt: skip
+    rows = [
+        [s.get("round"), s.get("temperature"), s.get("prompts"), s.get("k"),
+         s.get("mean_reward_all"), s.get("mean_reward_kept"),
+         (s.get("gold_all") or {}).get("gold_score"), (s.get("gold_kept") or {}).get("gold_score"),
+         (s.get("eval") or {}).get("gold_score")]
+        for s in run.rs_rounds
+    ]  # fmt: skip
+    out += ["", md_table(headers, rows), ""]
+    out.append(
+        "The gap between the max and the median among K samples is what rejection sampling "
+        "gains by keeping the best (Llama 2, Figure 7). Rewards: the RMs' combined score "
+        "(a logit, not whitened); gold: the gold score of those samples."
+    )
+    return [*out, ""]
+
+
+def overopt_series(run: RunData) -> list[plots.OveroptSeries]:
+    out = []
+    pts = [e for e in run.ppo_eval if isinstance(e.get("eval/kl"), int | float)]
+    if pts:
+        temp = run.ppo_config.get("eval_temperature", 0.0)
+        kl_label = (
+            "log pi/pi_SFT of greedy responses (nats)" if not temp else "KL to SFT, k1 (nats)"
+        )
+        out.append(plots.OveroptSeries(
+            "PPO during training", kl_label, [e["eval/kl"] for e in pts],
+            [e.get("eval/score") for e in pts], [e.get("eval/gold_score") for e in pts],
+            [f"step {e.get('step')}" for e in pts],
+        ))  # fmt: skip
+    # The base model is left out: it is no fine-tune of SFT, and its KL (large) would
+    # squeeze every other point against the axis. The models table has its numbers.
+    sampled = {n: r["sampled"] for n, r in run.models.items() if r.get("sampled") and n != "base"}
+    sampled = {n: s for n, s in sampled.items() if isinstance(s.get("kl_to_sft"), int | float)}
+    if sampled:
+        out.append(plots.OveroptSeries(
+            "Every model (samples at T=1)", "KL to SFT, k1 on own samples (nats)",
+            [s["kl_to_sft"] for s in sampled.values()], [s.get("rm_score") for s in sampled.values()],
+            [s.get("gold_score") for s in sampled.values()], list(sampled), connect=False,
+        ))  # fmt: skip
+    return out
+
+
+def section_overopt(run: RunData, out_dir: Path) -> list[str]:
+    out = ["## Over-optimisation: gold vs proxy reward against KL", ""]
+    series = overopt_series(run)
+    path = plots.plot_overoptimisation(series, out_dir / "overopt.png")
+    if path is None:
+        return [*out, note("no points: needs PPO held-out evaluations or the eval stage")]
+    out += _image(path, "gold and proxy reward vs KL") + [""]
+    out.append(
+        "Proxy: the reward models' combined score, what RL maximises; gold: the world's "
+        "gold judges. Gao et al. (2022): as KL from the initial policy grows, the proxy "
+        "keeps rising while the gold reward peaks and then falls. Each point is one set of "
+        "responses scored both ways. The base model is left out of the bottom row (it is "
+        "not fine-tuned from SFT); its KL is in the models table."
+    )
+    return [*out, ""]
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------
+
+
+def render_report(run_dir: str | Path) -> Path:
+    """Write `run_dir/report.md` and `run_dir/report/*.png`; returns the report's path."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder: give the --out of `rlhfkit pipeline`")
+    out_dir = root / PLOT_DIR
+    out_dir.mkdir(exist_ok=True)
+    for name in PLOTS:  # a plot that has no data this time must not linger from before
+        (out_dir / name).unlink(missing_ok=True)
+    run = load_run(root)
+    lines = [
+        *section_header(run),
+        *section_models(run, out_dir),
+        *section_ppo(run, out_dir),
+        *section_rms(run, out_dir),
+        *section_select(run),
+        *section_rs(run, out_dir),
+        *section_overopt(run, out_dir),
+    ]
+    path = root / REPORT_MD
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def run_report(cfg: Any) -> Mapping[str, Any]:
+    """`rlhfkit report RUN` (or `--run RUN`)."""
+    if cfg.run and cfg.run_dir and Path(cfg.run) != Path(cfg.run_dir):
+        raise UserError(f"two run folders given: {cfg.run_dir} and --run {cfg.run}")
+    folder = cfg.run or cfg.run_dir
+    if not folder:
+        raise UserError("give the run folder: rlhfkit report RUN (the --out of the pipeline)")
+    path = render_report(folder)
+    plots_made = sorted(p.name for p in (path.parent / PLOT_DIR).glob("*.png"))
+    print(f"wrote {path} with {len(plots_made)} plot(s) in {path.parent / PLOT_DIR}")
+    return {"report": str(path), "plots": plots_made}
