@@ -47,7 +47,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "rm eval": Command(
         "rlhfkit.config:RMEvalConfig",
-        "rlhfkit.loops.reward:eval_rm",
+        "rlhfkit.loops.reward_eval:eval_rm",
         "-  reward model loss and pairwise accuracy (overall, per strength) on rankings",
         ("model", "data"),
     ),
@@ -193,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input is the user's to fix: say what and where, no traceback.
         print(f"rlhfkit {name}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into a reader that stopped (`rlhfkit ppo --help | head`): not an error.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"\nrlhfkit {name}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

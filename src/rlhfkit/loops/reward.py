@@ -35,11 +35,9 @@ from typing import Any
 
 import torch
 
-from rlhfkit.config import RMConfig, RMEvalConfig, save_config
+from rlhfkit.config import RMConfig, save_config
 from rlhfkit.data.records import RankingRecord, read_preferences
 from rlhfkit.data.reward_data import (
-    BUCKETS,
-    RankingBatch,
     RankingExample,
     collate_rankings,
     encode_rankings,
@@ -65,144 +63,23 @@ from rlhfkit.loops.common import (
     unwrap,
     wrap_ddp,
 )
-from rlhfkit.losses import kwise_ranking_loss
+from rlhfkit.loops.reward_eval import (
+    evaluate_rm,
+    flat_eval,
+    format_eval,
+    pair_credit,
+    ranking_batch_loss,
+)
 from rlhfkit.models.checkpoint import (
     export_hf,
     prepare_output_dir,
 )
-from rlhfkit.models.load import autocast_context, load_tokenizer
+from rlhfkit.models.load import load_tokenizer
 from rlhfkit.models.reward import (
     ensure_distinct_pad,
     init_reward_model,
-    load_reward_model,
-    reward_scores,
 )
 from rlhfkit.scoring import RM_INFO
-
-# ---------------------------------------------------------------------------------------
-# The loss of one batch
-# ---------------------------------------------------------------------------------------
-
-
-def ranking_batch_loss(
-    model: torch.nn.Module, batch: RankingBatch, bf16: bool = False
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """(loss, stats, scores (N,)): one forward over all N responses, then the K-wise loss."""
-    device = batch.input_ids.device
-    with autocast_context(device, bf16):
-        scores = reward_scores(model, batch.input_ids, batch.attention_mask)  # (N,)
-    loss, stats = kwise_ranking_loss(scores.float(), batch.pairs, batch.margins, batch.pair_prompt)
-    return loss, stats, scores
-
-
-# ---------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------
-
-
-def pair_credit(scores: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """((M,) gap s_w - s_l, (M,) credit): 1 if the RM prefers the winner, 0.5 for a tie.
-
-    A tie (equal scores: in practice two identical responses, which noisy labellers
-    still order) counts half, the expected accuracy of breaking it at random, so chance
-    is 0.5 in every bucket. `losses.kwise_ranking_loss`'s own accuracy counts ties as 0.
-    """
-    gap = (scores[pairs[:, 0]] - scores[pairs[:, 1]]).detach().float()  # (M,)
-    return gap, (gap > 0).float() + 0.5 * (gap == 0).float()
-
-
-@dataclass
-class EvalTotals:
-    """Sums over prompts and pairs, reducible over ranks; `metrics()` makes the report."""
-
-    loss_sum: float = 0.0  # sum over prompts of the prompt's mean pair loss
-    n_prompts: float = 0
-    gap_sum: float = 0.0
-    # per bucket: [pairs, credit (correct + ties / 2), ties]
-    buckets: dict[str, list[float]] = field(
-        default_factory=lambda: {b: [0.0, 0.0, 0.0] for b in BUCKETS}
-    )
-
-    def add(self, loss: torch.Tensor, scores: torch.Tensor, batch: RankingBatch) -> None:
-        gap, credit = pair_credit(scores, batch.pairs)
-        n_prompts = int(batch.pair_prompt.max()) + 1
-        self.loss_sum += float(loss) * n_prompts
-        self.n_prompts += n_prompts
-        self.gap_sum += float(gap.sum())
-        for bucket, c, g in zip(batch.buckets, credit.tolist(), gap.tolist(), strict=True):
-            row = self.buckets[bucket]
-            row[0], row[1], row[2] = row[0] + 1, row[1] + c, row[2] + (g == 0)
-
-    def reduce(self, d: Dist, device: torch.device) -> EvalTotals:
-        def r(x: float) -> float:
-            return all_reduce_sum(x, d, device)
-
-        buckets = {b: [r(x) for x in row] for b, row in self.buckets.items()}
-        return EvalTotals(r(self.loss_sum), r(self.n_prompts), r(self.gap_sum), buckets)
-
-    def metrics(self) -> dict[str, Any]:
-        """loss, accuracy, score_gap, n_prompts, n_pairs, n_ties, and per strength bucket
-        {accuracy, n_pairs, n_ties} (buckets without pairs left out)."""
-        n_pairs = sum(row[0] for row in self.buckets.values())
-        return {
-            "loss": self.loss_sum / max(self.n_prompts, 1),
-            "accuracy": sum(row[1] for row in self.buckets.values()) / max(n_pairs, 1),
-            "score_gap": self.gap_sum / max(n_pairs, 1),
-            "n_prompts": int(self.n_prompts),
-            "n_pairs": int(n_pairs),
-            "n_ties": int(sum(row[2] for row in self.buckets.values())),
-            "buckets": {
-                b: {"accuracy": c / k, "n_pairs": int(k), "n_ties": int(t)}
-                for b, (k, c, t) in self.buckets.items()
-                if k
-            },
-        }
-
-
-@torch.no_grad()
-def evaluate_rm(
-    model: torch.nn.Module,
-    examples: Sequence[RankingExample],
-    pad_id: int,
-    *,
-    batch_size: int = 16,
-    device: torch.device = torch.device("cpu"),
-    dist: Dist | None = None,
-    bf16: bool = False,
-) -> dict[str, Any]:
-    """Ranking loss (training's formula), pairwise accuracy overall and per strength
-    bucket, mean score gap s_w - s_l, prompt and pair counts; over all ranks."""
-    d = dist or Dist()
-    was_training = model.training
-    model.eval()
-    totals = EvalTotals()
-    for idx in rank_micro_batches(range(len(examples)), d, batch_size):
-        batch = collate_rankings([examples[i] for i in idx], pad_id).to(device)
-        loss, _, scores = ranking_batch_loss(model, batch, bf16)
-        totals.add(loss, scores, batch)
-    model.train(was_training)
-    return totals.reduce(d, device).metrics()
-
-
-def format_eval(metrics: dict[str, Any]) -> str:
-    """A small table: overall numbers, then accuracy per strength bucket."""
-    lines = [
-        f"loss {metrics['loss']:.4f}   accuracy {metrics['accuracy']:.4f}   "
-        f"score gap {metrics['score_gap']:.4f}   prompts {metrics['n_prompts']}   "
-        f"pairs {metrics['n_pairs']} ({metrics['n_ties']} ties)",
-        f"  {'strength':<22}{'accuracy':>9}{'pairs':>8}{'ties':>7}",
-    ]
-    for bucket, row in metrics["buckets"].items():
-        lines.append(f"  {bucket:<22}{row['accuracy']:>9.4f}{row['n_pairs']:>8}{row['n_ties']:>7}")
-    return "\n".join(lines)
-
-
-def _flat_eval(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    out = {f"{prefix}/{k}": v for k, v in metrics.items() if k != "buckets"}
-    for b, row in metrics["buckets"].items():
-        out[f"{prefix}/accuracy_{b}"] = row["accuracy"]
-    return out
-
 
 # ---------------------------------------------------------------------------------------
 # Training
@@ -343,7 +220,7 @@ def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
         }
         state["history"].append(row)
         if metrics is not None:
-            logger.log(state["step"], {**_flat_eval("eval", metrics), "epoch": epoch + 1})
+            logger.log(state["step"], {**flat_eval("eval", metrics), "epoch": epoch + 1})
             rank0_print(f"epoch {epoch + 1} eval:\n{format_eval(metrics)}", rank=d.rank)
         save(out / f"epoch-{epoch + 1}")
         if state["step"] >= total:
@@ -436,27 +313,3 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     )
     teardown_distributed()
     return summary
-
-
-def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
-    """`rlhfkit rm eval`: the ranking metrics of a saved RM on ranking / pairwise files."""
-    from rlhfkit.models.load import pick_device
-    from rlhfkit.scoring import saved_max_len
-
-    if not cfg.data:
-        raise UserError("--data is required: ranking / pairwise JSONL file(s)")
-    margin_table = resolve_margin_table(cfg.margin)
-    records = read_preferences(list(cfg.data))
-    device = pick_device(cfg.device)
-    model, tokenizer = load_reward_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)
-    max_len = cfg.max_len or saved_max_len(Path(cfg.model), model)
-    examples, _ = encode_rankings(records, tokenizer, max_len, margin_table)
-    metrics = evaluate_rm(
-        model, examples, tokenizer.pad_token_id, batch_size=cfg.batch_size, device=device
-    )
-    result = {"model": cfg.model, "data": list(cfg.data), "margin": cfg.margin, **metrics}
-    print(format_eval(metrics))
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(cfg.out, result)
-    return result
