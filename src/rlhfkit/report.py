@@ -334,7 +334,7 @@ def overopt_series(run: RunData) -> list[plots.OveroptSeries]:
         out.append(plots.OveroptSeries(
             "PPO during training", kl_label, [e["eval/kl"] for e in pts],
             [e.get("eval/score") for e in pts], [e.get("eval/gold_score") for e in pts],
-            [f"step {e.get('step')}" for e in pts],
+            [f"step {e.get('step')}" for e in pts], steps=[e.get("step") or 0 for e in pts],
         ))  # fmt: skip
     # The base model is left out: it is no fine-tune of SFT, and its KL (large) would
     # squeeze every other point against the axis. The models table has its numbers.
@@ -344,7 +344,7 @@ def overopt_series(run: RunData) -> list[plots.OveroptSeries]:
         out.append(plots.OveroptSeries(
             "Every model (samples at T=1)", "KL to SFT, k1 on own samples (nats)",
             [s["kl_to_sft"] for s in sampled.values()], [s.get("rm_score") for s in sampled.values()],
-            [s.get("gold_score") for s in sampled.values()], list(sampled), connect=False,
+            [s.get("gold_score") for s in sampled.values()], list(sampled),
         ))  # fmt: skip
     return out
 

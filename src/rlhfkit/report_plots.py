@@ -110,7 +110,7 @@ def plot_ppo(
     score_keys: (metrics key, legend label) of the training scores to draw."""
     if not train and not evals:
         return None
-    fig = _figure(15.0, 4.4)
+    fig = _figure(15.0, 5.4)
     ax_score, ax_kl, ax_gold = fig.subplots(1, 3)
 
     for key, label in score_keys:
@@ -141,8 +141,8 @@ def plot_ppo(
     for ax in (ax_score, ax_kl, ax_gold):
         ax.set_xlabel("PPO step")
         ax.grid(alpha=0.3)
-        if len(ax.get_lines()) > 1:
-            ax.legend(fontsize="small")
+        if len(ax.get_lines()) > 1:  # below the panel: never over the curves
+            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     fig.suptitle("PPO training curves")
     fig.tight_layout()
     return _save(fig, path)
@@ -168,9 +168,9 @@ def plot_rm_accuracy(rms: Mapping[str, Mapping[str, Any]], path: Path) -> Path |
         ys = [c.get("accuracy") if _finite(c.get("accuracy")) else 0.0 for c in cells]
         bars = ax.bar(xs, ys, width, label=f"{name} RM", color=f"C{j}")
         for bar, c in zip(bars, cells, strict=True):
-            if c.get("n_pairs"):
-                ax.annotate(f"n={c['n_pairs']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize="x-small")  # fmt: skip
+            text = f"n={c['n_pairs']}" if c.get("n_pairs") else "no pairs"
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize="x-small")  # fmt: skip
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylim(0, 1.1)
@@ -224,36 +224,45 @@ class OveroptSeries:
     proxy: list[float]
     gold: list[float]
     labels: list[str]
-    connect: bool = True  # a trajectory (PPO steps) rather than separate models
+    steps: list[float] | None = None  # a trajectory: points coloured by training step
 
 
 def plot_overoptimisation(series: Sequence[OveroptSeries], path: Path) -> Path | None:
     """Gold and proxy (RM) reward against KL to SFT (Gao et al. 2022): one row per source,
-    proxy on the left, gold on the right, each point labelled."""
+    proxy on the left, gold on the right. A trajectory's points are joined in step order
+    and coloured by step (labels on the first and last only); separate models are labelled."""
     series = [s for s in series if s.kl]
     if not series:
         return None
-    fig = _figure(12.0, 4.2 * len(series))
+    fig = _figure(12.5, 4.4 * len(series))
     axes = fig.subplots(len(series), 2, squeeze=False)
     for row, s in zip(axes, series, strict=True):
         for ax, ys, what, color in (
             (row[0], s.proxy, f"proxy reward: {RM_UNIT}", "C0"),
             (row[1], s.gold, "gold reward: gold score (0 to 1)", "C3"),
         ):
-            pts = [(x, y, lab) for x, y, lab in zip(s.kl, ys, s.labels, strict=True) if _finite(y)]
-            if not pts:
-                _empty_note(ax, "not measured")
-            else:
-                xs, yv, _ = zip(*pts, strict=True)
-                ax.plot(xs, yv, "o-" if s.connect else "o", color=color)
-                for (x, y), lab in _merge_labels(pts).items():
-                    ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4),
-                                fontsize="x-small")  # fmt: skip
-                ax.margins(x=0.12, y=0.1)  # room for the point labels
-                ax.set_xlabel(s.kl_label)
-                ax.set_ylabel(what)
-                ax.grid(alpha=0.3)
             ax.set_title(f"{s.title}: {what.split(':')[0]} vs KL")
+            idx = [i for i, y in enumerate(ys) if _finite(y) and _finite(s.kl[i])]
+            if not idx:
+                _empty_note(ax, "not measured")
+                continue
+            xs, yv = [s.kl[i] for i in idx], [ys[i] for i in idx]
+            if s.steps is not None:
+                ax.plot(xs, yv, "-", color="grey", linewidth=0.8, zorder=1)
+                dots = ax.scatter(xs, yv, c=[s.steps[i] for i in idx], cmap="viridis", zorder=2)
+                fig.colorbar(dots, ax=ax, label="training step")
+                ends = {idx[0], idx[-1]}
+                pts = [(s.kl[i], ys[i], s.labels[i]) for i in idx if i in ends]
+            else:
+                ax.plot(xs, yv, "o", color=color)
+                pts = [(s.kl[i], ys[i], s.labels[i]) for i in idx]
+            for (x, y), lab in _merge_labels(pts).items():
+                ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4),
+                            fontsize="x-small")  # fmt: skip
+            ax.margins(x=0.12, y=0.1)  # room for the point labels
+            ax.set_xlabel(s.kl_label)
+            ax.set_ylabel(what)
+            ax.grid(alpha=0.3)
     fig.suptitle("Over-optimisation: proxy (RM) and gold reward against KL to SFT")
     fig.tight_layout()
     return _save(fig, path)
