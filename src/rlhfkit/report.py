@@ -149,7 +149,11 @@ def _image(path: Path | None, alt: str) -> list[str]:
 def section_header(run: RunData) -> list[str]:
     out = [f"# rlhfkit run report: `{run.root}`", ""]
     if not run.pipeline:
-        return [*out, note("no pipeline.json: not a finished `rlhfkit pipeline` stage list"), ""]
+        return [
+            *out,
+            note("no pipeline.json: which stages finished, and their times, are unknown"),
+            "",
+        ]
     stages = run.pipeline.get("stages", {})
     out.append(f"Preset `{run.pipeline.get('preset')}`, seed {run.pipeline.get('seed')}.")
     out.append("")
@@ -303,7 +307,7 @@ def section_rs(run: RunData, out_dir: Path) -> list[str]:
     out = ["## Rejection sampling", ""]
     if not run.rs_rounds:
         return [*out, note("no rs/round-N/stats.json: the rs stage did not run (or no round "
-                           "finished), so there is no max vs median curve")]  # fmt: skip
+                           "finished), so there is no max vs median curve"), ""]  # fmt: skip
     out += _image(plots.plot_rs(run.rs_rounds, out_dir / "rs_max_median.png"), "RS max vs median")
     headers = ["round", "T", "prompts", "K", "mean reward (all)", "mean reward (kept)",
                "gold (all)", "gold (kept)", "gold after round"]  # fmt: skip
