@@ -34,14 +34,20 @@ from rlhfkit.logging import write_json
 # CPU cores); `default` is what the README's numbers come from (about 20 minutes).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
-        "world": dict(corpus_docs=2500, sft=500, train_prompts=160, eval_prompts=80),
-        "pretrain": dict(preset="tiny", epochs=1, seq_len=128, batch_size=16, lr=2e-3),
+        "world": dict(corpus_docs=5000, sft=600, train_prompts=200, eval_prompts=80),
+        "pretrain": dict(preset="tiny", epochs=2, seq_len=128, batch_size=16, lr=2e-3),
         "sft": dict(epochs=2, batch_size=16, lr=3e-4),
-        "label": dict(k=4, max_prompts=80, max_new_tokens=24),
-        "rm": dict(epochs=1, batch_size=8, lr=1e-4, eval_fraction=0.1),
+        "label": dict(k=4, noise=0.1, max_new_tokens=24),
+        "rm": dict(epochs=2, batch_size=8, lr=1e-4, eval_fraction=0.1),
         "select": dict(max_prompts=40, max_new_tokens=24),
         "ppo": dict(
-            steps=6, batch_size=16, ppo_epochs=2, max_new_tokens=24, ptx_coef=0.5, save_every=3
+            steps=6,
+            batch_size=16,
+            ppo_epochs=2,
+            max_new_tokens=24,
+            ptx_coef=0.5,
+            save_every=3,
+            eval_every=3,
         ),
         "rs": dict(k=4, rounds=1, max_prompts=40, max_new_tokens=24, epochs=1),
         "eval": dict(max_new_tokens=24),
@@ -50,11 +56,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "world": dict(),
         "pretrain": dict(preset="tiny", epochs=3, seq_len=256, batch_size=16, lr=1e-3),
         "sft": dict(epochs=3, batch_size=16, lr=1e-4),
-        "label": dict(k=4, max_prompts=400, max_new_tokens=32),
-        "rm": dict(epochs=2, batch_size=8, lr=5e-5, eval_fraction=0.1),
+        # Annotator noise 0.1 on gold scores in [0, 1]: labellers that mostly agree with the
+        # judges (0.5 made the RMs barely better than chance).
+        "label": dict(k=4, noise=0.1, max_new_tokens=32),
+        "rm": dict(epochs=3, batch_size=8, lr=1e-4, eval_fraction=0.1),
         "select": dict(max_prompts=200, max_new_tokens=32),
         "ppo": dict(
-            steps=60, batch_size=32, ppo_epochs=2, max_new_tokens=32, ptx_coef=1.0, save_every=10
+            steps=60,
+            batch_size=32,
+            ppo_epochs=2,
+            max_new_tokens=32,
+            ptx_coef=1.0,
+            save_every=10,
+            eval_every=10,
         ),
         "rs": dict(k=8, rounds=2, max_prompts=300, max_new_tokens=32, epochs=1),
         "eval": dict(max_new_tokens=32),
@@ -215,6 +229,7 @@ def stage_ppo(ctx: Ctx) -> dict[str, Any]:
         **_resumable(out),
         "prompts": str(ctx.world / "prompts_train.jsonl"),
         "ptx_data": str(ctx.world / "corpus.jsonl"),
+        "eval_prompts": str(ctx.world / "prompts_eval.jsonl"),
         **_reward_options(ctx),
     }
     summary = train_ppo(stage_options(ctx, "ppo", PPOConfig, fixed))
@@ -231,6 +246,7 @@ def stage_rs(ctx: Ctx) -> dict[str, Any]:
         "out": str(out),
         **_resumable(out),
         "prompts": str(ctx.world / "prompts_train.jsonl"),
+        "eval_prompts": str(ctx.world / "prompts_eval.jsonl"),
         **_reward_options(ctx),
     }
     summary = train_rs(stage_options(ctx, "rs", RSConfig, fixed))
