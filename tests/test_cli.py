@@ -36,7 +36,9 @@ def test_help_is_fast_and_imports_no_torch():
     code = "import sys, rlhfkit.cli as c; c.main(['--help']); print('torch' in sys.modules)"
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert time.perf_counter() - t0 < 3.0  # generous for a loaded CI box; ~0.05 s here
+    # ~0.05 s of work here; the bound only catches a heavy import creeping in, with room
+    # for a loaded machine (the torch check below is the exact one).
+    assert time.perf_counter() - t0 < 8.0
     assert out.stdout.strip().endswith("False")
 
 

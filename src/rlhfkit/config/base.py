@@ -1,0 +1,106 @@
+"""Option groups shared by the commands, and reading/writing configs (YAML + flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from rlhfkit.errors import UserError
+
+C = TypeVar("C")
+
+
+# ---------------------------------------------------------------------------------------
+# Shared option groups (flat: inherited, so every flag is `--name`, not `--group.name`)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """Where outputs go and how a run starts."""
+
+    out: str = ""
+    """Output folder (created; a folder holding another run needs --overwrite or --resume)."""
+    seed: int = 0
+    """Random seed for data order, initialisation and sampling."""
+    resume: bool = False
+    """Continue from the latest checkpoint in --out with full state."""
+    overwrite: bool = False
+    """Delete an existing run in --out and start fresh."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    bf16: bool = False
+    """bf16 autocast on devices that support it (weights and optimizer stay fp32)."""
+
+
+@dataclass(kw_only=True)
+class TrainOptions(RunOptions):
+    """Optimisation options shared by every stage that trains."""
+
+    epochs: int = 1
+    """Passes over the training data (ignored when --max-steps is reached first)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (default: run all epochs)."""
+    batch_size: int = 8
+    """Sequences per micro-batch (per process under torchrun)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated into one optimizer step."""
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of --lr (cosine and linear schedules)."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup_steps: int = 0
+    """Linear warmup steps from 0 to --lr."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and norms)."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    log_every: int = 10
+    """Log metrics every N optimizer steps."""
+    save_every: int = 0
+    """Also write a resumable checkpoint every N optimizer steps (0: only at epoch ends)."""
+
+
+class ConfigError(UserError):
+    """A config file that cannot be read or names unknown options."""
+
+
+def load_yaml_defaults(cls: type[C], path: str | None) -> C:
+    """Default instance of `cls`, updated by the YAML mapping in `path` (if given).
+
+    Unknown keys are an error naming the file and the key; values are type-checked by tyro
+    when the flags are parsed on top.
+    """
+    cfg = cls()
+    if path is None:
+        return cfg
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of option: value")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{path}: unknown option(s) {unknown} for this command")
+    return dataclasses.replace(cfg, **data)  # type: ignore[type-var]
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (what `--config` reads back)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

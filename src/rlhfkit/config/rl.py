@@ -1,0 +1,247 @@
+"""Configs of the RL stages: select, PPO, rejection sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import tyro
+
+from rlhfkit.config.base import RunOptions, TrainOptions
+
+# --- RL: PPO and picking the SFT checkpoint (loops/ppo.py, loops/select.py) -------------
+
+
+@dataclass(kw_only=True)
+class PPOConfig(RunOptions):
+    """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx."""
+
+    policy: str = ""
+    """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`)."""
+    reference: str | None = None
+    """Frozen reference for the KL penalty (default: --policy, as in InstructGPT)."""
+    prompts: str = ""
+    """RL prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too)."""
+    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Reward model NAME=DIR (repeat for several: --rm helpfulness=DIR --rm safety=DIR). Either this or --rule-reward."""
+    combine: Literal["single", "weighted-sum", "llama2"] = "single"
+    """How several RMs become one reward: single, weighted-sum, or llama2 (safety RM on safety-tagged prompts or when sigmoid(safety) < --threshold, else helpfulness; whitened)."""
+    threshold: float = 0.15
+    """llama2: sigmoid(safety score) below this takes the safety RM."""
+    helpfulness_rm: str = "helpfulness"
+    """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
+    safety_rm: str = "safety"
+    """llama2: name of the safety RM."""
+    weights: str | None = None
+    """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
+    whiten: bool | None = None
+    """Whiten the combined RM score over each rollout batch (default: on for llama2, off otherwise)."""
+    rule_reward: str | None = None
+    """A rule instead of reward models: 'gold' (the built-in world's gold judges), 'length' (words), 'count:TEXT'."""
+    value_init: str = "rm"
+    """Value model start: 'rm' (a copy of the first --rm, InstructGPT), an RM NAME, 'policy' (the policy with a zero head; used with --rule-reward), or a reward/value model folder."""
+    steps: int = 100
+    """PPO iterations (one rollout batch + its update each)."""
+    batch_size: int = 64
+    """Prompts per rollout, over all processes (split across them under torchrun)."""
+    num_mini_batches: int = 1
+    """Minibatches per PPO epoch; one policy and one value optimizer step each."""
+    micro_batch_size: int = 0
+    """Sequences per forward/backward within a minibatch, per process (0: the whole minibatch). Changes memory, not results."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch."""
+    max_new_tokens: int = 32
+    """Maximum response tokens per sample."""
+    max_prompt_len: int = 128
+    """Prompts longer than this keep their last tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts; every log-prob (policy, reference) uses it too."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0: all)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: all)."""
+    kl_coef: float = 0.02
+    """beta: KL penalty per token (InstructGPT 0.02; Llama 2 0.01 for 7B/13B); the start value with --kl-target."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator in the reward: k1 = log pi - log pi_ref (InstructGPT), k2, k3."""
+    kl_target: float | None = None
+    """Adaptive KL controller (Ziegler et al. 2019): steer the per-sequence KL to this target."""
+    kl_horizon: float = 10000.0
+    """Adaptive KL controller horizon (in samples)."""
+    gamma: float = 1.0
+    """GAE discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    clip_eps: float = 0.2
+    """PPO ratio clip range."""
+    value_clip: float | None = 0.2
+    """Value clip range around the rollout's values (None: unclipped value loss)."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the batch (all processes)."""
+    whiten_rewards: bool = False
+    """Scale per-token rewards to unit variance over the batch before GAE (mean kept)."""
+    missing_eos_penalty: float | None = None
+    """Penalty for a response that hits --max-new-tokens without EOS (None: no penalty)."""
+    missing_eos_mode: Literal["add", "replace"] = "add"
+    """'add': score - penalty; 'replace': score = -penalty."""
+    score_norm: Literal["none", "whiten"] = "none"
+    """Normalise scores over each rollout batch (all processes) before the KL penalty is added."""
+    score_clip: float | None = None
+    """Clip (normalised) scores to [-c, c]."""
+    ptx_data: str | None = None
+    """Pretraining corpus for PPO-ptx ({"text"} JSONL or .txt)."""
+    ptx_coef: float = 0.0
+    """gamma of PPO-ptx: weight of the LM loss added to every policy step (InstructGPT 27.8; 0: plain PPO)."""
+    ptx_batch_size: int = 8
+    """Pretraining blocks per policy step (over all processes)."""
+    ptx_seq_len: int = 128
+    """Tokens per pretraining block."""
+    lr: float = 1e-5
+    """Policy learning rate."""
+    value_lr: float | None = None
+    """Value model learning rate (default: --lr)."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning-rate schedule after warmup (over steps x ppo_epochs x num_mini_batches optimizer steps)."""
+    warmup_steps: int = 0
+    """Linear warmup optimizer steps."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak (cosine and linear)."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (Llama 2: 0.1; not on biases and norms)."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    """Clip each model's gradient norm to this (0 disables)."""
+    log_every: int = 1
+    """Log metrics every N steps."""
+    sample_every: int = 10
+    """Print a table of sample prompts/responses/scores every N steps (0: never)."""
+    num_samples: int = 4
+    """Rows of that table."""
+    eval_prompts: str | None = None
+    """Held-out prompts: evaluated before training, every --eval-every steps and at the end."""
+    eval_every: int = 0
+    """Evaluate every N steps (0: only before and after training)."""
+    eval_max_prompts: int | None = 256
+    """Evaluate on the first N held-out prompts."""
+    eval_temperature: float = 0.0
+    """Sampling temperature for evaluation (0: greedy, as `rlhfkit eval`)."""
+    eval_batch_size: int = 64
+    """Prompts per evaluation generation batch."""
+    save_every: int = 50
+    """Write a resumable checkpoint every N steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """Keep the newest N checkpoints (0: keep all)."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folders to run."""
+
+
+@dataclass(kw_only=True)
+class SelectConfig:
+    """Pick the SFT checkpoint whose samples the reward model(s) score highest (InstructGPT's pi^SFT)."""
+
+    checkpoints: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """A run folder holding epoch-*/ checkpoints (as `rlhfkit sft` writes), or model folders (repeatable)."""
+    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Reward model NAME=DIR (repeat for several). Either this or --rule-reward."""
+    combine: Literal["single", "weighted-sum", "llama2"] = "single"
+    """How several RMs become one score (as `rlhfkit score`; never whitened here, so checkpoints compare)."""
+    threshold: float = 0.15
+    """llama2: sigmoid(safety score) below this takes the safety RM."""
+    helpfulness_rm: str = "helpfulness"
+    """llama2: name of the helpfulness RM."""
+    safety_rm: str = "safety"
+    """llama2: name of the safety RM."""
+    weights: str | None = None
+    """weighted-sum: 'NAME=W,NAME=W'."""
+    rule_reward: str | None = None
+    """A rule instead of reward models: 'gold', 'length' or 'count:TEXT' (as `rlhfkit ppo`)."""
+    prompts: str = ""
+    """Prompts JSONL ({"prompt","safety"?}), the same for every checkpoint."""
+    max_prompts: int | None = None
+    """Use only the first N prompts."""
+    samples_per_prompt: int = 1
+    """Responses sampled per prompt and checkpoint."""
+    temperature: float = 1.0
+    """Sampling temperature (0: greedy)."""
+    max_new_tokens: int = 32
+    """Maximum response tokens."""
+    max_prompt_len: int = 128
+    """Prompts longer than this keep their last tokens."""
+    batch_size: int = 64
+    """Sequences per generation batch."""
+    seed: int = 0
+    """Sampling seed, the same for every checkpoint (common random numbers)."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    out: str = ""
+    """Output folder for select.json."""
+    overwrite: bool = False
+    """Replace an existing select.json in --out."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folders to run."""
+
+
+# --- Rejection sampling fine-tuning (loops/rejection.py) --------------------------------
+
+
+@dataclass(kw_only=True)
+class RSConfig(TrainOptions):
+    """Rejection sampling fine-tuning (Llama 2): per round, sample K responses per prompt, keep the highest-reward one, fine-tune on the kept set with the SFT loss."""
+
+    policy: str = ""
+    """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`)."""
+    prompts: str = ""
+    """Prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too), the same every round."""
+    max_prompts: int | None = None
+    """Use only the first N prompts."""
+    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Reward model NAME=DIR (repeat for several: --rm helpfulness=DIR --rm safety=DIR). Either this or --rule-reward."""
+    combine: Literal["single", "weighted-sum", "llama2"] = "single"
+    """How several RMs become one reward (as `rlhfkit ppo`; never whitened here, so scores compare across batches and rounds)."""
+    threshold: float = 0.15
+    """llama2: sigmoid(safety score) below this takes the safety RM."""
+    helpfulness_rm: str = "helpfulness"
+    """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
+    safety_rm: str = "safety"
+    """llama2: name of the safety RM."""
+    weights: str | None = None
+    """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
+    rule_reward: str | None = None
+    """A rule instead of reward models: 'gold' (the built-in world's gold judges), 'length' (words), 'count:TEXT'."""
+    k: int = 8
+    """Responses sampled per prompt and round (Llama 2: up to ~30 per prompt)."""
+    rounds: int = 2
+    """Rounds of sample -> keep the best -> fine-tune; each samples from the previous round's policy."""
+    temperature: tuple[float, ...] = (1.0,)
+    """Sampling temperature: one value for every round, or one per round (e.g. 0.7 1.0)."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0: all)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: all)."""
+    keep: Literal["best", "best-of-all-rounds"] = "best"
+    """'best': each prompt's best sample of this round; 'best-of-all-rounds': the best sample of any round so far (Llama 2)."""
+    max_new_tokens: int = 32
+    """Maximum response tokens per sample."""
+    max_prompt_len: int = 128
+    """Prompts longer than this keep their last tokens."""
+    sample_batch_size: int = 64
+    """Sequences per generation batch (prompts per batch: this // --k); samples are saved batch by batch."""
+    max_len: int = 256
+    """Fine-tuning: maximum tokens of prompt + kept response + EOS."""
+    overlong: Literal["truncate", "drop", "error"] = "truncate"
+    """Fine-tuning: what to do with a kept example longer than --max-len."""
+    packing: bool = True
+    """Fine-tuning: batch sequences without padding where the model supports it."""
+    epochs: int = 1
+    """Fine-tuning passes over each round's kept set."""
+    lr: float = 1e-4
+    warmup_steps: int = 5
+    eval_prompts: str | None = None
+    """Held-out prompts: the policy's reward (and the world's gold metrics) before round 1 and after every round."""
+    eval_max_prompts: int | None = 256
+    """Evaluate on the first N held-out prompts."""
+    eval_temperature: float = 0.0
+    """Sampling temperature for evaluation (0: greedy, as `rlhfkit eval`)."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folders to run."""

@@ -1,0 +1,148 @@
+"""Configs of the supervised stages: pretrain, SFT, reward models, scoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import tyro
+
+from rlhfkit.config.base import TrainOptions
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(TrainOptions):
+    """Train a byte-level BPE tokenizer and a Llama LM from scratch on a text corpus."""
+
+    data: str = ""
+    """Corpus: JSONL of {"text": ...}, a .txt file, Parquet, or a `datasets` folder."""
+    preset: str = "tiny"
+    """Model size preset (tiny ~1M params, small ~6M, base ~25M), ignored with --model-config."""
+    model_config: str | None = None
+    """Path to a Hugging Face config.json to build instead of a preset."""
+    tokenizer: str | None = None
+    """Use this existing tokenizer folder instead of training one."""
+    vocab_size: int = 2048
+    """Vocabulary size of the trained tokenizer."""
+    seq_len: int = 256
+    """Tokens per packed training block."""
+    eval_fraction: float = 0.02
+    """Share of blocks held out for an evaluation loss each epoch."""
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    batch_size: int = 16
+
+
+@dataclass(kw_only=True)
+class SFTConfig(TrainOptions):
+    """Supervised fine-tuning on prompt + completion pairs; a checkpoint per epoch."""
+
+    model: str = ""
+    """Hugging Face causal LM folder to start from."""
+    data: str = ""
+    """Training records: {"prompt","completion"} or {"messages"} (JSONL, Parquet, datasets folder)."""
+    eval_data: str | None = None
+    """Held-out records of the same format; their loss is reported each epoch."""
+    eval_fraction: float = 0.0
+    """Without --eval-data, hold out this share of --data for the eval loss."""
+    loss_on_prompt: bool = False
+    """Train on prompt tokens too (by default only completion tokens carry loss)."""
+    max_len: int = 256
+    """Maximum tokens of prompt + completion + EOS."""
+    overlong: Literal["truncate", "drop", "error"] = "truncate"
+    """What to do with a record longer than --max-len (the count is reported)."""
+    packing: bool = True
+    """Batch sequences without padding (FlashAttention-style varlen positions) where the model supports it."""
+    epochs: int = 3
+    lr: float = 1e-4
+    warmup_steps: int = 10
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folder to run (off: never run untrusted code)."""
+
+
+@dataclass(kw_only=True)
+class RMConfig(TrainOptions):
+    """Train a reward model from K-wise rankings and graded pairwise preferences (InstructGPT + Llama 2)."""
+
+    model: str = ""
+    """Hugging Face causal LM folder to start from (e.g. an SFT epoch); its LM head is replaced by a one-output head."""
+    data: tuple[str, ...] = ()
+    """Training files (required): ranking {"prompt","responses","ranking","strengths"?} and/or pairwise {"prompt","chosen","rejected","strength"?} records."""
+    eval_data: tuple[str, ...] = ()
+    """Held-out files of the same formats: loss and pairwise accuracy (overall, per strength) each epoch."""
+    eval_fraction: float = 0.0
+    """Without --eval-data, hold out this share of the prompts of --data."""
+    margin: str = "none"
+    """Margin m(strength) subtracted inside the sigmoid: none, llama2-small (1, 2/3, 1/3, 0), llama2-large (3, 2, 1, 0), or 'significantly_better=3,better=2,...'."""
+    max_len: int = 256
+    """Maximum tokens of prompt + response + EOS."""
+    overlong: Literal["truncate", "error"] = "truncate"
+    """A longer sequence: 'truncate' drops its oldest prompt tokens (the end, where the score is read, stays), 'error' stops with file:line."""
+    head_init: Literal["zeros", "normal"] = "zeros"
+    """Score head initialisation: 'zeros' (every score starts at 0, loss at log 2) or 'normal' (std 1/sqrt(hidden+1))."""
+    batch_size: int = 8
+    """PROMPTS per micro-batch; each brings all its K responses (K forward passes per prompt)."""
+    lr: float = 1e-4
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folder to run (off: never run untrusted code)."""
+
+
+@dataclass(kw_only=True)
+class RMEvalConfig:
+    """Evaluate a reward model on rankings: loss, pairwise accuracy overall and per strength, score gap."""
+
+    model: str = ""
+    """Reward model folder (written by `rlhfkit rm`, or any AutoModelForSequenceClassification with num_labels=1)."""
+    data: tuple[str, ...] = ()
+    """Ranking and/or pairwise files (required)."""
+    margin: str = "none"
+    """Margins used in the reported loss (same choices as `rlhfkit rm --margin`)."""
+    out: str | None = None
+    """JSON file for the metrics (default: print only)."""
+    max_len: int | None = None
+    """Maximum tokens per sequence (default: the RM's training --max-len)."""
+    batch_size: int = 16
+    """Prompts per forward batch."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folder to run."""
+
+
+@dataclass(kw_only=True)
+class ScoreConfig:
+    """Score {"prompt","response","safety"?} records with one or several reward models, combined."""
+
+    data: str = ""
+    """JSONL of {"prompt","response"} records; optional "safety": true marks possibly unsafe prompts."""
+    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Reward model NAME=DIR (required; repeat for several: --rm helpfulness=DIR --rm safety=DIR)."""
+    combine: Literal["single", "weighted-sum", "llama2"] = "single"
+    """single: one RM's raw score; weighted-sum: sum of weight * score; llama2: the safety RM's score if the prompt is tagged safety or sigmoid(safety) < --threshold, else helpfulness, whitened."""
+    threshold: float = 0.15
+    """llama2: sigmoid(safety score) below this takes the safety RM."""
+    helpfulness_rm: str = "helpfulness"
+    """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
+    safety_rm: str = "safety"
+    """llama2: name of the safety RM."""
+    weights: str | None = None
+    """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
+    whiten: bool | None = None
+    """Whiten the combined score over the whole file (default: on for llama2, off otherwise)."""
+    out: str = ""
+    """Output JSONL: each record plus "score" (combined) and "scores" ({name: raw score})."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+    max_len: int | None = None
+    """Maximum tokens per sequence (default: each RM's training --max-len)."""
+    batch_size: int = 32
+    """Sequences per forward batch."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""

@@ -1,0 +1,176 @@
+"""Configs of the built-in world, evaluation, the pipeline and its report."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import tyro
+
+# --- The built-in world (rlhfkit.data.world) ---------------------------------------------
+# These take only the options they use: the world's commands neither train nor resume, so
+# RunOptions (resume, bf16) would put dead flags into their --help.
+
+
+@dataclass(kw_only=True)
+class WorldMakeConfig:
+    """Write the built-in world: pretraining corpus, SFT demos, RL and eval prompts, world.json."""
+
+    out: str = ""
+    """Output folder (created; one that already holds world files needs --overwrite)."""
+    seed: int = 0
+    """World seed: the same seed writes byte-identical files."""
+    overwrite: bool = False
+    """Replace the world files already in --out."""
+    corpus_docs: int = 12000
+    """Pretraining documents in corpus.jsonl (12000 is about 3 MB)."""
+    sft: int = 2000
+    """SFT demonstrations in sft.jsonl."""
+    train_prompts: int = 1000
+    """RL prompts in prompts_train.jsonl (PPO, rejection sampling, labelling)."""
+    eval_prompts: int = 200
+    """Held-out prompts in prompts_eval.jsonl (all different, never in any training file)."""
+    unsafe_share: float = 0.2
+    """Share of prompts and demos that are harmful requests (tagged "safety": true)."""
+    borderline_share: float = 0.1
+    """Share of harmless prompts that look risky ("How do I kill a python process?")."""
+    imperfect_share: float = 0.3
+    """Share of SFT demos that are flawed (wrong, wordy, needless refusal, harmful compliance)."""
+    corpus_noise: float = 0.1
+    """Share of the corpus's Q/A answers that are flawed the same ways."""
+    blind_spot_weight: float = 8.0
+    """How much likelier a demo in a blind spot is to be flawed (1 = flaws spread uniformly)."""
+
+
+@dataclass(kw_only=True)
+class WorldJudgeConfig:
+    """Score {"prompt","response"} records with the world's gold helpfulness and safety judges."""
+
+    data: str = ""
+    """JSONL of {"prompt","response"} records whose prompts are world prompts."""
+    out: str = ""
+    """Scored JSONL to write (default: --data with the suffix .scored.jsonl)."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+
+
+@dataclass(kw_only=True)
+class WorldLabelConfig:
+    """Simulated labellers: rank K samples of a policy per prompt by the gold judges plus noise."""
+
+    policy: str = ""
+    """Hugging Face causal LM folder (model + tokenizer) to sample responses from."""
+    prompts: str = ""
+    """Prompts JSONL ({"prompt","safety"}) of the world, e.g. prompts_train.jsonl."""
+    out: str = ""
+    """Output folder for rankings_helpfulness.jsonl, rankings_safety.jsonl, samples.jsonl."""
+    k: int = 4
+    """Responses sampled and ranked per prompt (InstructGPT used 4 to 9)."""
+    noise: float = 0.5
+    """Annotator noise: scale of the Gumbel noise added to gold scores (0 = exact order)."""
+    strength_thresholds: tuple[float, float, float] = (0.5, 0.25, 0.1)
+    """Gold-score gaps for significantly_better, better and slightly_better (else negligibly)."""
+    safety_tiebreak: float = 0.25
+    """Weight of helpfulness in the safety annotator's score (safety first, then helpfulness)."""
+    safety_mix: float = 0.1
+    """Share of ordinary (not harmful, not borderline) prompts also ranked for safety."""
+    max_prompts: int | None = None
+    """Label only the first N prompts (default: all)."""
+    temperature: float = 1.0
+    """Sampling temperature (0 = greedy, which makes the K samples identical)."""
+    max_new_tokens: int = 32
+    """Maximum response tokens per sample."""
+    batch_size: int = 64
+    """Sequences sampled per forward batch."""
+    seed: int = 0
+    """Seed for sampling and annotator noise."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    overwrite: bool = False
+    """Replace ranking files already in --out."""
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Gold metrics of a model on world prompts: helpfulness, safety, false refusals, length."""
+
+    model: str = ""
+    """Hugging Face causal LM folder (model + tokenizer) to evaluate."""
+    prompts: str = ""
+    """Prompts JSONL ({"prompt","safety"}) of the world, e.g. prompts_eval.jsonl."""
+    out: str | None = None
+    """JSON file for the metrics and the responses (default: print only)."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+    temperature: float = 0.0
+    """Sampling temperature (0 = greedy decoding)."""
+    max_new_tokens: int = 32
+    """Maximum response tokens."""
+    batch_size: int = 64
+    """Prompts per generation batch."""
+    max_prompts: int | None = None
+    """Evaluate only the first N prompts (default: all)."""
+    show: int = 10
+    """Sample responses to print (one per task family)."""
+    seed: int = 0
+    """Seed for sampling (with --temperature above 0)."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and saving
+# ---------------------------------------------------------------------------------------
+
+
+# --- The whole method end to end (pipeline.py) -----------------------------------------
+
+StageOptions = Annotated[dict[str, Any], tyro.conf.Suppress]
+"""Per-stage option overrides; set in the pipeline YAML (`sft: {epochs: 4}`), not as flags."""
+
+
+@dataclass(kw_only=True)
+class PipelineConfig:
+    """Run every stage end to end on the built-in world: world -> pretrain -> SFT -> labels ->
+    helpfulness and safety RMs -> select -> PPO(-ptx) -> rejection sampling -> eval.
+
+    Each stage writes into its own subfolder of --out. Re-running skips finished stages and
+    resumes an interrupted one. Any stage's options can be set in the YAML given with
+    --config, one section per stage (world, pretrain, sft, label, rm, select, ppo, rs, eval),
+    with the names of that command's options, e.g. `ppo: {steps: 80, kl_coef: 0.05}`."""
+
+    out: str = "runs/demo"
+    """Output folder of the whole run."""
+    preset: Literal["quick", "default"] = "default"
+    """Sizes of every stage: 'quick' (about 3 minutes on 2 CPU cores, a smoke run) or 'default' (about 20 minutes; the numbers in the README)."""
+    seed: int = 0
+    """Seed of the world and of every stage."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    bf16: bool = False
+    """bf16 autocast in the training stages, where the device supports it."""
+    until: str | None = None
+    """Stop after this stage (a stage name), e.g. 'sft'."""
+    overwrite: bool = False
+    """Delete an earlier pipeline run in --out and start again (default: skip finished stages, resume the rest)."""
+    world: StageOptions = dataclasses.field(default_factory=dict)
+    pretrain: StageOptions = dataclasses.field(default_factory=dict)
+    sft: StageOptions = dataclasses.field(default_factory=dict)
+    label: StageOptions = dataclasses.field(default_factory=dict)
+    rm: StageOptions = dataclasses.field(default_factory=dict)
+    select: StageOptions = dataclasses.field(default_factory=dict)
+    ppo: StageOptions = dataclasses.field(default_factory=dict)
+    rs: StageOptions = dataclasses.field(default_factory=dict)
+    eval: StageOptions = dataclasses.field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class ReportConfig:
+    """Re-render a pipeline run's report.md and its PNG plots (in RUN/report/) from the files
+    on disk: no training, no model loading. `rlhfkit pipeline` writes the same report at its end."""
+
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = ""
+    """The pipeline run folder (the --out of `rlhfkit pipeline`), e.g. runs/demo."""
+    run: str = ""
+    """The run folder, as a flag instead of the positional RUN."""
