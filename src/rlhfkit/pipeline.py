@@ -70,7 +70,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             save_every=10,
             eval_every=10,
         ),
-        "rs": dict(k=8, rounds=2, max_prompts=300, max_new_tokens=32, epochs=1),
+        # One round: a second one over-optimised these small RMs (seed 0: gold 0.42 after
+        # round 1, 0.34 after round 2, false refusals 0.03 -> 0.27).
+        "rs": dict(k=8, rounds=1, max_prompts=300, max_new_tokens=32, epochs=1),
         "eval": dict(max_new_tokens=32),
     },
 }
