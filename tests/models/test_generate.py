@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import GPT2Config
 
+from rlhfkit.models import generate as gen_mod
 from rlhfkit.models.generate import (
     Generation,
     decode_responses,
@@ -12,7 +13,7 @@ from rlhfkit.models.generate import (
     position_ids_from_mask,
     sample,
 )
-from rlhfkit.models.presets import build_model
+from rlhfkit.models.presets import PRESETS, build_model
 
 PROMPTS = ["The cat sat", "Add two and three please, then sort the list", "Hi", "A big red dog ran"]
 
@@ -212,3 +213,118 @@ def test_helpers_and_decode(tiny_tokenizer):
         ended=torch.tensor([True, False]),
     )
     assert decode_responses(tok, gen) == ["The cat", " sat!"]
+
+
+# --- the Llama fast path, stop_at_eos=False, and the sparse end check ----------------------
+
+
+def _generic(monkeypatch):
+    """Force sample() onto its model-agnostic path (HF forward + DynamicCache)."""
+    monkeypatch.setattr(gen_mod._LlamaDecoder, "build", classmethod(lambda cls, *a: None))
+
+
+def _lively_llama(tokenizer, **config):
+    """A lively Llama with grouped-query attention and biases (every fused weight path)."""
+    spec = {**PRESETS["test"], "num_key_value_heads": 2, "attention_bias": True}
+    return _lively({**spec, "mlp_bias": True, **config}, tokenizer)
+
+
+# Which matmuls go to oneDNN (at these sizes the default threshold sends none there): none;
+# a mix (the prefill's, ~80k+ MACs, with plain weights; in decode only the LM head's, 65k,
+# packed; the other decode matmuls are 8-16k); every one (packed weights).
+ONEDNN_MIN_MACS = {"off": 10**18, "prefill": 50_000, "all": 0}
+
+
+@pytest.mark.parametrize("onednn", list(ONEDNN_MIN_MACS))
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 20, 0.9), (0.0, 0, 1)])
+def test_llama_fast_path_matches_hf_forward(
+    monkeypatch, tiny_tokenizer, prompts, temperature, top_k, top_p, onednn
+):
+    if onednn != "off" and not gen_mod._onednn_works():
+        pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(gen_mod, "_ONEDNN_MIN_MACS", ONEDNN_MIN_MACS[onednn])
+    model = _lively_llama(tiny_tokenizer)
+    assert gen_mod._is_stock_llama(model)
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=16)
+    fast = _sample(model, tiny_tokenizer, prompts, generator=torch.Generator().manual_seed(3), **kw)
+    _generic(monkeypatch)
+    slow = _sample(model, tiny_tokenizer, prompts, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(fast.response_ids, slow.response_ids)
+    assert torch.equal(fast.response_mask, slow.response_mask)
+    torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-5, rtol=0)
+    expected = _full_forward_logprobs(model, fast, temperature or 1.0)
+    torch.testing.assert_close(fast.logprobs, expected, atol=1e-4, rtol=0)
+
+
+def test_llama_fast_path_under_bf16_autocast(monkeypatch, tiny_tokenizer, prompts):
+    model = _lively_llama(tiny_tokenizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = _sample(model, tiny_tokenizer, prompts, temperature=0.0)
+        _generic(monkeypatch)
+        slow = _sample(model, tiny_tokenizer, prompts, temperature=0.0)
+    assert torch.equal(fast.response_ids, slow.response_ids)
+    torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-2, rtol=0)
+
+
+def test_fast_path_only_for_a_stock_llama(tiny_tokenizer):
+    model = _lively("test", tiny_tokenizer)
+    assert gen_mod._is_stock_llama(model)
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda m, i, o: o)
+    assert not gen_mod._is_stock_llama(model)  # a hook would be skipped: take HF's forward
+    handle.remove()
+    model.model.layers[1].self_attn.q_proj = torch.nn.Sequential(
+        model.model.layers[1].self_attn.q_proj
+    )
+    assert not gen_mod._is_stock_llama(model)  # e.g. an adapter around a projection
+    gpt2 = _lively(GPT2Config(n_embd=32, n_layer=2, n_head=2), tiny_tokenizer)
+    assert not gen_mod._is_stock_llama(gpt2)
+
+
+def test_stop_at_eos_false_gives_exactly_n_tokens(lively_model, tiny_tokenizer, prompts):
+    tok = tiny_tokenizer
+    free = _sample(lively_model, tok, prompts, temperature=0.0)
+    eos = int(free.response_ids[0, 3])  # row 0 greedily produces this token at step 3
+    kw = dict(max_new_tokens=12, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    stop = sample(lively_model, prompts, temperature=0.0, **kw)
+    full = sample(lively_model, prompts, temperature=0.0, stop_at_eos=False, **kw)
+    assert full.response_ids.shape == (len(prompts), 12) and full.response_mask.all()
+    assert full.ended[0] and torch.equal(full.ended, stop.ended)
+    assert torch.equal(full.response_ids, free.response_ids)  # EOS is an ordinary token
+    n = stop.response_mask.sum(-1)
+    for row in range(len(prompts)):
+        assert torch.equal(full.response_ids[row, : n[row]], stop.response_ids[row, : n[row]])
+    torch.testing.assert_close(
+        full.logprobs, _full_forward_logprobs(lively_model, full, 1.0), atol=1e-4, rtol=0
+    )
+    # Sampling: the same draws as with stopping, up to each row's EOS.
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = sample(lively_model, prompts, generator=g1, **kw)
+    b = sample(lively_model, prompts, generator=g2, stop_at_eos=False, **kw)
+    mask = a.response_mask
+    assert torch.equal(a.response_ids[mask], b.response_ids[:, : mask.shape[1]][mask])
+
+
+def test_sparse_end_check_gives_the_same_result(monkeypatch, lively_model, tiny_tokenizer, prompts):
+    """On accelerators sample() checks for all-ended rows every few tokens and cuts the
+    surplus: the result must equal checking every token."""
+    free = _sample(lively_model, tiny_tokenizer, prompts, temperature=0.0)
+    eos = int(free.response_ids[0, 2])
+    rows = [p for r, p in enumerate(prompts) if eos in free.response_ids[r].tolist()]
+    kw = dict(max_new_tokens=12, temperature=0.0, eos_token_id=eos, pad_token_id=0)
+    every = sample(lively_model, rows, **kw)
+    assert every.ended.all() and every.response_ids.shape[1] < 12
+    monkeypatch.setattr(gen_mod, "_end_check_interval", lambda device: 5)
+    sparse = sample(lively_model, rows, **kw)
+    assert torch.equal(every.response_ids, sparse.response_ids)
+    assert torch.equal(every.response_mask, sparse.response_mask)
+    assert torch.equal(every.logprobs, sparse.logprobs)
+
+
+def test_outputs_are_ordinary_tensors(tiny_model, tiny_tokenizer, prompts):
+    """sample() runs under inference_mode; what it returns must still work with autograd."""
+    gen = _sample(tiny_model, tiny_tokenizer, prompts, max_new_tokens=4)
+    for t in (gen.response_ids, gen.logprobs, gen.response_mask, gen.ended, gen.prompt_ids):
+        assert not t.is_inference()
+    w = torch.ones((), requires_grad=True)
+    (gen.logprobs * w).sum().backward()  # would raise for an inference tensor saved for backward
+    gen.logprobs.add_(0.0)  # in-place outside inference mode

@@ -2,8 +2,15 @@
 
 Prompts are left-padded so that every row's next token sits in the last column; position
 ids count real tokens only (0 at each row's first prompt token), so a row's output does not
-depend on how much padding the batch gave it. One prefill forward fills a DynamicCache,
-then one forward per new token. Sampling stops when every row has produced EOS.
+depend on how much padding the batch gave it. One prefill forward fills the KV cache, then
+one forward per new token. Sampling stops when every row has produced EOS (or, with
+`stop_at_eos=False`, after exactly `max_new_tokens`).
+
+Two decoders: any Hugging Face causal LM runs its own forward with a DynamicCache
+(`_HFDecoder`); a stock LlamaForCausalLM runs `_LlamaDecoder`, the same math written out
+with fused projections and a preallocated cache, because at RLHF-sized batches on small
+models the per-token Python of HF's forward costs more than the arithmetic (~2x tokens/s
+here, bench/gen_vs_hf.py). Both give the same tokens and log-probs up to float rounding.
 
 `logprobs` are what PPO needs as `old_logprobs`: log softmax(logits / temperature) over the
 FULL vocabulary (before top-k/top-p filtering) at the sampled token, i.e. the same number a
@@ -13,11 +20,13 @@ With temperature 0 (greedy) they are log softmax(logits), temperature 1.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -109,10 +118,6 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
-def _forward_kwargs(model: torch.nn.Module) -> set[str]:
-    return set(inspect.signature(model.forward).parameters)
-
-
 def sample(
     model: torch.nn.Module,
     prompt_ids: Sequence[Sequence[int]],
@@ -124,12 +129,16 @@ def sample(
     eos_token_id: int,
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    stop_at_eos: bool = True,
 ) -> Generation:
     """Sample up to `max_new_tokens` tokens after each prompt; greedy when temperature == 0.
 
-    Rows that produced EOS get `pad_token_id`, mask False and logprob 0 afterwards. Runs
-    under no_grad with the model in eval mode (its training flag is restored after).
-    Returned tensors are on the model's device.
+    Rows that produced EOS get `pad_token_id`, mask False and logprob 0 afterwards. With
+    `stop_at_eos=False` EOS is an ordinary token: every row gets exactly `max_new_tokens`
+    tokens, all of them in the mask (`ended` still says whether a row produced EOS); the
+    sampled distribution is the same either way (EOS is never masked out). Runs under
+    inference mode with the model in eval mode (its training flag is restored after). Returned
+    tensors are on the model's device.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -143,15 +152,23 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            response, logprobs, ended = _sample_loop(
-                model, ids, mask, max_new_tokens, temperature, top_k, top_p,
-                eos_token_id, pad_token_id, generator,
+        # inference_mode skips autograd bookkeeping on every op (~10% of a small step); its
+        # tensors cannot enter autograd, so the two outputs are cloned out of it.
+        with torch.inference_mode():
+            decoder = _LlamaDecoder.build(model, mask, max_new_tokens) or _HFDecoder(model, mask)
+            picker = _Picker(temperature, top_k, top_p, generator)
+            response, logprobs = _sample_loop(
+                decoder, picker, ids, mask, max_new_tokens, eos_token_id, pad_token_id,
+                stop_at_eos,
             )  # fmt: skip
+        response, logprobs = response.clone(), logprobs.clone()
     finally:
         model.train(was_training)
-    # True up to and including EOS: a token is real unless EOS came strictly before it.
     is_eos = response == eos_token_id
+    ended = is_eos.any(-1)
+    if not stop_at_eos:
+        return Generation(ids, mask, response, torch.ones_like(is_eos), logprobs, ended)
+    # True up to and including EOS: a token is real unless EOS came strictly before it.
     eos_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     response_mask = ~eos_before
     return Generation(
@@ -164,60 +181,339 @@ def sample(
     )
 
 
+class _Picker:
+    """(B, V) logits -> (B,) tokens and their (B,) log softmax(logits / T) over the full
+    vocabulary. Filtering (top-k / top-p) changes the draw, never the log-prob."""
+
+    def __init__(self, temperature, top_k, top_p, generator) -> None:
+        self.temperature, self.generator = temperature, generator
+        self.top_k, self.top_p = top_k, top_p
+        self.filtered = bool(top_k) or top_p < 1.0
+
+    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.float()
+        if self.temperature == 0:
+            token = logits.argmax(-1)  # (B,)
+            logp = torch.log_softmax(logits, dim=-1)
+        else:
+            scaled = logits if self.temperature == 1.0 else logits / self.temperature
+            logp = torch.log_softmax(scaled, dim=-1)  # (B, V)
+            if self.filtered:
+                probs = torch.softmax(filter_logits(scaled, self.top_k, self.top_p), dim=-1)
+            else:
+                probs = logp.exp()  # the same distribution, one op instead of a softmax
+            token = _draw(probs, self.generator)
+        return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+def _end_check_interval(device: torch.device) -> int:
+    """Tokens between checks that every row has ended. A check is a device sync: free on
+    CPU, costly on an accelerator (the surplus tokens are cut, so R does not change)."""
+    return 1 if device.type == "cpu" else 8
+
+
 def _sample_loop(
-    model: torch.nn.Module,
+    decoder: _HFDecoder | _LlamaDecoder,
+    pick: _Picker,
     ids: torch.Tensor,
     mask: torch.Tensor,
     max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
     eos_token_id: int,
     pad_token_id: int,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    stop_at_eos: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, R) tokens (pad after a row's EOS when stop_at_eos) and their (B, R) log-probs."""
     batch, device = ids.shape[0], ids.device
-    accepted = _forward_kwargs(model)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
-    cache = DynamicCache(config=model.config)
-    positions = position_ids_from_mask(mask)  # (B, P)
-    attention = mask.long()  # (B, P + t), grows by one column per step
+    if max_new_tokens == 0:
+        empty = torch.zeros(batch, 0, device=device)
+        return empty.long(), empty
+    check_every = _end_check_interval(device)
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
     logps: list[torch.Tensor] = []
-    step_ids = ids
+    logits = decoder.prefill(ids, mask)  # (B, V)
     for step in range(max_new_tokens):
-        out = model(
-            input_ids=step_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            **extra,
-        )
-        logits = out.logits[:, -1, :].float()  # (B, V)
-        cache = out.past_key_values
-        if temperature == 0:
-            logp = torch.log_softmax(logits, dim=-1)
-            token = logits.argmax(-1)  # (B,)
-        else:
-            scaled = logits / temperature
-            logp = torch.log_softmax(scaled, dim=-1)
-            probs = torch.softmax(filter_logits(scaled, top_k, top_p), dim=-1)
-            token = _draw(probs, generator)
-        token = token.masked_fill(ended, pad_token_id)
+        token, logp = pick(logits)
+        if stop_at_eos:
+            token = token.masked_fill(ended, pad_token_id)
+            ended = ended | (token == eos_token_id)
         tokens.append(token)
-        logps.append(logp.gather(-1, token[:, None]).squeeze(-1))
-        ended = ended | (token == eos_token_id)
-        if step == max_new_tokens - 1 or bool(ended.all()):
+        logps.append(logp)
+        if step == max_new_tokens - 1:
             break
-        step_ids = token[:, None]  # (B, 1)
-        positions = positions[:, -1:] + 1  # (B, 1)
-        attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=1)
-    if not tokens:
-        empty = torch.zeros(batch, 0, device=device)
-        return empty.long(), empty, ended
-    return torch.stack(tokens, 1), torch.stack(logps, 1), ended
+        if stop_at_eos and (step + 1) % check_every == 0 and bool(ended.all()):
+            break
+        logits = decoder.step(token, step)
+    response, logprobs = torch.stack(tokens, 1), torch.stack(logps, 1)
+    if stop_at_eos and bool(ended.all()):  # cut to the longest response, EOS included
+        length = int((response == eos_token_id).long().argmax(-1).max()) + 1
+        response, logprobs = response[:, :length], logprobs[:, :length]
+    return response, logprobs
+
+
+class _HFDecoder:
+    """Any Hugging Face causal LM: its own forward with a DynamicCache, one token a step."""
+
+    def __init__(self, model: torch.nn.Module, mask: torch.Tensor) -> None:
+        self.model = model
+        accepted = set(inspect.signature(model.forward).parameters)
+        self.extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        self.cache = DynamicCache(config=model.config)
+        self.positions = position_ids_from_mask(mask)  # (B, P), then (B, 1)
+        self.attention = mask.long()  # (B, P + t), grows by one column per step
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.attention,
+            position_ids=self.positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            **self.extra,
+        )
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :]
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._forward(ids)
+
+    def step(self, token: torch.Tensor, step: int) -> torch.Tensor:
+        self.positions = self.positions[:, -1:] + 1  # (B, 1)
+        ones = self.attention.new_ones(token.shape[0], 1)
+        self.attention = torch.cat([self.attention, ones], dim=1)
+        return self._forward(token[:, None])
+
+
+# ---------------------------------------------------------------------------------------
+# Llama fast path
+# ---------------------------------------------------------------------------------------
+
+# Fusing q/k/v and gate/up copies those weights once per sample() call; above this size
+# the copy costs more than it saves (arithmetic, not dispatch, dominates there).
+_FUSE_LIMIT_BYTES = 256 * 2**20
+_STATIC_ROPE = ("default", "linear", "llama3")
+
+
+def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """LlamaRMSNorm.forward: fp32 statistics, scale applied in the input dtype. In fp32 that
+    is exactly F.rms_norm (one fused op instead of six)."""
+    weight, eps = norm.weight, norm.variance_epsilon
+    if x.dtype == weight.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+# On x86 CPUs, fp32 F.linear runs MKL's sgemm, which on AMD takes its AVX2 path. oneDNN
+# with a prepacked weight costs ~10 us more per call but has more throughput: at batch 8,
+# 42 vs 91 us for 256 -> 1536, but 11 vs 6 us for 128 -> 128. Matmuls of at least
+# _ONEDNN_MIN_MACS multiply-adds go to oneDNN, smaller ones to F.linear (threshold tuned
+# end to end in bench/gen_vs_hf.py: +37% tokens/s at hidden 256, +4% at hidden 128). Same math up to float rounding (summation order); the choice depends on shapes
+# only, so a seeded run repeats exactly. USE_ONEDNN = False: always F.linear.
+USE_ONEDNN = True
+_ONEDNN_MIN_MACS = 1_000_000
+
+
+@functools.cache
+def _onednn_works() -> bool:
+    """Whether oneDNN's packed linear exists in this torch build and agrees with F.linear."""
+    try:
+        if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(s, generator=g) for s in ((3, 2, 40), (24, 40), (24,)))
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+        y = torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+        return bool(torch.allclose(y, F.linear(x, w, b), rtol=1e-4, atol=1e-5))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _use_onednn(weight: torch.Tensor) -> bool:
+    """fp32 on CPU outside autocast (under autocast F.linear would run in bf16)."""
+    return (
+        USE_ONEDNN
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and _onednn_works()
+    )
+
+
+_Linear = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # weight, dnn, bias
+
+
+def _linear_weights(*linears: torch.nn.Linear, onednn: bool, rows: int) -> _Linear:
+    """One linear layer from several stacked along their outputs (q/k/v, gate/up): the
+    weight, what oneDNN multiplies by (None: never oneDNN), the bias (or None).
+
+    The oneDNN weight is packed (reordered once, faster per call) when the decode matmul,
+    `rows` x in x out, is big enough to use it every token; otherwise it is the plain
+    weight, which oneDNN still takes for the prefill (one call does not repay a packing).
+    """
+    weight = torch.cat([lin.weight for lin in linears]) if len(linears) > 1 else linears[0].weight
+    bias = None
+    if any(lin.bias is not None for lin in linears):
+        bias = torch.cat([lin.bias for lin in linears]) if len(linears) > 1 else linears[0].bias
+    dnn = None
+    if onednn:
+        dnn = weight.detach()
+        if rows * weight.numel() >= _ONEDNN_MIN_MACS:
+            dnn = torch.ops.mkldnn._reorder_linear_weight(dnn, None)
+    return weight, dnn, bias
+
+
+def _linear(x: torch.Tensor, lin: _Linear) -> torch.Tensor:
+    weight, dnn, bias = lin
+    if dnn is not None and x.numel() * weight.shape[0] >= _ONEDNN_MIN_MACS:
+        return torch.ops.mkldnn._linear_pointwise(x, dnn, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def _is_stock_llama(model: torch.nn.Module) -> bool:
+    """A plain LlamaForCausalLM whose forward we may replicate: no hooks, no adapters (every
+    projection an nn.Linear), a RoPE fixed at init, and sdpa or eager attention."""
+    from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    if type(model) is not LlamaForCausalLM:
+        return False
+    cfg = model.config
+    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
+    if (
+        cfg.hidden_act != "silu"
+        or (getattr(cfg, "pretraining_tp", 1) or 1) != 1
+        or rope not in _STATIC_ROPE
+        or cfg._attn_implementation not in ("sdpa", "eager")
+        or type(model.lm_head) is not torch.nn.Linear
+    ):
+        return False
+    for module in model.modules():
+        if module._forward_hooks or module._forward_pre_hooks:
+            return False
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
+        linears += [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        norms = [layer.input_layernorm, layer.post_attention_layernorm]
+        if any(type(m) is not torch.nn.Linear for m in linears):
+            return False
+        if any(type(m) is not LlamaRMSNorm for m in norms):
+            return False
+    return True
+
+
+class _LlamaDecoder:
+    """LlamaForCausalLM's forward written out for sampling, with a preallocated KV cache.
+
+    At batch 8 and a few million parameters a decode step is a few dozen kernels of
+    microseconds each, and HF's per-step Python (modules, mask building, cache objects,
+    output classes) costs more than the arithmetic. This runs the math of `modeling_llama`
+    (RMSNorm with fp32 statistics, RoPE from the model's own rotary module, sdpa with the
+    model's scaling) with: q/k/v and gate/up fused into one matmul each; keys and values
+    written into (B, Hkv, P + N, D) buffers; cos/sin and an additive key mask computed once
+    for all positions (sdpa takes a float mask at half the cost of a bool one); rotate_half
+    as a roll against a sign-folded sin. Logits match HF's forward to float rounding (the
+    tests compare). Anything that is not a stock Llama (`_is_stock_llama`) takes
+    `_HFDecoder`.
+    """
+
+    @classmethod
+    def build(
+        cls, model: torch.nn.Module, mask: torch.Tensor, max_new_tokens: int
+    ) -> _LlamaDecoder | None:
+        if not _is_stock_llama(model):
+            return None
+        fused = 0
+        for layer in model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            for lin in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj):
+                fused += lin.weight.numel() * lin.weight.element_size()
+        return cls(model, mask, max_new_tokens) if fused <= _FUSE_LIMIT_BYTES else None
+
+    def __init__(self, model: torch.nn.Module, mask: torch.Tensor, max_new_tokens: int) -> None:
+        cfg, core = model.config, model.model
+        self.n_q = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads or self.n_q
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_q
+        self.scale = self.head_dim**-0.5
+        batch, self.width = mask.shape
+        weights = functools.partial(
+            _linear_weights, onednn=_use_onednn(model.lm_head.weight), rows=batch
+        )
+        self.layers = [
+            (
+                layer.input_layernorm,
+                weights(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                weights(layer.self_attn.o_proj),
+                layer.post_attention_layernorm,
+                weights(layer.mlp.gate_proj, layer.mlp.up_proj),
+                weights(layer.mlp.down_proj),
+            )
+            for layer in core.layers
+        ]
+        self.norm, self.embed = core.norm, core.embed_tokens.weight
+        self.head = weights(model.lm_head)
+        self.total = self.width + max_new_tokens
+        keys_ok = torch.cat([mask, mask.new_ones(batch, max_new_tokens)], 1)  # (B, P + N)
+        bias = torch.zeros(keys_ok.shape, dtype=self.embed.dtype, device=mask.device)
+        self.key_bias = bias.masked_fill(~keys_ok, float("-inf"))[:, None, None]  # (B,1,1,P+N)
+        prompt_pos = position_ids_from_mask(mask)  # (B, P)
+        new_pos = prompt_pos[:, -1:] + 1 + torch.arange(max_new_tokens, device=mask.device)
+        positions = torch.cat([prompt_pos, new_pos], 1)  # (B, P + N)
+        cos, sin = core.rotary_emb(self.embed[:0], positions)  # (B, P + N, D), embed dtype
+        # rotate_half(x) * sin == roll(x, D/2) * [-sin_1, sin_2] (halves 1, 2), exactly.
+        half = self.head_dim // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)
+        self.cos, self.sin = cos[:, None], sin[:, None]  # (B, 1, P + N, D)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def _attend(self, layer: int, qkv: torch.Tensor, start: int, bias) -> torch.Tensor:
+        """qkv: (B, T, (Hq + 2 Hkv) * D) -> (B, T, Hq * D), keys/values cached at start."""
+        batch, t = qkv.shape[:2]
+        end, n_q, n_kv, dim = start + t, self.n_q, self.n_kv, self.head_dim
+        qkv = qkv.view(batch, t, n_q + 2 * n_kv, dim).transpose(1, 2)
+        cos, sin = self.cos[:, :, start:end], self.sin[:, :, start:end]  # (B, 1, T, D)
+        qk = qkv[:, : n_q + n_kv]  # RoPE on queries and keys in one go
+        qk = qk * cos + qk.roll(dim // 2, -1) * sin  # (B, Hq + Hkv, T, D)
+        if layer == len(self.keys):  # prefill: allocate this layer's cache
+            shape = (batch, n_kv, self.total, dim)
+            self.keys.append(qk.new_empty(shape))
+            self.values.append(qkv.new_empty(shape))
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, start:end] = qk[:, n_q:]
+        values[:, :, start:end] = qkv[:, n_q + n_kv :]
+        out = F.scaled_dot_product_attention(
+            qk[:, :n_q], keys[:, :, :end], values[:, :, :end], attn_mask=bias,
+            scale=self.scale, enable_gqa=n_q != n_kv,
+        )  # fmt: skip
+        return out.transpose(1, 2).reshape(batch, t, n_q * dim)
+
+    def _forward(self, ids: torch.Tensor, start: int, bias: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids at positions start.. -> (B, V) logits of the last one."""
+        x = F.embedding(ids, self.embed)  # (B, T, H)
+        for i, (norm1, qkv, o, norm2, gate_up, down) in enumerate(self.layers):
+            attn = self._attend(i, _linear(_rms_norm(x, norm1), qkv), start, bias)
+            x = x + _linear(attn, o)
+            gate, up = _linear(_rms_norm(x, norm2), gate_up).chunk(2, dim=-1)
+            x = x + _linear(F.silu(gate) * up, down)
+        return _linear(_rms_norm(x[:, -1], self.norm), self.head)  # (B, V)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        width = ids.shape[1]
+        future = torch.ones(width, width, dtype=torch.bool, device=ids.device).triu(1)
+        # A query on left padding sees only itself: finite values that no real token reads
+        # (a row with every key masked would be NaN).
+        bias = self.key_bias[..., :width].masked_fill(future, float("-inf"))  # (B, 1, P, P)
+        eye = torch.eye(width, dtype=torch.bool, device=ids.device)
+        return self._forward(ids, 0, bias.masked_fill(eye, 0.0))
+
+    def step(self, token: torch.Tensor, step: int) -> torch.Tensor:
+        start = self.width + step  # response token `step` comes after the P prompt columns
+        return self._forward(token[:, None], start, self.key_bias[..., : start + 1])
 
 
 def decode_responses(tokenizer: PreTrainedTokenizerBase, gen: Generation) -> list[str]:
