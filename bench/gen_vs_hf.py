@@ -35,6 +35,7 @@ import transformers  # noqa: E402
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from rlhfkit.models import generate as gen_mod  # noqa: E402
+from rlhfkit.models import llama_decoder as dec_mod  # noqa: E402
 from rlhfkit.models.presets import PRESETS  # noqa: E402
 
 MODELS = {
@@ -76,19 +77,19 @@ def sides(model, ps, n_new):
         assert out.response_ids.shape == (len(ps), n_new)
 
     def generic():
-        build_fast = gen_mod._LlamaDecoder.build
-        gen_mod._LlamaDecoder.build = classmethod(lambda cls, *a: None)
+        build_fast = dec_mod.LlamaDecoder.build
+        dec_mod.LlamaDecoder.build = classmethod(lambda cls, *a: None)
         try:
             ours()
         finally:
-            gen_mod._LlamaDecoder.build = build_fast
+            dec_mod.LlamaDecoder.build = build_fast
 
     def mkl():
-        gen_mod.USE_ONEDNN = False
+        dec_mod.USE_ONEDNN = False
         try:
             ours()
         finally:
-            gen_mod.USE_ONEDNN = True
+            dec_mod.USE_ONEDNN = True
 
     def hf():
         with torch.no_grad():

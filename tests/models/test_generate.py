@@ -5,6 +5,7 @@ import torch
 from transformers import GPT2Config
 
 from rlhfkit.models import generate as gen_mod
+from rlhfkit.models import llama_decoder as dec_mod
 from rlhfkit.models.generate import (
     Generation,
     decode_responses,
@@ -220,7 +221,7 @@ def test_helpers_and_decode(tiny_tokenizer):
 
 def _generic(monkeypatch):
     """Force sample() onto its model-agnostic path (HF forward + DynamicCache)."""
-    monkeypatch.setattr(gen_mod._LlamaDecoder, "build", classmethod(lambda cls, *a: None))
+    monkeypatch.setattr(dec_mod.LlamaDecoder, "build", classmethod(lambda cls, *a: None))
 
 
 def _lively_llama(tokenizer, **config):
@@ -240,11 +241,11 @@ ONEDNN_MIN_MACS = {"off": 10**18, "prefill": 50_000, "all": 0}
 def test_llama_fast_path_matches_hf_forward(
     monkeypatch, tiny_tokenizer, prompts, temperature, top_k, top_p, onednn
 ):
-    if onednn != "off" and not gen_mod._onednn_works():
+    if onednn != "off" and not dec_mod.onednn_works():
         pytest.skip("this torch build has no oneDNN linear")
-    monkeypatch.setattr(gen_mod, "_ONEDNN_MIN_MACS", ONEDNN_MIN_MACS[onednn])
+    monkeypatch.setattr(dec_mod, "_ONEDNN_MIN_MACS", ONEDNN_MIN_MACS[onednn])
     model = _lively_llama(tiny_tokenizer)
-    assert gen_mod._is_stock_llama(model)
+    assert dec_mod.is_stock_llama(model)
     kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=16)
     fast = _sample(model, tiny_tokenizer, prompts, generator=torch.Generator().manual_seed(3), **kw)
     _generic(monkeypatch)
@@ -268,16 +269,16 @@ def test_llama_fast_path_under_bf16_autocast(monkeypatch, tiny_tokenizer, prompt
 
 def test_fast_path_only_for_a_stock_llama(tiny_tokenizer):
     model = _lively("test", tiny_tokenizer)
-    assert gen_mod._is_stock_llama(model)
+    assert dec_mod.is_stock_llama(model)
     handle = model.model.layers[0].mlp.register_forward_hook(lambda m, i, o: o)
-    assert not gen_mod._is_stock_llama(model)  # a hook would be skipped: take HF's forward
+    assert not dec_mod.is_stock_llama(model)  # a hook would be skipped: take HF's forward
     handle.remove()
     model.model.layers[1].self_attn.q_proj = torch.nn.Sequential(
         model.model.layers[1].self_attn.q_proj
     )
-    assert not gen_mod._is_stock_llama(model)  # e.g. an adapter around a projection
+    assert not dec_mod.is_stock_llama(model)  # e.g. an adapter around a projection
     gpt2 = _lively(GPT2Config(n_embd=32, n_layer=2, n_head=2), tiny_tokenizer)
-    assert not gen_mod._is_stock_llama(gpt2)
+    assert not dec_mod.is_stock_llama(gpt2)
 
 
 def test_stop_at_eos_false_gives_exactly_n_tokens(lively_model, tiny_tokenizer, prompts):

@@ -102,3 +102,8 @@ def explained_variance(
     var_residual = masked_var(returns - values, mask, unbiased=False)
     ev = 1 - var_residual / var_returns
     return torch.where(var_returns > 0, ev, torch.full_like(ev, float("nan")))
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool -> (B, T) long: index among real tokens, 0 on left padding."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
