@@ -143,7 +143,7 @@ class PipelineConfig:
     out: str = "runs/demo"
     """Output folder of the whole run."""
     preset: Literal["quick", "default"] = "default"
-    """Sizes of every stage: 'quick' (about 3 minutes on 2 CPU cores, a smoke run) or 'default' (about 20 minutes; the numbers in the README)."""
+    """Sizes of every stage: 'quick' (a smoke run, under 2 minutes on 2 CPU cores) or 'default' (about 4 minutes alone on 2 CPU cores; the numbers in the README)."""
     seed: int = 0
     """Seed of the world and of every stage."""
     device: str = "auto"
