@@ -11,6 +11,7 @@ This module imports no torch: `rlhfkit --help` must answer in well under a secon
 
 from rlhfkit.config.base import (
     ConfigError,
+    RewardOptions,
     RunOptions,
     TrainOptions,
     load_yaml_defaults,
@@ -44,6 +45,7 @@ __all__ = [
     "RMConfig",
     "RMEvalConfig",
     "RSConfig",
+    "RewardOptions",
     "ReportConfig",
     "RunOptions",
     "SFTConfig",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import tyro
 import yaml
 
 from rlhfkit.errors import UserError
@@ -67,6 +68,25 @@ class TrainOptions(RunOptions):
     """Log metrics every N optimizer steps."""
     save_every: int = 0
     """Also write a resumable checkpoint every N optimizer steps (0: only at epoch ends)."""
+
+
+@dataclass(kw_only=True)
+class RewardOptions:
+    """Which reward models score a response, and how several become one reward (the same
+    options for `score`, `select`, `ppo` and `rs`, read by one scorer builder)."""
+
+    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """Reward model NAME=DIR (repeat for several: --rm helpfulness=DIR --rm safety=DIR)."""
+    combine: Literal["single", "weighted-sum", "llama2"] = "single"
+    """How several RMs become one reward: single (one RM's raw score), weighted-sum, or llama2 (the safety RM's score if the prompt is tagged safety or sigmoid(safety) < --threshold, else helpfulness)."""
+    threshold: float = 0.15
+    """llama2: sigmoid(safety score) below this takes the safety RM."""
+    helpfulness_rm: str = "helpfulness"
+    """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
+    safety_rm: str = "safety"
+    """llama2: name of the safety RM."""
+    weights: str | None = None
+    """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
 
 
 class ConfigError(UserError):

@@ -7,13 +7,13 @@ from typing import Annotated, Literal
 
 import tyro
 
-from rlhfkit.config.base import RunOptions, TrainOptions
+from rlhfkit.config.base import RewardOptions, RunOptions, TrainOptions
 
 # --- RL: PPO and picking the SFT checkpoint (loops/ppo.py, loops/select.py) -------------
 
 
 @dataclass(kw_only=True)
-class PPOConfig(RunOptions):
+class PPOConfig(RunOptions, RewardOptions):
     """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx."""
 
     policy: str = ""
@@ -22,18 +22,6 @@ class PPOConfig(RunOptions):
     """Frozen reference for the KL penalty (default: --policy, as in InstructGPT)."""
     prompts: str = ""
     """RL prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too)."""
-    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """Reward model NAME=DIR (repeat for several: --rm helpfulness=DIR --rm safety=DIR). Either this or --rule-reward."""
-    combine: Literal["single", "weighted-sum", "llama2"] = "single"
-    """How several RMs become one reward: single, weighted-sum, or llama2 (safety RM on safety-tagged prompts or when sigmoid(safety) < --threshold, else helpfulness; whitened)."""
-    threshold: float = 0.15
-    """llama2: sigmoid(safety score) below this takes the safety RM."""
-    helpfulness_rm: str = "helpfulness"
-    """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
-    safety_rm: str = "safety"
-    """llama2: name of the safety RM."""
-    weights: str | None = None
-    """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
     whiten: bool | None = None
     """Whiten the combined RM score over each rollout batch (default: on for llama2, off otherwise)."""
     rule_reward: str | None = None
@@ -137,23 +125,11 @@ class PPOConfig(RunOptions):
 
 
 @dataclass(kw_only=True)
-class SelectConfig:
+class SelectConfig(RewardOptions):
     """Pick the SFT checkpoint whose samples the reward model(s) score highest (InstructGPT's pi^SFT)."""
 
     checkpoints: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """A run folder holding epoch-*/ checkpoints (as `rlhfkit sft` writes), or model folders (repeatable)."""
-    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """Reward model NAME=DIR (repeat for several). Either this or --rule-reward."""
-    combine: Literal["single", "weighted-sum", "llama2"] = "single"
-    """How several RMs become one score (as `rlhfkit score`; never whitened here, so checkpoints compare)."""
-    threshold: float = 0.15
-    """llama2: sigmoid(safety score) below this takes the safety RM."""
-    helpfulness_rm: str = "helpfulness"
-    """llama2: name of the helpfulness RM."""
-    safety_rm: str = "safety"
-    """llama2: name of the safety RM."""
-    weights: str | None = None
-    """weighted-sum: 'NAME=W,NAME=W'."""
     rule_reward: str | None = None
     """A rule instead of reward models: 'gold', 'length' or 'count:TEXT' (as `rlhfkit ppo`)."""
     prompts: str = ""
@@ -186,7 +162,7 @@ class SelectConfig:
 
 
 @dataclass(kw_only=True)
-class RSConfig(TrainOptions):
+class RSConfig(TrainOptions, RewardOptions):
     """Rejection sampling fine-tuning (Llama 2): per round, sample K responses per prompt, keep the highest-reward one, fine-tune on the kept set with the SFT loss."""
 
     policy: str = ""
@@ -195,18 +171,6 @@ class RSConfig(TrainOptions):
     """Prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too), the same every round."""
     max_prompts: int | None = None
     """Use only the first N prompts."""
-    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """Reward model NAME=DIR (repeat for several: --rm helpfulness=DIR --rm safety=DIR). Either this or --rule-reward."""
-    combine: Literal["single", "weighted-sum", "llama2"] = "single"
-    """How several RMs become one reward (as `rlhfkit ppo`; never whitened here, so scores compare across batches and rounds)."""
-    threshold: float = 0.15
-    """llama2: sigmoid(safety score) below this takes the safety RM."""
-    helpfulness_rm: str = "helpfulness"
-    """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
-    safety_rm: str = "safety"
-    """llama2: name of the safety RM."""
-    weights: str | None = None
-    """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
     rule_reward: str | None = None
     """A rule instead of reward models: 'gold' (the built-in world's gold judges), 'length' (words), 'count:TEXT'."""
     k: int = 8

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal
 
-import tyro
-
-from rlhfkit.config.base import TrainOptions
+from rlhfkit.config.base import RewardOptions, TrainOptions
 
 # ---------------------------------------------------------------------------------------
 # Commands
@@ -117,23 +115,11 @@ class RMEvalConfig:
 
 
 @dataclass(kw_only=True)
-class ScoreConfig:
+class ScoreConfig(RewardOptions):
     """Score {"prompt","response","safety"?} records with one or several reward models, combined."""
 
     data: str = ""
     """JSONL of {"prompt","response"} records; optional "safety": true marks possibly unsafe prompts."""
-    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """Reward model NAME=DIR (required; repeat for several: --rm helpfulness=DIR --rm safety=DIR)."""
-    combine: Literal["single", "weighted-sum", "llama2"] = "single"
-    """single: one RM's raw score; weighted-sum: sum of weight * score; llama2: the safety RM's score if the prompt is tagged safety or sigmoid(safety) < --threshold, else helpfulness, whitened."""
-    threshold: float = 0.15
-    """llama2: sigmoid(safety score) below this takes the safety RM."""
-    helpfulness_rm: str = "helpfulness"
-    """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
-    safety_rm: str = "safety"
-    """llama2: name of the safety RM."""
-    weights: str | None = None
-    """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
     whiten: bool | None = None
     """Whiten the combined score over the whole file (default: on for llama2, off otherwise)."""
     out: str = ""
