@@ -16,8 +16,8 @@ Same work on both sides:
   `ppo-small`: hidden 128 x 4 layers; `ppo-large`: hidden 256 x 6 layers; vocabulary 512
   (a byte-level BPE trained here), fp32, sdpa attention;
 - 8 prompts (the same token ids on both sides), exactly 48 response tokens (TRL:
-  `stop_token=None`; rlhfkit: `sample(stop_at_eos=False)` patched into the rollout, as
-  `ppo` has no option for it), temperature 1, one PPO epoch, one minibatch, batch 8;
+  `stop_token=None`; rlhfkit: `--ignore-eos`), temperature 1, one PPO epoch, one
+  minibatch, batch 8;
 - one torch thread per process (OMP_NUM_THREADS=1), `--warmup` untimed steps then
   `--steps` timed ones; a step's time runs from the end of the previous step to the end of
   this one (TRL: `on_step_end` callbacks; rlhfkit: around `ppo_step`).
@@ -27,7 +27,11 @@ and training forwards, keeps the generation scores, whitens nothing but advantag
 one AdamW (fused) over policy + value with a joint loss (vf_coef 0.1) and no gradient
 clipping, and runs `gc.collect()` twice per step; rlhfkit keeps the log-probs of sampling,
 computes logits only for response positions, takes separate policy and value steps
-(AdamW each), clips gradient norms to 1, and computes entropy and stats.
+(AdamW each), clips gradient norms to 1, and computes entropy and stats. With one epoch and
+one minibatch rlhfkit runs the value model once per step (the rollout's forward, kept with
+its graph for the value loss) where TRL runs it twice. rlhfkit's large fp32 linear layers
+run oneDNN on CPU (`rlhfkit.models.fast_linear`; `--ours-no-onednn` turns that off), TRL's
+run MKL, torch's default.
 
 The time split: rlhfkit reports generation / scoring / reference / value / update per step;
 for TRL the script wraps `batch_generation` (generation), `get_reward` (scoring for the
@@ -126,70 +130,21 @@ def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int) -> 
 # ---------------------------------------------------------------------------------------
 
 
-def onednn_linear_patch(min_macs: int = 1_000_000) -> None:
-    """EXPERIMENT (--ours-onednn-linear, not rlhfkit's behaviour): route every large fp32
-    CPU nn.Linear, forward and backward, through oneDNN instead of MKL's sgemm (which takes
-    its AVX2 path on AMD): the measurement behind a proposed change to rlhfkit's model
-    loading (see bench/RESULTS.md). Same math up to float rounding."""
-    import torch
-
-    lp = torch.ops.mkldnn._linear_pointwise
-
-    class OneDNNLinear(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, weight, bias):
-            ctx.save_for_backward(x, weight)
-            ctx.has_bias = bias is not None
-            return lp(x, weight, bias, "none", [], "")
-
-        @staticmethod
-        def backward(ctx, grad):
-            x, weight = ctx.saved_tensors
-            g2, x2 = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-            gx = gw = gb = None
-            if ctx.needs_input_grad[0]:  # grad @ W = linear(grad, W^T)
-                gx = lp(g2, weight.t(), None, "none", [], "").view(x.shape)
-            if ctx.needs_input_grad[1]:  # grad^T @ x = linear(grad^T, x^T)
-                gw = lp(g2.t(), x2.t(), None, "none", [], "")
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                gb = g2.sum(0)
-            return gx, gw, gb
-
-    plain = torch.nn.Linear.forward
-
-    def forward(self, x):
-        w = self.weight
-        if (
-            x.device.type == "cpu"
-            and x.dtype == w.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and x.numel() * w.shape[0] >= min_macs
-        ):
-            return OneDNNLinear.apply(x, w, self.bias)
-        return plain(self, x)
-
-    torch.nn.Linear.forward = forward
-
-
 def run_ours(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> list[dict]:
-    import functools
-
     import torch
 
-    import rlhfkit.rollout as rollout_mod
     from rlhfkit.config import PPOConfig
     from rlhfkit.data.records import PromptRecord
     from rlhfkit.loops.ppo import build_run, ppo_step
     from rlhfkit.loops.ppo_roles import build_roles
 
-    # Exactly max_new_tokens response tokens per row, as TRL with stop_token=None.
-    rollout_mod.sample = functools.partial(rollout_mod.sample, stop_at_eos=False)
     m = spec["models"][name]
     batch, new = spec["batch"], spec["max_new_tokens"]
     cfg = PPOConfig(
         policy=m["policy"], rm=(f"rm={m['rm']}",), out=str(out_dir), device="cpu", seed=0,
         steps=warmup + steps, batch_size=batch, num_mini_batches=1, ppo_epochs=1,
-        max_new_tokens=new, temperature=1.0, kl_coef=0.05, lr=1e-5, sample_every=0,
+        max_new_tokens=new, ignore_eos=True, temperature=1.0, kl_coef=0.05, lr=1e-5,
+        sample_every=0,
     )  # fmt: skip
     device = torch.device("cpu")
     tokenizer, policy, reference, value_model, scorer = build_roles(cfg, device)
@@ -321,8 +276,6 @@ def side_main(args) -> None:
     torch.set_num_threads(1)
     spec = json.loads((Path(args.workdir) / "spec.json").read_text())
     fn = run_ours if args.side == "ours" else run_trl
-    if args.side == "ours" and args.ours_onednn_linear:
-        onednn_linear_patch()
     result = {}
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -366,11 +319,12 @@ def _launch(side: str, python: str, args, workdir: Path, round_: int) -> dict:
     log = workdir / f"{side}-{round_}.log"
     cmd = [python, __file__, "--side", side, "--workdir", str(workdir), "--result", str(result)]
     cmd += ["--models", args.models, "--warmup", str(args.warmup), "--steps", str(args.steps)]
-    if args.ours_onednn_linear:
-        cmd.append("--ours-onednn-linear")
+    env = {**os.environ, **ENV}
+    if side == "ours" and args.ours_no_onednn:
+        env["RLHFKIT_ONEDNN"] = "0"
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"{side} side failed (rc {proc.returncode}), log {log}:\n{tail}")
@@ -467,9 +421,9 @@ def main() -> None:
     ap.add_argument("--trl-python", default=str(TRL_PYTHON))
     ap.add_argument("--json", default=None, help="write every step's record here")
     ap.add_argument(
-        "--ours-onednn-linear",
+        "--ours-no-onednn",
         action="store_true",
-        help="experiment: rlhfkit's nn.Linear layers through oneDNN (see onednn_linear_patch)",
+        help="rlhfkit with RLHFKIT_ONEDNN=0: MKL for every linear layer (as TRL), to compare",
     )
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)

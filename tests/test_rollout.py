@@ -214,3 +214,32 @@ def test_bad_settings_are_user_errors():
         RolloutSettings(missing_eos_mode="sometimes")
     with pytest.raises(UserError):
         RolloutSettings(score_norm="zscore")
+
+
+def test_stop_at_eos_false_gives_every_row_max_new_tokens(roles, tiny_tokenizer):
+    """`--ignore-eos`: EOS is an ordinary token, every response gets exactly max_new_tokens
+    (here "EOS" is the token that row 0 greedily produces first)."""
+    policy, reference, value, _ = roles
+    free = _rollout(roles, tiny_tokenizer, PROMPTS, temperature=0.0)
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.eos_token = tok.convert_ids_to_tokens(int(free.response_ids[0, 0]))
+    scorer = rule_scorer("length")
+    stop, full = (
+        collect_rollout(
+            policy,
+            reference,
+            value,
+            scorer,
+            PROMPTS,
+            tokenizer=tok,
+            kl_coef=0.05,
+            settings=RolloutSettings(max_new_tokens=12, temperature=0.0, stop_at_eos=s),
+        )  # fmt: skip
+        for s in (True, False)
+    )
+    assert stop.response_mask[0].sum() == 1 and stop.ended[0]
+    assert full.response_ids.shape == (len(PROMPTS), 12) and full.response_mask.all()
+    assert torch.equal(full.response_ids, free.response_ids) and torch.equal(full.ended, stop.ended)
+    for row, n in enumerate(stop.response_mask.sum(-1).tolist()):
+        assert torch.equal(full.response_ids[row, :n], stop.response_ids[row, :n])
+        torch.testing.assert_close(full.values[row, :n], stop.values[row, :n])

@@ -126,6 +126,7 @@ class RolloutSettings:
     score_norm: str = "none"  # "none" | "whiten" (over the batch, all processes)
     score_clip: float | None = None
     bf16: bool = False
+    stop_at_eos: bool = True  # False: exactly max_new_tokens per row (EOS is a token)
 
     @property
     def logprob_temperature(self) -> float:
@@ -372,6 +373,7 @@ def collect_rollout(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             generator=generator,
+            stop_at_eos=settings.stop_at_eos,
         )
     responses = decode_responses(tokenizer, gen)
     t1 = sync_time(device)

@@ -37,7 +37,7 @@ from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model
 from rlhfkit.rollout import RolloutSettings, collect_rollout
 from tests.conftest import _synthetic_sentences
-from tests.loops.helpers import make_base_model, write_jsonl
+from tests.loops.helpers import assert_same_training, make_base_model, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -179,6 +179,73 @@ def test_ptx_adds_gamma_times_the_lm_gradient_before_one_step(tiny_tokenizer, ti
         got = plain[name] - mixed[name]
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4, msg=name)
     assert any(not torch.equal(plain[k], p0[k]) for k in p0)
+
+
+def _count_calls(model: torch.nn.Module) -> list[int]:
+    box = [0]
+    model.register_forward_pre_hook(lambda *a: box.__setitem__(0, box[0] + 1))
+    return box
+
+
+@pytest.mark.parametrize("micro_batch_size", [0, 8])
+def test_one_epoch_one_minibatch_runs_the_value_model_once(
+    tiny_tokenizer, monkeypatch, micro_batch_size
+):
+    """The rollout's value forward, kept with its graph, is the update's: the same step as
+    with two forwards, up to float rounding."""
+    import rlhfkit.loops.ppo as ppo_mod
+
+    cfg = PPOConfig(
+        batch_size=8, max_new_tokens=8, ppo_epochs=1, lr=1e-3, weight_decay=0.0,
+        micro_batch_size=micro_batch_size,
+    )  # fmt: skip
+    results = []
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(ppo_mod, "reuses_value_forward", lambda s, rows: False)
+        policy, reference, value = _roles(tiny_tokenizer, head_init="normal")
+        w0 = {**_params(policy), **{f"v.{k}": v for k, v in _params(value).items()}}
+        calls = _count_calls(value)
+        run = build_run(cfg, policy, reference, value, TokenSetReward(), tiny_tokenizer, _prompts())
+        rollout, metrics = ppo_step(run, 0, cfg.batch_size, cfg.seed)
+        assert calls[0] == (1 if shared else 2)
+        weights = {**_params(policy), **{f"v.{k}": v for k, v in _params(value).items()}}
+        results.append((rollout, metrics, weights))
+    (ra, ma, wa), (rb, mb, wb) = results
+    assert torch.equal(ra.values, rb.values) and not ra.values.requires_grad
+    for k in ("value_loss", "value_clipfrac", "value_grad_norm", "policy_loss", "grad_norm"):
+        assert ma[k] == pytest.approx(mb[k], rel=1e-5, abs=1e-7), k
+    assert ma["time/value"] > 0
+    assert_same_training(wa, wb, w0, rel=2e-2)  # AdamW's first step: lr * g / |g|
+
+
+def test_several_epochs_or_minibatches_run_the_value_model_per_minibatch(tiny_tokenizer):
+    from rlhfkit.loops.ppo_update import reuses_value_forward
+
+    assert reuses_value_forward(UpdateSettings(ppo_epochs=1), 8)
+    assert reuses_value_forward(UpdateSettings(ppo_epochs=1, micro_batch_size=8), 8)
+    assert not reuses_value_forward(UpdateSettings(ppo_epochs=1, micro_batch_size=4), 8)
+    assert not reuses_value_forward(UpdateSettings(ppo_epochs=2), 8)
+    assert not reuses_value_forward(UpdateSettings(ppo_epochs=1, num_mini_batches=2), 8)
+    policy, reference, value = _roles(tiny_tokenizer)
+    cfg = PPOConfig(batch_size=8, max_new_tokens=8, ppo_epochs=2, num_mini_batches=2)
+    calls = _count_calls(value)
+    run = build_run(cfg, policy, reference, value, TokenSetReward(), tiny_tokenizer, _prompts())
+    rollout, _ = ppo_step(run, 0, cfg.batch_size, cfg.seed)
+    assert calls[0] == 1 + 2 * 2
+    s = UpdateSettings(ppo_epochs=2)
+    with pytest.raises(ValueError, match="one epoch"):
+        ppo_update(run.trainables, rollout, rollout.values, rollout.values, s, step=0,
+                   values=rollout.values)  # fmt: skip
+
+
+def test_ignore_eos_option_reaches_the_rollout_settings():
+    from rlhfkit.loops.ppo import rollout_settings
+
+    assert rollout_settings(PPOConfig()).stop_at_eos
+    cfg = cli.parse("ppo", ["--policy", "p", "--prompts", "x", "--rm", "a=b", "--out", "o",
+                            "--ignore-eos"])  # fmt: skip
+    assert cfg.ignore_eos and not rollout_settings(cfg).stop_at_eos
 
 
 def test_value_model_starts_from_the_rm_or_the_policy(tmp_path, tiny_tokenizer):

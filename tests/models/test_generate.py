@@ -6,6 +6,7 @@ from transformers import GPT2Config
 
 from rlhfkit.models import generate as gen_mod
 from rlhfkit.models import llama_decoder as dec_mod
+from rlhfkit.models.fast_linear import onednn_works
 from rlhfkit.models.generate import (
     Generation,
     decode_responses,
@@ -241,7 +242,7 @@ ONEDNN_MIN_MACS = {"off": 10**18, "prefill": 50_000, "all": 0}
 def test_llama_fast_path_matches_hf_forward(
     monkeypatch, tiny_tokenizer, prompts, temperature, top_k, top_p, onednn
 ):
-    if onednn != "off" and not dec_mod.onednn_works():
+    if onednn != "off" and not onednn_works():
         pytest.skip("this torch build has no oneDNN linear")
     monkeypatch.setattr(dec_mod, "_ONEDNN_MIN_MACS", ONEDNN_MIN_MACS[onednn])
     model = _lively_llama(tiny_tokenizer)

@@ -40,6 +40,8 @@ class PPOConfig(RunOptions, RewardOptions):
     """Passes over each rollout batch."""
     max_new_tokens: int = 32
     """Maximum response tokens per sample."""
+    ignore_eos: bool = False
+    """EOS is an ordinary token in rollouts: every response gets exactly --max-new-tokens tokens (benchmarks; TRL's stop_token=None). Evaluation still stops at EOS."""
     max_prompt_len: int = 128
     """Prompts longer than this keep their last tokens."""
     temperature: float = 1.0

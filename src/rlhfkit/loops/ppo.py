@@ -12,7 +12,8 @@ Each step:
      log-probs are the behaviour log-probs (no second policy forward);
   3. the reward scores prompt + response at its last token; optional penalty for a
      response without EOS, normalisation and clipping;
-  4. one reference forward (log-probs) and one value forward;
+  4. one reference forward (log-probs) and one value forward (kept with its graph for
+     the value loss when there is one epoch and one minibatch: the same forward);
      rewards_t = -kl_coef * KL_t (k1 by default) + score at the last token;
   5. GAE (gamma, lam), advantages whitened over the batch;
   6. `--ppo-epochs` passes over `--num-mini-batches` shuffled minibatches: per minibatch
@@ -70,6 +71,8 @@ from rlhfkit.loops.ppo_update import (
     UpdateSettings,
     compute_advantages,
     ppo_update,
+    reuses_value_forward,
+    value_forward,
 )
 from rlhfkit.models.checkpoint import (
     export_hf,
@@ -111,6 +114,7 @@ def rollout_settings(cfg: PPOConfig) -> RolloutSettings:
         score_norm=cfg.score_norm,
         score_clip=cfg.score_clip,
         bf16=cfg.bf16,
+        stop_at_eos=not cfg.ignore_eos,
     )
 
 
@@ -240,10 +244,13 @@ def ppo_step(run: PPORun, step: int, batch_size: int, seed: int):
     d, t = run.dist, run.trainables
     t0 = sync_time(run.device)
     idx = step_prompts(len(run.prompts), batch_size, seed, step, d)
+    # One epoch, one minibatch: a single value forward, with its graph, serves the
+    # rollout (GAE) and the update's value loss (`reuses_value_forward`).
+    shared = reuses_value_forward(run.update_settings, len(idx))
     rollout = collect_rollout(
         t.policy,
         run.reference,
-        t.value_model,
+        None if shared else t.value_model,
         run.scorer,
         [run.prompts[i] for i in idx],
         tokenizer=run.tokenizer,
@@ -252,6 +259,12 @@ def ppo_step(run: PPORun, step: int, batch_size: int, seed: int):
         generator=sampling_generator(seed, step, d.rank, run.device),
         prompt_ids=[run.prompt_ids[i] for i in idx],
     )
+    values = None
+    if shared:
+        tv = sync_time(run.device)
+        values = value_forward(t.value_model, rollout, run.update_settings)
+        rollout.values = values.detach().masked_fill(~rollout.response_mask, 0.0)
+        rollout.timings["value"] = sync_time(run.device) - tv
     advantages, returns = compute_advantages(rollout, run.update_settings)
     t1 = sync_time(run.device)
     stats, run.policy_steps = ppo_update(
@@ -263,6 +276,7 @@ def ppo_step(run: PPORun, step: int, batch_size: int, seed: int):
         step=step,
         policy_steps=run.policy_steps,
         ptx=run.ptx,
+        values=values,
     )
     t2 = sync_time(run.device)
     metrics = rollout_metrics(rollout, returns, run.rollout_settings.kl_estimator, run.device)
@@ -312,7 +326,10 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     p_opt, v_opt = trainables.policy_optimizer, trainables.value_optimizer
     eval_scorer = unwhitened(scorer, cfg)
     eval_settings = replace(
-        run.rollout_settings, temperature=cfg.eval_temperature, score_norm="none"
+        run.rollout_settings,
+        temperature=cfg.eval_temperature,
+        score_norm="none",
+        stop_at_eos=True,
     )
 
     models = {"policy": policy, "value": value_model}

@@ -108,8 +108,25 @@ def build_value_model(
     return model
 
 
+def fast_linears(*roles: Any) -> None:
+    """oneDNN for the large fp32 CPU linear layers of these models and of a RewardScorer's
+    reward models (`models.fast_linear`: same parameters and checkpoints; each call still
+    falls back to F.linear off CPU, under autocast or when small). A rule scorer is
+    skipped. Off: RLHFKIT_ONEDNN=0."""
+    from rlhfkit.models.fast_linear import use_onednn_linears
+    from rlhfkit.scoring import RewardScorer
+
+    for role in roles:
+        if isinstance(role, torch.nn.Module):
+            use_onednn_linears(role)
+        elif isinstance(role, RewardScorer):
+            for rm in role.models.values():
+                use_onednn_linears(rm.model)
+
+
 def build_roles(cfg: PPOConfig, device: torch.device):
-    """(tokenizer, policy, reference, value model, scorer) of a PPO config, on `device`."""
+    """(tokenizer, policy, reference, value model, scorer) of a PPO config, on `device`;
+    large linear layers run oneDNN on CPU (`fast_linears`)."""
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     seed_everything(cfg.seed)
     policy = load_causal_lm(cfg.policy, device, trust_remote_code=cfg.trust_remote_code)
@@ -119,4 +136,5 @@ def build_roles(cfg: PPOConfig, device: torch.device):
     scorer = build_scorer(cfg, device, cfg.whiten)
     value_model = build_value_model(cfg, policy, tokenizer, scorer, device)
     policy.eval()  # no dropout: sampling and training log-probs agree
+    fast_linears(policy, reference, value_model, scorer)
     return tokenizer, policy, reference, value_model, scorer

@@ -16,14 +16,14 @@ masked tensor expression over (B, R).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 
 from rlhfkit.errors import UserError
-from rlhfkit.loops.common import no_sync
+from rlhfkit.loops.common import no_sync, optimizer_step
 from rlhfkit.losses import ppo_policy_loss, ppo_value_loss, sft_nll
 from rlhfkit.models.load import autocast_context
 from rlhfkit.ops.advantages import gae
@@ -146,6 +146,30 @@ def _micro(idx: torch.Tensor, size: int) -> Sequence[torch.Tensor]:
     return torch.split(idx, size) if size > 0 else (idx,)
 
 
+def reuses_value_forward(s: UpdateSettings, rows: int) -> bool:
+    """Whether the update's value forward can be the rollout's (`value_forward`): one
+    epoch, one minibatch, one micro-batch (`rows`: this process's rollout rows).
+
+    The update then runs the value model once, before its only optimizer step, in eval
+    mode, on the rollout's sequences: the function the rollout evaluated, at the same
+    weights on the same inputs. Only the row order and the trimmed all-padding columns
+    differ, which change nothing but rounding (positions come from the mask). So one
+    forward with its graph serves both: detached, the rollout's values (GAE); attached,
+    the value loss. Saves a value forward per step.
+    """
+    return s.ppo_epochs == 1 and s.num_mini_batches == 1 and not 0 < s.micro_batch_size < rows
+
+
+def value_forward(value_model: torch.nn.Module, rollout: Rollout, s: UpdateSettings):
+    """(B, R) V of the rollout's sequences WITH the autograd graph (`reuses_value_forward`):
+    `rollout.values` is its detached copy (0 at padding); pass it to `ppo_update(values=)`.
+    Goes through the top-level forward (DDP's backward hooks run)."""
+    with autocast_context(rollout.response_ids.device, s.bf16):
+        return response_values(
+            value_model, rollout.sequences, rollout.attention_mask, rollout.prompt_len
+        )
+
+
 def ppo_update(
     t: Trainables,
     rollout: Rollout,
@@ -156,14 +180,19 @@ def ppo_update(
     step: int,
     policy_steps: int = 0,
     ptx: PtxBatches | None = None,
+    values: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], int]:
     """`s.ppo_epochs` passes over shuffled minibatches of `rollout` (this process's rows).
 
     `step` seeds the minibatch order; `policy_steps` counts policy optimizer steps so far
-    (it picks the ptx batches). Returns (mean stats over all minibatches, policy_steps).
+    (it picks the ptx batches). `values`: the output of `value_forward` on this rollout,
+    whose graph the value loss then uses instead of a new forward (only where
+    `reuses_value_forward`); the value step then comes before the policy step (the two
+    are independent), which frees that graph before the policy's forward. Returns (mean
+    stats over all minibatches, policy_steps).
     """
-    from rlhfkit.loops.common import optimizer_step
-
+    if values is not None and not reuses_value_forward(s, len(rollout)):
+        raise ValueError("values= needs one epoch, one minibatch and one micro-batch")
     names = tensor_fields(rollout)
     data = {k: getattr(rollout, k) for k in names}
     data.update(advantages=advantages, returns=returns)
@@ -189,6 +218,10 @@ def ppo_update(
             # Each micro-batch's token mean, weighted by its share of the minibatch's tokens
             # (x world: DDP averages gradients over processes).
             weights = [mb["response_mask"].sum() * world / n_tokens for mb in micro]
+            vnorm = None
+            if values is not None:  # one minibatch, one micro-batch: its rows and columns
+                given = values[mb_idx, : micro[0]["response_mask"].shape[1]]
+                vnorm = _value_step(t, micro, weights, s, add, given)
             for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
                 with no_sync(t.policy, sync=k == len(micro) - 1 and not use_ptx):
                     add(_policy_backward(t.policy, mb, s, w, entropy=epoch == 0), w / world)
@@ -197,12 +230,8 @@ def ppo_update(
                 add(_ptx_backward(t.policy, blocks, s, device), one / world)
             norm = optimizer_step(t.policy, t.policy_optimizer, t.policy_scheduler, s.max_grad_norm)
             policy_steps += 1
-            for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
-                with no_sync(t.value_model, sync=k == len(micro) - 1):
-                    add(_value_backward(t.value_model, mb, s, w), w / world)
-            vnorm = optimizer_step(
-                t.value_model, t.value_optimizer, t.value_scheduler, s.max_grad_norm
-            )
+            if vnorm is None:
+                vnorm = _value_step(t, micro, weights, s, add)
             norms = {"grad_norm": one * norm, "value_grad_norm": one * vnorm}
             add(norms, one / world)  # the same on every process after the all-reduce
             count += 1
@@ -237,13 +266,35 @@ def _policy_backward(
     return stats
 
 
+def _value_step(
+    t: Trainables,
+    micro: list[dict[str, torch.Tensor]],
+    weights: list[torch.Tensor],
+    s: UpdateSettings,
+    add: Callable[[dict[str, torch.Tensor], torch.Tensor], None],
+    values: torch.Tensor | None = None,
+) -> float:
+    """The value model's step on one minibatch (its micro-batches); the grad norm."""
+    world = _world()
+    for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
+        with no_sync(t.value_model, sync=k == len(micro) - 1):
+            add(_value_backward(t.value_model, mb, s, w, values), w / world)
+    return optimizer_step(t.value_model, t.value_optimizer, t.value_scheduler, s.max_grad_norm)
+
+
 def _value_backward(
-    value_model: torch.nn.Module, mb: dict[str, torch.Tensor], s: UpdateSettings, weight
+    value_model: torch.nn.Module,
+    mb: dict[str, torch.Tensor],
+    s: UpdateSettings,
+    weight,
+    values: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    seq = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1)
-    attn = torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
-    with autocast_context(seq.device, s.bf16):
-        values = response_values(value_model, seq, attn, mb["prompt_ids"].shape[1])
+    """Backward of the value loss; `values` (b, R) with their graph, else a forward."""
+    if values is None:
+        seq = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1)
+        attn = torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
+        with autocast_context(seq.device, s.bf16):
+            values = response_values(value_model, seq, attn, mb["prompt_ids"].shape[1])
     loss, stats = ppo_value_loss(
         values, mb["values"], mb["returns"], mb["response_mask"], s.value_clip
     )

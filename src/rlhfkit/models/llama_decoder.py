@@ -2,8 +2,8 @@
 written out with fused q/k/v and gate/up projections, a preallocated KV cache and a float
 key mask, because at RLHF-sized batches on small models the per-token Python of HF's
 forward costs more than the arithmetic. Same math as transformers' Llama (tested: same
-tokens, log-probs within 1e-5). Large matmuls go through oneDNN on CPU where it runs
-(`USE_ONEDNN`), which is up to 2x faster than MKL's AVX2 path on AMD CPUs.
+tokens, log-probs within 1e-5). Large matmuls go through oneDNN on CPU where it runs (off
+switch in `models/fast_linear.py`), up to 2x faster than MKL's AVX2 path on AMD CPUs.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from rlhfkit.models.fast_linear import OneDNNLinear, onednn_enabled
 from rlhfkit.ops.masking import position_ids_from_mask
 
 # Fusing q/k/v and gate/up copies those weights once per sample() call; above this size
 # the copy costs more than it saves (arithmetic, not dispatch, dominates there).
 _FUSE_LIMIT_BYTES = 256 * 2**20
 _STATIC_ROPE = ("default", "linear", "llama3")
+_LINEARS = (torch.nn.Linear, OneDNNLinear)  # OneDNNLinear: the same layer (fast_linear.py)
 
 
 def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
@@ -33,39 +35,24 @@ def _rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     return weight * x.to(dtype)
 
 
-# On x86 CPUs, fp32 F.linear runs MKL's sgemm, which on AMD takes its AVX2 path. oneDNN
-# with a prepacked weight costs ~10 us more per call but has more throughput: at batch 8,
-# 42 vs 91 us for 256 -> 1536, but 11 vs 6 us for 128 -> 128. Matmuls of at least
-# _ONEDNN_MIN_MACS multiply-adds go to oneDNN, smaller ones to F.linear (threshold tuned
-# end to end in bench/gen_vs_hf.py: +37% tokens/s at hidden 256, +4% at hidden 128). Same math up to float rounding (summation order); the choice depends on shapes
-# only, so a seeded run repeats exactly. USE_ONEDNN = False: always F.linear.
-USE_ONEDNN = True
+# On x86 CPUs, fp32 F.linear runs MKL's sgemm, which on AMD takes its AVX2 path (see
+# models/fast_linear.py). oneDNN with a prepacked weight costs ~10 us more per call but
+# has more throughput: at batch 8, 42 vs 91 us for 256 -> 1536, but 11 vs 6 us for
+# 128 -> 128. Matmuls of at least _ONEDNN_MIN_MACS multiply-adds go to oneDNN, smaller
+# ones to F.linear (threshold tuned end to end in bench/gen_vs_hf.py: +37% tokens/s at
+# hidden 256, +4% at hidden 128). Same math up to float rounding (summation order); the
+# choice depends on shapes only, so a seeded run repeats exactly. Off with
+# fast_linear.ENABLED = False (or RLHFKIT_ONEDNN=0): always F.linear.
 _ONEDNN_MIN_MACS = 1_000_000
-
-
-@functools.cache
-def onednn_works() -> bool:
-    """Whether oneDNN's packed linear exists in this torch build and agrees with F.linear."""
-    try:
-        if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-            return False
-        g = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(s, generator=g) for s in ((3, 2, 40), (24, 40), (24,)))
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
-        y = torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
-        return bool(torch.allclose(y, F.linear(x, w, b), rtol=1e-4, atol=1e-5))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
 
 
 def _use_onednn(weight: torch.Tensor) -> bool:
     """fp32 on CPU outside autocast (under autocast F.linear would run in bf16)."""
     return (
-        USE_ONEDNN
-        and weight.device.type == "cpu"
+        weight.device.type == "cpu"
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and onednn_works()
+        and onednn_enabled()
     )
 
 
@@ -114,7 +101,7 @@ def is_stock_llama(model: torch.nn.Module) -> bool:
         or (getattr(cfg, "pretraining_tp", 1) or 1) != 1
         or rope not in _STATIC_ROPE
         or cfg._attn_implementation not in ("sdpa", "eager")
-        or type(model.lm_head) is not torch.nn.Linear
+        or type(model.lm_head) not in _LINEARS
     ):
         return False
     for module in model.modules():
@@ -125,7 +112,7 @@ def is_stock_llama(model: torch.nn.Module) -> bool:
         linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
         linears += [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
         norms = [layer.input_layernorm, layer.post_attention_layernorm]
-        if any(type(m) is not torch.nn.Linear for m in linears):
+        if any(type(m) not in _LINEARS for m in linears):
             return False
         if any(type(m) is not LlamaRMSNorm for m in norms):
             return False
