@@ -62,3 +62,28 @@ def test_missing_required_option_exits_nonzero():
     with pytest.raises(SystemExit) as e:
         cli.parse("sft", ["--out", "x"])
     assert e.value.code != 0
+
+
+def test_saved_config_round_trips_with_tuple_options_and_help(tmp_path, capsys):
+    """A config.yaml written by a run (lists for tuple options) loads back, and --help on
+    top of it prints (tyro needs tuple defaults for tuple options)."""
+    from rlhfkit.config import RSConfig, save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(
+        RSConfig(out="o", policy="p", prompts="q.jsonl", rm=("a=A",), temperature=(0.5, 1.0)), path
+    )
+    cfg = cli.parse("rs", ["--config", str(path)])
+    assert cfg.rm == ("a=A",) and cfg.temperature == (0.5, 1.0)
+    with pytest.raises(SystemExit) as e:
+        cli.parse("rs", ["--config", str(path), "--help"])
+    assert e.value.code == 0
+    assert "--temperature" in capsys.readouterr().out
+
+
+def test_repeatable_flag_replaces_the_yaml_list(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("policy: p\nprompts: q.jsonl\nout: o\nrm: [a=A, b=B]\n")
+    assert cli.parse("rs", ["--config", str(cfg_file)]).rm == ("a=A", "b=B")
+    cfg = cli.parse("rs", ["--config", str(cfg_file), "--rm", "c=C", "--rm", "d=D"])
+    assert cfg.rm == ("c=C", "d=D")

@@ -164,6 +164,15 @@ def parse(name: str, args: Sequence[str]):
     cls = _load(cmd.config)
     path, rest = _pop_config_file(list(args))
     default = load_yaml_defaults(cls, path)
+    # Repeatable options (--rm A --rm B) append to their default: given on the command line,
+    # they replace the YAML's list instead of adding to it.
+    given = {a.split("=", 1)[0][2:].replace("-", "_") for a in rest if a.startswith("--")}
+    repeatable = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if "UseAppendAction" in str(f.type) and f.name in given
+    ]
+    default = dataclasses.replace(default, **dict.fromkeys(repeatable, ()))
     # An option is required unless the YAML already set it to something non-empty.
     missing = {f: tyro.MISSING for f in cmd.required if getattr(default, f) in ("", None, ())}
     default = dataclasses.replace(default, **missing)

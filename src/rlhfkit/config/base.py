@@ -114,6 +114,10 @@ def load_yaml_defaults(cls: type[C], path: str | None) -> C:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {unknown} for this command")
+    # YAML has lists where the configs have tuples (what save_config writes back): tyro
+    # must see a tuple default for a tuple option, or it cannot print that option's help.
+    tuples = {f.name for f in dataclasses.fields(cls) if "tuple" in str(f.type)}  # type: ignore[arg-type]
+    data = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
     return dataclasses.replace(cfg, **data)  # type: ignore[type-var]
 
 
