@@ -24,6 +24,7 @@ from rlhfkit.data.records import read_prompts
 from rlhfkit.loops import rejection_samples
 from rlhfkit.loops.rejection_keep import (
     KEEP_RULES,
+    confident,
     keep_best,
     keep_best_of_all_rounds,
     max_median_curve,
@@ -116,6 +117,25 @@ def test_best_of_all_rounds_takes_the_max_over_rounds_earliest_on_ties():
                     if hist[r][p].scores[i] > hist[best[0] - 1][p].scores[best[1]]:
                         best = (r + 1, i)
             assert (got.round, got.index) == best
+
+
+def test_gap_is_the_best_minus_the_median_of_its_pool_and_min_gap_filters_on_it():
+    history = [
+        [_rec("p0", [1, 2, 0, 5]), _rec("p1", [3, 3, 3, 3]), _rec("p2", [0, 1, 4])],
+        [_rec("p0", [0, 0, 0, 0]), _rec("p1", [3, 9, 3, 3]), _rec("p2", [2, 2, 2])],
+    ]  # fmt: skip
+    # latest round: p0 best 0, median 0; p1 best 9, median of (3, 3, 3, 9) = 3; p2 2 - 2
+    assert [k.gap for k in keep_best(history)] == [0.0, 6.0, 0.0]
+    # all rounds: p0 pool (1,2,0,5,0,0,0,0) median 0 -> 5; p1 median 3 -> 6;
+    # p2 pool (0,1,4,2,2,2) median 2 -> 2
+    kept = keep_best_of_all_rounds(history)
+    assert [k.gap for k in kept] == [5.0, 6.0, 2.0]
+    assert [k.prompt for k in confident(kept, 2.0)] == ["p0", "p1", "p2"]  # >= keeps ties
+    assert [k.prompt for k in confident(kept, 5.5)] == ["p1"]
+    assert confident(kept, 0.0) == kept
+    assert kept[1].to_json()["gap"] == 6.0
+    with pytest.raises(ValueError, match="min_gap"):
+        confident(kept, -1.0)
 
 
 def test_best_of_all_rounds_refuses_rounds_with_other_prompts():
@@ -400,7 +420,35 @@ def test_bad_options_are_user_errors_before_any_output(files, tmp_path, capsys):
     plain = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "not a world prompt"}])
     assert cli.main(_args(files, out, "--rule-reward", "gold", "--prompts", str(plain))) == 2
     assert "p.jsonl:1" in capsys.readouterr().err
+    assert cli.main(_args(files, out, "--rule-reward", "length", "--min-gap", "-1")) == 2
+    assert "--min-gap must be >= 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_min_gap_fine_tunes_only_on_confident_prompts(files, tmp_path, capsys):
+    """count:e rewards are small integers: with --min-gap 1 only prompts whose best sample
+    has at least one more "e" than the median sample are kept; the gaps are recomputed
+    here from samples.jsonl."""
+    out = tmp_path / "rs"
+    argv = _args(files, out, "--rule-reward", "count:e", "--rounds", "1", "--min-gap", "1")
+    assert cli.main(argv) == 0
+    rdir = out / "round-1"
+    samples = [json.loads(x) for x in (rdir / "samples.jsonl").read_text().splitlines()]
+    kept = [json.loads(x) for x in (rdir / "kept.jsonl").read_text().splitlines()]
+    want = []
+    for s in samples:
+        ordered = sorted(s["scores"])
+        med = (ordered[1] + ordered[2]) / 2  # K = 4
+        if max(s["scores"]) - med >= 1:
+            want.append((s["prompt"], max(s["scores"]) - med))
+    assert 0 < len(want) < len(samples)
+    assert [(k["prompt"], k["gap"]) for k in kept] == want
+    assert json.loads((rdir / "stats.json").read_text())["kept_prompts"] == len(want)
+    assert f"fine-tuning on {len(want)} of {len(samples)} prompts" in capsys.readouterr().out
+    # nothing passes: a clear error, not an empty fine-tune
+    argv = _args(files, tmp_path / "none", "--rule-reward", "count:e", "--min-gap", "1000")
+    assert cli.main(argv) == 2
+    assert "--min-gap 1000" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------

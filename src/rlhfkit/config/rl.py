@@ -187,6 +187,8 @@ class RSConfig(TrainOptions, RewardOptions):
     """Nucleus sampling mass (1: all)."""
     keep: Literal["best", "best-of-all-rounds"] = "best"
     """'best': each prompt's best sample of this round; 'best-of-all-rounds': the best sample of any round so far (Llama 2)."""
+    min_gap: float = 0.0
+    """Fine-tune only on prompts whose best sample beats the median of its samples by at least this reward (0: every prompt, as Llama 2)."""
     max_new_tokens: int = 32
     """Maximum response tokens per sample."""
     max_prompt_len: int = 128

@@ -57,7 +57,13 @@ from rlhfkit.logging import MetricsLogger, write_json
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
 from rlhfkit.loops.ppo_roles import build_scorer, check_reward
-from rlhfkit.loops.rejection_keep import KEEP_RULES, Kept, plot_max_median, round_stats
+from rlhfkit.loops.rejection_keep import (
+    KEEP_RULES,
+    Kept,
+    confident,
+    plot_max_median,
+    round_stats,
+)
 from rlhfkit.loops.rejection_samples import (
     SampleRecord,
     SamplingSettings,
@@ -101,6 +107,8 @@ def _check(cfg: RSConfig) -> list[float]:
         raise UserError("--k, --rounds, --sample-batch-size and --epochs must be >= 1")
     if cfg.keep not in KEEP_RULES:
         raise UserError(f"--keep must be one of {sorted(KEEP_RULES)}")
+    if cfg.min_gap < 0:
+        raise UserError(f"--min-gap must be >= 0, got {cfg.min_gap}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("rlhfkit rs runs in one process: launch it without torchrun")
     return round_temperatures(cfg)
@@ -212,6 +220,7 @@ def _info(cfg: RSConfig, n_prompts: int) -> dict[str, Any]:
         "rounds": cfg.rounds,
         "k": cfg.k,
         "keep": cfg.keep,
+        "min_gap": cfg.min_gap,
         "prompts": n_prompts,
         "reward": cfg.rule_reward or list(cfg.rm),
         "combine": None if cfg.rule_reward else cfg.combine,
@@ -226,8 +235,8 @@ def _summary(
     wall: float,
 ) -> dict[str, Any]:
     keys = ("round", "temperature", "mean_reward_all", "mean_reward_kept",
-            "mean_reward_best_of_round", "kept_from_earlier_rounds", "max_median_at_k",
-            "gold_all", "gold_kept", "train", "eval")  # fmt: skip
+            "mean_reward_best_of_round", "kept_prompts", "kept_from_earlier_rounds",
+            "max_median_at_k", "gold_all", "gold_kept", "train", "eval")  # fmt: skip
     return {
         **_info(cfg, rounds[0]["prompts"]),
         "rounds": [{k: st[k] for k in keys if k in st} for st in rounds],
@@ -346,13 +355,21 @@ class RSRun:
             self.settings(temperature), round_index=r, path=rdir / SAMPLES,
         )  # fmt: skip
         self.history.append(records)
-        kept = KEEP_RULES[self.cfg.keep](self.history)
+        best = KEEP_RULES[self.cfg.keep](self.history)
+        kept = confident(best, self.cfg.min_gap)
         write_jsonl_atomic(rdir / KEPT, [k.to_json() for k in kept])
+        if not kept:
+            raise UserError(
+                f"rs: round {r}: no prompt's best sample beats the median of its samples by "
+                f"--min-gap {self.cfg.min_gap}; lower --min-gap or raise --k"
+            )
         stats = {"round": r, "temperature": temperature, **round_stats(records, kept, r)}
+        stats["kept_prompts"] = len(kept)
         print(
             f"round {r}: mean reward of all samples {stats['mean_reward_all']:.4f}, of the "
             f"kept {stats['mean_reward_kept']:.4f} (best of {self.cfg.k}: "
-            f"{stats['mean_reward_best_of_round']:.4f})",
+            f"{stats['mean_reward_best_of_round']:.4f}); fine-tuning on {len(kept)} of "
+            f"{len(best)} prompts",
             flush=True,
         )
         stats["train"] = self.finetune(model, kept, rdir, r)

@@ -6,6 +6,13 @@ Keep rules, picked by name from KEEP_RULES:
 - "best-of-all-rounds": per prompt, the best sample of any round so far (Llama 2; ties:
   the earliest round, then the lowest index). Earlier rounds' samples keep the scores
   they were drawn with: the reward is fixed and never whitened, so they compare as they are.
+
+Either rule records each kept sample's `gap`: its reward minus the median reward of the
+samples it was chosen from. `min_gap` filters on it (`--min-gap`): where the K samples
+score within noise of each other the "best" is a random sample, and fine-tuning on it
+only teaches the policy its own sampling distribution (on the built-in world, best
+samples with gap < 0.2 were no better by the gold judges than the average sample; with
+gap >= 0.5 they were). 0 keeps every prompt, as Llama 2 does.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median
 from typing import Any
 
 from rlhfkit.data.ranking import best_of_k, max_and_median_at_k
@@ -31,6 +38,7 @@ class Kept:
     index: int  # its index among that round's K samples
     safety: bool = False
     tokens: int = 0
+    gap: float = 0.0  # score minus the median score of the samples it was chosen from
 
     def to_json(self) -> dict[str, Any]:
         """SFT format ({"prompt", "completion"}) plus where it came from."""
@@ -41,12 +49,16 @@ class Kept:
             "round": self.round,
             "index": self.index,
             "safety": self.safety,
+            "gap": self.gap,
         }
 
 
-def _kept(rec: Any, round_index: int, i: int) -> Kept:
+def _kept(rec: Any, round_index: int, i: int, pool: Sequence[float]) -> Kept:
     tokens = rec.response_tokens[i] if rec.response_tokens else 0
-    return Kept(rec.prompt, rec.responses[i], rec.scores[i], round_index, i, rec.safety, tokens)
+    gap = rec.scores[i] - median(pool)
+    return Kept(
+        rec.prompt, rec.responses[i], rec.scores[i], round_index, i, rec.safety, tokens, gap
+    )
 
 
 def keep_best(history: Sequence[Sequence[Any]]) -> list[Kept]:
@@ -55,7 +67,7 @@ def keep_best(history: Sequence[Sequence[Any]]) -> list[Kept]:
     `history[r][p]`: round r+1's `SampleRecord` of prompt p (same prompts every round).
     """
     r = len(history)
-    return [_kept(rec, r, best_of_k(rec.scores)) for rec in history[-1]]
+    return [_kept(rec, r, best_of_k(rec.scores), rec.scores) for rec in history[-1]]
 
 
 def keep_best_of_all_rounds(history: Sequence[Sequence[Any]]) -> list[Kept]:
@@ -67,10 +79,18 @@ def keep_best_of_all_rounds(history: Sequence[Sequence[Any]]) -> list[Kept]:
         pool = [(r + 1, i) for r, rnd in enumerate(history) for i in range(len(rnd[p].scores))]
         if any(rnd[p].prompt != rec.prompt for rnd in history):
             raise ValueError(f"prompt {p} differs between rounds")
-        best = best_of_k([history[r - 1][p].scores[i] for r, i in pool])
-        r, i = pool[best]
-        out.append(_kept(history[r - 1][p], r, i))
+        scores = [history[r - 1][p].scores[i] for r, i in pool]
+        r, i = pool[best_of_k(scores)]
+        out.append(_kept(history[r - 1][p], r, i, scores))
     return out
+
+
+def confident(kept: Sequence[Kept], min_gap: float) -> list[Kept]:
+    """The kept samples whose reward beats their pool's median by at least `min_gap`
+    (module docstring); `min_gap` 0 keeps all of them."""
+    if min_gap < 0:
+        raise ValueError(f"min_gap must be >= 0, got {min_gap}")
+    return [k for k in kept if k.gap >= min_gap]
 
 
 KEEP_RULES: dict[str, Callable[[Sequence[Sequence[Any]]], list[Kept]]] = {
