@@ -216,6 +216,7 @@ class StepClock:
 def run_rlhfkit(ctx: dict, k: int, args) -> dict:
     import rlhfkit.loops.reward as rw
     from rlhfkit.config import RMConfig
+    from rlhfkit.models.fast_linear import use_onednn_linears
     from rlhfkit.models.reward import init_reward_model
 
     clock = StepClock()
@@ -253,6 +254,7 @@ def run_rlhfkit(ctx: dict, k: int, args) -> dict:
         seed=0,
     )
     model, tokenizer = init_reward_model(ctx["lm_dir"], ctx["tokenizer"], seed=0)
+    use_onednn_linears(model)  # as `rlhfkit rm` (train_rm) does; RLHFKIT_ONEDNN=0: off
     run = rw.RMRun(model, tokenizer, ctx["data"][k]["examples"], out=out)
     rw.optimizer_step, rw.collate_rankings = timed_step, counting_collate
     try:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not onednn_works(), reason="no oneDNN linear in 
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts oneDNN matmuls; every size goes to oneDNN (MIN_MACS 0)."""
+    """Counts oneDNN matmuls; every size goes to oneDNN (MIN_WEIGHT and MIN_ROWS 0)."""
     box = {"n": 0}
     real = fl._onednn_linear
 
@@ -33,7 +33,8 @@ def calls(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(fl, "_onednn_linear", counted)
-    monkeypatch.setattr(fl, "MIN_MACS", 0)
+    monkeypatch.setattr(fl, "MIN_WEIGHT", 0)
+    monkeypatch.setattr(fl, "MIN_ROWS", 0)
     return box
 
 
@@ -112,9 +113,12 @@ def test_double_backward_through_plain_matmuls(calls):
 def test_falls_back_to_f_linear_where_it_must(monkeypatch, calls):
     plain, fast = _pair(24, 40, True)
     x = torch.randn(3, 24)
-    monkeypatch.setattr(fl, "MIN_MACS", 3 * 40 * 24 + 1)  # small
+    monkeypatch.setattr(fl, "MIN_WEIGHT", 40 * 24 + 1)  # a small layer
     torch.testing.assert_close(fast(x), plain(x))
-    monkeypatch.setattr(fl, "MIN_MACS", 0)
+    monkeypatch.setattr(fl, "MIN_WEIGHT", 0)
+    monkeypatch.setattr(fl, "MIN_ROWS", 4)  # few rows (3)
+    fast(x)
+    monkeypatch.setattr(fl, "MIN_ROWS", 0)
     fast(torch.randn(24))  # 1-D input
     f64 = copy.deepcopy(fast).double()
     assert f64(x.double()).dtype == torch.float64
@@ -183,3 +187,19 @@ def test_a_ppo_step_is_the_same_with_onednn(calls, tiny_tokenizer):
     # AdamW's first step is about lr * g / |g| per element: rounding in a gradient near 0
     # moves that element by a visible share of lr (here 2e-3 of it).
     assert_same_training(wa, wb, w0, rel=2e-2)
+
+
+def test_fast_linears_covers_every_ppo_role(tiny_tokenizer):
+    from rlhfkit.loops.ppo_roles import fast_linears
+    from rlhfkit.models.presets import build_model
+    from rlhfkit.models.reward import init_reward_model
+    from rlhfkit.rollout import rule_scorer
+    from rlhfkit.scoring import LoadedRM, RewardScorer
+
+    policy = build_model("test", tiny_tokenizer, seed=0)
+    value, tok = init_reward_model(policy, copy.deepcopy(tiny_tokenizer), seed=0)
+    rm, _ = init_reward_model(policy, copy.deepcopy(tiny_tokenizer), seed=1)
+    fast_linears(policy, value, RewardScorer({"r": LoadedRM(rm, tok, 64)}), rule_scorer("length"))
+    for model in (policy, value, rm):
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(type(m) is OneDNNLinear for m in linears)

@@ -21,6 +21,7 @@ from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import barrier, seed_everything, setup_distributed, teardown_distributed
 from rlhfkit.loops.lm import LMRun, fit_lm
 from rlhfkit.models.checkpoint import export_hf, prepare_output_dir
+from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
 from rlhfkit.models.presets import build_model, count_parameters, train_tokenizer
 
@@ -59,6 +60,7 @@ def train_pretrain(cfg: PretrainConfig) -> dict:
 
     seed_everything(cfg.seed)
     model = build_model(cfg.model_config or cfg.preset, tokenizer, seed=cfg.seed)
+    use_onednn_linears(model)  # large fp32 CPU linear layers: oneDNN (models/fast_linear.py)
     rank0_print(
         f"model: {type(model).__name__}, {count_parameters(model) / 1e6:.2f}M parameters; "
         f"{len(train)} train blocks x {cfg.seq_len} tokens, {len(held_out)} held out",

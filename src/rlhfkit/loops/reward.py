@@ -74,6 +74,7 @@ from rlhfkit.models.checkpoint import (
     export_hf,
     prepare_output_dir,
 )
+from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
 from rlhfkit.models.reward import (
     ensure_distinct_pad,
@@ -294,6 +295,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         seed=cfg.seed,
         trust_remote_code=cfg.trust_remote_code,
     )
+    use_onednn_linears(model)  # large fp32 CPU linear layers: oneDNN (models/fast_linear.py)
     n_pairs = sum(len(ex.pairs) for ex in train)
     rank0_print(
         f"rm: {len(train)} prompts ({n_pairs} comparisons), {len(held_out)} held out, "

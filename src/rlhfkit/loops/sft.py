@@ -23,6 +23,7 @@ from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import barrier, seed_everything, setup_distributed, teardown_distributed
 from rlhfkit.loops.lm import LMRun, fit_lm
 from rlhfkit.models.checkpoint import prepare_output_dir
+from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
 
 
@@ -77,6 +78,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     )
     seed_everything(cfg.seed)
     model = load_causal_lm(cfg.model, device, trust_remote_code=cfg.trust_remote_code)
+    use_onednn_linears(model)  # large fp32 CPU linear layers: oneDNN (models/fast_linear.py)
     rank0_print(
         f"sft: {len(train)} examples, {len(held_out)} held out, {cfg.epochs} epochs", rank=d.rank
     )

@@ -5,10 +5,15 @@ takes its AVX2 path, and oneDNN's matmul (`torch.ops.mkldnn._linear_pointwise`, 
 uses AVX-512 there) is faster for every large call. Measured on an AMD EPYC (Zen 4), torch
 2.13.0+cpu, one thread, 496 rows (8 sequences x 62 tokens): 256 -> 768 forward 1.72 vs
 0.78 ms, grad-input 1.72 vs 0.76 ms, grad-weight 1.72 vs 0.89 ms; about even at 1M
-multiply-adds per call, slower below (oneDNN costs ~10 us more per call). A PPO step of
-bench/ppo_vs_trl.py takes 29-40% less time (bench/RESULTS.md). Not measured: Intel CPUs,
-where MKL already uses AVX-512 (`RLHFKIT_ONEDNN=0` turns this off if it is slower there),
-and several threads.
+multiply-adds per call, slower below (oneDNN costs ~10 us more per call). Used by
+`rlhfkit ppo` (policy, reference, value and reward models), `sft`, `rm` and `pretrain`.
+End to end on that machine, against RLHFKIT_ONEDNN=0 (bench/RESULTS.md): a PPO step of
+bench/ppo_vs_trl.py takes 29% (hidden 128) and 37% (hidden 256) less time; SFT trains
++22% / +44% tokens/s (bench/sft_vs_trl.py, tiny / small); RM training +47% prompts/s
+(bench/rm_vs_trl.py).
+Not measured: Intel CPUs, where MKL already uses AVX-512 (`RLHFKIT_ONEDNN=0` turns this
+off if it is slower there), several threads, and the `pretrain` loop (the same training
+loop as `sft`).
 
 `use_onednn_linears(model)` switches a model's `nn.Linear` modules to `OneDNNLinear`, a
 subclass that changes `forward` only: parameters, their names, `state_dict()`,
@@ -17,10 +22,10 @@ to any device or dtype afterwards. Each call takes oneDNN only when all of these
 `F.linear` otherwise: `ENABLED`; oneDNN works in this torch build (`onednn_works`); input,
 weight and bias are plain strided fp32 CPU tensors (no DTensor, fake, meta or sparse
 tensors); no CPU autocast (under it `F.linear` runs in bf16); not traced by torch.compile
-or a functorch transform; at least `MIN_MACS` multiply-adds. Backward is oneDNN too, and
-plain differentiable matmuls under `create_graph=True` (double backward works). Same math
-as `F.linear` up to float rounding (summation order); the path depends on shapes only,
-so a seeded run repeats exactly.
+or a functorch transform; a layer of at least `MIN_WEIGHT` weights called on at least
+`MIN_ROWS` rows (tokens). Backward is oneDNN too, and plain differentiable matmuls under
+`create_graph=True` (double backward works). Same math as `F.linear` up to float rounding
+(summation order); the path depends on shapes only, so a seeded run repeats exactly.
 
 Off switch: `RLHFKIT_ONEDNN=0` in the environment (read at import), or
 `rlhfkit.models.fast_linear.ENABLED = False` at run time. It also turns off oneDNN in the
@@ -36,10 +41,14 @@ import torch
 import torch.nn.functional as F
 
 ENABLED = os.environ.get("RLHFKIT_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off")
-# Per call (rows x in x out): where oneDNN starts to win for forward, grad-input and
-# grad-weight together, at one thread on AMD Zen 4 (1M: forward even, grad-weight 14%
-# slower; 1.5M: all three faster).
-MIN_MACS = 1_500_000
+# Which calls take oneDNN: layers of at least MIN_WEIGHT weights (in x out), called on at
+# least MIN_ROWS rows. At one thread on AMD Zen 4, forward + grad-input + grad-weight of a
+# 128 x 128 layer are even at 64 rows (64 vs 64 us) and 1.7x faster at 496 (150 us);
+# smaller layers and fewer rows (decoding steps) lose to oneDNN's ~10 us per call. The
+# choice depends on the layer, not on the batch (except below MIN_ROWS), so splitting a
+# batch into micro-batches or processes keeps every training matmul on the same kernel.
+MIN_WEIGHT = 16_384
+MIN_ROWS = 64
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
@@ -92,7 +101,8 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         and _plain_fp32_cpu(x)
         and _plain_fp32_cpu(weight)
         and _plain_fp32_cpu(bias)
-        and x.numel() * weight.shape[0] >= MIN_MACS
+        and weight.numel() >= MIN_WEIGHT
+        and x.numel() >= MIN_ROWS * x.shape[-1]
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not torch._C._are_functorch_transforms_active()
