@@ -99,10 +99,16 @@ class Ctx:
 def stage_options(ctx: Ctx, stage: str, cls: type, fixed: dict[str, Any]) -> Any:
     """A stage's config: preset values, then the YAML section, then the pipeline's paths.
 
-    Options that the pipeline sets itself (paths, seed, device) cannot be overridden in a
-    section: that would cut the stages apart.
+    Options that the pipeline sets itself (paths, what earlier stages made) cannot be
+    overridden in a section: that would cut the stages apart. Seed, device and bf16 come from
+    the pipeline's options unless the section sets them.
     """
-    user = dict(getattr(ctx.cfg, stage))
+    user = getattr(ctx.cfg, stage)
+    if user is None:  # `sft:` with nothing under it
+        user = {}
+    if not isinstance(user, dict):
+        raise ConfigError(f"pipeline section '{stage}': must be a mapping of option: value")
+    user = dict(user)
     clash = sorted(set(user) & set(fixed))
     if clash:
         raise ConfigError(f"pipeline section '{stage}': {clash} are set by the pipeline itself")
@@ -363,7 +369,10 @@ def _load_state(out: Path, cfg: PipelineConfig) -> dict[str, Any]:
     if out.exists() and any(out.iterdir()):
         raise OutputExistsError(f"{out} is not empty and holds no pipeline run: choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    return {"preset": cfg.preset, "seed": cfg.seed, "stages": {}}
+    # Written before the first stage, so that a run killed in it is resumed (or overwritten).
+    state = {"preset": cfg.preset, "seed": cfg.seed, "stages": {}}
+    write_json(path, state)
+    return state
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
