@@ -209,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print(f"\nrlhfkit {name}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        how = "rerun the same command" if name == "pipeline" else "rerun with --resume"
+        print(f"\nrlhfkit {name}: interrupted; {how} to continue", file=sys.stderr)
         return 130
     return int(result) if isinstance(result, int) else 0
 

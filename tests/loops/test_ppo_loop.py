@@ -420,7 +420,7 @@ def _env() -> dict:
 def test_two_processes_split_the_batch_and_only_rank0_writes(files, tmp_path):
     out = tmp_path / "ddp"
     ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29600 + os.getpid() % 1000), "-m", "rlhfkit.cli"]  # fmt: skip
+           "--standalone", "-m", "rlhfkit.cli"]  # fmt: skip
     args = _args(files, out, "--steps", "2", "--save-every", "1", "--num-mini-batches", "2",
                  "--eval-prompts", str(files["eval"]), "--eval-max-prompts", "4")  # fmt: skip
     r = subprocess.run([*ddp, *args], env=_env(), capture_output=True, text=True)

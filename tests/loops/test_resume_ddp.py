@@ -102,8 +102,7 @@ def test_two_processes_step_like_one_with_twice_the_batch(tmp_path, tiny_tokeniz
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        str(29500 + os.getpid() % 1000),
+        "--standalone",  # a free port for each launch
         "-m",
         "rlhfkit.cli",
     ]

@@ -409,7 +409,7 @@ def test_two_processes_step_like_one_with_twice_the_prompts(base, tmp_path):
     one = _rm_args(base, [data], tmp_path / "one", *opts, "--batch-size", "8")
     subprocess.run([*cli, *one], env=env, check=True, capture_output=True)
     ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + os.getpid() % 1000), "-m", "rlhfkit.cli"]  # fmt: skip
+           "--standalone", "-m", "rlhfkit.cli"]  # fmt: skip
     two = _rm_args(base, [data], tmp_path / "two", *opts, "--batch-size", "4")
     r = subprocess.run([*ddp, *two], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
