@@ -106,9 +106,7 @@ def stage_options(ctx: Ctx, stage: str, cls: type, fixed: dict[str, Any]) -> Any
     overridden in a section: that would cut the stages apart. Seed, device and bf16 come from
     the pipeline's options unless the section sets them.
     """
-    user = getattr(ctx.cfg, stage)
-    if user is None:  # `sft:` with nothing under it
-        user = {}
+    user = getattr(ctx.cfg, stage) or {}  # `sft:` with nothing under it is None
     if not isinstance(user, dict):
         raise ConfigError(f"pipeline section '{stage}': must be a mapping of option: value")
     user = dict(user)

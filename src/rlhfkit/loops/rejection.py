@@ -57,13 +57,7 @@ from rlhfkit.logging import MetricsLogger, write_json
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
 from rlhfkit.loops.ppo_roles import build_scorer, check_reward
-from rlhfkit.loops.rejection_keep import (
-    KEEP_RULES,
-    Kept,
-    confident,
-    plot_max_median,
-    round_stats,
-)
+from rlhfkit.loops.rejection_keep import KEEP_RULES, Kept, confident, plot_max_median, round_stats
 from rlhfkit.loops.rejection_samples import (
     SampleRecord,
     SamplingSettings,
