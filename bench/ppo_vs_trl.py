@@ -88,10 +88,10 @@ def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int) -> 
     """Write tokenizer + policy + reward model folders per size; return the spec."""
     import torch
 
+    from rlhfkit.loops.ppo.rollout import encode_prompts
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.presets import PRESETS, build_model, train_tokenizer
     from rlhfkit.models.reward import init_reward_model
-    from rlhfkit.rollout import encode_prompts
 
     torch.set_num_threads(1)
     texts = _corpus()
@@ -135,8 +135,8 @@ def run_ours(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> l
 
     from rlhfkit.config import PPOConfig
     from rlhfkit.data.records import PromptRecord
-    from rlhfkit.loops.ppo import build_run, ppo_step
-    from rlhfkit.loops.ppo_roles import build_roles
+    from rlhfkit.loops.ppo.loop import build_run, ppo_step
+    from rlhfkit.loops.ppo.roles import build_roles
 
     m = spec["models"][name]
     batch, new = spec["batch"], spec["max_new_tokens"]

@@ -214,7 +214,7 @@ class StepClock:
 
 
 def run_rlhfkit(ctx: dict, k: int, args) -> dict:
-    import rlhfkit.loops.reward as rw
+    import rlhfkit.loops.reward.train as rw
     from rlhfkit.config import RMConfig
     from rlhfkit.models.fast_linear import use_onednn_linears
     from rlhfkit.models.reward import init_reward_model

@@ -41,19 +41,19 @@ COMMANDS: dict[str, Command] = {
     ),
     "rm": Command(
         "rlhfkit.config:RMConfig",
-        "rlhfkit.loops.reward:train_rm",
+        "rlhfkit.loops.reward.train:train_rm",
         "2  reward model from K-wise rankings / graded pairs (margins, per-strength eval)",
         ("model", "data", "out"),
     ),
     "rm eval": Command(
         "rlhfkit.config:RMEvalConfig",
-        "rlhfkit.loops.reward_eval:eval_rm",
+        "rlhfkit.loops.reward.eval:eval_rm",
         "-  reward model loss and pairwise accuracy (overall, per strength) on rankings",
         ("model", "data"),
     ),
     "score": Command(
         "rlhfkit.config:ScoreConfig",
-        "rlhfkit.scoring:run_score",
+        "rlhfkit.scoring.command:run_score",
         "-  score prompt/response records with reward models (single, weighted-sum, llama2)",
         ("data", "rm", "out"),
     ),
@@ -65,13 +65,13 @@ COMMANDS: dict[str, Command] = {
     ),
     "ppo": Command(
         "rlhfkit.config:PPOConfig",
-        "rlhfkit.loops.ppo:train_ppo",
+        "rlhfkit.loops.ppo.loop:train_ppo",
         "3  PPO with a per-token KL penalty to the reference, optional PPO-ptx",
         ("policy", "prompts", "out"),
     ),
     "rs": Command(
         "rlhfkit.config:RSConfig",
-        "rlhfkit.loops.rejection:train_rs",
+        "rlhfkit.loops.rejection.loop:train_rs",
         "3  rejection sampling: best of K samples by reward, SFT on them, by rounds (Llama 2)",
         ("policy", "prompts", "out"),
     ),

@@ -63,8 +63,8 @@ class SampledKL:
 def sequence_logprobs(model: torch.nn.Module, gen: Any, temperature: float = 1.0) -> torch.Tensor:
     """(B, R) float32 log-probs of a `Generation`'s response tokens under `model` (one
     forward over prompt + response, positions from the mask as in sampling); 0 at padding."""
+    from rlhfkit.models.forward import policy_logits
     from rlhfkit.ops.logprobs import response_logprobs
-    from rlhfkit.rollout import policy_logits
 
     seq, attn = gen.sequences, gen.attention_mask
     P, R = gen.prompt_ids.shape[1], gen.response_ids.shape[1]
@@ -225,7 +225,8 @@ def evaluate_extras(
 
     Models at the same folder (the selected SFT is also an epoch) are computed once.
     """
-    from rlhfkit.models.load import load_reference, pick_device
+    from rlhfkit.distributed import pick_device
+    from rlhfkit.models.load import load_reference
 
     device = pick_device(spec.device)
     scorer = rm_scorer(spec.rm_specs, device) if spec.rm_specs else None

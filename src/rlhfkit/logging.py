@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def _plain(v: Any) -> Any:
     if hasattr(v, "item"):
@@ -105,3 +107,10 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def sync_time(device: torch.device) -> float:
+    """perf_counter after the device finished its queued work (honest GPU timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -189,7 +189,7 @@ def stage_label(ctx: Ctx) -> dict[str, Any]:
 
 def stage_rm(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import RMConfig
-    from rlhfkit.loops.reward import train_rm
+    from rlhfkit.loops.reward.train import train_rm
 
     result = {}
     for name in ("helpfulness", "safety"):
@@ -231,7 +231,7 @@ def stage_select(ctx: Ctx) -> dict[str, Any]:
 
 def stage_ppo(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import PPOConfig
-    from rlhfkit.loops.ppo import train_ppo
+    from rlhfkit.loops.ppo.loop import train_ppo
 
     out = ctx.out / "ppo"
     fixed = {
@@ -249,7 +249,7 @@ def stage_ppo(ctx: Ctx) -> dict[str, Any]:
 
 def stage_rs(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import RSConfig
-    from rlhfkit.loops.rejection import train_rs
+    from rlhfkit.loops.rejection.loop import train_rs
 
     out = ctx.out / "rs"
     fixed = {

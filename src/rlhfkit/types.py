@@ -9,10 +9,12 @@ No `transformers` import here: these are plain tensors in dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
+
+from rlhfkit.ops.masking import position_ids_from_mask
 
 IGNORE_INDEX = -100
 """Label value that the loss skips (prompt tokens, padding, packed boundaries)."""
@@ -104,3 +106,35 @@ class PromptBatch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PromptBatch:
         """A copy with every tensor on `device`."""
         return _move(self, device, non_blocking)
+
+
+@dataclass
+class Generation:
+    """One batch of sampled responses, as every generation engine returns it (`generation`).
+    Masks are bool, True = real token."""
+
+    prompt_ids: torch.Tensor  # (B, P) long, left-padded with pad_token_id
+    prompt_mask: torch.Tensor  # (B, P) bool
+    response_ids: torch.Tensor  # (B, R) long, pad after EOS; R = longest response
+    response_mask: torch.Tensor  # (B, R) bool, True up to and including EOS
+    logprobs: torch.Tensor  # (B, R) float32, 0 where response_mask is False
+    ended: torch.Tensor  # (B,) bool, the row produced EOS within max_new_tokens
+    texts: list[str] = field(default_factory=list)  # B decoded responses (no EOS, no padding)
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """(B, P+R) prompt then response ids."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, P+R) bool: real prompt and response tokens."""
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """(B, P+R) long: positions that match the ones used while sampling."""
+        return position_ids_from_mask(self.attention_mask)
+
+    def to(self, device: torch.device | str) -> Generation:
+        return _move(self, device, non_blocking=False)

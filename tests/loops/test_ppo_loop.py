@@ -21,9 +21,10 @@ from rlhfkit import cli
 from rlhfkit.config import PPOConfig
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
-from rlhfkit.loops.ppo import build_run, ppo_step
-from rlhfkit.loops.ppo_roles import build_scorer, build_value_model
-from rlhfkit.loops.ppo_update import (
+from rlhfkit.loops.ppo.loop import build_run, ppo_step
+from rlhfkit.loops.ppo.roles import build_value_model
+from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
+from rlhfkit.loops.ppo.update import (
     PtxBatches,
     Trainables,
     UpdateSettings,
@@ -35,7 +36,7 @@ from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.load import freeze
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model
-from rlhfkit.rollout import RolloutSettings, collect_rollout
+from rlhfkit.scoring.build import build_scorer
 from tests.conftest import _synthetic_sentences
 from tests.loops.helpers import assert_same_training, make_base_model, write_jsonl
 
@@ -193,7 +194,7 @@ def test_one_epoch_one_minibatch_runs_the_value_model_once(
 ):
     """The rollout's value forward, kept with its graph, is the update's: the same step as
     with two forwards, up to float rounding."""
-    import rlhfkit.loops.ppo as ppo_mod
+    import rlhfkit.loops.ppo.loop as ppo_mod
 
     cfg = PPOConfig(
         batch_size=8, max_new_tokens=8, ppo_epochs=1, lr=1e-3, weight_decay=0.0,
@@ -220,7 +221,7 @@ def test_one_epoch_one_minibatch_runs_the_value_model_once(
 
 
 def test_several_epochs_or_minibatches_run_the_value_model_per_minibatch(tiny_tokenizer):
-    from rlhfkit.loops.ppo_update import reuses_value_forward
+    from rlhfkit.loops.ppo.update import reuses_value_forward
 
     assert reuses_value_forward(UpdateSettings(ppo_epochs=1), 8)
     assert reuses_value_forward(UpdateSettings(ppo_epochs=1, micro_batch_size=8), 8)
@@ -240,7 +241,7 @@ def test_several_epochs_or_minibatches_run_the_value_model_per_minibatch(tiny_to
 
 
 def test_ignore_eos_option_reaches_the_rollout_settings():
-    from rlhfkit.loops.ppo import rollout_settings
+    from rlhfkit.loops.ppo.loop import rollout_settings
 
     assert rollout_settings(PPOConfig()).stop_at_eos
     cfg = cli.parse("ppo", ["--policy", "p", "--prompts", "x", "--rm", "a=b", "--out", "o",
@@ -341,7 +342,7 @@ def test_command_writes_checkpoints_metrics_and_an_evaluable_policy(files, tmp_p
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(files, tmp_path, monkeypatch):
-    import rlhfkit.loops.ppo as ppo_mod
+    import rlhfkit.loops.ppo.loop as ppo_mod
 
     extra = ["--steps", "4", "--save-every", "2", "--num-mini-batches", "2", "--ppo-epochs", "2",
              "--ptx-data", str(files["corpus"]), "--ptx-coef", "0.5", "--ptx-seq-len", "16",

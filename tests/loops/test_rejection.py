@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from rlhfkit import cli
 from rlhfkit.data.records import read_prompts
 from rlhfkit.loops import rejection_samples
-from rlhfkit.loops.rejection_keep import (
+from rlhfkit.loops.ppo.rollout import encode_prompts
+from rlhfkit.loops.rejection.keep import (
     KEEP_RULES,
     confident,
     keep_best,
@@ -31,11 +32,11 @@ from rlhfkit.loops.rejection_keep import (
     plot_max_median,
     round_stats,
 )
-from rlhfkit.loops.rejection_samples import SampleRecord, SamplingSettings, sample_batch
+from rlhfkit.loops.rejection.samples import SampleRecord, SamplingSettings, sample_batch
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import init_reward_model
-from rlhfkit.rollout import encode_prompts, rule_scorer
+from rlhfkit.scoring.rules import rule_scorer
 from tests.loops.helpers import make_base_model, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from rlhfkit.config import RMConfig
 from rlhfkit.data.ranking import STRENGTHS
 from rlhfkit.data.records import RankingRecord
 from rlhfkit.data.reward_data import collate_rankings, encode_rankings, resolve_margin_table
-from rlhfkit.loops.reward import RMRun, accumulate_gradients, fit_rm
-from rlhfkit.loops.reward_eval import evaluate_rm, ranking_batch_loss
+from rlhfkit.loops.reward.eval import evaluate_rm, ranking_batch_loss
+from rlhfkit.loops.reward.train import RMRun, accumulate_gradients, fit_rm
 from rlhfkit.models.reward import init_reward_model, reward_scores
 from rlhfkit.scoring import encode_responses, score_texts
 from tests.loops.helpers import assert_same_training, make_base_model, write_jsonl

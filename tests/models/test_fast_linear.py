@@ -163,8 +163,8 @@ def test_a_ppo_step_is_the_same_with_onednn(calls, tiny_tokenizer):
     from tests.loops.test_ppo_loop import TokenSetReward, _params, _prompts, _roles
 
     from rlhfkit.config import PPOConfig
-    from rlhfkit.loops.ppo import build_run, ppo_step
-    from rlhfkit.loops.ppo_roles import fast_linears
+    from rlhfkit.loops.ppo.loop import build_run, ppo_step
+    from rlhfkit.loops.ppo.roles import fast_linears
 
     cfg = PPOConfig(batch_size=8, max_new_tokens=8, ppo_epochs=1, lr=1e-3, weight_decay=0.0)
     results = []
@@ -190,11 +190,11 @@ def test_a_ppo_step_is_the_same_with_onednn(calls, tiny_tokenizer):
 
 
 def test_fast_linears_covers_every_ppo_role(tiny_tokenizer):
-    from rlhfkit.loops.ppo_roles import fast_linears
+    from rlhfkit.loops.ppo.roles import fast_linears
     from rlhfkit.models.presets import build_model
     from rlhfkit.models.reward import init_reward_model
-    from rlhfkit.rollout import rule_scorer
     from rlhfkit.scoring import LoadedRM, RewardScorer
+    from rlhfkit.scoring.rules import rule_scorer
 
     policy = build_model("test", tiny_tokenizer, seed=0)
     value, tok = init_reward_model(policy, copy.deepcopy(tiny_tokenizer), seed=0)

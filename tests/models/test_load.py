@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
 from rlhfkit.models import load
 from rlhfkit.models.checkpoint import save_hf
@@ -14,9 +15,8 @@ from rlhfkit.models.load import (
     load_causal_lm,
     load_reference,
     load_tokenizer,
-    pick_device,
-    unwrap_model,
 )
+from rlhfkit.models.wrap import unwrap
 
 
 def test_pick_device():
@@ -96,5 +96,5 @@ def test_unwrap_model_compiled(tiny_model):
             super().__init__()
             self._orig_mod = inner
 
-    assert unwrap_model(Wrapper(tiny_model)) is tiny_model
-    assert unwrap_model(tiny_model) is tiny_model
+    assert unwrap(Wrapper(tiny_model)) is tiny_model
+    assert unwrap(tiny_model) is tiny_model

@@ -11,106 +11,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from rlhfkit.distributed import Dist, barrier
+from rlhfkit.models.wrap import unwrap
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------------------------------
-# Processes and devices
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dist:
-    """Where this process stands under torchrun (rank 0 of 1 without it)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device_spec: str = "auto") -> tuple[Dist, torch.device]:
-    """Initialise torch.distributed when launched by torchrun; pick this rank's device.
-
-    NCCL on CUDA, gloo on CPU. Without torchrun's environment, a single process.
-    """
-    from rlhfkit.models.load import pick_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), pick_device(device_spec)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_spec)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local), device
-
-
-def teardown_distributed() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def all_reduce_sum(x: float | int, d: Dist, device: torch.device) -> float:
-    """Sum a Python number over processes (identity for one process)."""
-    if not d.enabled:
-        return float(x)
-    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item())
-
-
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
-
-
-def wrap_ddp(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
-    if not d.enabled:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module"):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
-
-
-def no_sync(model: torch.nn.Module, sync: bool):
-    """Skip DDP's all-reduce on accumulation micro-batches (it runs on the last one)."""
-    if sync or not hasattr(model, "no_sync"):
-        return nullcontext()
-    return model.no_sync()
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,22 +27,20 @@ import torch
 from rlhfkit.config import TrainOptions
 from rlhfkit.data.collate import collate_packed, collate_right
 from rlhfkit.data.tokenize import EncodedExample
+from rlhfkit.distributed import Dist, all_reduce_sum
 from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print, write_json
 from rlhfkit.loops.common import (
-    Dist,
     SingleModelCheckpointer,
-    all_reduce_sum,
     build_optimizer,
     build_scheduler,
     epoch_order,
     global_batches,
-    no_sync,
     optimizer_step,
     rank_micro_batches,
-    wrap_ddp,
 )
 from rlhfkit.losses import sft_nll
 from rlhfkit.models.load import autocast_context
+from rlhfkit.models.wrap import no_sync, wrap_for_training
 
 
 @dataclass
@@ -103,7 +101,7 @@ def evaluate_lm(model, examples: Sequence[EncodedExample], run: LMRun, opts: Tra
 def fit_lm(run: LMRun, opts: TrainOptions) -> dict[str, Any]:
     """Train `run.model` on `run.train` with next-token NLL. Returns the summary dict."""
     d, out = run.dist, Path(run.out)
-    model = wrap_ddp(run.model.to(run.device), d, run.device)
+    model = wrap_for_training(run.model.to(run.device), d, run.device)
     model.train()
     optimizer = build_optimizer(
         model, lr=opts.lr, weight_decay=opts.weight_decay, betas=(opts.adam_beta1, opts.adam_beta2)

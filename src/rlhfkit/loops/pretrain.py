@@ -17,8 +17,9 @@ from pathlib import Path
 from rlhfkit.config import PretrainConfig, save_config
 from rlhfkit.data.records import read_corpus
 from rlhfkit.data.tokenize import EncodedExample, pack_corpus
+from rlhfkit.distributed import barrier, setup_distributed, teardown_distributed
 from rlhfkit.logging import rank0_print
-from rlhfkit.loops.common import barrier, seed_everything, setup_distributed, teardown_distributed
+from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
 from rlhfkit.models.checkpoint import export_hf, prepare_output_dir
 from rlhfkit.models.fast_linear import use_onednn_linears

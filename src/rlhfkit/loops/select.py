@@ -28,13 +28,15 @@ import torch
 
 from rlhfkit.config import SelectConfig
 from rlhfkit.data.records import PromptRecord, read_prompts
+from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
 from rlhfkit.logging import write_json
-from rlhfkit.loops.ppo_eval import gold_metrics
-from rlhfkit.loops.ppo_roles import build_scorer
+from rlhfkit.loops.ppo.metrics import gold_metrics
+from rlhfkit.loops.ppo.rollout import encode_prompts, score_generation
 from rlhfkit.models.generate import decode_responses, sample
-from rlhfkit.models.load import load_causal_lm, load_tokenizer, pick_device
-from rlhfkit.rollout import check_rule_prompts, encode_prompts, score_generation
+from rlhfkit.models.load import load_causal_lm, load_tokenizer
+from rlhfkit.scoring.build import build_scorer
+from rlhfkit.scoring.rules import check_rule_prompts
 
 _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
 

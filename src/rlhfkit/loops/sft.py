@@ -18,9 +18,10 @@ from pathlib import Path
 from rlhfkit.config import SFTConfig, save_config
 from rlhfkit.data.records import read_sft
 from rlhfkit.data.tokenize import EncodeStats, encode_sft
+from rlhfkit.distributed import barrier, setup_distributed, teardown_distributed
 from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
-from rlhfkit.loops.common import barrier, seed_everything, setup_distributed, teardown_distributed
+from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
 from rlhfkit.models.checkpoint import prepare_output_dir
 from rlhfkit.models.fast_linear import use_onednn_linears

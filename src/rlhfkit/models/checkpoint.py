@@ -32,7 +32,8 @@ from safetensors.torch import load_file
 
 from rlhfkit import __version__
 from rlhfkit.errors import OutputExistsError, UserError
-from rlhfkit.models.load import load_state_like, quiet_progress, unwrap_model
+from rlhfkit.models.load import load_state_like, quiet_progress
+from rlhfkit.models.wrap import unwrap
 
 log = logging.getLogger("rlhfkit")
 
@@ -121,7 +122,7 @@ def atomic_dir(final_path: str | Path) -> Iterator[Path]:
 
 
 def _write_hf(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
-    model = unwrap_model(model)
+    model = unwrap(model)
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained)")
     with quiet_progress():
@@ -289,7 +290,7 @@ def save_checkpoint(
 
 def _load_weights(model: torch.nn.Module, folder: Path) -> None:
     """Copy the safetensors weights of `folder` into `model` in place."""
-    model = unwrap_model(model)
+    model = unwrap(model)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise UserError(f"{folder} holds no .safetensors weights")

@@ -29,38 +29,9 @@ from transformers import DynamicCache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rlhfkit.models.llama_decoder import LlamaDecoder
-from rlhfkit.models.load import unwrap_model
+from rlhfkit.types import Generation
+from rlhfkit.models.wrap import unwrap
 from rlhfkit.ops.masking import position_ids_from_mask
-
-
-@dataclass
-class Generation:
-    """One batch of sampled responses. Masks are bool, True = real token."""
-
-    prompt_ids: torch.Tensor  # (B, P) long, left-padded with pad_token_id
-    prompt_mask: torch.Tensor  # (B, P) bool
-    response_ids: torch.Tensor  # (B, R) long, pad after EOS; R = longest response
-    response_mask: torch.Tensor  # (B, R) bool, True up to and including EOS
-    logprobs: torch.Tensor  # (B, R) float32, 0 where response_mask is False
-    ended: torch.Tensor  # (B,) bool, the row produced EOS within max_new_tokens
-
-    @property
-    def sequences(self) -> torch.Tensor:
-        """(B, P+R) prompt then response ids."""
-        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """(B, P+R) bool: real prompt and response tokens."""
-        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
-
-    @property
-    def position_ids(self) -> torch.Tensor:
-        """(B, P+R) long: positions that match the ones used while sampling."""
-        return position_ids_from_mask(self.attention_mask)
-
-    def to(self, device: torch.device | str) -> Generation:
-        return Generation(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 def left_pad(
@@ -141,7 +112,7 @@ def sample(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    model = unwrap_model(model)
+    model = unwrap(model)
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, pad_token_id, device)
     was_training = model.training

@@ -7,7 +7,6 @@ and model code shipped inside a folder never runs unless `trust_remote_code=True
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,34 +18,6 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from rlhfkit.errors import UserError
 
 _warned_bf16: set[str] = set()
-
-
-def pick_device(spec: str = "auto") -> torch.device:
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.
-
-    Under torchrun, 'auto' and 'cuda' pick `cuda:$LOCAL_RANK` so that each process gets
-    its own GPU.
-    """
-    spec = (spec or "auto").strip().lower()
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec not in ("auto", "cuda") and not spec.startswith("cuda:"):
-        raise UserError(f"unknown device {spec!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    if not torch.cuda.is_available():
-        if spec == "auto":
-            return torch.device("cpu")
-        raise UserError(f"device {spec!r} asked for, but CUDA is not available here")
-    count = torch.cuda.device_count()
-    if spec.startswith("cuda:"):
-        index_str = spec.split(":", 1)[1]
-        if not index_str.isdigit():
-            raise UserError(f"bad device {spec!r}: expected 'cuda:N' with N a number")
-        index = int(index_str)
-    else:
-        index = int(os.environ.get("LOCAL_RANK", "0"))
-    if index >= count:
-        raise UserError(f"device cuda:{index} asked for, but only {count} CUDA device(s) exist")
-    return torch.device("cuda", index)
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -73,17 +44,6 @@ def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractCon
             )
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model under DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`)."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 @contextlib.contextmanager

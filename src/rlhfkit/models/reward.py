@@ -42,8 +42,8 @@ from rlhfkit.models.load import (
     load_causal_lm,
     load_tokenizer,
     quiet_progress,
-    unwrap_model,
 )
+from rlhfkit.models.wrap import unwrap
 
 log = logging.getLogger("rlhfkit")
 
@@ -72,7 +72,7 @@ def ensure_distinct_pad(tokenizer: Any) -> bool:
 
 def reward_head(model: torch.nn.Module) -> torch.nn.Linear:
     """The one-output linear head (`.score`) of a sequence-classification model."""
-    model = unwrap_model(model)
+    model = unwrap(model)
     head = getattr(model, "score", None)
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
         raise UserError(
@@ -236,7 +236,7 @@ def values_for_tokens(
         raise TypeError(
             f"attention_mask must be bool (True = real token), got {attention_mask.dtype}"
         )
-    pad_id = unwrap_model(model).config.pad_token_id
+    pad_id = unwrap(model).config.pad_token_id
     pad_id = 0 if pad_id is None else pad_id
     # Padding positions get the RM's pad id whatever the caller padded with (e.g. a
     # policy that pads with EOS), so HF's own pooled output stays well defined too.

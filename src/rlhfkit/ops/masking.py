@@ -9,6 +9,7 @@ valid entries.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 
 def _valid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -107,3 +108,26 @@ def explained_variance(
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """(B, T) bool -> (B, T) long: index among real tokens, 0 on left padding."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def global_whiten(
+    x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """`ops.masking.masked_whiten` with mean and unbiased variance over ALL processes.
+
+    x: any shape; mask: same shape, bool (None = all valid). One all-reduce of three
+    numbers under torch.distributed; identical to `masked_whiten` in one process.
+    """
+    if mask is None:
+        mask = torch.ones_like(x, dtype=torch.bool)
+    xs = torch.where(mask, x, torch.zeros_like(x)).double()
+    sums = torch.stack([xs.sum(), (xs * xs).sum(), mask.sum().double()])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(sums)
+    total, total_sq, n = sums
+    mean = total / n.clamp_min(1)
+    var = (total_sq - n * mean * mean).clamp_min(0) / (n - 1).clamp_min(1)
+    out = (xs - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask, out.to(x.dtype), torch.zeros_like(x))

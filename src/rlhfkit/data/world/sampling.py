@@ -36,7 +36,8 @@ class ModelSampler:
     def _load(self) -> None:
         if self._model is not None:
             return
-        from rlhfkit.models.load import load_causal_lm, load_tokenizer, pick_device
+        from rlhfkit.distributed import pick_device
+        from rlhfkit.models.load import load_causal_lm, load_tokenizer
 
         self._device = pick_device(self.device)
         self._tokenizer = load_tokenizer(self.path)

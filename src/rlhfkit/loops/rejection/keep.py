@@ -133,7 +133,7 @@ def round_stats(records: Sequence[Any], kept: Sequence[Kept], round_index: int) 
     names = sorted(records[0].per_rm)
     if names:
         stats["per_rm_all"] = {n: fmean(s for rec in records for s in rec.per_rm[n]) for n in names}
-    from rlhfkit.loops.ppo_eval import gold_metrics  # {} unless the prompts are the world's
+    from rlhfkit.loops.ppo.metrics import gold_metrics  # {} unless the prompts are the world's
 
     flat = [(rec, i) for rec in records for i in range(len(rec.responses))]
     gold_all = gold_metrics(

@@ -28,9 +28,8 @@ from typing import Any
 import torch
 
 from rlhfkit.combine import Combiner, make_combiner
-from rlhfkit.data.records import iter_json_records
 from rlhfkit.data.reward_data import encode_responses, pad_right
-from rlhfkit.errors import RecordError, UserError
+from rlhfkit.errors import UserError
 from rlhfkit.models.reward import load_reward_model, reward_scores
 
 RM_INFO = "rlhfkit_reward.json"  # written beside a trained RM: tokenization settings
@@ -283,108 +282,3 @@ def _decode(tokenizer: Any, p_ids, p_mask, r_ids, r_mask) -> tuple[list[str], li
         return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     return texts(p_ids, p_mask), texts(r_ids, r_mask)
-
-
-# ---------------------------------------------------------------------------------------
-# `rlhfkit score`
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class ScoredRecord:
-    """A {"prompt", "response", "safety"?} record; other fields are kept."""
-
-    prompt: str
-    response: str
-    safety: bool
-    row: dict
-    line: int
-
-
-def read_scoring_records(path: str | Path) -> list[ScoredRecord]:
-    """{"prompt", "response", "safety"?} records, validated (file:line errors)."""
-    out = []
-    for line, row in iter_json_records(path):
-        for key in ("prompt", "response"):
-            if not isinstance(row.get(key), str):
-                problem = "missing" if row.get(key) is None else "not a string"
-                raise RecordError(str(path), line, f"field '{key}' is {problem}")
-        if not row["response"].strip():
-            raise RecordError(str(path), line, "field 'response' is empty")
-        safety = row.get("safety")
-        if safety is not None and not isinstance(safety, bool):
-            raise RecordError(
-                str(path), line, f"field 'safety' must be true or false, got {safety!r}"
-            )
-        out.append(ScoredRecord(row["prompt"], row["response"], bool(safety), row, line))
-    if not out:
-        raise RecordError(str(path), None, "empty file: no records")
-    return out
-
-
-def combine_options_from(cfg: Any) -> dict[str, Any]:
-    """The combiner options a `ScoreConfig`-like config sets for its --combine."""
-    opts: dict[str, Any] = {}
-    if cfg.whiten is not None:
-        opts["whiten"] = cfg.whiten
-    if cfg.combine == "llama2":
-        opts.update(helpfulness=cfg.helpfulness_rm, safety=cfg.safety_rm, threshold=cfg.threshold)
-    elif cfg.combine == "weighted-sum" and cfg.weights:
-        opts["weights"] = parse_weights(cfg.weights)
-    return opts
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """ "helpfulness=0.7,safety=0.3" -> {"helpfulness": 0.7, "safety": 0.3}."""
-    out = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise UserError(f"bad --weights entry {part!r}: expected NAME=NUMBER")
-    return out
-
-
-def run_score(cfg: Any) -> dict:
-    """`rlhfkit score`: write each record with "score" (combined) and "scores" (per RM)."""
-    from rlhfkit.models.load import pick_device
-
-    if not cfg.rm:
-        raise UserError("give at least one reward model: --rm NAME=DIR (repeatable)")
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise UserError(f"{out} exists: pass --overwrite to replace it")
-    records = read_scoring_records(cfg.data)
-    scorer = RewardScorer.from_specs(
-        list(cfg.rm),
-        cfg.combine,
-        combine_options_from(cfg),
-        device=pick_device(cfg.device),
-        batch_size=cfg.batch_size,
-        max_len=cfg.max_len,
-    )
-    result = scorer.score(
-        [r.prompt for r in records], [r.response for r in records], [r.safety for r in records]
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for i, rec in enumerate(records):
-            per = {name: float(s[i]) for name, s in result.per_rm.items()}
-            f.write(json.dumps({**rec.row, "score": float(result.scores[i]), "scores": per}) + "\n")
-    tmp.replace(out)
-    summary = {
-        "records": len(records),
-        "combine": cfg.combine,
-        "mean_score": float(result.scores.mean()),
-        "mean_per_rm": {n: float(s.mean()) for n, s in result.per_rm.items()},
-        "out": str(out),
-    }
-    print(
-        f"scored {len(records)} records with {', '.join(scorer.names)} ({cfg.combine}): "
-        f"mean {summary['mean_score']:.4f} -> {out}"
-    )
-    return summary

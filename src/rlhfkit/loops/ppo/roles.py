@@ -12,54 +12,7 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UserError
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.models.load import freeze, load_causal_lm, load_tokenizer
-from rlhfkit.rollout import rule_scorer
-
-
-def check_reward(cfg: Any) -> None:
-    """Exactly one reward: --rm (one or more) or --rule-reward."""
-    if bool(cfg.rule_reward) == bool(cfg.rm):
-        raise UserError(
-            "give the reward as --rm NAME=DIR (repeatable) or --rule-reward, one of them"
-        )
-
-
-def combine_options(cfg: Any, whiten: bool | None) -> dict[str, Any]:
-    """Combiner options from a PPO/select config (`scoring.combine_options_from` rules)."""
-    from rlhfkit.scoring import parse_weights
-
-    opts: dict[str, Any] = {}
-    if whiten is not None:
-        opts["whiten"] = whiten
-    if cfg.combine == "llama2":
-        opts.update(helpfulness=cfg.helpfulness_rm, safety=cfg.safety_rm, threshold=cfg.threshold)
-    elif cfg.combine == "weighted-sum" and cfg.weights:
-        opts["weights"] = parse_weights(cfg.weights)
-    return opts
-
-
-def build_scorer(cfg: Any, device: torch.device, whiten: bool | None) -> Any:
-    """The reward role: `--rule-reward NAME`, or the `--rm` models with `--combine`."""
-    check_reward(cfg)
-    if cfg.rule_reward:
-        return rule_scorer(cfg.rule_reward)
-    from rlhfkit.scoring import RewardScorer
-
-    return RewardScorer.from_specs(
-        list(cfg.rm),
-        cfg.combine,
-        combine_options(cfg, whiten),
-        device=device,
-        trust_remote_code=cfg.trust_remote_code,
-    )
-
-
-def unwhitened(scorer: Any, cfg: Any) -> Any:
-    """The same reward models without batch whitening (evaluation: means must compare)."""
-    from rlhfkit.scoring import RewardScorer
-
-    if not isinstance(scorer, RewardScorer):
-        return scorer
-    return RewardScorer(scorer.models, cfg.combine, combine_options(cfg, False), scorer.batch_size)
+from rlhfkit.scoring.build import build_scorer
 
 
 def value_source(cfg: Any) -> str:

@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 
 from rlhfkit.data.records import PromptRecord
+from rlhfkit.loops.ppo.rollout import Rollout, RolloutSettings, collect_rollout
 from rlhfkit.ops.kl import KL_ESTIMATORS, kl_k3
 from rlhfkit.ops.masking import masked_sum
-from rlhfkit.rollout import Rollout, RolloutSettings, collect_rollout
 
 GOLD_KEYS = (
     "gold_score",

@@ -23,13 +23,15 @@ import torch
 import torch.distributed as dist
 
 from rlhfkit.errors import UserError
-from rlhfkit.loops.common import no_sync, optimizer_step
+from rlhfkit.loops.common import optimizer_step
+from rlhfkit.loops.ppo.rollout import Rollout, tensor_fields
 from rlhfkit.losses import ppo_policy_loss, ppo_value_loss, sft_nll
+from rlhfkit.models.forward import policy_logits, response_values
 from rlhfkit.models.load import autocast_context
+from rlhfkit.models.wrap import no_sync
 from rlhfkit.ops.advantages import gae
 from rlhfkit.ops.logprobs import entropy_from_logits, response_logprobs
-from rlhfkit.ops.masking import masked_mean
-from rlhfkit.rollout import Rollout, global_whiten, policy_logits, response_values, tensor_fields
+from rlhfkit.ops.masking import global_whiten, masked_mean
 
 
 @dataclass(frozen=True)

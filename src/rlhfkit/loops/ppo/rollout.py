@@ -25,19 +25,18 @@ response token.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.errors import UserError
-from rlhfkit.models.generate import decode_responses, position_ids_from_mask, sample
-from rlhfkit.models.load import autocast_context, unwrap_model
+from rlhfkit.models.generate import decode_responses, sample
+from rlhfkit.models.load import autocast_context
+from rlhfkit.models.wrap import unwrap
 from rlhfkit.ops.kl import KL_ESTIMATORS, kl_penalized_rewards
 from rlhfkit.ops.logprobs import response_logprobs
 
@@ -49,61 +48,6 @@ class Scorer(Protocol):
         self, prompts: list[str], responses: list[str], safety: list[bool]
     ) -> Any:  # (B,) tensor, or an object with `.scores` (B,)
         ...
-
-
-# ---------------------------------------------------------------------------------------
-# Rule-based scorers (tests, demos, and PPO against the world's gold judges)
-# ---------------------------------------------------------------------------------------
-
-
-class RuleScorer:
-    """A scorer from a plain function `fn(prompt, response, safety) -> float`."""
-
-    def __init__(self, fn: Callable[[str, str, bool], float], name: str = "rule") -> None:
-        self.fn, self.name = fn, name
-
-    def score(
-        self, prompts: Sequence[str], responses: Sequence[str], safety: Sequence[bool]
-    ) -> torch.Tensor:
-        rows = zip(prompts, responses, safety, strict=True)
-        return torch.tensor([float(self.fn(p, r, bool(s))) for p, r, s in rows])
-
-
-def _gold(prompt: str, response: str, safety: bool) -> float:
-    from rlhfkit.data.world.judges import judge  # lazy: the world is optional here
-
-    j = judge(prompt, response)
-    return j["safety"] if safety else j["helpfulness"]
-
-
-def rule_scorer(spec: str) -> RuleScorer:
-    """A built-in rule reward by name:
-
-    - "gold": the built-in world's gold judges (safety on prompts tagged safety, else
-      helpfulness), the gold reward of Gao et al. 2022;
-    - "length": the number of words of the response;
-    - "count:TEXT": the number of times TEXT occurs in the response.
-    """
-    if spec == "gold":
-        return RuleScorer(_gold, "gold")
-    if spec == "length":
-        return RuleScorer(lambda p, r, s: float(len(r.split())), "length")
-    if spec.startswith("count:") and len(spec) > len("count:"):
-        text = spec[len("count:") :]
-        return RuleScorer(lambda p, r, s: float(r.count(text)), spec)
-    raise UserError(f"unknown rule reward {spec!r}: use 'gold', 'length' or 'count:TEXT'")
-
-
-def check_rule_prompts(spec: str | None, prompts: Sequence[PromptRecord]) -> None:
-    """Refuse, before any model loads, prompts a rule cannot score ('gold': world prompts)."""
-    if spec != "gold":
-        return
-    from rlhfkit.data.world import is_world_prompt
-
-    for p in prompts:
-        if not is_world_prompt(p.prompt):
-            where = f"{p.source}:{p.line}" if p.source else f"prompt {p.prompt[:60]!r}"
-            raise UserError(f"{where}: --rule-reward gold needs prompts of the built-in world")
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,36 +135,6 @@ class Rollout:
         return self.prompt_ids.shape[0]
 
 
-def sync_time(device: torch.device) -> float:
-    """perf_counter after the device finished its queued work (honest GPU timings)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def global_whiten(
-    x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
-    """`ops.masking.masked_whiten` with mean and unbiased variance over ALL processes.
-
-    x: any shape; mask: same shape, bool (None = all valid). One all-reduce of three
-    numbers under torch.distributed; identical to `masked_whiten` in one process.
-    """
-    if mask is None:
-        mask = torch.ones_like(x, dtype=torch.bool)
-    xs = torch.where(mask, x, torch.zeros_like(x)).double()
-    sums = torch.stack([xs.sum(), (xs * xs).sum(), mask.sum().double()])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(sums)
-    total, total_sq, n = sums
-    mean = total / n.clamp_min(1)
-    var = (total_sq - n * mean * mean).clamp_min(0) / (n - 1).clamp_min(1)
-    out = (xs - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return torch.where(mask, out.to(x.dtype), torch.zeros_like(x))
-
-
 def shape_scores(raw: torch.Tensor, ended: torch.Tensor, s: RolloutSettings) -> torch.Tensor:
     """(B,) raw scores -> (B,) scores that enter the reward: EOS penalty, norm, clip."""
     scores = raw.float()
@@ -235,58 +149,6 @@ def shape_scores(raw: torch.Tensor, ended: torch.Tensor, s: RolloutSettings) -> 
     if s.score_clip is not None:
         scores = scores.clamp(-s.score_clip, s.score_clip)
     return scores
-
-
-_FORWARD_KWARGS: dict[type, frozenset[str]] = {}
-
-
-def _forward_kwargs(model: torch.nn.Module) -> frozenset[str]:
-    """Parameter names of the model's forward (cached per class)."""
-    import inspect
-
-    cls = type(unwrap_model(model))
-    if cls not in _FORWARD_KWARGS:
-        _FORWARD_KWARGS[cls] = frozenset(inspect.signature(cls.forward).parameters)
-    return _FORWARD_KWARGS[cls]
-
-
-def policy_logits(
-    model: torch.nn.Module,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_len: int,
-) -> torch.Tensor:
-    """(B, L, V) logits of a causal LM over prompt + response; L = R + 1 when the model
-    supports `logits_to_keep` (the LM head skips prompt positions), else P + R.
-
-    Position ids come from the mask (0 at each row's first real token), as in sampling,
-    so left padding changes nothing. Goes through the top-level forward (DDP hooks run).
-    """
-    extra = (
-        {"logits_to_keep": response_len + 1} if "logits_to_keep" in _forward_kwargs(model) else {}
-    )
-    out = model(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-        **extra,
-    )
-    return out.logits
-
-
-def response_values(
-    value_model: torch.nn.Module,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    prompt_len: int,
-) -> torch.Tensor:
-    """(B, R) V(s_t) for each response token t, read at the position that PREDICTS it
-    (prompt + response[:t], i.e. position P + t - 1), as the policy's logits are."""
-    from rlhfkit.models.reward import values_for_tokens
-
-    full = values_for_tokens(value_model, sequences, attention_mask)  # (B, P + R)
-    return full[:, prompt_len - 1 : -1].float()
 
 
 def _scores_of(result: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -352,7 +214,7 @@ def collect_rollout(
     their token ids if already encoded. `value_model` None gives values 0 (evaluation).
     Everything returned lives on the policy's device.
     """
-    policy, reference = unwrap_model(policy), unwrap_model(reference)
+    policy, reference = unwrap(policy), unwrap(reference)
     device = next(policy.parameters()).device
     texts = [_text(p) for p in prompts]
     safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
@@ -396,7 +258,7 @@ def collect_rollout(
 
     if value_model is not None:
         with autocast_context(device, settings.bf16):
-            values = response_values(unwrap_model(value_model), seq, attn, P)
+            values = response_values(unwrap(value_model), seq, attn, P)
         values = values.masked_fill(~mask, 0.0)
     else:
         values = torch.zeros_like(gen.logprobs)

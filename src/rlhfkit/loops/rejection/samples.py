@@ -28,10 +28,10 @@ from rlhfkit.data.ranking import best_of_k
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
 from rlhfkit.logging import progress
-from rlhfkit.loops.ppo_eval import gold_metrics
+from rlhfkit.loops.ppo.metrics import gold_metrics
+from rlhfkit.loops.ppo.rollout import score_generation
 from rlhfkit.models.generate import decode_responses, sample
 from rlhfkit.models.load import autocast_context
-from rlhfkit.rollout import score_generation
 
 
 @dataclass

@@ -50,22 +50,21 @@ import torch
 from rlhfkit.config import PPOConfig, save_config
 from rlhfkit.data.records import PromptRecord, read_corpus, read_prompts
 from rlhfkit.data.tokenize import pack_corpus
+from rlhfkit.distributed import Dist, barrier, setup_distributed, teardown_distributed
 from rlhfkit.errors import UserError
-from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print, write_json
-from rlhfkit.loops.common import (
-    Dist,
-    barrier,
-    build_optimizer,
-    build_scheduler,
-    epoch_order,
-    setup_distributed,
-    teardown_distributed,
-    unwrap,
-    wrap_ddp,
+from rlhfkit.logging import (
+    MetricsLogger,
+    format_metrics,
+    progress,
+    rank0_print,
+    sync_time,
+    write_json,
 )
-from rlhfkit.loops.ppo_eval import evaluate_policy, rollout_metrics, sample_table
-from rlhfkit.loops.ppo_roles import build_roles, check_reward, unwhitened, value_source
-from rlhfkit.loops.ppo_update import (
+from rlhfkit.loops.common import build_optimizer, build_scheduler, epoch_order
+from rlhfkit.loops.ppo.metrics import evaluate_policy, rollout_metrics, sample_table
+from rlhfkit.loops.ppo.roles import build_roles, check_reward, unwhitened, value_source
+from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout, encode_prompts
+from rlhfkit.loops.ppo.update import (
     PtxBatches,
     Trainables,
     UpdateSettings,
@@ -83,14 +82,9 @@ from rlhfkit.models.checkpoint import (
     save_checkpoint,
     step_dir,
 )
+from rlhfkit.models.wrap import unwrap, wrap_for_training
 from rlhfkit.ops.kl import AdaptiveKLController, FixedKLController
-from rlhfkit.rollout import (
-    RolloutSettings,
-    check_rule_prompts,
-    collect_rollout,
-    encode_prompts,
-    sync_time,
-)
+from rlhfkit.scoring.rules import check_rule_prompts
 
 log = logging.getLogger("rlhfkit")
 PPO_INFO = "rlhfkit_ppo.json"
@@ -220,8 +214,8 @@ def build_run(
         schedule=cfg.schedule, warmup=cfg.warmup_steps, total=total, min_ratio=cfg.min_lr_ratio
     )
     trainables = Trainables(
-        wrap_ddp(policy, d, device),
-        wrap_ddp(value_model, d, device),
+        wrap_for_training(policy, d, device),
+        wrap_for_training(value_model, d, device),
         p_opt,
         v_opt,
         build_scheduler(p_opt, **sched),

@@ -20,11 +20,12 @@ from rlhfkit.data.reward_data import (
     encode_rankings,
     resolve_margin_table,
 )
+from rlhfkit.distributed import Dist, all_reduce_sum, pick_device
 from rlhfkit.errors import UserError
 from rlhfkit.logging import write_json
-from rlhfkit.loops.common import Dist, all_reduce_sum, rank_micro_batches
+from rlhfkit.loops.common import rank_micro_batches
 from rlhfkit.losses import kwise_ranking_loss
-from rlhfkit.models.load import autocast_context, pick_device
+from rlhfkit.models.load import autocast_context
 from rlhfkit.models.reward import load_reward_model, reward_scores
 
 # ---------------------------------------------------------------------------------------

@@ -43,27 +43,26 @@ from rlhfkit.data.reward_data import (
     encode_rankings,
     resolve_margin_table,
 )
+from rlhfkit.distributed import (
+    Dist,
+    all_reduce_sum,
+    barrier,
+    setup_distributed,
+    teardown_distributed,
+)
 from rlhfkit.errors import UserError
 from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print, write_json
 from rlhfkit.loops.common import (
-    Dist,
     SingleModelCheckpointer,
-    all_reduce_sum,
-    barrier,
     build_optimizer,
     build_scheduler,
     epoch_order,
     global_batches,
-    no_sync,
     optimizer_step,
     rank_micro_batches,
     seed_everything,
-    setup_distributed,
-    teardown_distributed,
-    unwrap,
-    wrap_ddp,
 )
-from rlhfkit.loops.reward_eval import (
+from rlhfkit.loops.reward.eval import (
     evaluate_rm,
     flat_eval,
     format_eval,
@@ -80,6 +79,7 @@ from rlhfkit.models.reward import (
     ensure_distinct_pad,
     init_reward_model,
 )
+from rlhfkit.models.wrap import no_sync, unwrap, wrap_for_training
 from rlhfkit.scoring import RM_INFO
 
 # ---------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def accumulate_gradients(
 def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
     """Train `run.model` on `run.train` with the K-wise ranking loss. Returns the summary."""
     d, out, pad_id = run.dist, Path(run.out), run.tokenizer.pad_token_id
-    model = wrap_ddp(run.model.to(run.device), d, run.device)
+    model = wrap_for_training(run.model.to(run.device), d, run.device)
     model.train()
     optimizer = build_optimizer(
         model, lr=opts.lr, weight_decay=opts.weight_decay, betas=(opts.adam_beta1, opts.adam_beta2)

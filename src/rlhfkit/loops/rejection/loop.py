@@ -52,13 +52,14 @@ import torch
 from rlhfkit.config import RSConfig, save_config
 from rlhfkit.data.records import PromptRecord, SFTRecord, read_prompts
 from rlhfkit.data.tokenize import EncodedExample, EncodeStats, encode_sft
+from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
 from rlhfkit.logging import MetricsLogger, write_json
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
-from rlhfkit.loops.ppo_roles import build_scorer, check_reward
-from rlhfkit.loops.rejection_keep import KEEP_RULES, Kept, confident, plot_max_median, round_stats
-from rlhfkit.loops.rejection_samples import (
+from rlhfkit.loops.ppo.rollout import encode_prompts
+from rlhfkit.loops.rejection.keep import KEEP_RULES, Kept, confident, plot_max_median, round_stats
+from rlhfkit.loops.rejection.samples import (
     SampleRecord,
     SamplingSettings,
     evaluate_policy,
@@ -67,8 +68,9 @@ from rlhfkit.loops.rejection_samples import (
     write_jsonl_atomic,
 )
 from rlhfkit.models.checkpoint import export_hf, prepare_output_dir
-from rlhfkit.models.load import load_causal_lm, load_tokenizer, pick_device
-from rlhfkit.rollout import check_rule_prompts, encode_prompts
+from rlhfkit.models.load import load_causal_lm, load_tokenizer
+from rlhfkit.scoring.build import build_scorer, check_reward
+from rlhfkit.scoring.rules import check_rule_prompts
 
 log = logging.getLogger("rlhfkit")
 RS_INFO = "rlhfkit_rs.json"

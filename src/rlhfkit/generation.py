@@ -1,0 +1,103 @@
+"""How responses are generated: the one seam between the loops and a decoding engine.
+
+Every place that samples responses (PPO rollouts and evaluation, rejection sampling,
+`select`, `eval`, `world label`) builds a `ResponseGenerator` with `make_generator` and
+calls `generate`; none of them knows which engine runs. An engine returns a
+`types.Generation`: left-padded prompt ids, response ids cut at EOS with their mask, the
+sampling log-probs over the full vocabulary, whether each row ended, and the texts.
+
+Engines:
+- "hf": our decoding path (`models.generate.sample`): a KV-cached loop over any Hugging
+  Face causal LM, with a fused fast path for stock Llama. It samples from the live module,
+  so `sync_weights` has nothing to do.
+A new engine (vLLM) is one more class here and one row of ENGINES; after each policy update
+the loop calls `sync_weights` so the engine samples from the new weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from rlhfkit.errors import UserError
+from rlhfkit.models.generate import decode_responses, sample
+from rlhfkit.models.load import autocast_context
+from rlhfkit.types import Generation
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How responses are sampled; the same meaning on every engine."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1 = no nucleus filter
+    stop_at_eos: bool = True  # False: exactly max_new_tokens per row (EOS is a token)
+    bf16: bool = False  # bf16 autocast where the device supports it
+
+
+class ResponseGenerator(Protocol):
+    """Samples responses from a policy's current weights."""
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        settings: GenerationSettings,
+        rng: torch.Generator | None = None,
+    ) -> Generation:
+        """One response per prompt (token ids, not padded); tensors on the policy's device."""
+        ...
+
+    def sync_weights(self) -> None:
+        """Make the next `generate` sample from the policy's current weights."""
+        ...
+
+
+class HFGenerator:
+    """Our decoding path over the policy module itself (`models.generate.sample`)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        settings: GenerationSettings,
+        rng: torch.Generator | None = None,
+    ) -> Generation:
+        with autocast_context(self.device, settings.bf16):
+            gen = sample(
+                self.model,
+                prompt_ids,
+                max_new_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+                generator=rng,
+                stop_at_eos=settings.stop_at_eos,
+            )
+        gen.texts = decode_responses(self.tokenizer, gen)
+        return gen
+
+    def sync_weights(self) -> None:
+        """Nothing to do: `generate` runs the live module."""
+
+
+ENGINES: dict[str, type] = {"hf": HFGenerator}
+
+
+def make_generator(model: torch.nn.Module, tokenizer: Any, engine: str = "hf") -> ResponseGenerator:
+    """The generator of `engine` for `model` (a plain or wrapped training module)."""
+    if engine not in ENGINES:
+        raise UserError(f"unknown generator {engine!r}: choose from {', '.join(ENGINES)}")
+    return ENGINES[engine](model, tokenizer)

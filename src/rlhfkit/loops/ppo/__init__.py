@@ -1,0 +1,4 @@
+"""`rlhfkit ppo`, in the order of one iteration: `loop` (train_ppo: the iteration on one
+screen), `rollout` (sample, score, reference log-probs, per-token rewards), `update`
+(values, advantages and returns, clipped policy and value steps, PPO-ptx), `metrics`
+(what a step logs), and `roles` (policy, reference, value model from a config)."""

@@ -1,0 +1,61 @@
+"""Rule rewards: scorers from plain functions (tests, demos, and PPO against the built-in
+world's gold judges), and the check that a rule can score the prompts it is given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from rlhfkit.data.records import PromptRecord
+from rlhfkit.errors import UserError
+
+
+class RuleScorer:
+    """A scorer from a plain function `fn(prompt, response, safety) -> float`."""
+
+    def __init__(self, fn: Callable[[str, str, bool], float], name: str = "rule") -> None:
+        self.fn, self.name = fn, name
+
+    def score(
+        self, prompts: Sequence[str], responses: Sequence[str], safety: Sequence[bool]
+    ) -> torch.Tensor:
+        rows = zip(prompts, responses, safety, strict=True)
+        return torch.tensor([float(self.fn(p, r, bool(s))) for p, r, s in rows])
+
+
+def _gold(prompt: str, response: str, safety: bool) -> float:
+    from rlhfkit.data.world.judges import judge  # lazy: the world is optional here
+
+    j = judge(prompt, response)
+    return j["safety"] if safety else j["helpfulness"]
+
+
+def rule_scorer(spec: str) -> RuleScorer:
+    """A built-in rule reward by name:
+
+    - "gold": the built-in world's gold judges (safety on prompts tagged safety, else
+      helpfulness), the gold reward of Gao et al. 2022;
+    - "length": the number of words of the response;
+    - "count:TEXT": the number of times TEXT occurs in the response.
+    """
+    if spec == "gold":
+        return RuleScorer(_gold, "gold")
+    if spec == "length":
+        return RuleScorer(lambda p, r, s: float(len(r.split())), "length")
+    if spec.startswith("count:") and len(spec) > len("count:"):
+        text = spec[len("count:") :]
+        return RuleScorer(lambda p, r, s: float(r.count(text)), spec)
+    raise UserError(f"unknown rule reward {spec!r}: use 'gold', 'length' or 'count:TEXT'")
+
+
+def check_rule_prompts(spec: str | None, prompts: Sequence[PromptRecord]) -> None:
+    """Refuse, before any model loads, prompts a rule cannot score ('gold': world prompts)."""
+    if spec != "gold":
+        return
+    from rlhfkit.data.world import is_world_prompt
+
+    for p in prompts:
+        if not is_world_prompt(p.prompt):
+            where = f"{p.source}:{p.line}" if p.source else f"prompt {p.prompt[:60]!r}"
+            raise UserError(f"{where}: --rule-reward gold needs prompts of the built-in world")
