@@ -88,10 +88,10 @@ def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int) -> 
     """Write tokenizer + policy + reward model folders per size; return the spec."""
     import torch
 
-    from rlhfkit.loops.ppo.rollout import encode_prompts
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.presets import PRESETS, build_model, train_tokenizer
     from rlhfkit.models.reward import init_reward_model
+    from rlhfkit.sample_score import encode_prompts
 
     torch.set_num_threads(1)
     texts = _corpus()

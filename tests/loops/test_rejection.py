@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 from rlhfkit import cli
 from rlhfkit.data.records import read_prompts
 from rlhfkit.loops import rejection_samples
-from rlhfkit.loops.ppo.rollout import encode_prompts
 from rlhfkit.loops.rejection.keep import (
     KEEP_RULES,
     confident,
@@ -36,6 +35,7 @@ from rlhfkit.loops.rejection.samples import SampleRecord, SamplingSettings, samp
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import init_reward_model
+from rlhfkit.sample_score import encode_prompts
 from rlhfkit.scoring.rules import rule_scorer
 from tests.loops.helpers import make_base_model, write_jsonl
 

@@ -32,9 +32,9 @@ from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
 from rlhfkit.logging import write_json
 from rlhfkit.loops.ppo.metrics import gold_metrics
-from rlhfkit.loops.ppo.rollout import encode_prompts, score_generation
 from rlhfkit.models.generate import decode_responses, sample
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
+from rlhfkit.sample_score import encode_prompts, score_generation
 from rlhfkit.scoring.build import build_scorer
 from rlhfkit.scoring.rules import check_rule_prompts
 
@@ -90,9 +90,9 @@ def score_checkpoint(
             generator=gen_rng,
         )
         chunk = flat[i : i + cfg.batch_size]
-        texts = decode_responses(tokenizer, gen)
+        texts = gen.texts = decode_responses(tokenizer, gen)
         safety = torch.tensor([p.safety for p in chunk], device=gen.response_ids.device)
-        s, per = score_generation(scorer, gen, [p.prompt for p in chunk], texts, safety, tokenizer)
+        s, per = score_generation(scorer, gen, [p.prompt for p in chunk], safety, tokenizer)
         scores += s.cpu().tolist()
         for name, v in per.items():
             per_rm.setdefault(name, []).extend(v.cpu().tolist())

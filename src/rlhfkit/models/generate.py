@@ -29,9 +29,9 @@ from transformers import DynamicCache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rlhfkit.models.llama_decoder import LlamaDecoder
-from rlhfkit.types import Generation
 from rlhfkit.models.wrap import unwrap
 from rlhfkit.ops.masking import position_ids_from_mask
+from rlhfkit.types import Generation
 
 
 def left_pad(

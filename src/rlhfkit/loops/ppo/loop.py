@@ -63,7 +63,7 @@ from rlhfkit.logging import (
 from rlhfkit.loops.common import build_optimizer, build_scheduler, epoch_order
 from rlhfkit.loops.ppo.metrics import evaluate_policy, rollout_metrics, sample_table
 from rlhfkit.loops.ppo.roles import build_roles, check_reward, unwhitened, value_source
-from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout, encode_prompts
+from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
 from rlhfkit.loops.ppo.update import (
     PtxBatches,
     Trainables,
@@ -84,6 +84,7 @@ from rlhfkit.models.checkpoint import (
 )
 from rlhfkit.models.wrap import unwrap, wrap_for_training
 from rlhfkit.ops.kl import AdaptiveKLController, FixedKLController
+from rlhfkit.sample_score import encode_prompts
 from rlhfkit.scoring.rules import check_rule_prompts
 
 log = logging.getLogger("rlhfkit")

@@ -57,7 +57,6 @@ from rlhfkit.errors import UserError
 from rlhfkit.logging import MetricsLogger, write_json
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
-from rlhfkit.loops.ppo.rollout import encode_prompts
 from rlhfkit.loops.rejection.keep import KEEP_RULES, Kept, confident, plot_max_median, round_stats
 from rlhfkit.loops.rejection.samples import (
     SampleRecord,
@@ -69,6 +68,7 @@ from rlhfkit.loops.rejection.samples import (
 )
 from rlhfkit.models.checkpoint import export_hf, prepare_output_dir
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
+from rlhfkit.sample_score import encode_prompts
 from rlhfkit.scoring.build import build_scorer, check_reward
 from rlhfkit.scoring.rules import check_rule_prompts
 

@@ -29,9 +29,9 @@ from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
 from rlhfkit.logging import progress
 from rlhfkit.loops.ppo.metrics import gold_metrics
-from rlhfkit.loops.ppo.rollout import score_generation
 from rlhfkit.models.generate import decode_responses, sample
 from rlhfkit.models.load import autocast_context
+from rlhfkit.sample_score import score_generation
 
 
 @dataclass
@@ -118,11 +118,9 @@ def sample_batch(
             pad_token_id=tokenizer.pad_token_id,
             generator=generator,
         )
-    texts = decode_responses(tokenizer, gen)
+    texts = gen.texts = decode_responses(tokenizer, gen)
     safety = torch.tensor([p.safety for p in flat], device=gen.response_ids.device)
-    scores, per_rm = score_generation(
-        scorer, gen, [p.prompt for p in flat], texts, safety, tokenizer
-    )
+    scores, per_rm = score_generation(scorer, gen, [p.prompt for p in flat], safety, tokenizer)
     scores_l = scores.cpu().tolist()
     tokens = (gen.response_mask.sum(-1) - gen.ended.long()).tolist()
     per = {name: v.cpu().tolist() for name, v in per_rm.items()}
