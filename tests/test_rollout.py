@@ -1,5 +1,7 @@
 """Rollouts: KL is 0 before any update, padding changes nothing, values sit at the
-position that predicts each token, scores are shaped as asked, scorers plug in."""
+position that predicts each token, scores are shaped as asked, scorers plug in.
+
+`_collect` is PPO's steps 2-4 (`collect_rollout`, then `add_advantages` for the values)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import pytest
 import torch
 
 from rlhfkit.errors import UserError
+from rlhfkit.generation import make_generator
 from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout, shape_scores
+from rlhfkit.loops.ppo.update import UpdateSettings, add_advantages
 from rlhfkit.models.load import freeze
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model, values_for_tokens
@@ -51,11 +55,20 @@ def roles(tiny_tokenizer):
     return policy, reference, value.eval(), scorer
 
 
+def _collect(policy, reference, value, scorer, prompts, *, tokenizer, generator=None, **kw):
+    """The rollout with its values (steps 2-4 of a PPO iteration)."""
+    rollout = collect_rollout(
+        make_generator(policy, tokenizer), reference, scorer, prompts,
+        tokenizer=tokenizer, rng=generator, **kw,
+    )  # fmt: skip
+    return add_advantages(value, rollout, UpdateSettings())
+
+
 def _rollout(roles, tok, prompts, temperature=1.0, seed=0, kl_coef=0.05, **kw):
     policy, reference, value, scorer = roles
     settings = RolloutSettings(max_new_tokens=12, temperature=temperature, **kw)
     gen = torch.Generator().manual_seed(seed)
-    return collect_rollout(
+    return _collect(
         policy, reference, value, scorer, prompts,
         tokenizer=tok, settings=settings, kl_coef=kl_coef, generator=gen,
     )  # fmt: skip
@@ -133,7 +146,7 @@ def test_text_scorer_sees_the_decoded_responses(roles, tiny_tokenizer):
         return float(len(response))
 
     policy, reference, value, _ = roles
-    r = collect_rollout(
+    r = _collect(
         policy, reference, value, RuleScorer(fn), PROMPTS,
         tokenizer=tiny_tokenizer, settings=RolloutSettings(max_new_tokens=8), kl_coef=0.0,
         generator=torch.Generator().manual_seed(0),
@@ -147,7 +160,7 @@ def test_prompt_ids_given_equal_prompt_ids_encoded(roles, tiny_tokenizer):
     ids = encode_prompts(PROMPTS, tiny_tokenizer, 128)
     a = _rollout(roles, tiny_tokenizer, PROMPTS)
     policy, reference, value, scorer = roles
-    b = collect_rollout(
+    b = _collect(
         policy, reference, value, scorer, PROMPTS, tokenizer=tiny_tokenizer,
         settings=RolloutSettings(max_new_tokens=12), kl_coef=0.05,
         generator=torch.Generator().manual_seed(0), prompt_ids=ids,
@@ -219,7 +232,7 @@ def test_stop_at_eos_false_gives_every_row_max_new_tokens(roles, tiny_tokenizer)
     tok.eos_token = tok.convert_ids_to_tokens(int(free.response_ids[0, 0]))
     scorer = rule_scorer("length")
     stop, full = (
-        collect_rollout(
+        _collect(
             policy,
             reference,
             value,

@@ -43,6 +43,11 @@ class GenerationSettings:
 class ResponseGenerator(Protocol):
     """Samples responses from a policy's current weights."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the returned tensors live (the policy's device)."""
+        ...
+
     def generate(
         self,
         prompt_ids: Sequence[Sequence[int]],

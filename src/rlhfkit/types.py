@@ -138,3 +138,75 @@ class Generation:
 
     def to(self, device: torch.device | str) -> Generation:
         return _move(self, device, non_blocking=False)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One batch of PPO experience, the object that grows through an iteration.
+
+    `loops.ppo.rollout.collect_rollout` builds it (sampling, scores, reference log-probs,
+    per-token rewards); `loops.ppo.update.add_advantages` returns a copy that also holds
+    values, advantages and returns. Frozen: no stage edits a field another has read.
+    Masks are bool, True = real token. P: prompt width (left-padded), R: longest response
+    (right-padded); B rows of this process.
+    """
+
+    prompt_ids: torch.Tensor  # (B, P) long
+    prompt_mask: torch.Tensor  # (B, P) bool
+    response_ids: torch.Tensor  # (B, R) long, pad after EOS
+    response_mask: torch.Tensor  # (B, R) bool, True up to and including EOS
+    logprobs: torch.Tensor  # (B, R) float32, behaviour log-probs from sampling; 0 at padding
+    ref_logprobs: torch.Tensor  # (B, R) float32, under the frozen reference; 0 at padding
+    raw_scores: torch.Tensor  # (B,) float32, the scorer's output
+    scores: torch.Tensor  # (B,) float32, after EOS penalty / normalisation / clipping
+    kl: torch.Tensor  # (B, R) float32, the KL estimator per token; 0 at padding
+    rewards: torch.Tensor  # (B, R) float32, -kl_coef * kl + score at the last token
+    ended: torch.Tensor  # (B,) bool, the response produced EOS
+    safety: torch.Tensor  # (B,) bool, prompt tagged possibly unsafe
+    prompts: list[str] = field(default_factory=list)  # B prompt texts
+    responses: list[str] = field(default_factory=list)  # B decoded responses (no EOS/pad)
+    per_rm: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) raw score
+    kl_coef: float = 0.0
+    kl_estimator: str = "k1"  # which estimator `kl` holds
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    # Added by `add_advantages`:
+    values: torch.Tensor | None = None  # (B, R) float32, V(prompt + response[:t]); 0 at padding
+    advantages: torch.Tensor | None = None  # (B, R) float32, GAE (whitened if asked); 0 at pad
+    returns: torch.Tensor | None = None  # (B, R) float32, advantages + values before whitening
+    value_graph: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    """(B, R) the same values WITH their autograd graph, kept only when the update makes a
+    single pass and can reuse this forward for its value loss (`update.reuses_value_forward`)."""
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """(B, P + R) prompt then response ids."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, P + R) bool."""
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def prompt_len(self) -> int:
+        return self.prompt_ids.shape[1]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """(B,) long: tokens per response, EOS included."""
+        return self.response_mask.sum(-1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.response_ids.device
+
+    def row_tensors(self) -> dict[str, torch.Tensor]:
+        """The per-row tensor fields that are set (what minibatches slice); not the graph."""
+        return {
+            f.name: v
+            for f in fields(self)
+            if f.name != "value_graph" and isinstance(v := getattr(self, f.name), torch.Tensor)
+        }
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]

@@ -21,6 +21,7 @@ from rlhfkit import cli
 from rlhfkit.config import PPOConfig
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
+from rlhfkit.generation import make_generator
 from rlhfkit.loops.ppo.loop import build_run, ppo_step
 from rlhfkit.loops.ppo.roles import build_value_model
 from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
@@ -28,7 +29,7 @@ from rlhfkit.loops.ppo.update import (
     PtxBatches,
     Trainables,
     UpdateSettings,
-    compute_advantages,
+    add_advantages,
     ppo_update,
 )
 from rlhfkit.losses import sft_nll
@@ -154,21 +155,21 @@ def test_ptx_adds_gamma_times_the_lm_gradient_before_one_step(tiny_tokenizer, ti
 
     policy, reference, value = _roles(tiny_tokenizer)
     rollout = collect_rollout(
-        policy, reference, value, TokenSetReward(), _prompts(8), tokenizer=tiny_tokenizer,
-        settings=RolloutSettings(max_new_tokens=8), kl_coef=0.05,
-        generator=torch.Generator().manual_seed(0),
+        make_generator(policy, tiny_tokenizer), reference, TokenSetReward(), _prompts(8),
+        tokenizer=tiny_tokenizer, settings=RolloutSettings(max_new_tokens=8), kl_coef=0.05,
+        rng=torch.Generator().manual_seed(0),
     )  # fmt: skip
     ptx = PtxBatches(pack_corpus(tiny_texts, tiny_tokenizer, 16), batch_size=4, seed=0)
     gamma = 0.7
     s = UpdateSettings(ppo_epochs=1, max_grad_norm=0.0, ptx_coef=gamma)
-    advantages, returns = compute_advantages(rollout, s)
+    rollout = add_advantages(value, rollout, replace(s, ppo_epochs=2))  # no kept graph
     p0 = _params(policy)
 
     def update(with_ptx: bool) -> dict[str, torch.Tensor]:
         p, v = copy.deepcopy(policy), copy.deepcopy(value)
         t = Trainables(p, v, torch.optim.SGD(p.parameters(), lr=1.0),
                        torch.optim.SGD(v.parameters(), lr=1.0))  # fmt: skip
-        ppo_update(t, rollout, advantages, returns, s, step=0, ptx=ptx if with_ptx else None)
+        ppo_update(t, rollout, s, step=0, ptx=ptx if with_ptx else None)
         return _params(p)
 
     plain, mixed = update(False), update(True)
@@ -194,7 +195,7 @@ def test_one_epoch_one_minibatch_runs_the_value_model_once(
 ):
     """The rollout's value forward, kept with its graph, is the update's: the same step as
     with two forwards, up to float rounding."""
-    import rlhfkit.loops.ppo.loop as ppo_mod
+    import rlhfkit.loops.ppo.update as update_mod
 
     cfg = PPOConfig(
         batch_size=8, max_new_tokens=8, ppo_epochs=1, lr=1e-3, weight_decay=0.0,
@@ -203,7 +204,7 @@ def test_one_epoch_one_minibatch_runs_the_value_model_once(
     results = []
     for shared in (True, False):
         if not shared:
-            monkeypatch.setattr(ppo_mod, "reuses_value_forward", lambda s, rows: False)
+            monkeypatch.setattr(update_mod, "reuses_value_forward", lambda s, rows: False)
         policy, reference, value = _roles(tiny_tokenizer, head_init="normal")
         w0 = {**_params(policy), **{f"v.{k}": v for k, v in _params(value).items()}}
         calls = _count_calls(value)
@@ -234,19 +235,17 @@ def test_several_epochs_or_minibatches_run_the_value_model_per_minibatch(tiny_to
     run = build_run(cfg, policy, reference, value, TokenSetReward(), tiny_tokenizer, _prompts())
     rollout, _ = ppo_step(run, 0, cfg.batch_size, cfg.seed)
     assert calls[0] == 1 + 2 * 2
-    s = UpdateSettings(ppo_epochs=2)
+    assert rollout.value_graph is None
+    kept = replace(rollout, value_graph=rollout.values.requires_grad_(True))
     with pytest.raises(ValueError, match="one epoch"):
-        ppo_update(run.trainables, rollout, rollout.values, rollout.values, s, step=0,
-                   values=rollout.values)  # fmt: skip
+        ppo_update(run.trainables, kept, UpdateSettings(ppo_epochs=2), step=0)
 
 
 def test_ignore_eos_option_reaches_the_rollout_settings():
-    from rlhfkit.loops.ppo.loop import rollout_settings
-
-    assert rollout_settings(PPOConfig()).stop_at_eos
+    assert RolloutSettings.from_config(PPOConfig()).stop_at_eos
     cfg = cli.parse("ppo", ["--policy", "p", "--prompts", "x", "--rm", "a=b", "--out", "o",
                             "--ignore-eos"])  # fmt: skip
-    assert cfg.ignore_eos and not rollout_settings(cfg).stop_at_eos
+    assert cfg.ignore_eos and not RolloutSettings.from_config(cfg).stop_at_eos
 
 
 def test_value_model_starts_from_the_rm_or_the_policy(tmp_path, tiny_tokenizer):

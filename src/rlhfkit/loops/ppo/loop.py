@@ -1,28 +1,31 @@
 """`rlhfkit ppo`: RL fine-tuning with PPO, a per-token KL penalty, and PPO-ptx (InstructGPT
 step 3, Llama 2 section 3.2.3).
 
-Roles (separate objects): the policy (trained), the reference (a frozen copy of the
-starting policy), the value model (a scalar-head model, started from the reward model as
-in InstructGPT, or from the policy with a zero head), and the reward (one RM, several
-combined by `--combine`, or a rule).
+Roles (separate objects, `roles.py`): the policy (trained; sampled through a
+`generation.ResponseGenerator`), the reference (a frozen copy of the starting policy), the
+value model (a scalar-head model, started from the reward model as in InstructGPT, or from
+the policy with a zero head), and the reward (one RM, several combined by `--combine`, or a
+rule).
 
-Each step:
+One iteration, `ppo_step` (each numbered step is one call there, in this order):
   1. take the next `--batch-size` prompts of a seeded order (split across processes);
   2. the policy samples a response to each (KV cache, stop at EOS); the sampling
-     log-probs are the behaviour log-probs (no second policy forward);
-  3. the reward scores prompt + response at its last token; optional penalty for a
-     response without EOS, normalisation and clipping;
-  4. one reference forward (log-probs) and one value forward (kept with its graph for
-     the value loss when there is one epoch and one minibatch: the same forward);
-     rewards_t = -kl_coef * KL_t (k1 by default) + score at the last token;
-  5. GAE (gamma, lam), advantages whitened over the batch;
-  6. `--ppo-epochs` passes over `--num-mini-batches` shuffled minibatches: per minibatch
-     one policy step (clipped surrogate, plus ptx_coef x the LM loss of a pretraining
-     batch when PPO-ptx is on: ONE step on the summed gradient) and one value step
-     (clipped value loss), gradient norms clipped to 1;
-  7. the adaptive KL controller (if `--kl-target`) updates kl_coef from the batch's KL;
-  8. log; every `--sample-every` steps a table of samples; every `--eval-every` steps an
-     evaluation on held-out prompts; every `--save-every` steps a resumable checkpoint.
+     log-probs are the behaviour log-probs (no second policy forward)  [rollout.py];
+  3. the reward scores prompt + response at its last token (optional penalty for a
+     response without EOS, normalisation, clipping); one reference forward gives the
+     per-token KL; rewards_t = -kl_coef * KL_t (k1 by default) + score at the last
+     token  [rollout.py];
+  4. one value forward gives V per response token; GAE (gamma, lam) gives advantages
+     and returns, advantages whitened over the batch  [update.py: add_advantages];
+  5. `--ppo-epochs` passes over `--num-mini-batches` shuffled minibatches: per minibatch
+     one value step (clipped value loss) and one policy step (clipped surrogate, plus
+     ptx_coef x the LM loss of a pretraining batch when PPO-ptx is on: ONE step on the
+     summed gradient), gradient norms clipped to 1; then the generator is given the new
+     weights  [update.py: ppo_update];
+  6. the adaptive KL controller (if `--kl-target`) updates kl_coef from the batch's KL.
+Then `train_ppo`'s loop, step 7: log; every `--sample-every` steps a table of samples;
+every `--eval-every` steps an evaluation on held-out prompts (`evaluate`); every
+`--save-every` steps a resumable checkpoint (`save`).
 The final policy is exported at the top of `--out` (a Hugging Face folder: `rlhfkit eval
 --model OUT` and `from_pretrained(OUT)` read it); checkpoints are `OUT/checkpoints/step-N`.
 
@@ -39,9 +42,8 @@ Departures from the papers, on purpose:
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ from rlhfkit.data.records import PromptRecord, read_corpus, read_prompts
 from rlhfkit.data.tokenize import pack_corpus
 from rlhfkit.distributed import Dist, barrier, setup_distributed, teardown_distributed
 from rlhfkit.errors import UserError
+from rlhfkit.generation import ResponseGenerator, make_generator
 from rlhfkit.logging import (
     MetricsLogger,
     format_metrics,
@@ -61,17 +64,15 @@ from rlhfkit.logging import (
     write_json,
 )
 from rlhfkit.loops.common import build_optimizer, build_scheduler, epoch_order
-from rlhfkit.loops.ppo.metrics import evaluate_policy, rollout_metrics, sample_table
-from rlhfkit.loops.ppo.roles import build_roles, check_reward, unwhitened, value_source
+from rlhfkit.loops.ppo.metrics import evaluate_policy, mean_kl, rollout_metrics, sample_table
+from rlhfkit.loops.ppo.roles import build_roles, value_source
 from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
 from rlhfkit.loops.ppo.update import (
     PtxBatches,
     Trainables,
     UpdateSettings,
-    compute_advantages,
+    add_advantages,
     ppo_update,
-    reuses_value_forward,
-    value_forward,
 )
 from rlhfkit.models.checkpoint import (
     export_hf,
@@ -85,51 +86,156 @@ from rlhfkit.models.checkpoint import (
 from rlhfkit.models.wrap import unwrap, wrap_for_training
 from rlhfkit.ops.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.sample_score import encode_prompts
+from rlhfkit.scoring.build import check_reward, unwhitened
 from rlhfkit.scoring.rules import check_rule_prompts
 
-log = logging.getLogger("rlhfkit")
 PPO_INFO = "rlhfkit_ppo.json"
 
 
 # ---------------------------------------------------------------------------------------
-# Settings and data
+# One iteration
 # ---------------------------------------------------------------------------------------
 
 
-def rollout_settings(cfg: PPOConfig) -> RolloutSettings:
-    return RolloutSettings(
-        max_new_tokens=cfg.max_new_tokens,
-        max_prompt_len=cfg.max_prompt_len,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        kl_estimator=cfg.kl_estimator,
-        missing_eos_penalty=cfg.missing_eos_penalty,
-        missing_eos_mode=cfg.missing_eos_mode,
-        score_norm=cfg.score_norm,
-        score_clip=cfg.score_clip,
-        bf16=cfg.bf16,
-        stop_at_eos=not cfg.ignore_eos,
-    )
+@dataclass
+class PPORun:
+    """Everything one PPO iteration needs besides the options (built by `build_run`)."""
+
+    trainables: Trainables
+    generator: ResponseGenerator
+    reference: torch.nn.Module
+    scorer: Any
+    tokenizer: Any
+    prompts: list[PromptRecord]
+    prompt_ids: list[list[int]]
+    rollout_settings: RolloutSettings
+    update_settings: UpdateSettings
+    kl_controller: FixedKLController | AdaptiveKLController
+    dist: Dist
+    device: torch.device
+    ptx: PtxBatches | None = None
+    policy_steps: int = 0
+    eval_prompts: list[PromptRecord] = field(default_factory=list)
+    eval_scorer: Any = None
+    eval_settings: RolloutSettings | None = None
 
 
-def update_settings(cfg: PPOConfig) -> UpdateSettings:
-    return UpdateSettings(
-        ppo_epochs=cfg.ppo_epochs,
-        num_mini_batches=cfg.num_mini_batches,
-        micro_batch_size=cfg.micro_batch_size,
-        clip_eps=cfg.clip_eps,
-        value_clip=cfg.value_clip,
-        gamma=cfg.gamma,
-        lam=cfg.lam,
-        whiten_advantages=cfg.whiten_advantages,
-        whiten_rewards=cfg.whiten_rewards,
-        max_grad_norm=cfg.max_grad_norm,
-        temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
-        ptx_coef=cfg.ptx_coef,
-        bf16=cfg.bf16,
-        seed=cfg.seed,
+def ppo_step(run: PPORun, step: int, batch_size: int, seed: int):
+    """Steps 1-6 of the module docstring, one call each. Returns (rollout with advantages,
+    metrics) for this process; metrics are over all processes."""
+    t, d = run.trainables, run.dist
+    t0 = sync_time(run.device)
+    # 1. this step's prompts: this process's share of a seeded global batch
+    idx = step_prompts(len(run.prompts), batch_size, seed, step, d)
+    # 2-3. sample, score, reference log-probs, KL-penalised per-token rewards
+    rollout = collect_rollout(
+        run.generator, run.reference, run.scorer, [run.prompts[i] for i in idx],
+        tokenizer=run.tokenizer, settings=run.rollout_settings,
+        kl_coef=run.kl_controller.value, rng=sampling_generator(seed, step, d.rank, run.device),
+        prompt_ids=[run.prompt_ids[i] for i in idx],
+    )  # fmt: skip
+    # 4. values, then GAE advantages and returns
+    rollout = add_advantages(t.value_model, rollout, run.update_settings)
+    # 5. PPO epochs over minibatches (value and clipped policy steps, + ptx); new weights out
+    t1 = sync_time(run.device)
+    stats, run.policy_steps = ppo_update(
+        t, rollout, run.update_settings, step=step, policy_steps=run.policy_steps, ptx=run.ptx
     )
+    run.generator.sync_weights()
+    t2 = sync_time(run.device)
+    # 6. the KL controller, from this batch's KL
+    run.kl_controller.update(mean_kl(rollout), batch_size)
+
+    metrics = {**rollout_metrics(rollout), **stats}
+    metrics["lr"] = t.policy_scheduler.get_last_lr()[0] if t.policy_scheduler else None
+    metrics["time/update"] = t2 - t1
+    metrics["time/step"] = t2 - t0
+    metrics["tokens_per_s"] = metrics["response_tokens"] / max(t2 - t0, 1e-9)
+    return rollout, metrics
+
+
+def step_prompts(n: int, batch_size: int, seed: int, step: int, d: Dist) -> list[int]:
+    """Indices of this process's prompts at step `step` (0-based): global batch `step` of
+    endless seeded passes over the prompts, cut into one contiguous slice per process."""
+    per_pass = max(1, n // batch_size)
+    epoch, i = divmod(step, per_pass)
+    order = epoch_order(n, seed, epoch)
+    batch = [order[(i * batch_size + j) % n] for j in range(batch_size)]
+    lo, hi = batch_size * d.rank // d.world_size, batch_size * (d.rank + 1) // d.world_size
+    return batch[lo:hi]
+
+
+def sampling_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """A fresh generator per (seed, step, rank): resume and multi-process need no saved state."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------
+
+
+def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
+    """Run `rlhfkit ppo` (module docstring). Returns the summary dict."""
+    d, device = setup_distributed(cfg.device)
+    _check(cfg, d)
+    out = Path(cfg.out)
+    prompts, eval_prompts, corpus = _read_inputs(cfg, d)
+    if d.is_main:
+        prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, command="ppo")
+        save_config(cfg, out / "config.yaml")
+    barrier(d)
+    tokenizer, policy, reference, value_model, scorer = build_roles(cfg, device)
+    run = build_run(
+        cfg, policy, reference, value_model, scorer, tokenizer, prompts, corpus, d, device,
+        eval_prompts=eval_prompts,
+    )  # fmt: skip
+    state = resume(run, out) if cfg.resume else None
+    state = state or {"step": 0, "policy_steps": 0, "evals": [], "first_score": None}
+    rank0_print(
+        f"ppo: {len(prompts)} prompts, {cfg.steps} steps x {cfg.batch_size} samples, "
+        f"{d.world_size} process(es) on {device}; reward: "
+        f"{cfg.rule_reward or ', '.join(cfg.rm)}; value model from {value_source(cfg)}",
+        rank=d.rank,
+    )
+    logger = MetricsLogger(out, enabled=d.is_main)
+    if state["step"] == 0:
+        evaluate(run, state, logger, cfg)
+    bar = progress(cfg.steps, desc="ppo", enabled=d.is_main, initial=state["step"])
+    t_start, totals, last = time.perf_counter(), {}, {}
+    while state["step"] < cfg.steps:
+        rollout, last = ppo_step(run, state["step"], cfg.batch_size, cfg.seed)  # steps 1-6
+        state["step"] += 1
+        step = state["step"]
+        # 7. log, samples, evaluate, save
+        if state["first_score"] is None:
+            state["first_score"] = last["score/mean"]
+        for k, v in last.items():
+            if k.startswith("time/"):
+                totals[k] = totals.get(k, 0.0) + v
+        bar.update(1)
+        bar.set_postfix(format_metrics(last, ("score/mean", "kl", "kl_coef", "entropy")))
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            logger.log(step, {k if "/" in k else f"train/{k}": v for k, v in last.items()})
+        if cfg.sample_every and (step % cfg.sample_every == 0 or step == 1) and d.is_main:
+            table = sample_table(rollout, cfg.num_samples)
+            bar.write(f"step {step} samples:\n{table}")
+            logger.text("samples", table, step)
+        if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.steps:
+            evaluate(run, state, logger, cfg)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+            save(run, state, out, cfg.keep_checkpoints)
+    bar.close()
+    logger.close()
+    summary = _summary(run, state, last, totals, time.perf_counter() - t_start, out)
+    if d.is_main:
+        info = {"policy_init": cfg.policy, "reference": cfg.reference or cfg.policy,
+                "steps": state["step"], "reward": cfg.rule_reward or list(cfg.rm)}  # fmt: skip
+        export_hf(unwrap(run.trainables.policy), tokenizer, out, extra_json={PPO_INFO: info})
+        write_json(out / "summary.json", summary)
+        rank0_print(f"ppo: final policy written to {out} (rlhfkit eval --model {out})")
+    teardown_distributed()
+    return summary
 
 
 def _check(cfg: PPOConfig, d: Dist) -> None:
@@ -150,39 +256,17 @@ def _check(cfg: PPOConfig, d: Dist) -> None:
         raise UserError("--kl-target must be > 0")
 
 
-def step_prompts(n: int, batch_size: int, seed: int, step: int, d: Dist) -> list[int]:
-    """Indices of this process's prompts at step `step` (0-based): global batch `step` of
-    endless seeded passes over the prompts, cut into one contiguous slice per process."""
-    per_pass = max(1, n // batch_size)
-    epoch, i = divmod(step, per_pass)
-    order = epoch_order(n, seed, epoch)
-    batch = [order[(i * batch_size + j) % n] for j in range(batch_size)]
-    lo, hi = batch_size * d.rank // d.world_size, batch_size * (d.rank + 1) // d.world_size
-    return batch[lo:hi]
-
-
-def sampling_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """A fresh generator per (seed, step, rank): resume and multi-process need no saved state."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
-
-
-@dataclass
-class PPORun:
-    """Everything one PPO step needs besides the options (built by `train_ppo`)."""
-
-    trainables: Trainables
-    reference: torch.nn.Module
-    scorer: Any
-    tokenizer: Any
-    prompts: list[PromptRecord]
-    prompt_ids: list[list[int]]
-    rollout_settings: RolloutSettings
-    update_settings: UpdateSettings
-    kl_controller: FixedKLController | AdaptiveKLController
-    dist: Dist
-    device: torch.device
-    ptx: PtxBatches | None = None
-    policy_steps: int = 0
+def _read_inputs(cfg: PPOConfig, d: Dist):
+    """Every data file, validated before a model is loaded."""
+    prompts = read_prompts(cfg.prompts)
+    eval_prompts = read_prompts(cfg.eval_prompts) if cfg.eval_prompts else []
+    if cfg.eval_max_prompts is not None:
+        eval_prompts = eval_prompts[: cfg.eval_max_prompts]
+    corpus = read_corpus(cfg.ptx_data) if cfg.ptx_data and cfg.ptx_coef > 0 else None
+    check_rule_prompts(cfg.rule_reward, [*prompts, *eval_prompts])
+    if cfg.ptx_data and cfg.ptx_coef == 0:
+        rank0_print("note: --ptx-coef is 0: --ptx-data is not used (plain PPO)", rank=d.rank)
+    return prompts, eval_prompts, corpus
 
 
 def build_run(
@@ -196,16 +280,39 @@ def build_run(
     ptx_corpus: list[str] | None = None,
     d: Dist | None = None,
     device: torch.device | None = None,
+    eval_prompts: list[PromptRecord] | None = None,
 ) -> PPORun:
     """A `PPORun` from roles already built: optimizers (AdamW, decay on matrices only),
-    schedules, the KL controller, DDP wrapping, encoded prompts and ptx blocks."""
+    schedules, the KL controller, training wrappers, the generator, encoded prompts and
+    ptx blocks, and the evaluation's unwhitened scorer and settings."""
     d = d or Dist()
     device = device or next(policy.parameters()).device
-    prompt_ids = encode_prompts(prompts, tokenizer, cfg.max_prompt_len)
     ptx = None
     if ptx_corpus is not None and cfg.ptx_coef > 0:
         blocks = pack_corpus(ptx_corpus, tokenizer, cfg.ptx_seq_len)
         ptx = PtxBatches(blocks, cfg.ptx_batch_size, cfg.seed)
+    settings = RolloutSettings.from_config(cfg)
+    kl_ctl = (
+        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        if cfg.kl_target is not None
+        else FixedKLController(cfg.kl_coef)
+    )
+    trainables = _trainables(cfg, policy, value_model, d, device)
+    return PPORun(
+        trainables, make_generator(trainables.policy, tokenizer), reference, scorer,
+        tokenizer, list(prompts), encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
+        settings, UpdateSettings.from_config(cfg), kl_ctl, d, device, ptx,
+        eval_prompts=list(eval_prompts or []), eval_scorer=unwhitened(scorer, cfg),
+        eval_settings=replace(
+            settings, temperature=cfg.eval_temperature, score_norm="none", stop_at_eos=True
+        ),
+    )  # fmt: skip
+
+
+def _trainables(
+    cfg: PPOConfig, policy: torch.nn.Module, value_model: torch.nn.Module, d: Dist, device
+) -> Trainables:
+    """The policy and value model wrapped for training, with AdamW and their schedules."""
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     p_opt = build_optimizer(policy, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
     v_lr = cfg.value_lr or cfg.lr
@@ -214,7 +321,7 @@ def build_run(
     sched = dict(
         schedule=cfg.schedule, warmup=cfg.warmup_steps, total=total, min_ratio=cfg.min_lr_ratio
     )
-    trainables = Trainables(
+    return Trainables(
         wrap_for_training(policy, d, device),
         wrap_for_training(value_model, d, device),
         p_opt,
@@ -222,205 +329,57 @@ def build_run(
         build_scheduler(p_opt, **sched),
         build_scheduler(v_opt, **sched),
     )
-    kl_ctl = (
-        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-        if cfg.kl_target is not None
-        else FixedKLController(cfg.kl_coef)
-    )
-    return PPORun(
-        trainables, reference, scorer, tokenizer, list(prompts), prompt_ids,
-        rollout_settings(cfg), update_settings(cfg), kl_ctl, d, device, ptx,
-    )  # fmt: skip
-
-
-def ppo_step(run: PPORun, step: int, batch_size: int, seed: int):
-    """One PPO iteration (rollout, advantages, update, KL controller). Returns
-    (rollout, metrics) for this process; metrics are over all processes."""
-    d, t = run.dist, run.trainables
-    t0 = sync_time(run.device)
-    idx = step_prompts(len(run.prompts), batch_size, seed, step, d)
-    # One epoch, one minibatch: a single value forward, with its graph, serves the
-    # rollout (GAE) and the update's value loss (`reuses_value_forward`).
-    shared = reuses_value_forward(run.update_settings, len(idx))
-    rollout = collect_rollout(
-        t.policy,
-        run.reference,
-        None if shared else t.value_model,
-        run.scorer,
-        [run.prompts[i] for i in idx],
-        tokenizer=run.tokenizer,
-        settings=run.rollout_settings,
-        kl_coef=run.kl_controller.value,
-        generator=sampling_generator(seed, step, d.rank, run.device),
-        prompt_ids=[run.prompt_ids[i] for i in idx],
-    )
-    values = None
-    if shared:
-        tv = sync_time(run.device)
-        values = value_forward(t.value_model, rollout, run.update_settings)
-        rollout.values = values.detach().masked_fill(~rollout.response_mask, 0.0)
-        rollout.timings["value"] = sync_time(run.device) - tv
-    advantages, returns = compute_advantages(rollout, run.update_settings)
-    t1 = sync_time(run.device)
-    stats, run.policy_steps = ppo_update(
-        t,
-        rollout,
-        advantages,
-        returns,
-        run.update_settings,
-        step=step,
-        policy_steps=run.policy_steps,
-        ptx=run.ptx,
-        values=values,
-    )
-    t2 = sync_time(run.device)
-    metrics = rollout_metrics(rollout, returns, run.rollout_settings.kl_estimator, run.device)
-    run.kl_controller.update(metrics["kl"], batch_size)
-    metrics.update(stats)
-    metrics["lr"] = t.policy_scheduler.get_last_lr()[0] if t.policy_scheduler else None
-    metrics["time/update"] = t2 - t1
-    metrics["time/step"] = t2 - t0
-    metrics["tokens_per_s"] = metrics["response_tokens"] / max(t2 - t0, 1e-9)
-    return rollout, metrics
 
 
 # ---------------------------------------------------------------------------------------
-# The command
+# Checkpoints and evaluation
 # ---------------------------------------------------------------------------------------
 
 
-def _read_inputs(cfg: PPOConfig):
-    """Every data file, validated before a model is loaded."""
-    prompts = read_prompts(cfg.prompts)
-    eval_prompts = read_prompts(cfg.eval_prompts) if cfg.eval_prompts else []
-    if cfg.eval_max_prompts is not None:
-        eval_prompts = eval_prompts[: cfg.eval_max_prompts]
-    corpus = read_corpus(cfg.ptx_data) if cfg.ptx_data and cfg.ptx_coef > 0 else None
-    check_rule_prompts(cfg.rule_reward, [*prompts, *eval_prompts])
-    return prompts, eval_prompts, corpus
-
-
-def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
-    """Run `rlhfkit ppo` (module docstring). Returns the summary dict."""
-    d, device = setup_distributed(cfg.device)
-    _check(cfg, d)
-    out = Path(cfg.out)
-    prompts, eval_prompts, corpus = _read_inputs(cfg)
-    if cfg.ptx_data and cfg.ptx_coef == 0:
-        rank0_print("note: --ptx-coef is 0: --ptx-data is not used (plain PPO)", rank=d.rank)
-    if d.is_main:
-        prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, command="ppo")
-        save_config(cfg, out / "config.yaml")
-    barrier(d)
-
-    tokenizer, policy, reference, value_model, scorer = build_roles(cfg, device)
-    run = build_run(
-        cfg, policy, reference, value_model, scorer, tokenizer, prompts, corpus, d, device
-    )
-    trainables, kl_ctl = run.trainables, run.kl_controller
-    p_opt, v_opt = trainables.policy_optimizer, trainables.value_optimizer
-    eval_scorer = unwhitened(scorer, cfg)
-    eval_settings = replace(
-        run.rollout_settings,
-        temperature=cfg.eval_temperature,
-        score_norm="none",
-        stop_at_eos=True,
-    )
-
-    models = {"policy": policy, "value": value_model}
-    optimizers = {"policy": p_opt, "value": v_opt}
-    schedulers = {"policy": trainables.policy_scheduler, "value": trainables.value_scheduler}
-    state: dict[str, Any] = {"step": 0, "policy_steps": 0, "evals": [], "first_score": None}
-    if cfg.resume and (ckpt := latest_checkpoint(out)) is not None:
-        state = load_checkpoint(ckpt, models=models, optimizers=optimizers, schedulers=schedulers)
-        kl_ctl.load_state_dict(state["kl_controller"])
-        run.policy_steps = state["policy_steps"]
-        rank0_print(f"resuming from {ckpt} at step {state['step']}", rank=d.rank)
-
-    def save() -> None:
-        state.update(policy_steps=run.policy_steps, kl_controller=kl_ctl.state_dict())
-        if d.is_main:
-            save_checkpoint(
-                step_dir(out, state["step"]),
-                models=models,
-                tokenizer=tokenizer,
-                optimizers=optimizers,
-                schedulers=schedulers,
-                state=dict(state),
-            )
-            prune_checkpoints(out, cfg.keep_checkpoints)
-        barrier(d)
-
-    def evaluate() -> None:
-        if d.is_main and eval_prompts:
-            result = evaluate_policy(
-                policy, reference, eval_scorer, eval_prompts, tokenizer=tokenizer,
-                settings=eval_settings, batch_size=cfg.eval_batch_size,
-                seed=cfg.seed, device=device,
-            )  # fmt: skip
-            logger.log(state["step"], {f"eval/{k}": v for k, v in result.items() if k != "samples"})
-            state["evals"].append({"step": state["step"], **result})
-            rank0_print(_eval_line(state["step"], result))
-        barrier(d)
-
-    rank0_print(
-        f"ppo: {len(prompts)} prompts, {cfg.steps} steps x {cfg.batch_size} samples, "
-        f"{d.world_size} process(es) on {device}; reward: "
-        f"{cfg.rule_reward or ', '.join(cfg.rm)}; value model from {value_source(cfg)}",
-        rank=d.rank,
-    )
-    logger = MetricsLogger(out, enabled=d.is_main)
-    if state["step"] == 0:
-        evaluate()
-    bar = progress(cfg.steps, desc="ppo", enabled=d.is_main, initial=state["step"])
-    t_start, totals, last = time.perf_counter(), {}, {}
-    while state["step"] < cfg.steps:
-        rollout, last = ppo_step(run, state["step"], cfg.batch_size, cfg.seed)
-        state["step"] += 1
-        step = state["step"]
-        if state["first_score"] is None:
-            state["first_score"] = last["score/mean"]
-        for k, v in last.items():
-            if k.startswith("time/"):
-                totals[k] = totals.get(k, 0.0) + v
-        bar.update(1)
-        bar.set_postfix(format_metrics(last, ("score/mean", "kl", "kl_coef", "entropy")))
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            logger.log(step, {k if "/" in k else f"train/{k}": v for k, v in last.items()})
-        if cfg.sample_every and (step % cfg.sample_every == 0 or step == 1) and d.is_main:
-            table = sample_table(rollout, cfg.num_samples)
-            bar.write(f"step {step} samples:\n{table}")
-            logger.text("samples", table, step)
-        if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step != cfg.steps:
-            evaluate()
-        if step == cfg.steps:
-            evaluate()
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-            save()
-    bar.close()
-    logger.close()
-    wall = time.perf_counter() - t_start
-    summary = {
-        "steps": state["step"],
-        "first_score": state["first_score"],
-        "final_score": last.get("score/mean"),
-        "final_kl": last.get("kl"),
-        "kl_coef": kl_ctl.value,
-        "evals": [{k: v for k, v in e.items() if k != "samples"} for e in state["evals"]],
-        "wall_time_s": round(wall, 2),
-        "time_split_s": {k.removeprefix("time/"): round(v, 3) for k, v in totals.items()},
-        "world_size": d.world_size,
-        "device": str(device),
-        "policy": str(out),
+def _checkpoint_parts(run: PPORun) -> dict[str, dict[str, Any]]:
+    t = run.trainables
+    return {
+        "models": {"policy": unwrap(t.policy), "value": unwrap(t.value_model)},
+        "optimizers": {"policy": t.policy_optimizer, "value": t.value_optimizer},
+        "schedulers": {"policy": t.policy_scheduler, "value": t.value_scheduler},
     }
-    if d.is_main:
-        info = {"policy_init": cfg.policy, "reference": cfg.reference or cfg.policy,
-                "steps": state["step"], "reward": cfg.rule_reward or list(cfg.rm)}  # fmt: skip
-        export_hf(unwrap(trainables.policy), tokenizer, out, extra_json={PPO_INFO: info})
-        write_json(out / "summary.json", summary)
-        rank0_print(f"ppo: final policy written to {out} (rlhfkit eval --model {out})")
-    teardown_distributed()
-    return summary
+
+
+def resume(run: PPORun, out: Path) -> dict[str, Any] | None:
+    """The loop state of the latest checkpoint in `out`, loaded into `run` (None if none)."""
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None
+    state = load_checkpoint(ckpt, **_checkpoint_parts(run))
+    run.kl_controller.load_state_dict(state["kl_controller"])
+    run.policy_steps = state["policy_steps"]
+    run.generator.sync_weights()
+    rank0_print(f"resuming from {ckpt} at step {state['step']}", rank=run.dist.rank)
+    return state
+
+
+def save(run: PPORun, state: dict[str, Any], out: Path, keep: int | None) -> None:
+    """A resumable checkpoint at `out/checkpoints/step-N` (rank 0 writes, all wait)."""
+    state.update(policy_steps=run.policy_steps, kl_controller=run.kl_controller.state_dict())
+    if run.dist.is_main:
+        path = step_dir(out, state["step"])
+        save_checkpoint(path, tokenizer=run.tokenizer, state=dict(state), **_checkpoint_parts(run))
+        prune_checkpoints(out, keep)
+    barrier(run.dist)
+
+
+def evaluate(run: PPORun, state: dict[str, Any], logger: MetricsLogger, cfg: PPOConfig) -> None:
+    """Reward, KL and (world prompts) gold metrics on the held-out prompts, on rank 0."""
+    if run.dist.is_main and run.eval_prompts:
+        result = evaluate_policy(
+            unwrap(run.trainables.policy), run.reference, run.eval_scorer, run.eval_prompts,
+            tokenizer=run.tokenizer, settings=run.eval_settings,
+            batch_size=cfg.eval_batch_size, seed=cfg.seed, device=run.device,
+        )  # fmt: skip
+        logger.log(state["step"], {f"eval/{k}": v for k, v in result.items() if k != "samples"})
+        state["evals"].append({"step": state["step"], **result})
+        rank0_print(_eval_line(state["step"], result))
+    barrier(run.dist)
 
 
 def _eval_line(step: int, r: dict[str, Any]) -> str:
@@ -428,3 +387,19 @@ def _eval_line(step: int, r: dict[str, Any]) -> str:
     if r.get("gold_score") is not None:
         parts.append(f"gold {r['gold_score']:.4f}")
     return ", ".join(parts)
+
+
+def _summary(run: PPORun, state, last, totals, wall: float, out: Path) -> dict[str, Any]:
+    return {
+        "steps": state["step"],
+        "first_score": state["first_score"],
+        "final_score": last.get("score/mean"),
+        "final_kl": last.get("kl"),
+        "kl_coef": run.kl_controller.value,
+        "evals": [{k: v for k, v in e.items() if k != "samples"} for e in state["evals"]],
+        "wall_time_s": round(wall, 2),
+        "time_split_s": {k.removeprefix("time/"): round(v, 3) for k, v in totals.items()},
+        "world_size": run.dist.world_size,
+        "device": str(run.device),
+        "policy": str(out),
+    }

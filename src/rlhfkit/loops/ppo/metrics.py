@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from rlhfkit.data.records import PromptRecord
-from rlhfkit.loops.ppo.rollout import Rollout, RolloutSettings, collect_rollout
+from rlhfkit.distributed import all_reduce
+from rlhfkit.generation import make_generator
+from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
 from rlhfkit.ops.kl import KL_ESTIMATORS, kl_k3
 from rlhfkit.ops.masking import masked_sum
+from rlhfkit.types import Rollout
 
 GOLD_KEYS = (
     "gold_score",
@@ -25,29 +27,30 @@ GOLD_KEYS = (
 )
 
 
-def _all_reduce(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(x)
-    return x
+def mean_kl(rollout: Rollout) -> float:
+    """The batch's KL over all processes: the mean over sequences of the summed per-token
+    estimator, the quantity the KL penalty and the adaptive controller use."""
+    sums = torch.stack([rollout.kl.sum(1).sum().double(), torch.tensor(float(len(rollout))).double()])
+    total, n = all_reduce(sums.to(rollout.device)).tolist()
+    return total / n
 
 
-def rollout_metrics(
-    rollout: Rollout, returns: torch.Tensor, estimator: str, device: torch.device
-) -> dict[str, Any]:
-    """Step metrics of a rollout, summed over every process with ONE all-reduce.
+def rollout_metrics(rollout: Rollout) -> dict[str, Any]:
+    """Step metrics of a rollout with advantages, summed over every process with ONE
+    all-reduce.
 
     kl / kl_k3: per-sequence sums of the per-token estimator, averaged over sequences
-    (the quantity the KL penalty and the adaptive controller use); non_score_reward:
-    the mean summed KL penalty; explained_variance: of the returns by the values.
+    (`mean_kl`); non_score_reward: the mean summed KL penalty; explained_variance: of the
+    returns by the values.
     """
-    mask = rollout.response_mask
+    mask, returns = rollout.response_mask, rollout.returns
     k3 = masked_sum(kl_k3(rollout.logprobs, rollout.ref_logprobs), mask, dim=1)  # (B,)
     kl_seq = rollout.kl.sum(1)  # (B,), already 0 at padding
     residual = returns - rollout.values
     raw = rollout.raw_scores.float()
     names = sorted(rollout.per_rm)
     parts = [
-        torch.tensor(float(len(rollout)), device=device),
+        torch.tensor(float(len(rollout))),
         raw.sum(),
         (raw * raw).sum(),
         rollout.scores.float().sum(),
@@ -61,7 +64,7 @@ def rollout_metrics(
         masked_sum(residual * residual, mask),
         *[rollout.per_rm[n].float().sum() for n in names],
     ]
-    s = _all_reduce(torch.stack([p.double().to(device) for p in parts])).tolist()
+    s = all_reduce(torch.stack([p.double().to(rollout.device) for p in parts])).tolist()
     n, tokens = s[0], max(s[6], 1.0)
     var_ret = s[9] / tokens - (s[8] / tokens) ** 2
     var_res = s[11] / tokens - (s[10] / tokens) ** 2
@@ -78,7 +81,7 @@ def rollout_metrics(
         "eos_rate": s[7] / n,
         "explained_variance": 1.0 - var_res / var_ret if var_ret > 0 else float("nan"),
     }
-    if estimator == "k3":
+    if rollout.kl_estimator == "k3":
         metrics.pop("kl_k3")
     for i, name in enumerate(names):
         metrics[f"score/{name}"] = s[12 + i] / n
@@ -146,8 +149,8 @@ def evaluate_policy(
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
         r = collect_rollout(
-            policy, reference, None, scorer, chunk,
-            tokenizer=tokenizer, settings=settings, kl_coef=0.0, generator=gen,
+            make_generator(policy, tokenizer), reference, scorer, chunk,
+            tokenizer=tokenizer, settings=settings, kl_coef=0.0, rng=gen,
         )  # fmt: skip
         mask = r.response_mask
         scores.append(r.raw_scores.float().cpu())

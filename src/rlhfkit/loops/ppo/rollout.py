@@ -1,13 +1,14 @@
-"""Rollouts for PPO: generate -> score -> reference log-probs -> values -> per-token rewards.
+"""PPO steps 2-3: sample a response to each prompt, score it, and turn the scores into
+per-token rewards with a KL penalty to the frozen reference.
 
-The roles are separate objects passed in (DESIGN "roles are separate objects"): the
-policy samples, the frozen reference gives `ref_logprobs`, the value model gives `values`,
-and a scorer gives one score per response. Moving one role to another device or process
-(e.g. generation to a dedicated engine) touches this file only.
+The roles are separate objects passed in (DESIGN "roles are separate objects"): a
+`generation.ResponseGenerator` samples from the policy, the frozen reference gives
+`ref_logprobs`, and a scorer (`scoring`) gives one score per response. Values, advantages
+and returns are the next step's (`update.add_advantages`).
 
 Per rollout: one sampling pass with a KV cache (its log-probs ARE the behaviour
-`old_logprobs`: no second policy forward), one reference forward and one value forward
-over prompt + response (the reference keeps only the last R + 1 logits), one scorer call.
+`old_logprobs`: no second policy forward), one scorer call, and one reference forward over
+prompt + response (the reference keeps only the last R + 1 logits).
 
 A scorer is anything with
     score(prompts: list[str], responses: list[str], safety: list[bool]) -> (B,) tensor
@@ -26,33 +27,22 @@ response token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rlhfkit.data.records import PromptRecord
-from rlhfkit.data.tokenize import encode_prompt
 from rlhfkit.errors import UserError
-from rlhfkit.models.generate import decode_responses, sample
+from rlhfkit.generation import GenerationSettings, ResponseGenerator
+from rlhfkit.logging import sync_time
+from rlhfkit.models.forward import policy_logits
 from rlhfkit.models.load import autocast_context
-from rlhfkit.models.wrap import unwrap
 from rlhfkit.ops.kl import KL_ESTIMATORS, kl_penalized_rewards
 from rlhfkit.ops.logprobs import response_logprobs
-
-
-class Scorer(Protocol):
-    """The reward role: one score per (prompt, response)."""
-
-    def score(
-        self, prompts: list[str], responses: list[str], safety: list[bool]
-    ) -> Any:  # (B,) tensor, or an object with `.scores` (B,)
-        ...
-
-
-# ---------------------------------------------------------------------------------------
-# The rollout
-# ---------------------------------------------------------------------------------------
+from rlhfkit.ops.masking import global_whiten
+from rlhfkit.sample_score import encode_prompts, score_generation
+from rlhfkit.types import Rollout
 
 
 @dataclass(frozen=True)
@@ -87,52 +77,35 @@ class RolloutSettings:
         if self.score_norm not in ("none", "whiten"):
             raise UserError(f"score_norm must be none or whiten, not {self.score_norm!r}")
 
-
-@dataclass
-class Rollout:
-    """One batch of experience. Masks are bool, True = real token. P: prompt width
-    (left-padded), R: longest response (right-padded)."""
-
-    prompt_ids: torch.Tensor  # (B, P) long
-    prompt_mask: torch.Tensor  # (B, P) bool
-    response_ids: torch.Tensor  # (B, R) long, pad after EOS
-    response_mask: torch.Tensor  # (B, R) bool, True up to and including EOS
-    logprobs: torch.Tensor  # (B, R) float32, behaviour log-probs from sampling; 0 at padding
-    ref_logprobs: torch.Tensor  # (B, R) float32, under the frozen reference; 0 at padding
-    values: torch.Tensor  # (B, R) float32, V(prompt + response[:t]); 0 at padding
-    raw_scores: torch.Tensor  # (B,) float32, the scorer's output
-    scores: torch.Tensor  # (B,) float32, after EOS penalty / normalisation / clipping
-    kl: torch.Tensor  # (B, R) float32, the KL estimator per token; 0 at padding
-    rewards: torch.Tensor  # (B, R) float32, -kl_coef * kl + score at the last token
-    ended: torch.Tensor  # (B,) bool, the response produced EOS
-    safety: torch.Tensor  # (B,) bool, prompt tagged possibly unsafe
-    prompts: list[str] = field(default_factory=list)  # B prompt texts
-    responses: list[str] = field(default_factory=list)  # B decoded responses (no EOS/pad)
-    per_rm: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) raw score
-    kl_coef: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    @classmethod
+    def from_config(cls, cfg: Any) -> RolloutSettings:
+        """The rollout options of a `PPOConfig`."""
+        return cls(
+            max_new_tokens=cfg.max_new_tokens,
+            max_prompt_len=cfg.max_prompt_len,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            kl_estimator=cfg.kl_estimator,
+            missing_eos_penalty=cfg.missing_eos_penalty,
+            missing_eos_mode=cfg.missing_eos_mode,
+            score_norm=cfg.score_norm,
+            score_clip=cfg.score_clip,
+            bf16=cfg.bf16,
+            stop_at_eos=not cfg.ignore_eos,
+        )
 
     @property
-    def sequences(self) -> torch.Tensor:
-        """(B, P + R) prompt then response ids."""
-        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """(B, P + R) bool."""
-        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
-
-    @property
-    def prompt_len(self) -> int:
-        return self.prompt_ids.shape[1]
-
-    @property
-    def response_lengths(self) -> torch.Tensor:
-        """(B,) long: tokens per response, EOS included."""
-        return self.response_mask.sum(-1)
-
-    def __len__(self) -> int:
-        return self.prompt_ids.shape[0]
+    def generation(self) -> GenerationSettings:
+        """What the generation engine needs of these settings."""
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop_at_eos=self.stop_at_eos,
+            bf16=self.bf16,
+        )
 
 
 def shape_scores(raw: torch.Tensor, ended: torch.Tensor, s: RolloutSettings) -> torch.Tensor:
@@ -153,73 +126,44 @@ def shape_scores(raw: torch.Tensor, ended: torch.Tensor, s: RolloutSettings) -> 
 
 @torch.no_grad()
 def collect_rollout(
-    policy: torch.nn.Module,
+    generator: ResponseGenerator,
     reference: torch.nn.Module,
-    value_model: torch.nn.Module | None,
     scorer: Any,
     prompts: Sequence[PromptRecord | str],
     *,
     tokenizer: Any,
     settings: RolloutSettings,
     kl_coef: float,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
     prompt_ids: Sequence[Sequence[int]] | None = None,
 ) -> Rollout:
-    """Sample a response to each prompt and compute everything PPO needs (see module doc).
+    """Sample a response to each prompt, score it, and compute the reference log-probs and
+    the KL-penalised per-token rewards (module docstring).
 
     `prompts`: records (text + safety tag) or plain strings (safety False); `prompt_ids`:
-    their token ids if already encoded. `value_model` None gives values 0 (evaluation).
-    Everything returned lives on the policy's device.
+    their token ids if already encoded. Everything returned lives on the policy's device.
     """
-    policy, reference = unwrap(policy), unwrap(reference)
-    device = next(policy.parameters()).device
-    texts = [_text(p) for p in prompts]
-    safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
+    texts = [p if isinstance(p, str) else p.prompt for p in prompts]
     if prompt_ids is None:
         prompt_ids = encode_prompts(prompts, tokenizer, settings.max_prompt_len)
-    temp = settings.logprob_temperature
-    timings: dict[str, float] = {}
-
-    t0 = sync_time(device)
-    with autocast_context(device, settings.bf16):
-        gen = sample(
-            policy,
-            prompt_ids,
-            max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            generator=generator,
-            stop_at_eos=settings.stop_at_eos,
-        )
-    responses = decode_responses(tokenizer, gen)
+    t0 = sync_time(generator.device)
+    gen = generator.generate(prompt_ids, settings.generation, rng)
+    device = gen.response_ids.device
     t1 = sync_time(device)
-    timings["generate"] = t1 - t0
 
-    raw, per_rm = score_generation(scorer, gen, texts, responses, safety, tokenizer)
+    safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
+    raw, per_rm = score_generation(scorer, gen, texts, safety, tokenizer)
     scores = shape_scores(raw, gen.ended, settings)
     t2 = sync_time(device)
-    timings["score"] = t2 - t1
 
-    mask = gen.response_mask
-    seq, attn = gen.sequences, gen.attention_mask
-    P, R = gen.prompt_ids.shape[1], gen.response_ids.shape[1]
+    mask, seq = gen.response_mask, gen.sequences
     with autocast_context(device, settings.bf16):
-        ref_logits = policy_logits(reference, seq, attn, R)
-    ref_logprobs = response_logprobs(ref_logits, seq, P, temp).masked_fill(~mask, 0.0)
+        ref_logits = policy_logits(reference, seq, gen.attention_mask, mask.shape[1])
+    ref_logprobs = response_logprobs(
+        ref_logits, seq, gen.prompt_ids.shape[1], settings.logprob_temperature
+    ).masked_fill(~mask, 0.0)
     del ref_logits
     t3 = sync_time(device)
-    timings["reference"] = t3 - t2
-
-    if value_model is not None:
-        with autocast_context(device, settings.bf16):
-            values = response_values(unwrap(value_model), seq, attn, P)
-        values = values.masked_fill(~mask, 0.0)
-    else:
-        values = torch.zeros_like(gen.logprobs)
-    timings["value"] = sync_time(device) - t3
 
     logprobs = gen.logprobs.float()
     rewards, kl = kl_penalized_rewards(
@@ -232,7 +176,6 @@ def collect_rollout(
         response_mask=mask,
         logprobs=logprobs,
         ref_logprobs=ref_logprobs,
-        values=values,
         raw_scores=raw,
         scores=scores,
         kl=kl,
@@ -240,13 +183,9 @@ def collect_rollout(
         ended=gen.ended,
         safety=safety,
         prompts=texts,
-        responses=responses,
+        responses=gen.texts,
         per_rm=per_rm,
         kl_coef=float(kl_coef),
-        timings=timings,
+        kl_estimator=settings.kl_estimator,
+        timings={"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},
     )
-
-
-def tensor_fields(rollout: Rollout) -> list[str]:
-    """Names of the per-row tensor fields (what minibatches slice)."""
-    return [f.name for f in fields(rollout) if isinstance(getattr(rollout, f.name), torch.Tensor)]

@@ -1,11 +1,18 @@
-"""The PPO update of one rollout: advantages, then epochs of clipped policy and value steps,
-with the PPO-ptx language-modelling gradient added to every policy step.
+"""PPO steps 4-6: values, advantages and returns, then epochs of clipped policy and value
+steps, with the PPO-ptx language-modelling gradient added to every policy step.
+
+`add_advantages` runs the value model over the rollout's sequences, then GAE; it returns
+the rollout grown by `values`, `advantages` and `returns`. When the update makes a single
+pass (one epoch, one minibatch, one micro-batch: `reuses_value_forward`), that value
+forward keeps its autograd graph and the value loss backpropagates through it: one value
+forward per step instead of two (8-9% of such a step, bench/RESULTS.md).
 
 One optimizer step of the policy (per minibatch):
     grad = d/dphi [ PPO clipped loss on the minibatch ]  +  ptx_coef * d/dphi [ LM loss on a
            pretraining batch ]                             (InstructGPT's PPO-ptx objective)
 then clip the global norm, one AdamW step. The value model (its own parameters and
-optimizer) takes one step per minibatch on the clipped value loss.
+optimizer) takes one step per minibatch on the clipped value loss, before the policy's
+(the two are independent; first frees a reused value graph before the policy forward).
 
 Losses are token means over the whole minibatch across micro-batches and processes: each
 micro-batch's mean is weighted by its share of the minibatch's tokens (times the world
@@ -16,22 +23,24 @@ masked tensor expression over (B, R).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from rlhfkit.distributed import all_reduce, rank, world_size
 from rlhfkit.errors import UserError
+from rlhfkit.logging import sync_time
 from rlhfkit.loops.common import optimizer_step
-from rlhfkit.loops.ppo.rollout import Rollout, tensor_fields
 from rlhfkit.losses import ppo_policy_loss, ppo_value_loss, sft_nll
 from rlhfkit.models.forward import policy_logits, response_values
 from rlhfkit.models.load import autocast_context
-from rlhfkit.models.wrap import no_sync
+from rlhfkit.models.wrap import no_sync, unwrap
 from rlhfkit.ops.advantages import gae
 from rlhfkit.ops.logprobs import entropy_from_logits, response_logprobs
 from rlhfkit.ops.masking import global_whiten, masked_mean
+from rlhfkit.types import Rollout
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,26 @@ class UpdateSettings:
     ptx_coef: float = 0.0
     bf16: bool = False
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> UpdateSettings:
+        """The update options of a `PPOConfig`."""
+        return cls(
+            ppo_epochs=cfg.ppo_epochs,
+            num_mini_batches=cfg.num_mini_batches,
+            micro_batch_size=cfg.micro_batch_size,
+            clip_eps=cfg.clip_eps,
+            value_clip=cfg.value_clip,
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+            whiten_advantages=cfg.whiten_advantages,
+            whiten_rewards=cfg.whiten_rewards,
+            max_grad_norm=cfg.max_grad_norm,
+            temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+            ptx_coef=cfg.ptx_coef,
+            bf16=cfg.bf16,
+            seed=cfg.seed,
+        )
 
 
 @dataclass
@@ -94,31 +123,115 @@ class PtxBatches:
         return self.blocks[idx[lo:hi]]
 
 
-def compute_advantages(rollout: Rollout, s: UpdateSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """(advantages, returns), both (B, R): GAE on the rollout's per-token rewards.
+def reuses_value_forward(s: UpdateSettings, rows: int) -> bool:
+    """Whether the update's value forward can be `add_advantages`' own: one epoch, one
+    minibatch, one micro-batch (`rows`: this process's rollout rows).
 
-    Optional reward whitening (scale only, mean kept: Huang et al. 2024) before GAE and
-    advantage whitening after it, each over all valid tokens of all processes.
+    The update then runs the value model once, before its only optimizer step, in eval
+    mode, on the rollout's sequences: the function the rollout evaluated, at the same
+    weights on the same inputs. Only the row order and the trimmed all-padding columns
+    differ, which change nothing but rounding (positions come from the mask).
     """
+    return s.ppo_epochs == 1 and s.num_mini_batches == 1 and not 0 < s.micro_batch_size < rows
+
+
+def add_advantages(value_model: torch.nn.Module, rollout: Rollout, s: UpdateSettings) -> Rollout:
+    """The rollout with `values` (B, R), `advantages` (B, R) and `returns` (B, R).
+
+    Values V(prompt + response[:t]) from one value forward (kept with its graph as
+    `value_graph` where `reuses_value_forward`); then optional reward whitening (scale
+    only, mean kept: Huang et al. 2024) before GAE and advantage whitening after it, each
+    over all valid tokens of all processes.
+    """
+    t0 = sync_time(rollout.device)
+    keep_graph = reuses_value_forward(s, len(rollout))
+    with torch.set_grad_enabled(keep_graph), autocast_context(rollout.device, s.bf16):
+        model = value_model if keep_graph else unwrap(value_model)  # DDP hooks only if trained
+        graph = response_values(model, rollout.sequences, rollout.attention_mask, rollout.prompt_len)
     mask = rollout.response_mask
+    values = graph.detach().masked_fill(~mask, 0.0)
     rewards = rollout.rewards
     if s.whiten_rewards:
         rewards = global_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae(rewards, rollout.values, mask, s.gamma, s.lam)
+    advantages, returns = gae(rewards, values, mask, s.gamma, s.lam)
     if s.whiten_advantages:
         advantages = global_whiten(advantages, mask)
-    return advantages, returns
+    timings = {**rollout.timings, "value": sync_time(rollout.device) - t0}
+    return replace(
+        rollout, values=values, advantages=advantages, returns=returns, timings=timings,
+        value_graph=graph if keep_graph else None,
+    )  # fmt: skip
 
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def ppo_update(
+    t: Trainables,
+    rollout: Rollout,
+    s: UpdateSettings,
+    *,
+    step: int,
+    policy_steps: int = 0,
+    ptx: PtxBatches | None = None,
+) -> tuple[dict[str, float], int]:
+    """`s.ppo_epochs` passes over shuffled minibatches of `rollout` (this process's rows,
+    with advantages: `add_advantages`).
+
+    `step` seeds the minibatch order; `policy_steps` counts policy optimizer steps so far
+    (it picks the ptx batches). Returns (mean stats over all minibatches and processes,
+    policy_steps after this update).
+    """
+    if rollout.advantages is None:
+        raise ValueError("ppo_update needs a rollout with advantages (add_advantages)")
+    if rollout.value_graph is not None and not reuses_value_forward(s, len(rollout)):
+        raise ValueError("a kept value graph needs one epoch, one minibatch and one micro-batch")
+    data = rollout.row_tensors()
+    world, use_ptx = world_size(), ptx is not None and s.ptx_coef > 0
+    one = torch.ones((), device=rollout.device)
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(stats: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0 * one) + v.detach().float() * weight
+
+    count = 0
+    for epoch in range(s.ppo_epochs):
+        for mb_idx in _minibatches(len(rollout), s, step, epoch):
+            n_tokens = all_reduce(rollout.response_mask[mb_idx].sum().float()).clamp_min(1)
+            micro = [
+                _trim({k: v[i] for k, v in data.items()})
+                for i in _micro(mb_idx, s.micro_batch_size)
+            ]
+            # Each micro-batch's token mean, weighted by its share of the minibatch's tokens
+            # (x world: DDP averages gradients over processes).
+            weights = [mb["response_mask"].sum() * world / n_tokens for mb in micro]
+            graph = None  # one minibatch, one micro-batch: the kept graph's rows and columns
+            if rollout.value_graph is not None:
+                graph = rollout.value_graph[mb_idx, : micro[0]["response_mask"].shape[1]]
+            vnorm = _value_step(t, micro, weights, s, add, graph)
+            for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
+                with no_sync(t.policy, sync=k == len(micro) - 1 and not use_ptx):
+                    add(_policy_backward(t.policy, mb, s, w, entropy=epoch == 0), w / world)
+            if use_ptx:
+                blocks = ptx.batch(policy_steps, rank(), world)
+                add(_ptx_backward(t.policy, blocks, s, rollout.device), one / world)
+            norm = optimizer_step(t.policy, t.policy_optimizer, t.policy_scheduler, s.max_grad_norm)
+            policy_steps += 1
+            add({"grad_norm": one * norm, "value_grad_norm": one * vnorm}, one / world)
+            count += 1
+    return _mean_stats(sums, count, s, use_ptx), policy_steps
 
 
-def _global_sum(x: torch.Tensor) -> torch.Tensor:
-    if _world() > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-    return x
+def _mean_stats(
+    sums: dict[str, torch.Tensor], count: int, s: UpdateSettings, use_ptx: bool
+) -> dict[str, float]:
+    """Per-minibatch means over all processes (one all-reduce)."""
+    keys = sorted(sums)
+    totals = all_reduce(torch.stack([sums[k] for k in keys])).tolist()
+    stats = {k: v / count for k, v in zip(keys, totals, strict=True)}
+    if "entropy" in stats:  # measured in the first epoch only
+        stats["entropy"] *= s.ppo_epochs
+    if use_ptx:
+        stats["ptx_loss"] = stats.pop("ptx_nll")
+    return stats
 
 
 def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -148,105 +261,6 @@ def _micro(idx: torch.Tensor, size: int) -> Sequence[torch.Tensor]:
     return torch.split(idx, size) if size > 0 else (idx,)
 
 
-def reuses_value_forward(s: UpdateSettings, rows: int) -> bool:
-    """Whether the update's value forward can be the rollout's (`value_forward`): one
-    epoch, one minibatch, one micro-batch (`rows`: this process's rollout rows).
-
-    The update then runs the value model once, before its only optimizer step, in eval
-    mode, on the rollout's sequences: the function the rollout evaluated, at the same
-    weights on the same inputs. Only the row order and the trimmed all-padding columns
-    differ, which change nothing but rounding (positions come from the mask). So one
-    forward with its graph serves both: detached, the rollout's values (GAE); attached,
-    the value loss. Saves a value forward per step.
-    """
-    return s.ppo_epochs == 1 and s.num_mini_batches == 1 and not 0 < s.micro_batch_size < rows
-
-
-def value_forward(value_model: torch.nn.Module, rollout: Rollout, s: UpdateSettings):
-    """(B, R) V of the rollout's sequences WITH the autograd graph (`reuses_value_forward`):
-    `rollout.values` is its detached copy (0 at padding); pass it to `ppo_update(values=)`.
-    Goes through the top-level forward (DDP's backward hooks run)."""
-    with autocast_context(rollout.response_ids.device, s.bf16):
-        return response_values(
-            value_model, rollout.sequences, rollout.attention_mask, rollout.prompt_len
-        )
-
-
-def ppo_update(
-    t: Trainables,
-    rollout: Rollout,
-    advantages: torch.Tensor,
-    returns: torch.Tensor,
-    s: UpdateSettings,
-    *,
-    step: int,
-    policy_steps: int = 0,
-    ptx: PtxBatches | None = None,
-    values: torch.Tensor | None = None,
-) -> tuple[dict[str, float], int]:
-    """`s.ppo_epochs` passes over shuffled minibatches of `rollout` (this process's rows).
-
-    `step` seeds the minibatch order; `policy_steps` counts policy optimizer steps so far
-    (it picks the ptx batches). `values`: the output of `value_forward` on this rollout,
-    whose graph the value loss then uses instead of a new forward (only where
-    `reuses_value_forward`); the value step then comes before the policy step (the two
-    are independent), which frees that graph before the policy's forward. Returns (mean
-    stats over all minibatches, policy_steps).
-    """
-    if values is not None and not reuses_value_forward(s, len(rollout)):
-        raise ValueError("values= needs one epoch, one minibatch and one micro-batch")
-    names = tensor_fields(rollout)
-    data = {k: getattr(rollout, k) for k in names}
-    data.update(advantages=advantages, returns=returns)
-    device = rollout.response_ids.device
-    world = _world()
-    rank = dist.get_rank() if world > 1 else 0
-    use_ptx = ptx is not None and s.ptx_coef > 0
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    one = torch.ones((), device=device)
-
-    def add(stats: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0 * one) + v.detach().float() * weight
-
-    for epoch in range(s.ppo_epochs):
-        for mb_idx in _minibatches(len(rollout), s, step, epoch):
-            n_tokens = _global_sum(rollout.response_mask[mb_idx].sum().float()).clamp_min(1)
-            micro = [
-                _trim({k: v[i] for k, v in data.items()})
-                for i in _micro(mb_idx, s.micro_batch_size)
-            ]
-            # Each micro-batch's token mean, weighted by its share of the minibatch's tokens
-            # (x world: DDP averages gradients over processes).
-            weights = [mb["response_mask"].sum() * world / n_tokens for mb in micro]
-            vnorm = None
-            if values is not None:  # one minibatch, one micro-batch: its rows and columns
-                given = values[mb_idx, : micro[0]["response_mask"].shape[1]]
-                vnorm = _value_step(t, micro, weights, s, add, given)
-            for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
-                with no_sync(t.policy, sync=k == len(micro) - 1 and not use_ptx):
-                    add(_policy_backward(t.policy, mb, s, w, entropy=epoch == 0), w / world)
-            if use_ptx:
-                blocks = ptx.batch(policy_steps, rank, world)
-                add(_ptx_backward(t.policy, blocks, s, device), one / world)
-            norm = optimizer_step(t.policy, t.policy_optimizer, t.policy_scheduler, s.max_grad_norm)
-            policy_steps += 1
-            if vnorm is None:
-                vnorm = _value_step(t, micro, weights, s, add)
-            norms = {"grad_norm": one * norm, "value_grad_norm": one * vnorm}
-            add(norms, one / world)  # the same on every process after the all-reduce
-            count += 1
-    keys = sorted(sums)
-    totals = _global_sum(torch.stack([sums[k] for k in keys])).tolist()  # one all-reduce
-    stats = {k: v / count for k, v in zip(keys, totals, strict=True)}
-    if "entropy" in stats:  # measured in the first epoch only
-        stats["entropy"] *= s.ppo_epochs
-    if use_ptx:
-        stats["ptx_loss"] = stats.pop("ptx_nll")
-    return stats, policy_steps
-
-
 def _policy_backward(
     policy: torch.nn.Module, mb: dict[str, torch.Tensor], s: UpdateSettings, weight, entropy: bool
 ) -> dict[str, torch.Tensor]:
@@ -273,14 +287,14 @@ def _value_step(
     micro: list[dict[str, torch.Tensor]],
     weights: list[torch.Tensor],
     s: UpdateSettings,
-    add: Callable[[dict[str, torch.Tensor], torch.Tensor], None],
-    values: torch.Tensor | None = None,
+    add: Any,
+    graph: torch.Tensor | None = None,
 ) -> float:
-    """The value model's step on one minibatch (its micro-batches); the grad norm."""
-    world = _world()
+    """The value model's step on one minibatch (its micro-batches); the grad norm. `graph`:
+    the minibatch's values with their autograd graph (`add_advantages`), else a forward."""
     for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
         with no_sync(t.value_model, sync=k == len(micro) - 1):
-            add(_value_backward(t.value_model, mb, s, w, values), w / world)
+            add(_value_backward(t.value_model, mb, s, w, graph), w / world_size())
     return optimizer_step(t.value_model, t.value_optimizer, t.value_scheduler, s.max_grad_norm)
 
 
@@ -310,7 +324,7 @@ def _ptx_backward(
     """Add ptx_coef * grad of the mean next-token NLL of the pretraining batch (all
     processes together) to the policy's gradients."""
     blocks = blocks.to(device)
-    n_global = _global_sum(torch.tensor(float(blocks.numel() - blocks.shape[0]), device=device))
+    n_global = all_reduce(torch.tensor(float(blocks.numel() - blocks.shape[0]), device=device))
     chunks = _micro(torch.arange(blocks.shape[0]), s.micro_batch_size)
     nll = torch.zeros((), device=device)
     for k, idx in enumerate(chunks):
@@ -318,10 +332,6 @@ def _ptx_backward(
             with autocast_context(device, s.bf16):
                 logits = policy(input_ids=blocks[idx], use_cache=False).logits
             loss_sum, _ = sft_nll(logits, blocks[idx], reduction="sum")
-            (loss_sum * (s.ptx_coef * _world() / n_global)).backward()
-        nll = nll + loss_sum.detach() / n_global * _world()
+            (loss_sum * (s.ptx_coef * world_size() / n_global)).backward()
+        nll = nll + loss_sum.detach() / n_global * world_size()
     return {"ptx_nll": nll}
-
-
-def replace_settings(s: UpdateSettings, **changes) -> UpdateSettings:
-    return replace(s, **changes)
