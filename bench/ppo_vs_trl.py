@@ -6,6 +6,8 @@ side, in alternating order, and prints per-round ratios and their median:
     bash bench/setup_trl112_venv.sh                 # once: bench/.venv-trl112 (trl 1.12.0)
     .venv/bin/python bench/ppo_vs_trl.py            # ~5 min on 2 shared cores
     .venv/bin/python bench/ppo_vs_trl.py --rounds 1 --steps 4 --models ppo-small   # quick
+    git worktree add /tmp/before COMMIT                # rlhfkit against an earlier rlhfkit:
+    .venv/bin/python bench/ppo_vs_trl.py --peer-src /tmp/before   # the "TRL" column is it
 
 Same work on both sides:
 - four Llama models per size, all the same architecture: policy and reference (a causal LM
@@ -320,6 +322,10 @@ def _launch(side: str, python: str, args, workdir: Path, round_: int) -> dict:
     cmd = [python, __file__, "--side", side, "--workdir", str(workdir), "--result", str(result)]
     cmd += ["--models", args.models, "--warmup", str(args.warmup), "--steps", str(args.steps)]
     env = {**os.environ, **ENV}
+    if side == "trl" and args.peer_src:  # the peer is rlhfkit from another checkout
+        peer = Path(args.peer_src).resolve()
+        cmd[0:4] = [args.ours_python, str(peer / "bench" / "ppo_vs_trl.py"), "--side", "ours"]
+        env["PYTHONPATH"] = str(peer / "src")
     if side == "ours" and args.ours_no_onednn:
         env["RLHFKIT_ONEDNN"] = "0"
     t0 = time.perf_counter()
@@ -348,6 +354,8 @@ def driver(args) -> None:
     spec = setup(workdir, models, args.batch, args.new_tokens)
     print(f"setup: {time.perf_counter() - t_start:.0f} s; models {spec['models']}", flush=True)
     pythons = {"ours": args.ours_python, "trl": args.trl_python}
+    if args.peer_src:
+        print(f"peer: rlhfkit from {args.peer_src} in the TRL columns", flush=True)
     rounds = []
     for r in range(args.rounds):
         order = ["ours", "trl"] if r % 2 == 0 else ["trl", "ours"]
@@ -424,6 +432,11 @@ def main() -> None:
         "--ours-no-onednn",
         action="store_true",
         help="rlhfkit with RLHFKIT_ONEDNN=0: MKL for every linear layer (as TRL), to compare",
+    )
+    ap.add_argument(
+        "--peer-src",
+        default=None,
+        help="compare with rlhfkit from this checkout instead of TRL (a before/after check)",
     )
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)

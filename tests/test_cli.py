@@ -87,3 +87,29 @@ def test_repeatable_flag_replaces_the_yaml_list(tmp_path):
     assert cli.parse("rs", ["--config", str(cfg_file)]).rm == ("a=A", "b=B")
     cfg = cli.parse("rs", ["--config", str(cfg_file), "--rm", "c=C", "--rm", "d=D"])
     assert cfg.rm == ("c=C", "d=D")
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_commands_saved_config_loads_back_equal(name, tmp_path):
+    """save_config then load_yaml_defaults is the identity, inherited option groups included."""
+    from rlhfkit.config import load_yaml_defaults, save_config
+
+    cls = cli._load(cli.COMMANDS[name].config)
+    cfg = cls()
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    assert load_yaml_defaults(cls, str(path)) == cfg
+
+
+def _help_text(name: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        cli.main([*name.split(), "--help"])
+    return " ".join(capsys.readouterr().out.replace("│", " ").split())
+
+
+def test_overriding_a_group_default_keeps_the_group_help(capsys):
+    """`lr: float = 1e-4` in SFTConfig changes the default only; PPO's docstring replaces the help."""
+    assert "--lr FLOAT Peak learning rate. (default: 0.0001)" in _help_text("sft", capsys)
+    ppo = _help_text("ppo", capsys)
+    assert "--lr FLOAT Policy learning rate. (default: 1e-05)" in ppo
+    assert "--adam-beta1 FLOAT (default: 0.9)" in ppo

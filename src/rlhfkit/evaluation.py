@@ -26,7 +26,15 @@ from typing import Any
 
 import torch
 
+from rlhfkit.data.world import is_world_prompt, summarize
+from rlhfkit.data.world.io import read_world_prompts
+from rlhfkit.distributed import pick_device
+from rlhfkit.generation import GenerationSettings, make_generator
 from rlhfkit.logging import write_json
+from rlhfkit.models.load import load_reference, load_tokenizer
+from rlhfkit.sample_score import encode_prompts, sample_and_score
+from rlhfkit.sample_score import sequence_logprobs as sequence_logprobs  # for old importers
+from rlhfkit.scoring import RewardScorer
 
 KL_ESTIMATOR = "k1"
 KL_NOTE = (
@@ -60,23 +68,6 @@ class SampledKL:
 
 
 @torch.no_grad()
-def sequence_logprobs(model: torch.nn.Module, gen: Any, temperature: float = 1.0) -> torch.Tensor:
-    """(B, R) float32 log-probs of a `Generation`'s response tokens under `model` (one
-    forward over prompt + response, positions from the mask as in sampling); 0 at padding."""
-    from rlhfkit.models.forward import policy_logits
-    from rlhfkit.ops.logprobs import response_logprobs
-
-    seq, attn = gen.sequences, gen.attention_mask
-    P, R = gen.prompt_ids.shape[1], gen.response_ids.shape[1]
-    was_training = model.training
-    model.eval()
-    logits = policy_logits(model, seq, attn, R)  # (B, L, V)
-    model.train(was_training)
-    logprobs = response_logprobs(logits, seq, P, temperature).float()  # (B, R)
-    return logprobs.masked_fill(~gen.response_mask, 0.0)
-
-
-@torch.no_grad()
 def sample_kl(
     policy: torch.nn.Module,
     reference: torch.nn.Module,
@@ -89,33 +80,17 @@ def sample_kl(
     max_prompt_len: int = 128,
 ) -> SampledKL:
     """Sample one response per prompt from `policy` at temperature 1 (seeded: every model
-    gets the same random numbers) and estimate KL(policy || reference) on it."""
-    from rlhfkit.data.tokenize import encode_prompt
-    from rlhfkit.models.generate import decode_responses, sample
-    from rlhfkit.ops.kl import kl_k1, kl_k3
-    from rlhfkit.ops.masking import masked_sum
-
+    gets the same random numbers) and estimate KL(policy || reference) on it, with full
+    forwards of both models (`sample_score.sequence_kl` with `policy` given)."""
     device = next(policy.parameters()).device
-    gen_rng = torch.Generator(device=device).manual_seed(seed + 7_919)
-    responses: list[str] = []
-    tokens: list[int] = []
-    kls, k3s = [], []
-    for i in range(0, len(prompts), batch_size):
-        ids = [encode_prompt(p, tokenizer, max_prompt_len) for p in prompts[i : i + batch_size]]
-        gen = sample(
-            policy, ids, max_new_tokens=max_new_tokens, temperature=SAMPLE_TEMPERATURE,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            generator=gen_rng,
-        )  # fmt: skip
-        mask = gen.response_mask  # (B, R)
-        logp = sequence_logprobs(policy, gen)  # (B, R)
-        ref_logp = sequence_logprobs(reference, gen.to(next(reference.parameters()).device))
-        ref_logp = ref_logp.to(device)
-        kls.append(masked_sum(kl_k1(logp, ref_logp), mask, dim=1).cpu())  # (B,)
-        k3s.append(masked_sum(kl_k3(logp, ref_logp), mask, dim=1).cpu())  # (B,)
-        responses += decode_responses(tokenizer, gen)
-        tokens += (mask.sum(-1) - gen.ended.long()).tolist()
-    return SampledKL(responses, tokens, torch.cat(kls), torch.cat(k3s))
+    r = sample_and_score(
+        make_generator(policy, tokenizer), prompts,
+        encode_prompts(prompts, tokenizer, max_prompt_len),
+        GenerationSettings(max_new_tokens=max_new_tokens, temperature=SAMPLE_TEMPERATURE),
+        torch.Generator(device=device).manual_seed(seed + 7_919), batch_size=batch_size,
+        reference=reference, policy=policy,
+    )  # fmt: skip
+    return SampledKL(r.texts, r.tokens, r.kl, r.kl_k3)
 
 
 def rm_summary(
@@ -135,8 +110,6 @@ def gold_summary(
     prompts: Sequence[str], responses: Sequence[str], safety: Sequence[bool], tokens: Sequence[int]
 ) -> dict[str, Any]:
     """The headline gold metrics of the built-in world, or {} for prompts not of the world."""
-    from rlhfkit.data.world import is_world_prompt, summarize
-
     if not prompts or not all(is_world_prompt(p) for p in prompts):
         return {}
     s = summarize(list(prompts), list(responses), list(safety), response_tokens=list(tokens))
@@ -145,8 +118,6 @@ def gold_summary(
 
 def rm_scorer(specs: Sequence[str], device: Any, batch_size: int = 32) -> Any:
     """The helpfulness and safety RMs combined by Llama 2's rule, never whitened."""
-    from rlhfkit.scoring import RewardScorer
-
     return RewardScorer.from_specs(
         list(specs), combine="llama2", combine_options={"whiten": False},
         device=device, batch_size=batch_size,
@@ -171,8 +142,6 @@ class ExtraEval:
         cls, cfg: Any, reference: str | None, rm_specs: Sequence[str]
     ) -> ExtraEval:
         """The prompts and options of an `EvalConfig` (`rlhfkit eval`'s), same prompts."""
-        from rlhfkit.data.world.io import read_world_prompts
-
         recs = read_world_prompts(cfg.prompts)[: cfg.max_prompts]
         return cls(
             prompts=[r.prompt for r in recs],
@@ -193,8 +162,6 @@ def extra_metrics(
 ) -> dict[str, Any]:
     """RM score of the greedy responses, KL to the reference, and the metrics of the
     temperature-1 samples, for one model (module docstring)."""
-    from rlhfkit.models.load import load_reference, load_tokenizer
-
     out: dict[str, Any] = {}
     if scorer is not None:
         out.update(rm_summary(scorer, spec.prompts, greedy_responses, spec.safety))
@@ -225,9 +192,6 @@ def evaluate_extras(
 
     Models at the same folder (the selected SFT is also an epoch) are computed once.
     """
-    from rlhfkit.distributed import pick_device
-    from rlhfkit.models.load import load_reference
-
     device = pick_device(spec.device)
     scorer = rm_scorer(spec.rm_specs, device) if spec.rm_specs else None
     reference = load_reference(spec.reference, device) if spec.reference else None
@@ -252,8 +216,6 @@ def evaluate_extras(
 
 
 def _same_tokenizer(reference: str | None, paths: Any) -> bool:
-    from rlhfkit.models.load import load_tokenizer
-
     vocab = load_tokenizer(reference).get_vocab()
     return all(load_tokenizer(p).get_vocab() == vocab for p in set(paths))
 

@@ -7,7 +7,6 @@ silent). TensorBoard is optional at run time: without it, JSONL still records ev
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -15,13 +14,7 @@ from typing import Any
 
 import torch
 
-
-def _plain(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
+from rlhfkit.files import _plain, write_json  # noqa: F401 (write_json: re-exported)
 
 
 def rank0_print(*args: Any, rank: int = 0, **kwargs: Any) -> None:
@@ -99,14 +92,6 @@ def format_metrics(metrics: dict[str, Any], keys: tuple[str, ...] | None = None)
         v = _plain(v)
         out[k] = f"{v:.3g}" if isinstance(v, float) else str(v)
     return out
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temp file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_plain) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def sync_time(device: torch.device) -> float:

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import ConfigError, PipelineConfig
+from rlhfkit.config import PIPELINE_STAGES, ConfigError, PipelineConfig
 from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.logging import write_json
+from rlhfkit.report import render_report
 
 # Per-stage option values of each preset. `quick` is a smoke run (under 2 minutes on two
 # CPU cores); `default` is what the README's numbers come from (238 s alone on two cores).
@@ -340,16 +341,19 @@ def format_eval_table(table: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+STAGE_FUNCTIONS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
+    "world": stage_world,
+    "pretrain": stage_pretrain,
+    "sft": stage_sft,
+    "label": stage_label,
+    "rm": stage_rm,
+    "select": stage_select,
+    "ppo": stage_ppo,
+    "rs": stage_rs,
+    "eval": stage_eval,
+}
 STAGES: list[tuple[str, Callable[[Ctx], dict[str, Any]]]] = [
-    ("world", stage_world),
-    ("pretrain", stage_pretrain),
-    ("sft", stage_sft),
-    ("label", stage_label),
-    ("rm", stage_rm),
-    ("select", stage_select),
-    ("ppo", stage_ppo),
-    ("rs", stage_rs),
-    ("eval", stage_eval),
+    (name, STAGE_FUNCTIONS[name]) for name in PIPELINE_STAGES
 ]
 
 
@@ -404,7 +408,5 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         f"\n[pipeline] done: {out} ({time.perf_counter() - t0:.0f} s this run, "
         f"{total:.0f} s of stage time in all)"
     )
-    from rlhfkit.report import render_report
-
     print(f"[pipeline] report: {render_report(out)} (re-render: rlhfkit report {out})")
     return ctx.state

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import report_plots as plots
+from rlhfkit.config import PIPELINE_STAGES
 from rlhfkit.errors import UserError
+from rlhfkit.files import write_text
 
 REPORT_MD, PLOT_DIR = "report.md", "report"
 PLOTS = ("models.png", "ppo_curves.png", "rm_accuracy.png", "rs_max_median.png", "overopt.png")
@@ -159,9 +161,7 @@ def section_header(run: RunData) -> list[str]:
     out.append("")
     rows = [(name, _seconds(s.get("seconds"))) for name, s in stages.items()]
     out += [md_table(["stage", "seconds"], rows), ""]
-    from rlhfkit.pipeline import STAGES
-
-    missing = [n for n, _ in STAGES if n not in stages]
+    missing = [n for n in PIPELINE_STAGES if n not in stages]
     if missing:
         out += [note(f"stages not (yet) run: {', '.join(missing)}"), ""]
     return out
@@ -395,9 +395,7 @@ def render_report(run_dir: str | Path) -> Path:
         *section_overopt(run, out_dir),
     ]
     path = root / REPORT_MD
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 

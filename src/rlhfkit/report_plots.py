@@ -8,17 +8,19 @@ labels with units, and a legend where it holds more than one series.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rlhfkit.files import atomic_file
 
 BUCKET_ORDER = ("significantly_better", "better", "slightly_better", "negligibly_better")
 RM_UNIT = "RM score (logit)"
 
 
 def _figure(width: float, height: float) -> Any:
+    # lazy: matplotlib takes about a second to import, paid only when a plot is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -27,11 +29,10 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
     return path
 
 
@@ -275,3 +276,28 @@ def _merge_labels(pts: Sequence[tuple[float, float, str]]) -> dict[tuple[float, 
         key = (round(x, 9), round(y, 9))
         out[key] = f"{out[key]} = {lab}" if key in out else lab
     return out
+
+
+def plot_max_median(rounds: Sequence[dict[str, Any]], path: Path) -> Path:
+    """`rs_max_median.png`: per round, max (solid) and median (dashed) reward among k
+    samples against k. Written atomically; no pyplot (no global backend state)."""
+    from matplotlib.ticker import MaxNLocator  # lazy, as in `_figure`
+
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    for i, st in enumerate(rounds):
+        ks = [row["k"] for row in st["max_median_at_k"]]
+        color = f"C{i % 10}"
+        temp = f", T={st['temperature']:g}" if "temperature" in st else ""
+        ax.plot(ks, [row["max"] for row in st["max_median_at_k"]], "-o", color=color,
+                markersize=3, label=f"round {st['round']} max{temp}")  # fmt: skip
+        ax.plot(ks, [row["median"] for row in st["max_median_at_k"]], "--", color=color,
+                label=f"round {st['round']} median")  # fmt: skip
+    ax.set_title("Rejection sampling: max and median reward among k samples")
+    ax.set_xlabel("k (samples per prompt)")
+    ax.set_ylabel("reward (mean over prompts)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path, dpi=120)

@@ -21,20 +21,21 @@ from safetensors.torch import load_file
 
 from rlhfkit import cli
 from rlhfkit.data.records import read_prompts
-from rlhfkit.loops import rejection_samples
+from rlhfkit.generation import make_generator
+from rlhfkit.loops.rejection import samples as rejection_samples
 from rlhfkit.loops.rejection.keep import (
     KEEP_RULES,
     confident,
     keep_best,
     keep_best_of_all_rounds,
     max_median_curve,
-    plot_max_median,
     round_stats,
 )
 from rlhfkit.loops.rejection.samples import SampleRecord, SamplingSettings, sample_batch
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import init_reward_model
+from rlhfkit.report_plots import plot_max_median
 from rlhfkit.sample_score import encode_prompts
 from rlhfkit.scoring.rules import rule_scorer
 from tests.loops.helpers import make_base_model, write_jsonl
@@ -218,8 +219,8 @@ def _mean_fresh_reward(path, prompts, scorer, seed: int = 123) -> float:
     tok = load_tokenizer(path)
     s = SamplingSettings(k=16, temperature=1.0, max_new_tokens=8)
     recs = sample_batch(
-        load_causal_lm(path), tok, prompts, encode_prompts(prompts, tok, 128), scorer, s,
-        torch.Generator().manual_seed(seed),
+        make_generator(load_causal_lm(path), tok), tok, prompts, encode_prompts(prompts, tok, 128),
+        scorer, s, torch.Generator().manual_seed(seed),
     )  # fmt: skip
     return fmean(x for r in recs for x in r.scores)
 

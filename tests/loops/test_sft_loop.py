@@ -81,13 +81,26 @@ def test_gradient_accumulation_equals_a_larger_batch(base, tmp_path):
     assert_same_training(wa, wb, _weights(base))
 
 
-def test_packed_and_padded_batches_train_alike(base, tmp_path):
+def test_packed_and_padded_batches_train_alike(base, tmp_path, monkeypatch):
+    """Packed and padded batches sum the same token losses in another order. In float64
+    (unit roundoff u = 1.1e-16) the gradients then differ by at most ~n u |g| with n <= 1e4
+    terms per entry, ~1e-12 relative; AdamW's first steps amplify a gradient error by at
+    most lr / eps = 1e6 (entries with |g| ~ eps), so the weights differ by <= ~1e-6 x the
+    update: far inside the 1e-3 below on any CPU. In float32 (u = 6e-8) the same bound is
+    ~1e2 x the update, so a float32 comparison could not be a fixed tolerance at all."""
+    import rlhfkit.loops.sft as sft_mod
+    from rlhfkit.models.load import load_causal_lm
+
+    monkeypatch.setattr(
+        sft_mod, "load_causal_lm", lambda *a, **k: load_causal_lm(*a, **k).double()
+    )
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
     kw = dict(model=str(base), data=str(data), epochs=1, lr=1e-2, batch_size=4)
     train_sft(SFTConfig(**kw, out=str(tmp_path / "p"), packing=True))
     train_sft(SFTConfig(**kw, out=str(tmp_path / "r"), packing=False))
     wp, wr = _weights(tmp_path / "p" / "epoch-1"), _weights(tmp_path / "r" / "epoch-1")
-    assert_same_training(wp, wr, _weights(base))
+    assert all(v.dtype == torch.float64 for v in wp.values())
+    assert_same_training(wp, wr, {k: v.double() for k, v in _weights(base).items()})
 
 
 def test_bad_record_stops_before_any_output(base, tmp_path, capsys):
@@ -121,3 +134,19 @@ def test_existing_run_is_not_overwritten(base, tmp_path, capsys):
     after = _weights(tmp_path / "o" / "epoch-1")
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert cli.main([*args, "--overwrite"]) == 0
+
+
+def test_resume_from_an_epoch_folder_says_so_and_warns_nothing(base, tmp_path, capsys, caplog):
+    # SFT writes epoch-N/ only (no checkpoints/step-N): `--resume` must find it, and the
+    # "no checkpoint to resume from" note must not fire.
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
+    out = tmp_path / "run"
+    kw = dict(model=str(base), data=str(data), batch_size=4, out=str(out))
+    train_sft(SFTConfig(**kw, epochs=1))
+    assert not (out / "checkpoints").exists()
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        summary = train_sft(SFTConfig(**kw, epochs=2, resume=True))
+    assert "no checkpoint" not in caplog.text and "starting fresh" not in caplog.text
+    assert f"resuming from {out / 'epoch-1'} at step 2" in capsys.readouterr().out
+    assert summary["steps"] == 4 and [r["epoch"] for r in summary["epochs"]] == [1, 2]

@@ -12,6 +12,7 @@ from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.models import checkpoint as ckpt
 from rlhfkit.models.checkpoint import (
     atomic_dir,
+    epoch_dir,
     export_hf,
     latest_checkpoint,
     load_checkpoint,
@@ -249,6 +250,41 @@ def test_latest_and_prune(tiny_model, tiny_tokenizer, tmp_path):
     left = sorted(p.name for p in root.iterdir())
     assert left == [".tmp-step-000500-999", "notes", "step-000020", "step-000100", "step-000300"]
     assert prune_checkpoints(tmp_path, keep_last=0) == []
+
+
+def _save_at(folder, model, step):
+    save_checkpoint(folder, models={"model": model}, tokenizer=None, state={"step": step})
+
+
+def test_latest_checkpoint_takes_the_most_steps_of_epoch_and_step_folders(tiny_model, tmp_path):
+    # An SFT/RM run keeps epoch-N/ (step in trainer_state.json) beside checkpoints/step-N/.
+    _save_at(epoch_dir(tmp_path, 1), tiny_model, 4)
+    _save_at(epoch_dir(tmp_path, 2), tiny_model, 8)
+    _save_at(step_dir(tmp_path, 6), tiny_model, 6)
+    (tmp_path / "epoch-3").mkdir()  # incomplete: no COMPLETE marker
+    (tmp_path / "epoch-3" / "trainer_state.json").write_text('{"state": {"step": 12}}')
+    (tmp_path / ".tmp-epoch-4-999").mkdir()  # a save killed mid-write
+    assert latest_checkpoint(tmp_path) == epoch_dir(tmp_path, 2)
+    _save_at(step_dir(tmp_path, 10), tiny_model, 10)  # --max-steps stopped epoch 3 midway
+    assert latest_checkpoint(tmp_path) == step_dir(tmp_path, 10)
+    # Same step: the epoch folder, saved after the epoch's end, is the further one.
+    _save_at(epoch_dir(tmp_path, 5), tiny_model, 10)
+    assert latest_checkpoint(tmp_path) == epoch_dir(tmp_path, 5)
+
+
+def test_resume_from_an_epoch_folder_prints_no_warning(tiny_model, tmp_path, caplog):
+    out = tmp_path / "x"
+    prepare_output_dir(out, resume=False, overwrite=False, command="sft")
+    _save_at(epoch_dir(out, 1), tiny_model, 3)
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        prepare_output_dir(out, resume=True, overwrite=False)
+    assert caplog.text == ""
+    # A command that resumes from folders of its own (rs: round-N/) gets no note either.
+    other = tmp_path / "rs"
+    prepare_output_dir(other, resume=False, overwrite=False, command="rs")
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        prepare_output_dir(other, resume=True, overwrite=False, checkpointed=False)
+    assert caplog.text == ""
 
 
 # --- output folders -----------------------------------------------------------------------

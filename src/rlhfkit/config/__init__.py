@@ -4,13 +4,18 @@ Each command has one dataclass. Its field docstrings are the `--help` text (rend
 tyro), flags are the field names with dashes (`max_steps` -> `--max-steps`), and a YAML
 file given with `--config FILE.yaml` sets defaults that flags then override.
 `load_yaml_defaults` does that merge; `save_config` writes the resolved config beside an
-output. The classes live by stage: `base` (shared options), `stages`, `rl`, `world`.
+output. The classes live by stage: `base` (option groups that the commands inherit, so
+flags stay flat), `stages`, `rl` (with the groups of the commands that sample), `world`.
 
 This module imports no torch: `rlhfkit --help` must answer in well under a second.
 """
 
 from rlhfkit.config.base import (
     ConfigError,
+    DeviceOptions,
+    EpochOptions,
+    OptimizerOptions,
+    RemoteCodeOptions,
     RewardOptions,
     RunOptions,
     TrainOptions,
@@ -18,7 +23,15 @@ from rlhfkit.config.base import (
     save_config,
     to_dict,
 )
-from rlhfkit.config.rl import PPOConfig, RSConfig, SelectConfig
+from rlhfkit.config.rl import (
+    LengthOptions,
+    PPOConfig,
+    RLOptions,
+    RSConfig,
+    SamplingOptions,
+    ScorerOptions,
+    SelectConfig,
+)
 from rlhfkit.config.stages import (
     PretrainConfig,
     RMConfig,
@@ -27,6 +40,7 @@ from rlhfkit.config.stages import (
     SFTConfig,
 )
 from rlhfkit.config.world import (
+    PIPELINE_STAGES,
     EvalConfig,
     PipelineConfig,
     ReportConfig,
@@ -37,19 +51,28 @@ from rlhfkit.config.world import (
 )
 
 __all__ = [
+    "PIPELINE_STAGES",
     "ConfigError",
+    "DeviceOptions",
+    "EpochOptions",
     "EvalConfig",
+    "LengthOptions",
+    "OptimizerOptions",
     "PPOConfig",
     "PipelineConfig",
     "PretrainConfig",
     "RMConfig",
+    "RLOptions",
     "RMEvalConfig",
     "RSConfig",
+    "RemoteCodeOptions",
     "RewardOptions",
     "ReportConfig",
     "RunOptions",
     "SFTConfig",
+    "SamplingOptions",
     "ScoreConfig",
+    "ScorerOptions",
     "SelectConfig",
     "StageOptions",
     "TrainOptions",

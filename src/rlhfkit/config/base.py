@@ -16,12 +16,22 @@ C = TypeVar("C")
 
 
 # ---------------------------------------------------------------------------------------
-# Shared option groups (flat: inherited, so every flag is `--name`, not `--group.name`)
+# Shared option groups (flat: inherited, so every flag is `--name`, not `--group.name`).
+# A command that needs another default for a shared option redeclares only `name: type =
+# default`, and tyro takes the help from the group; a docstring under it replaces that help.
 # ---------------------------------------------------------------------------------------
 
 
 @dataclass(kw_only=True)
-class RunOptions:
+class DeviceOptions:
+    """Where a command runs."""
+
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+
+
+@dataclass(kw_only=True)
+class RunOptions(DeviceOptions):
     """Where outputs go and how a run starts."""
 
     out: str = ""
@@ -32,15 +42,13 @@ class RunOptions:
     """Continue from the latest checkpoint in --out with full state."""
     overwrite: bool = False
     """Delete an existing run in --out and start fresh."""
-    device: str = "auto"
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     bf16: bool = False
     """bf16 autocast on devices that support it (weights and optimizer stay fp32)."""
 
 
 @dataclass(kw_only=True)
-class TrainOptions(RunOptions):
-    """Optimisation options shared by every stage that trains."""
+class EpochOptions:
+    """How much data a supervised stage trains on, in what batches."""
 
     epochs: int = 1
     """Passes over the training data (ignored when --max-steps is reached first)."""
@@ -50,6 +58,12 @@ class TrainOptions(RunOptions):
     """Sequences per micro-batch (per process under torchrun)."""
     grad_accum: int = 1
     """Micro-batches accumulated into one optimizer step."""
+
+
+@dataclass(kw_only=True)
+class OptimizerOptions:
+    """AdamW and its learning-rate schedule (`loops.common.build_optimizer`, `build_scheduler`)."""
+
     lr: float = 3e-4
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
@@ -64,10 +78,24 @@ class TrainOptions(RunOptions):
     adam_beta2: float = 0.95
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
+
+
+@dataclass(kw_only=True)
+class TrainOptions(OptimizerOptions, EpochOptions, RunOptions):
+    """Options shared by every stage that trains on a dataset (read by `loops.lm.fit_lm`)."""
+
     log_every: int = 10
     """Log metrics every N optimizer steps."""
     save_every: int = 0
     """Also write a resumable checkpoint every N optimizer steps (0: only at epoch ends)."""
+
+
+@dataclass(kw_only=True)
+class RemoteCodeOptions:
+    """Whether model folders may run their own code (commands that load Hugging Face models)."""
+
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folder to run (off: never run untrusted code)."""
 
 
 @dataclass(kw_only=True)

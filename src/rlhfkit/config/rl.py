@@ -7,25 +7,75 @@ from typing import Annotated, Literal
 
 import tyro
 
-from rlhfkit.config.base import RewardOptions, RunOptions, TrainOptions
+from rlhfkit.config.base import (
+    DeviceOptions,
+    OptimizerOptions,
+    RemoteCodeOptions,
+    RewardOptions,
+    RunOptions,
+    TrainOptions,
+)
 
-# --- RL: PPO and picking the SFT checkpoint (loops/ppo.py, loops/select.py) -------------
+# --- Option groups of the commands that sample from a policy and score the samples ------
 
 
 @dataclass(kw_only=True)
-class PPOConfig(RunOptions, RewardOptions):
-    """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx."""
+class LengthOptions:
+    """How long prompts and sampled responses may be."""
+
+    max_new_tokens: int = 32
+    """Maximum response tokens per sample."""
+    max_prompt_len: int = 128
+    """Prompts longer than this keep their last tokens."""
+
+
+@dataclass(kw_only=True)
+class SamplingOptions(LengthOptions):
+    """How a policy samples (`temperature` is each command's own: its meaning and type differ)."""
+
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0: all)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: all)."""
+
+
+@dataclass(kw_only=True)
+class ScorerOptions(RemoteCodeOptions, RewardOptions):
+    """The reward of sampled responses: reward models, combined, or a rule (what
+    `scoring.build.build_scorer` reads)."""
+
+    rule_reward: str | None = None
+    """A rule instead of reward models: 'gold' (the built-in world's gold judges), 'length' (words), 'count:TEXT'."""
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model folders to run."""
+
+
+@dataclass(kw_only=True)
+class RLOptions(SamplingOptions, ScorerOptions):
+    """What the RL stages (`ppo`, `rs`) share: the starting policy, how it samples, its reward,
+    and how the held-out evaluation samples."""
 
     policy: str = ""
     """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`)."""
+    eval_max_prompts: int | None = 256
+    """Evaluate on the first N held-out prompts."""
+    eval_temperature: float = 0.0
+    """Sampling temperature for evaluation (0: greedy, as `rlhfkit eval`)."""
+
+
+# --- RL: PPO and picking the SFT checkpoint (loops/ppo, loops/select.py) ----------------
+
+
+@dataclass(kw_only=True)
+class PPOConfig(OptimizerOptions, RunOptions, RLOptions):
+    """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx."""
+
     reference: str | None = None
     """Frozen reference for the KL penalty (default: --policy, as in InstructGPT)."""
     prompts: str = ""
     """RL prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too)."""
     whiten: bool | None = None
     """Whiten the combined RM score over each rollout batch (default: on for llama2, off otherwise)."""
-    rule_reward: str | None = None
-    """A rule instead of reward models: 'gold' (the built-in world's gold judges), 'length' (words), 'count:TEXT'."""
     value_init: str = "rm"
     """Value model start: 'rm' (a copy of the first --rm, InstructGPT), an RM NAME, 'policy' (the policy with a zero head; used with --rule-reward), or a reward/value model folder."""
     steps: int = 100
@@ -38,18 +88,10 @@ class PPOConfig(RunOptions, RewardOptions):
     """Sequences per forward/backward within a minibatch, per process (0: the whole minibatch). Changes memory, not results."""
     ppo_epochs: int = 4
     """Passes over each rollout batch."""
-    max_new_tokens: int = 32
-    """Maximum response tokens per sample."""
     ignore_eos: bool = False
     """EOS is an ordinary token in rollouts: every response gets exactly --max-new-tokens tokens (benchmarks; TRL's stop_token=None). Evaluation still stops at EOS."""
-    max_prompt_len: int = 128
-    """Prompts longer than this keep their last tokens."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts; every log-prob (policy, reference) uses it too."""
-    top_k: int = 0
-    """Sample from the k most likely tokens only (0: all)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1: all)."""
     kl_coef: float = 0.02
     """beta: KL penalty per token (InstructGPT 0.02; Llama 2 0.01 for 7B/13B); the start value with --kl-target."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
@@ -86,10 +128,11 @@ class PPOConfig(RunOptions, RewardOptions):
     """Pretraining blocks per policy step (over all processes)."""
     ptx_seq_len: int = 128
     """Tokens per pretraining block."""
-    lr: float = 1e-5
-    """Policy learning rate."""
     value_lr: float | None = None
     """Value model learning rate (default: --lr)."""
+    # OptimizerOptions with PPO's defaults, and help that says how PPO counts and clips.
+    lr: float = 1e-5
+    """Policy learning rate."""
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     """Learning-rate schedule after warmup (over steps x ppo_epochs x num_mini_batches optimizer steps)."""
     warmup_steps: int = 0
@@ -98,8 +141,6 @@ class PPOConfig(RunOptions, RewardOptions):
     """Final learning rate as a fraction of the peak (cosine and linear)."""
     weight_decay: float = 0.1
     """AdamW weight decay (Llama 2: 0.1; not on biases and norms)."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
     max_grad_norm: float = 1.0
     """Clip each model's gradient norm to this (0 disables)."""
     log_every: int = 1
@@ -112,22 +153,16 @@ class PPOConfig(RunOptions, RewardOptions):
     """Held-out prompts: evaluated before training, every --eval-every steps and at the end."""
     eval_every: int = 0
     """Evaluate every N steps (0: only before and after training)."""
-    eval_max_prompts: int | None = 256
-    """Evaluate on the first N held-out prompts."""
-    eval_temperature: float = 0.0
-    """Sampling temperature for evaluation (0: greedy, as `rlhfkit eval`)."""
     eval_batch_size: int = 64
     """Prompts per evaluation generation batch."""
     save_every: int = 50
     """Write a resumable checkpoint every N steps (and always at the end)."""
     keep_checkpoints: int = 2
     """Keep the newest N checkpoints (0: keep all)."""
-    trust_remote_code: bool = False
-    """Allow model code shipped inside the model folders to run."""
 
 
 @dataclass(kw_only=True)
-class SelectConfig(RewardOptions):
+class SelectConfig(DeviceOptions, LengthOptions, ScorerOptions):
     """Pick the SFT checkpoint whose samples the reward model(s) score highest (InstructGPT's pi^SFT)."""
 
     checkpoints: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
@@ -144,55 +179,37 @@ class SelectConfig(RewardOptions):
     """Sampling temperature (0: greedy)."""
     max_new_tokens: int = 32
     """Maximum response tokens."""
-    max_prompt_len: int = 128
-    """Prompts longer than this keep their last tokens."""
     batch_size: int = 64
     """Sequences per generation batch."""
     seed: int = 0
     """Sampling seed, the same for every checkpoint (common random numbers)."""
-    device: str = "auto"
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     out: str = ""
     """Output folder for select.json."""
     overwrite: bool = False
     """Replace an existing select.json in --out."""
-    trust_remote_code: bool = False
-    """Allow model code shipped inside the model folders to run."""
 
 
-# --- Rejection sampling fine-tuning (loops/rejection.py) --------------------------------
+# --- Rejection sampling fine-tuning (loops/rejection) ------------------------------------
 
 
 @dataclass(kw_only=True)
-class RSConfig(TrainOptions, RewardOptions):
+class RSConfig(TrainOptions, RLOptions):
     """Rejection sampling fine-tuning (Llama 2): per round, sample K responses per prompt, keep the highest-reward one, fine-tune on the kept set with the SFT loss."""
 
-    policy: str = ""
-    """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`)."""
     prompts: str = ""
     """Prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too), the same every round."""
     max_prompts: int | None = None
     """Use only the first N prompts."""
-    rule_reward: str | None = None
-    """A rule instead of reward models: 'gold' (the built-in world's gold judges), 'length' (words), 'count:TEXT'."""
     k: int = 8
     """Responses sampled per prompt and round (Llama 2: up to ~30 per prompt)."""
     rounds: int = 2
     """Rounds of sample -> keep the best -> fine-tune; each samples from the previous round's policy."""
     temperature: tuple[float, ...] = (1.0,)
     """Sampling temperature: one value for every round, or one per round (e.g. 0.7 1.0)."""
-    top_k: int = 0
-    """Sample from the k most likely tokens only (0: all)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1: all)."""
     keep: Literal["best", "best-of-all-rounds"] = "best"
     """'best': each prompt's best sample of this round; 'best-of-all-rounds': the best sample of any round so far (Llama 2)."""
     min_gap: float = 0.0
     """Fine-tune only on prompts whose best sample beats the median of its samples by at least this reward (0: every prompt, as Llama 2)."""
-    max_new_tokens: int = 32
-    """Maximum response tokens per sample."""
-    max_prompt_len: int = 128
-    """Prompts longer than this keep their last tokens."""
     sample_batch_size: int = 64
     """Sequences per generation batch (prompts per batch: this // --k); samples are saved batch by batch."""
     max_len: int = 256
@@ -207,9 +224,3 @@ class RSConfig(TrainOptions, RewardOptions):
     warmup_steps: int = 5
     eval_prompts: str | None = None
     """Held-out prompts: the policy's reward (and the world's gold metrics) before round 1 and after every round."""
-    eval_max_prompts: int | None = 256
-    """Evaluate on the first N held-out prompts."""
-    eval_temperature: float = 0.0
-    """Sampling temperature for evaluation (0: greedy, as `rlhfkit eval`)."""
-    trust_remote_code: bool = False
-    """Allow model code shipped inside the model folders to run."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlhfkit.config.base import RewardOptions, TrainOptions
+from rlhfkit.config.base import DeviceOptions, RemoteCodeOptions, RewardOptions, TrainOptions
 
 # ---------------------------------------------------------------------------------------
 # Commands
@@ -37,7 +37,7 @@ class PretrainConfig(TrainOptions):
 
 
 @dataclass(kw_only=True)
-class SFTConfig(TrainOptions):
+class SFTConfig(RemoteCodeOptions, TrainOptions):
     """Supervised fine-tuning on prompt + completion pairs; a checkpoint per epoch."""
 
     model: str = ""
@@ -59,12 +59,10 @@ class SFTConfig(TrainOptions):
     epochs: int = 3
     lr: float = 1e-4
     warmup_steps: int = 10
-    trust_remote_code: bool = False
-    """Allow model code shipped inside the model folder to run (off: never run untrusted code)."""
 
 
 @dataclass(kw_only=True)
-class RMConfig(TrainOptions):
+class RMConfig(RemoteCodeOptions, TrainOptions):
     """Train a reward model from K-wise rankings and graded pairwise preferences (InstructGPT + Llama 2)."""
 
     model: str = ""
@@ -87,13 +85,10 @@ class RMConfig(TrainOptions):
     """PROMPTS per micro-batch; each brings all its K responses (K forward passes per prompt)."""
     lr: float = 1e-4
     warmup_steps: int = 5
-    weight_decay: float = 0.0
-    trust_remote_code: bool = False
-    """Allow model code shipped inside the model folder to run (off: never run untrusted code)."""
 
 
 @dataclass(kw_only=True)
-class RMEvalConfig:
+class RMEvalConfig(RemoteCodeOptions, DeviceOptions):
     """Evaluate a reward model on rankings: loss, pairwise accuracy overall and per strength, score gap."""
 
     model: str = ""
@@ -108,14 +103,12 @@ class RMEvalConfig:
     """Maximum tokens per sequence (default: the RM's training --max-len)."""
     batch_size: int = 16
     """Prompts per forward batch."""
-    device: str = "auto"
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     trust_remote_code: bool = False
     """Allow model code shipped inside the model folder to run."""
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(RewardOptions):
+class ScoreConfig(DeviceOptions, RewardOptions):
     """Score {"prompt","response","safety"?} records with one or several reward models, combined."""
 
     data: str = ""
@@ -130,5 +123,3 @@ class ScoreConfig(RewardOptions):
     """Maximum tokens per sequence (default: each RM's training --max-len)."""
     batch_size: int = 32
     """Sequences per forward batch."""
-    device: str = "auto"
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""

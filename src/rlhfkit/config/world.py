@@ -8,9 +8,11 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
+from rlhfkit.config.base import DeviceOptions
+
 # --- The built-in world (rlhfkit.data.world) ---------------------------------------------
 # These take only the options they use: the world's commands neither train nor resume, so
-# RunOptions (resume, bf16) would put dead flags into their --help.
+# RunOptions (resume, bf16) would put dead flags into their --help. Some take DeviceOptions.
 
 
 @dataclass(kw_only=True)
@@ -56,7 +58,7 @@ class WorldJudgeConfig:
 
 
 @dataclass(kw_only=True)
-class WorldLabelConfig:
+class WorldLabelConfig(DeviceOptions):
     """Simulated labellers: rank K samples of a policy per prompt by the gold judges plus noise."""
 
     policy: str = ""
@@ -85,14 +87,12 @@ class WorldLabelConfig:
     """Sequences sampled per forward batch."""
     seed: int = 0
     """Seed for sampling and annotator noise."""
-    device: str = "auto"
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     overwrite: bool = False
     """Replace ranking files already in --out."""
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(DeviceOptions):
     """Gold metrics of a model on world prompts: helpfulness, safety, false refusals, length."""
 
     model: str = ""
@@ -115,13 +115,6 @@ class EvalConfig:
     """Sample responses to print (one per task family)."""
     seed: int = 0
     """Seed for sampling (with --temperature above 0)."""
-    device: str = "auto"
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-
-
-# ---------------------------------------------------------------------------------------
-# Loading and saving
-# ---------------------------------------------------------------------------------------
 
 
 # --- The whole method end to end (pipeline.py) -----------------------------------------
@@ -130,8 +123,13 @@ StageOptions = Annotated[dict[str, Any], tyro.conf.Suppress]
 """Per-stage option overrides; set in the pipeline YAML (`sft: {epochs: 4}`), not as flags."""
 
 
+PIPELINE_STAGES = ("world", "pretrain", "sft", "label", "rm", "select", "ppo", "rs", "eval")
+"""The stages of `rlhfkit pipeline`, in order (`pipeline.STAGES` runs them; the report lists
+the missing ones)."""
+
+
 @dataclass(kw_only=True)
-class PipelineConfig:
+class PipelineConfig(DeviceOptions):
     """Run every stage end to end on the built-in world: world -> pretrain -> SFT -> labels ->
     helpfulness and safety RMs -> select -> PPO(-ptx) -> rejection sampling -> eval.
 
@@ -146,8 +144,6 @@ class PipelineConfig:
     """Sizes of every stage: 'quick' (a smoke run, under 2 minutes on 2 CPU cores) or 'default' (about 4 minutes alone on 2 CPU cores; the numbers in the README)."""
     seed: int = 0
     """Seed of the world and of every stage."""
-    device: str = "auto"
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     bf16: bool = False
     """bf16 autocast in the training stages, where the device supports it."""
     until: str | None = None

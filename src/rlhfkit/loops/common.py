@@ -9,18 +9,14 @@ so W processes x batch b step exactly like 1 process x batch W*b.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from rlhfkit.distributed import Dist, barrier
-from rlhfkit.models.wrap import unwrap
+from rlhfkit.distributed import Dist
 
 
 def seed_everything(seed: int) -> None:
@@ -131,67 +127,3 @@ def rank_micro_batches(step_indices: Sequence[int], d: Dist, micro: int) -> Iter
     mine = list(step_indices[lo:hi])
     for i in range(0, len(mine), micro):
         yield mine[i : i + micro]
-
-
-# ---------------------------------------------------------------------------------------
-# Checkpoints of the single-model loops (LM, reward model)
-# ---------------------------------------------------------------------------------------
-
-
-def latest_state_dir(out: Path) -> Path | None:
-    """The resumable checkpoint in `out` with the most optimizer steps: an `epoch-N/` or a
-    `checkpoints/step-N/` folder with a `COMPLETE` marker (temporary folders never have it)."""
-    best, best_step = None, -1
-    for p in [*out.glob("epoch-*"), *out.glob("checkpoints/step-*")]:
-        f = p / "trainer_state.json"
-        if p.is_dir() and (p / "COMPLETE").exists() and f.exists():
-            step = json.loads(f.read_text())["state"]["step"]
-            if step > best_step:
-                best, best_step = p, step
-    return best
-
-
-@dataclass
-class SingleModelCheckpointer:
-    """Saves and restores one trained model with its optimizer and schedule.
-
-    `restore` loads the latest checkpoint of `out` (all processes); `save` writes one from
-    rank 0, atomically, and waits for it (`models.checkpoint` does the writing).
-    """
-
-    out: Path
-    model: torch.nn.Module
-    tokenizer: object
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    dist: Dist
-
-    def restore(self) -> dict | None:
-        from rlhfkit.logging import rank0_print
-        from rlhfkit.models.checkpoint import load_checkpoint
-
-        ckpt = latest_state_dir(self.out)
-        if ckpt is None:
-            return None
-        state = load_checkpoint(
-            ckpt,
-            models={"model": unwrap(self.model)},
-            optimizers={"model": self.optimizer},
-            schedulers={"model": self.scheduler},
-        )
-        rank0_print(f"resuming from {ckpt} at step {state['step']}", rank=self.dist.rank)
-        return state
-
-    def save(self, path: Path, state: dict) -> None:
-        from rlhfkit.models.checkpoint import save_checkpoint
-
-        if self.dist.is_main:
-            save_checkpoint(
-                path,
-                models={"model": unwrap(self.model)},
-                tokenizer=self.tokenizer,
-                optimizers={"model": self.optimizer},
-                schedulers={"model": self.scheduler},
-                state=dict(state),
-            )
-        barrier(self.dist)

@@ -30,11 +30,10 @@ from rlhfkit.config import SelectConfig
 from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
+from rlhfkit.generation import GenerationSettings, make_generator
 from rlhfkit.logging import write_json
-from rlhfkit.loops.ppo.metrics import gold_metrics
-from rlhfkit.models.generate import decode_responses, sample
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
-from rlhfkit.sample_score import encode_prompts, score_generation
+from rlhfkit.sample_score import encode_prompts, gold_metrics, sample_and_score
 from rlhfkit.scoring.build import build_scorer
 from rlhfkit.scoring.rules import check_rule_prompts
 
@@ -72,38 +71,21 @@ def score_checkpoint(
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
     model = load_causal_lm(path, device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
-    flat = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
-    ids = encode_prompts(flat, tokenizer, cfg.max_prompt_len)
-    gen_rng = torch.Generator(device=device).manual_seed(cfg.seed)
-    scores: list[float] = []
-    per_rm: dict[str, list[float]] = {}
-    responses: list[str] = []
-    tokens: list[int] = []
-    for i in range(0, len(flat), cfg.batch_size):
-        gen = sample(
-            model,
-            ids[i : i + cfg.batch_size],
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            generator=gen_rng,
-        )
-        chunk = flat[i : i + cfg.batch_size]
-        texts = gen.texts = decode_responses(tokenizer, gen)
-        safety = torch.tensor([p.safety for p in chunk], device=gen.response_ids.device)
-        s, per = score_generation(scorer, gen, [p.prompt for p in chunk], safety, tokenizer)
-        scores += s.cpu().tolist()
-        for name, v in per.items():
-            per_rm.setdefault(name, []).extend(v.cpu().tolist())
-        responses += texts
-        tokens += (gen.response_mask.sum(-1) - gen.ended.long()).tolist()
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    r = sample_and_score(
+        make_generator(model, tokenizer), prompts,
+        encode_prompts(prompts, tokenizer, cfg.max_prompt_len), settings,
+        torch.Generator(device=device).manual_seed(cfg.seed), n=cfg.samples_per_prompt,
+        batch_size=cfg.batch_size, scorer=scorer, tokenizer=tokenizer,
+    )  # fmt: skip
     del model
+    flat = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    scores, responses, tokens = r.scores.tolist(), r.texts, r.tokens
     row: dict[str, Any] = {
         "mean": fmean(scores),
         "std": stdev(scores) if len(scores) > 1 else 0.0,
         "n": len(scores),
-        "per_rm": {name: fmean(v) for name, v in per_rm.items()},
+        "per_rm": {name: fmean(v.tolist()) for name, v in r.per_rm.items()},
         "mean_response_tokens": fmean(tokens),
     }
     gold = gold_metrics([p.prompt for p in flat], responses, [p.safety for p in flat], tokens)

@@ -9,6 +9,7 @@ arbitrary unpickling) and `trainer_state.json` (step, epoch, data position, KL c
 Layout of a run:
     run_dir/run.json                      marks the folder as an rlhfkit run
     run_dir/checkpoints/step-000123/      one resumable checkpoint (COMPLETE marker inside)
+    run_dir/epoch-2/                      one at an epoch's end (SFT, RM), also resumable
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ STATE_PT = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_EPOCH_RE = re.compile(r"^epoch-(\d+)$")
 _ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -352,6 +354,11 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
 
 
+def epoch_dir(run_dir: str | Path, epoch: int) -> Path:
+    """Where the checkpoint at the end of epoch `epoch` (1-based) goes: run_dir/epoch-2."""
+    return Path(run_dir) / f"epoch-{epoch}"
+
+
 def _complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
@@ -364,10 +371,31 @@ def _complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _saved_step(folder: Path) -> int | None:
+    """The optimizer step a checkpoint was saved at (None: not a complete checkpoint)."""
+    if not (folder / COMPLETE).is_file() or not (folder / STATE_JSON).is_file():
+        return None
+    step = json.loads((folder / STATE_JSON).read_text())["state"].get("step")
+    if step is None and (m := _STEP_RE.match(folder.name)):
+        step = int(m.group(1))  # a step folder's name is its step when the state has none
+    return step
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step, ignoring temporary/incomplete folders."""
-    found = _complete_checkpoints(run_dir)
-    return found[-1][1] if found else None
+    """The complete checkpoint with the most optimizer steps, `checkpoints/step-N/` or
+    `epoch-N/`, ignoring temporary and incomplete folders (no `COMPLETE` marker).
+
+    On a tie the epoch folder wins: saved after its epoch's end-of-epoch work, it is the
+    further of the two (a step folder of the same step would redo that work on resume).
+    """
+    root = Path(run_dir)
+    ranked = []  # ((step, is an epoch folder, number in the name), folder)
+    for folder in [*root.glob(f"{CHECKPOINTS}/step-*"), *root.glob("epoch-*")]:
+        m = _STEP_RE.match(folder.name) or _EPOCH_RE.match(folder.name)
+        if m and (step := _saved_step(folder)) is not None:
+            is_epoch = folder.name.startswith("epoch-")
+            ranked.append(((step, is_epoch, int(m.group(1))), folder))
+    return max(ranked, key=lambda r: r[0])[1] if ranked else None
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
@@ -397,7 +425,12 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
 
 
 def prepare_output_dir(
-    out: str | Path, *, resume: bool, overwrite: bool, command: str | None = None
+    out: str | Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    command: str | None = None,
+    checkpointed: bool = True,
 ) -> None:
     """Create `out` for a run, refusing to clobber anything silently.
 
@@ -405,6 +438,9 @@ def prepare_output_dir(
     - a previous rlhfkit run (has `run.json`): needs `resume` (kept; a run without a
       checkpoint starts fresh, with a note) or `overwrite` (deleted and recreated);
     - any other non-empty folder: refused, even with `overwrite` (we only delete our own).
+
+    `checkpointed=False`: the command resumes from folders of its own, not from
+    `latest_checkpoint(out)` (`rs`: its `round-N/`), so the note would be wrong there.
     """
     if resume and overwrite:
         raise UserError("pass --resume or --overwrite, not both")
@@ -424,7 +460,7 @@ def prepare_output_dir(
         )
     if non_empty and overwrite:
         shutil.rmtree(folder)
-    if resume and latest_checkpoint(folder) is None:
+    if resume and checkpointed and latest_checkpoint(folder) is None:
         log.warning("note: %s has no checkpoint to resume from: starting fresh", folder)
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / RUN_MARKER

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 
 import torch
 from transformers import DynamicCache

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 from rlhfkit.data.records import PromptRecord, iter_json_records, read_prompts
 from rlhfkit.data.world.registry import UnknownPromptError, parse_prompt
 from rlhfkit.errors import RecordError, UserError
+from rlhfkit.files import write_json, write_jsonl  # noqa: F401 (re-exported)
 
 NOT_WORLD = (
     "not a prompt of the built-in world, so the gold judges cannot score it "
@@ -59,25 +58,6 @@ def read_responses(path: str | Path) -> list[ResponseRecord]:
     if not out:
         raise RecordError(str(path), None, "empty file: no records")
     return out
-
-
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
-    """Write records atomically (a temporary file renamed into place); returns bytes."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=True) + "\n")
-    os.replace(tmp, path)
-    return path.stat().st_size
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Write one JSON document atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:

@@ -30,50 +30,43 @@ class ModelSampler:
     max_prompt_len: int = 128
 
     def __post_init__(self) -> None:
-        self._model = self._tokenizer = self._device = None
+        self._generator = self._tokenizer = self._device = None
         self.last_token_counts: list[list[int]] = []
 
     def _load(self) -> None:
-        if self._model is not None:
+        if self._generator is not None:
             return
+        # Lazy imports here and in `sample`: the world stays importable without torch.
         from rlhfkit.distributed import pick_device
+        from rlhfkit.generation import make_generator
         from rlhfkit.models.load import load_causal_lm, load_tokenizer
 
         self._device = pick_device(self.device)
         self._tokenizer = load_tokenizer(self.path)
-        self._model = load_causal_lm(self.path, self._device)
-        self._model.eval()
+        model = load_causal_lm(self.path, self._device)
+        model.eval()
+        self._generator = make_generator(model, self._tokenizer)
 
     def sample(self, prompts: list[str], k: int) -> list[list[str]]:
         """K responses per prompt (decoded text, EOS removed); token counts of each
         response (EOS not counted) are left in `last_token_counts`."""
         import torch
 
-        from rlhfkit.data.tokenize import encode_prompt
-        from rlhfkit.models.generate import decode_responses, sample
+        from rlhfkit.generation import GenerationSettings
+        from rlhfkit.sample_score import encode_prompts, sample_and_score
 
         self._load()
-        tok = self._tokenizer
-        gen = torch.Generator(device=self._device).manual_seed(self.seed)
-        flat = [p for p in prompts for _ in range(k)]
-        texts: list[str] = []
-        counts: list[int] = []
-        for i in range(0, len(flat), self.batch_size):
-            batch = flat[i : i + self.batch_size]
-            ids = [encode_prompt(p, tok, self.max_prompt_len) for p in batch]
-            out = sample(
-                self._model,
-                ids,
-                max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-                generator=gen,
-            )
-            texts += decode_responses(tok, out)
-            counts += (out.response_mask.sum(-1) - out.ended.long()).tolist()
-        self.last_token_counts = _chunks(counts, k)
-        return _chunks(texts, k)
+        r = sample_and_score(
+            self._generator,
+            prompts,
+            encode_prompts(prompts, self._tokenizer, self.max_prompt_len),
+            GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature),
+            torch.Generator(device=self._device).manual_seed(self.seed),
+            n=k,
+            batch_size=self.batch_size,
+        )
+        self.last_token_counts = _chunks(r.tokens, k)
+        return _chunks(r.texts, k)
 
 
 def _chunks(xs: Sequence, k: int) -> list[list]:

@@ -64,7 +64,7 @@ from rlhfkit.logging import (
     write_json,
 )
 from rlhfkit.loops.common import build_optimizer, build_scheduler, epoch_order
-from rlhfkit.loops.ppo.metrics import evaluate_policy, mean_kl, rollout_metrics, sample_table
+from rlhfkit.loops.ppo.metrics import mean_kl, rollout_metrics, sample_table
 from rlhfkit.loops.ppo.roles import build_roles, value_source
 from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
 from rlhfkit.loops.ppo.update import (
@@ -85,7 +85,7 @@ from rlhfkit.models.checkpoint import (
 )
 from rlhfkit.models.wrap import unwrap, wrap_for_training
 from rlhfkit.ops.kl import AdaptiveKLController, FixedKLController
-from rlhfkit.sample_score import encode_prompts
+from rlhfkit.sample_score import encode_prompts, evaluate_policy
 from rlhfkit.scoring.build import check_reward, unwhitened
 from rlhfkit.scoring.rules import check_rule_prompts
 
@@ -372,9 +372,10 @@ def evaluate(run: PPORun, state: dict[str, Any], logger: MetricsLogger, cfg: PPO
     """Reward, KL and (world prompts) gold metrics on the held-out prompts, on rank 0."""
     if run.dist.is_main and run.eval_prompts:
         result = evaluate_policy(
-            unwrap(run.trainables.policy), run.reference, run.eval_scorer, run.eval_prompts,
-            tokenizer=run.tokenizer, settings=run.eval_settings,
-            batch_size=cfg.eval_batch_size, seed=cfg.seed, device=run.device,
+            run.generator, run.reference, run.eval_scorer, run.eval_prompts,
+            tokenizer=run.tokenizer, settings=run.eval_settings.generation,
+            max_prompt_len=run.eval_settings.max_prompt_len, batch_size=cfg.eval_batch_size,
+            seed=cfg.seed, device=run.device,
         )  # fmt: skip
         logger.log(state["step"], {f"eval/{k}": v for k, v in result.items() if k != "samples"})
         state["evals"].append({"step": state["step"], **result})

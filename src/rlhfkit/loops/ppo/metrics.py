@@ -1,30 +1,16 @@
-"""What PPO shows while it runs: per-step rollout metrics (over all processes), a table of
-sample responses, and evaluation on held-out prompts (reward, KL, and the built-in world's
-gold metrics when the prompts are the world's)."""
+"""What PPO shows while it runs: per-step rollout metrics (over all processes) and a table
+of sample responses. Held-out evaluation is `sample_score.evaluate_policy`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from rlhfkit.data.records import PromptRecord
 from rlhfkit.distributed import all_reduce
-from rlhfkit.generation import make_generator
-from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
-from rlhfkit.ops.kl import KL_ESTIMATORS, kl_k3
+from rlhfkit.ops.kl import kl_k3
 from rlhfkit.ops.masking import masked_sum
 from rlhfkit.types import Rollout
-
-GOLD_KEYS = (
-    "gold_score",
-    "helpfulness",
-    "accuracy_safe",
-    "safety_unsafe",
-    "refusal_rate_unsafe",
-    "false_refusal_rate",
-)
 
 
 def mean_kl(rollout: Rollout) -> float:
@@ -107,74 +93,3 @@ def sample_table(rollout: Rollout, n: int, width: int = 60) -> str:
             f"| {score:>8.4f} |"
         )
     return "\n".join(rows)
-
-
-def gold_metrics(
-    prompts: Sequence[str], responses: Sequence[str], safety: Sequence[bool], tokens: Sequence[int]
-) -> dict[str, Any]:
-    """The world's headline gold metrics, or {} when the world is absent or a prompt is not
-    one of its prompts."""
-    try:
-        from rlhfkit.data.world import is_world_prompt, summarize
-    except ImportError:
-        return {}
-    if not prompts or not all(is_world_prompt(p) for p in prompts):
-        return {}
-    summary = summarize(list(prompts), list(responses), list(safety), response_tokens=list(tokens))
-    return {k: summary[k] for k in GOLD_KEYS if k in summary}
-
-
-@torch.no_grad()
-def evaluate_policy(
-    policy: torch.nn.Module,
-    reference: torch.nn.Module,
-    scorer: Any,
-    prompts: Sequence[PromptRecord],
-    *,
-    tokenizer: Any,
-    settings: RolloutSettings,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Reward, KL to the reference and (world prompts) gold metrics of the policy's
-    responses to `prompts`, sampled with `settings` (greedy at temperature 0) and a
-    generator seeded by `seed`, so that evaluations at different steps are comparable.
-
-    With greedy decoding `kl` is the summed log-ratio log pi/pi_ref of the greedy
-    response, not an unbiased KL estimate.
-    """
-    gen = torch.Generator(device=device).manual_seed(seed + 12_345)
-    scores, kls, k3s, lengths, responses = [], [], [], [], []
-    for i in range(0, len(prompts), batch_size):
-        chunk = list(prompts[i : i + batch_size])
-        r = collect_rollout(
-            make_generator(policy, tokenizer), reference, scorer, chunk,
-            tokenizer=tokenizer, settings=settings, kl_coef=0.0, rng=gen,
-        )  # fmt: skip
-        mask = r.response_mask
-        scores.append(r.raw_scores.float().cpu())
-        kls.append(
-            KL_ESTIMATORS["k1"](r.logprobs, r.ref_logprobs).masked_fill(~mask, 0).sum(1).cpu()
-        )
-        k3s.append(masked_sum(kl_k3(r.logprobs, r.ref_logprobs), mask, dim=1).cpu())
-        lengths.append((mask.sum(1) - r.ended.long()).cpu())  # EOS not counted
-        responses += r.responses
-    s = torch.cat(scores)
-    out: dict[str, Any] = {
-        "score": float(s.mean()),
-        "score_std": float(s.std()) if len(s) > 1 else 0.0,
-        "kl": float(torch.cat(kls).mean()),
-        "kl_k3": float(torch.cat(k3s).mean()),
-        "response_length": float(torch.cat(lengths).float().mean()),
-        "n": len(s),
-    }
-    tokens = torch.cat(lengths).tolist()
-    out.update(
-        gold_metrics([p.prompt for p in prompts], responses, [p.safety for p in prompts], tokens)
-    )
-    out["samples"] = [
-        {"prompt": p.prompt, "response": resp, "score": float(sc)}
-        for p, resp, sc in list(zip(prompts, responses, s.tolist(), strict=True))[:4]
-    ]
-    return out

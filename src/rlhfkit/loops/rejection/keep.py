@@ -17,14 +17,13 @@ gap >= 0.5 they were). 0 keeps every prompt, as Llama 2 does.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import fmean, median
 from typing import Any
 
 from rlhfkit.data.ranking import best_of_k, max_and_median_at_k
+from rlhfkit.sample_score import gold_metrics  # {} unless the prompts are the world's
 
 
 @dataclass(frozen=True)
@@ -133,8 +132,6 @@ def round_stats(records: Sequence[Any], kept: Sequence[Kept], round_index: int) 
     names = sorted(records[0].per_rm)
     if names:
         stats["per_rm_all"] = {n: fmean(s for rec in records for s in rec.per_rm[n]) for n in names}
-    from rlhfkit.loops.ppo.metrics import gold_metrics  # {} unless the prompts are the world's
-
     flat = [(rec, i) for rec in records for i in range(len(rec.responses))]
     gold_all = gold_metrics(
         [rec.prompt for rec, _ in flat],
@@ -151,34 +148,3 @@ def round_stats(records: Sequence[Any], kept: Sequence[Kept], round_index: int) 
             [k.tokens for k in kept],
         )
     return stats
-
-
-def plot_max_median(rounds: Sequence[dict[str, Any]], path: Path) -> Path:
-    """`rs_max_median.png`: per round, max (solid) and median (dashed) reward among k
-    samples against k. Written atomically; no pyplot (no global backend state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.4, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for i, st in enumerate(rounds):
-        ks = [row["k"] for row in st["max_median_at_k"]]
-        color = f"C{i % 10}"
-        temp = f", T={st['temperature']:g}" if "temperature" in st else ""
-        ax.plot(ks, [row["max"] for row in st["max_median_at_k"]], "-o", color=color,
-                markersize=3, label=f"round {st['round']} max{temp}")  # fmt: skip
-        ax.plot(ks, [row["median"] for row in st["max_median_at_k"]], "--", color=color,
-                label=f"round {st['round']} median")  # fmt: skip
-    ax.set_title("Rejection sampling: max and median reward among k samples")
-    ax.set_xlabel("k (samples per prompt)")
-    ax.set_ylabel("reward (mean over prompts)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
-    return path

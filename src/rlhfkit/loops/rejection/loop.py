@@ -35,14 +35,12 @@ weights as an uninterrupted one. One process only (not under torchrun).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.logging import MetricsLogger, write_json
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
-from rlhfkit.loops.rejection.keep import KEEP_RULES, Kept, confident, plot_max_median, round_stats
+from rlhfkit.loops.rejection.keep import KEEP_RULES, Kept, confident, round_stats
 from rlhfkit.loops.rejection.samples import (
     SampleRecord,
     SamplingSettings,
@@ -68,11 +66,11 @@ from rlhfkit.loops.rejection.samples import (
 )
 from rlhfkit.models.checkpoint import export_hf, prepare_output_dir
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
+from rlhfkit.report_plots import plot_max_median
 from rlhfkit.sample_score import encode_prompts
 from rlhfkit.scoring.build import build_scorer, check_reward
 from rlhfkit.scoring.rules import check_rule_prompts
 
-log = logging.getLogger("rlhfkit")
 RS_INFO = "rlhfkit_rs.json"
 SAMPLES, KEPT, STATS = "samples.jsonl", "kept.jsonl", "stats.json"
 PLOT = "rs_max_median.png"
@@ -122,18 +120,6 @@ def _read_inputs(cfg: RSConfig) -> tuple[list[PromptRecord], list[PromptRecord]]
     return prompts, eval_prompts
 
 
-@contextlib.contextmanager
-def _quiet_checkpoint_note() -> Iterator[None]:
-    # prepare_output_dir's "no checkpoint to resume from" note is about checkpoints/step-N,
-    # which this command does not write (it resumes by round folders).
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 def encode_kept(
     kept: Sequence[Kept], tokenizer: Any, cfg: RSConfig, source: str
 ) -> list[EncodedExample]:
@@ -166,8 +152,9 @@ def train_rs(cfg: RSConfig) -> dict[str, Any]:
     temps = _check(cfg)
     prompts, eval_prompts = _read_inputs(cfg)
     out = Path(cfg.out)
-    with _quiet_checkpoint_note():
-        prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, command="rs")
+    prepare_output_dir(  # rs resumes from its round-N/ folders, not from latest_checkpoint
+        out, resume=cfg.resume, overwrite=cfg.overwrite, command="rs", checkpointed=False
+    )
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     run = RSRun.build(cfg, prompts, eval_prompts)

@@ -27,11 +27,9 @@ import torch
 from rlhfkit.data.ranking import best_of_k
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
+from rlhfkit.generation import GenerationSettings, ResponseGenerator, make_generator
 from rlhfkit.logging import progress
-from rlhfkit.loops.ppo.metrics import gold_metrics
-from rlhfkit.models.generate import decode_responses, sample
-from rlhfkit.models.load import autocast_context
-from rlhfkit.sample_score import score_generation
+from rlhfkit.sample_score import gold_metrics, sample_and_score
 
 
 @dataclass
@@ -85,6 +83,16 @@ class SamplingSettings:
     seed: int = 0
     bf16: bool = False
 
+    def generation(self) -> GenerationSettings:
+        """The same sampling, as the generation seam takes it."""
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            bf16=self.bf16,
+        )
+
 
 def batch_generator(seed: int, round_index: int, batch_index: int) -> torch.Generator:
     """A CPU generator per (seed, round, batch): a resumed round draws what an uninterrupted
@@ -94,36 +102,21 @@ def batch_generator(seed: int, round_index: int, batch_index: int) -> torch.Gene
 
 @torch.no_grad()
 def sample_batch(
-    model: torch.nn.Module,
+    generator: ResponseGenerator,
     tokenizer: Any,
     prompts: Sequence[PromptRecord],
     prompt_ids: Sequence[Sequence[int]],
     scorer: Any,
     s: SamplingSettings,
-    generator: torch.Generator | None,
+    rng: torch.Generator | None,
 ) -> list[SampleRecord]:
     """K samples of each prompt in one generation batch, scored in one scorer call."""
     k = s.k
-    flat = [p for p in prompts for _ in range(k)]
-    device = next(model.parameters()).device
-    with autocast_context(device, s.bf16):
-        gen = sample(
-            model,
-            [ids for ids in prompt_ids for _ in range(k)],
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            generator=generator,
-        )
-    texts = gen.texts = decode_responses(tokenizer, gen)
-    safety = torch.tensor([p.safety for p in flat], device=gen.response_ids.device)
-    scores, per_rm = score_generation(scorer, gen, [p.prompt for p in flat], safety, tokenizer)
-    scores_l = scores.cpu().tolist()
-    tokens = (gen.response_mask.sum(-1) - gen.ended.long()).tolist()
-    per = {name: v.cpu().tolist() for name, v in per_rm.items()}
+    r = sample_and_score(
+        generator, prompts, prompt_ids, s.generation(), rng, n=k, scorer=scorer, tokenizer=tokenizer
+    )
+    texts, scores_l, tokens = r.texts, r.scores.tolist(), r.tokens
+    per = {name: v.tolist() for name, v in r.per_rm.items()}
     out = []
     for i, p in enumerate(prompts):
         lo, hi = i * k, (i + 1) * k
@@ -223,11 +216,14 @@ def sample_round(
     done = _read_partial(partial, prompts, s)
     n, per = len(prompts), s.prompts_per_batch
     bar = progress(n, desc=f"round {round_index} sample", initial=len(done))
+    generator = make_generator(model, tokenizer)
     with partial.open("a", encoding="utf-8") as f:
         for b in range(math.ceil(len(done) / per), math.ceil(n / per)):
             lo, hi = b * per, min(n, (b + 1) * per)
-            gen = batch_generator(s.seed, round_index, b)
-            recs = sample_batch(model, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, s, gen)
+            rng = batch_generator(s.seed, round_index, b)
+            recs = sample_batch(
+                generator, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, s, rng
+            )
             f.writelines(json.dumps(r.to_json()) + "\n" for r in recs)
             f.flush()
             os.fsync(f.fileno())
@@ -259,12 +255,14 @@ def evaluate_policy(
     """Mean reward of one response per held-out prompt (greedy at temperature 0), and the
     world's gold metrics when the prompts are its. Same seed every call: comparable.
     `s.k` is ignored (one response each); `s.prompts_per_batch` prompts per batch."""
-    one = replace(s, k=1)
+    one, generator = replace(s, k=1), make_generator(model, tokenizer)
     recs: list[SampleRecord] = []
-    gen = torch.Generator().manual_seed(s.seed + 12_345)
+    rng = torch.Generator().manual_seed(s.seed + 12_345)
     for lo in range(0, len(prompts), s.prompts_per_batch):
         hi = lo + s.prompts_per_batch
-        recs += sample_batch(model, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, one, gen)
+        recs += sample_batch(
+            generator, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, one, rng
+        )
     out: dict[str, Any] = {
         "score": fmean(r.scores[0] for r in recs),
         "n": len(recs),

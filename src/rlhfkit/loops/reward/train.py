@@ -27,7 +27,6 @@ demonstrations score 0 on average; we do not (PPO whitens or uses raw scores, as
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,17 +50,8 @@ from rlhfkit.distributed import (
     teardown_distributed,
 )
 from rlhfkit.errors import UserError
-from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print, write_json
-from rlhfkit.loops.common import (
-    SingleModelCheckpointer,
-    build_optimizer,
-    build_scheduler,
-    epoch_order,
-    global_batches,
-    optimizer_step,
-    rank_micro_batches,
-    seed_everything,
-)
+from rlhfkit.logging import rank0_print
+from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.reward.eval import (
     evaluate_rm,
     flat_eval,
@@ -69,7 +59,9 @@ from rlhfkit.loops.reward.eval import (
     pair_credit,
     ranking_batch_loss,
 )
+from rlhfkit.loops.trainer import Trainer, start_training
 from rlhfkit.models.checkpoint import (
+    epoch_dir,
     export_hf,
     prepare_output_dir,
 )
@@ -79,7 +71,7 @@ from rlhfkit.models.reward import (
     ensure_distinct_pad,
     init_reward_model,
 )
-from rlhfkit.models.wrap import no_sync, unwrap, wrap_for_training
+from rlhfkit.models.wrap import no_sync, unwrap
 from rlhfkit.scoring import RM_INFO
 
 # ---------------------------------------------------------------------------------------
@@ -131,122 +123,72 @@ def accumulate_gradients(
     return {k: all_reduce_sum(v, d, run.device) for k, v in sums.items()}
 
 
-def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
-    """Train `run.model` on `run.train` with the K-wise ranking loss. Returns the summary."""
-    d, out, pad_id = run.dist, Path(run.out), run.tokenizer.pad_token_id
-    model = wrap_for_training(run.model.to(run.device), d, run.device)
-    model.train()
-    optimizer = build_optimizer(
-        model, lr=opts.lr, weight_decay=opts.weight_decay, betas=(opts.adam_beta1, opts.adam_beta2)
-    )
-    global_batch = opts.batch_size * opts.grad_accum * d.world_size  # prompts per step
-    steps_per_epoch = len(global_batches(range(len(run.train)), global_batch, drop_last=d.enabled))
-    total = steps_per_epoch * opts.epochs
-    if opts.max_steps is not None:
-        total = min(total, opts.max_steps)
-    scheduler = build_scheduler(
-        optimizer,
-        schedule=opts.schedule,
-        warmup=opts.warmup_steps,
-        total=total,
-        min_ratio=opts.min_lr_ratio,
-    )
-
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "history": []}
-    ckpt = SingleModelCheckpointer(out, model, run.tokenizer, optimizer, scheduler, d)
-    if opts.resume:
-        state = ckpt.restore() or state
-
-    def save(path: Path) -> None:
-        ckpt.save(path, state)
-
-    def evaluate() -> dict[str, Any] | None:
-        if not run.eval:
-            return None
-        return evaluate_rm(
-            model,
+def _end_epoch(t: Trainer, run: RMRun, opts: RMConfig, epoch: int) -> None:
+    """Held-out loss and accuracies, the history row, and the checkpoint `epoch-N/`."""
+    metrics = None
+    if run.eval:
+        metrics = evaluate_rm(
+            t.model,
             run.eval,
-            pad_id,
+            run.tokenizer.pad_token_id,
             batch_size=opts.batch_size,
             device=run.device,
-            dist=d,
+            dist=run.dist,
             bf16=opts.bf16,
         )
+    t.record_epoch(epoch, eval=metrics)
+    if metrics is not None:
+        t.logger.log(t.state["step"], {**flat_eval("eval", metrics), "epoch": epoch + 1})
+        rank0_print(f"epoch {epoch + 1} eval:\n{format_eval(metrics)}", rank=run.dist.rank)
+    t.save(epoch_dir(t.out, epoch + 1))
 
-    logger = MetricsLogger(out, enabled=d.is_main)
-    bar = progress(total, desc="rm", enabled=d.is_main, initial=state["step"])
-    t_start, prompts_seen, last = time.perf_counter(), 0, {}
-    for epoch in range(state["epoch"], opts.epochs):
-        order = epoch_order(len(run.train), opts.seed, epoch)
-        steps = global_batches(order, global_batch, drop_last=d.enabled)
-        for i in range(state["step_in_epoch"], len(steps)):
-            if state["step"] >= total:
-                break
-            micro = [
-                [run.train[j] for j in mb]
-                for mb in rank_micro_batches(steps[i], d, opts.batch_size)
-            ]
-            n_global = len(steps[i])  # prompts in this optimizer step, all ranks
-            sums = accumulate_gradients(model, micro, n_global, run, opts.bf16)
-            grad_norm = optimizer_step(model, optimizer, scheduler, opts.max_grad_norm)
-            state.update(step=state["step"] + 1, step_in_epoch=i + 1)
+
+def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
+    """Train `run.model` on `run.train` with the K-wise ranking loss. Returns the summary."""
+    d = run.dist
+    t = start_training(
+        run.model, run.tokenizer, len(run.train), out=run.out, dist=d, device=run.device,
+        opts=opts, desc="rm",
+    )  # fmt: skip
+    prompts_seen = 0
+    for epoch in t.epochs():
+        for step in t.steps(epoch):
+            n_global = len(step)  # prompts in this optimizer step, all ranks
+            micro = t.micro_batches(step, run.train)
+            sums = accumulate_gradients(t.model, micro, n_global, run, opts.bf16)
+            grad_norm = t.optimizer_step()
             prompts_seen += n_global
-            elapsed = time.perf_counter() - t_start
-            last = {
+            metrics = {
                 "loss": sums["loss"],
                 "accuracy": sums["correct"] / max(sums["pairs"], 1),
                 "score_gap": sums["gap"] / max(sums["pairs"], 1),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": t.lr(),
                 "grad_norm": grad_norm,
-                "prompts_per_s": prompts_seen / max(elapsed, 1e-9),
+                "prompts_per_s": prompts_seen / max(t.elapsed(), 1e-9),
                 "epoch": epoch,
             }
-            bar.update(1)
-            bar.set_postfix(format_metrics(last, ("loss", "accuracy", "prompts_per_s")))
-            if state["step"] % opts.log_every == 0 or state["step"] == total:
-                logger.log(state["step"], {f"train/{k}": v for k, v in last.items()})
-            if opts.save_every and state["step"] % opts.save_every == 0:
-                save(out / "checkpoints" / f"step-{state['step']:06d}")
-        if state["step_in_epoch"] < len(steps):  # max_steps reached mid-epoch
-            if not (opts.save_every and state["step"] % opts.save_every == 0):
-                save(out / "checkpoints" / f"step-{state['step']:06d}")
+            t.step_done(metrics, shown=("loss", "accuracy", "prompts_per_s"))
+        if not t.end_epoch(epoch):  # --max-steps reached mid-epoch
             break
-        state.update(epoch=epoch + 1, step_in_epoch=0)
-        metrics = evaluate()
-        row = {
-            "epoch": epoch + 1,
-            "step": state["step"],
-            "train_loss": last.get("loss"),
-            "eval": metrics,
-        }
-        state["history"].append(row)
-        if metrics is not None:
-            logger.log(state["step"], {**flat_eval("eval", metrics), "epoch": epoch + 1})
-            rank0_print(f"epoch {epoch + 1} eval:\n{format_eval(metrics)}", rank=d.rank)
-        save(out / f"epoch-{epoch + 1}")
-        if state["step"] >= total:
-            break
-    bar.close()
-    logger.close()
-    wall = time.perf_counter() - t_start
+        _end_epoch(t, run, opts, epoch)
+    wall = t.finish()
     if d.is_main:
-        export_hf(unwrap(model), run.tokenizer, out, extra_json={RM_INFO: run.info})
+        export_hf(unwrap(t.model), run.tokenizer, t.out, extra_json={RM_INFO: run.info})
     barrier(d)
-    final_eval = state["history"][-1]["eval"] if state["history"] else None
+    history = t.state["history"]
     summary = {
-        "final_loss": last.get("loss"),
-        "final_train_accuracy": last.get("accuracy"),
-        "eval": final_eval,
-        "steps": state["step"],
-        "epochs": state["history"],
+        "final_loss": t.last.get("loss"),
+        "final_train_accuracy": t.last.get("accuracy"),
+        "eval": history[-1]["eval"] if history else None,
+        "steps": t.state["step"],
+        "epochs": history,
         "prompts": len(run.train),
         "wall_time_s": round(wall, 2),
         "prompts_per_s": round(prompts_seen / max(wall, 1e-9), 2),
         "world_size": d.world_size,
         "device": str(run.device),
     }
-    if d.is_main:
-        write_json(out / "summary.json", summary)
+    t.write_summary(summary)
     return summary
 
 

@@ -1,0 +1,181 @@
+"""Sample, then score (`rlhfkit.sample_score`): N responses per prompt in prompt-major order
+and fixed batch cuts, the same samples as a direct `models.generate.sample` loop, scores
+equal to scoring the texts directly, KL exactly 0 for a model against itself, and PPO's
+held-out evaluation built on them."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlhfkit.data.records import PromptRecord
+from rlhfkit.generation import GenerationSettings, make_generator
+from rlhfkit.models.generate import decode_responses, sample
+from rlhfkit.models.presets import build_model
+from rlhfkit.sample_score import (
+    GOLD_KEYS,
+    encode_prompts,
+    evaluate_policy,
+    gold_metrics,
+    sample_and_score,
+    sequence_logprobs,
+)
+from rlhfkit.scoring.rules import rule_scorer
+
+PROMPTS = [
+    PromptRecord("The cat sat", safety=False),
+    PromptRecord("Add one and two please", safety=True),
+    PromptRecord("hi", safety=False),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    return build_model("test", tiny_tokenizer, seed=1)
+
+
+@pytest.fixture(scope="module")
+def ids(tiny_tokenizer):
+    return encode_prompts(PROMPTS, tiny_tokenizer, 128)
+
+
+class Recording:
+    """A generator that records the prompt ids of each `generate` call."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def generate(self, prompt_ids, settings, rng=None):
+        self.calls.append([list(p) for p in prompt_ids])
+        return self.inner.generate(prompt_ids, settings, rng)
+
+    def sync_weights(self):
+        self.inner.sync_weights()
+
+
+def test_n_per_prompt_is_prompt_major_in_batches_of_sequences(model, tiny_tokenizer, ids):
+    rec = Recording(make_generator(model, tiny_tokenizer))
+    greedy = GenerationSettings(max_new_tokens=6, temperature=0.0)
+    r = sample_and_score(rec, PROMPTS, ids, greedy, None, n=2, batch_size=4)
+    flat = [ids[0], ids[0], ids[1], ids[1], ids[2], ids[2]]
+    assert rec.calls == [flat[:4], flat[4:]]  # batch cuts over the N x prompts sequences
+    assert len(r.texts) == len(r.tokens) == len(r.ended) == 6
+    assert r.scores is None and r.kl is None and r.per_rm == {}
+    # greedy: each prompt's two responses are its one greedy response, in prompt order
+    one = sample_and_score(rec, PROMPTS, ids, greedy, None)
+    assert r.texts == [t for t in one.texts for _ in range(2)]
+    assert r.tokens == [t for t in one.tokens for _ in range(2)]
+
+
+def test_same_samples_as_a_direct_sample_call(model, tiny_tokenizer, ids):
+    """Same seed, same batch cuts: the same tokens as the loop every caller had before."""
+    tok = tiny_tokenizer
+    settings = GenerationSettings(max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9)
+    r = sample_and_score(
+        make_generator(model, tok), PROMPTS, ids, settings, torch.Generator().manual_seed(7),
+        n=3, batch_size=4,
+    )  # fmt: skip
+    flat = [p for p in ids for _ in range(3)]
+    rng, texts, tokens, ended = torch.Generator().manual_seed(7), [], [], []
+    for lo in range(0, len(flat), 4):
+        gen = sample(
+            model, flat[lo : lo + 4], max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, generator=rng,
+        )  # fmt: skip
+        texts += decode_responses(tok, gen)
+        tokens += (gen.response_mask.sum(-1) - gen.ended.long()).tolist()
+        ended += gen.ended.tolist()
+    assert (r.texts, r.tokens, r.ended) == (texts, tokens, ended)
+    assert len(set(r.texts)) > 1  # really sampled
+
+
+class PerRM:
+    """A scorer with per-RM scores; its `helpfulness` is the safety flag, to check the
+    flags travel with their prompts."""
+
+    def score(self, prompts, responses, safety):
+        lengths = torch.tensor([float(len(r)) for r in responses])
+        flags = torch.tensor([float(s) for s in safety])
+        return SimpleNamespace(scores=lengths, per_rm={"helpfulness": flags})
+
+
+def test_scores_equal_scoring_the_texts_directly(model, tiny_tokenizer, ids):
+    settings = GenerationSettings(max_new_tokens=8)
+    gen = make_generator(model, tiny_tokenizer)
+    flat = [p for p in PROMPTS for _ in range(2)]
+    for scorer in (rule_scorer("length"), PerRM()):
+        r = sample_and_score(
+            gen, PROMPTS, ids, settings, torch.Generator().manual_seed(0), n=2, batch_size=4,
+            scorer=scorer, tokenizer=tiny_tokenizer,
+        )  # fmt: skip
+        direct = scorer.score([p.prompt for p in flat], r.texts, [p.safety for p in flat])
+        want = direct if isinstance(direct, torch.Tensor) else direct.scores
+        assert torch.equal(r.scores, want.float())
+    assert r.per_rm["helpfulness"].tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_kl_is_zero_for_a_model_against_itself(model, tiny_tokenizer, ids):
+    settings = GenerationSettings(max_new_tokens=8)
+    gen = make_generator(model, tiny_tokenizer)
+
+    def kl(reference, policy=None):
+        return sample_and_score(
+            gen, PROMPTS, ids, settings, torch.Generator().manual_seed(3), n=2, batch_size=4,
+            reference=reference, policy=policy,
+        )  # fmt: skip
+
+    same = copy.deepcopy(model)
+    exact = kl(same, policy=model)  # both log-probs from full forwards: exactly 0
+    assert torch.equal(exact.kl, torch.zeros(6)) and torch.equal(exact.kl_k3, torch.zeros(6))
+    sampler = kl(same)  # the sampler's cached log-probs: 0 up to kernel rounding
+    assert sampler.kl.abs().max() < 1e-4 and sampler.texts == exact.texts
+    other = kl(build_model("test", tiny_tokenizer, seed=3))
+    assert other.kl.abs().mean() > 0.01 and (other.kl_k3 >= 0).all()
+
+
+def test_sequence_logprobs_match_the_samplers(model, tiny_tokenizer, ids):
+    gen = sample(
+        model, ids, max_new_tokens=6, eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    torch.testing.assert_close(sequence_logprobs(model, gen), gen.logprobs, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def world_prompts(tmp_path_factory):
+    from rlhfkit.data.records import read_prompts
+    from rlhfkit.data.world import make_world
+
+    root = tmp_path_factory.mktemp("world")
+    make_world(root, seed=0, corpus_docs=5, sft=5, train_prompts=5, eval_prompts=6)
+    return read_prompts(root / "prompts_eval.jsonl")
+
+
+def test_evaluate_policy_reports_reward_kl_lengths_and_gold(model, tiny_tokenizer, world_prompts):
+    settings = GenerationSettings(max_new_tokens=8, temperature=0.0)
+    scorer, tok = rule_scorer("length"), tiny_tokenizer
+    gen = make_generator(model, tok)
+    out = evaluate_policy(
+        gen, copy.deepcopy(model), scorer, world_prompts, tokenizer=tok, settings=settings,
+        max_prompt_len=128, batch_size=4, seed=0, device=torch.device("cpu"),
+    )  # fmt: skip
+    assert set(GOLD_KEYS) <= set(out) and out["n"] == len(world_prompts)
+    assert abs(out["kl"]) < 1e-4 and abs(out["kl_k3"]) < 1e-4  # against a copy of itself
+    ids = encode_prompts(world_prompts, tok, 128)
+    rng = torch.Generator().manual_seed(0 + 12_345)
+    r = sample_and_score(gen, world_prompts, ids, settings, rng, batch_size=4, scorer=scorer)
+    assert out["score"] == pytest.approx(float(r.scores.mean()))
+    assert out["response_length"] == pytest.approx(sum(r.tokens) / len(r.tokens))
+    assert [s["response"] for s in out["samples"]] == r.texts[:4]
+    assert gold_metrics(["not a world prompt"], ["x"], [False], [1]) == {}
