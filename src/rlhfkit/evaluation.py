@@ -29,8 +29,8 @@ import torch
 from rlhfkit.data.world import is_world_prompt, summarize
 from rlhfkit.data.world.io import read_world_prompts
 from rlhfkit.distributed import pick_device
+from rlhfkit.files import write_json
 from rlhfkit.generation import GenerationSettings, make_generator
-from rlhfkit.logging import write_json
 from rlhfkit.models.load import load_reference, load_tokenizer
 from rlhfkit.sample_score import encode_prompts, sample_and_score
 from rlhfkit.sample_score import sequence_logprobs as sequence_logprobs  # for old importers

@@ -1,13 +1,14 @@
 """Files written so that a reader (or a run killed mid-write) never sees half of one: every
 write goes to a hidden temporary file beside the target, is flushed and fsynced, then
 renamed over the target in one step. Plain Python: the world's commands use it without
-torch. Folders (checkpoints) are `models.checkpoint.atomic_dir`'s."""
+torch. Folders (checkpoints, exported models) are written whole the same way: `atomic_dir`."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +32,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
         tmp.unlink(missing_ok=True)
 
 
-def _plain(v: Any) -> Any:
+def json_ready(v: Any) -> Any:
     """A JSON-ready value: tensors and NumPy scalars as numbers, non-finite floats as text."""
     if hasattr(v, "item"):
         v = v.item()
@@ -43,13 +44,13 @@ def _plain(v: Any) -> Any:
 def write_json(path: str | Path, data: Any) -> None:
     """One JSON document, indented, atomically."""
     with atomic_file(path) as f:
-        f.write(json.dumps(data, indent=2, default=_plain) + "\n")
+        f.write(json.dumps(data, indent=2, default=json_ready) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     """JSON Lines, one record a line, atomically; returns the file's size in bytes."""
     with atomic_file(path) as f:
-        f.writelines(json.dumps(r, default=_plain) + "\n" for r in rows)
+        f.writelines(json.dumps(r, default=json_ready) + "\n" for r in rows)
     return Path(path).stat().st_size
 
 
@@ -57,3 +58,68 @@ def write_text(path: str | Path, text: str) -> None:
     """A text file, atomically."""
     with atomic_file(path) as f:
         f.write(text)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under `root` to disk (best effort on folders)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(dirpath))
+
+
+def fsync_dir(path: Path) -> None:
+    try:  # folders cannot be opened on Windows; the rename is still atomic there
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _recover(final: Path) -> None:
+    """Undo what a kill during a previous swap of `final` left behind.
+
+    Killed between "rename old aside" and "rename new in": `final` is missing and its old
+    version sits in `.old-<name>-<pid>`: put it back. Killed after the swap: delete the old.
+    """
+    olds = sorted(final.parent.glob(f".old-{final.name}-*"))
+    if not final.exists() and olds:
+        olds[-1].rename(final)
+        olds = olds[:-1]
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(final_path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it becomes `final_path` in one rename.
+
+    An existing `final_path` is renamed aside, the new folder renamed in, then the old one
+    deleted. On an exception the temporary folder is removed and `final_path` is untouched.
+    """
+    final = Path(final_path).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _recover(final)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():  # left by a killed process that had our pid
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".old-{final.name}-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.files import _plain, write_json  # noqa: F401 (write_json: re-exported)
+from rlhfkit.files import json_ready
 
 
 def rank0_print(*args: Any, rank: int = 0, **kwargs: Any) -> None:
@@ -47,7 +47,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         row = {"step": step, "time": round(time.time() - self.start, 3)}
-        row.update({k: _plain(v) for k, v in metrics.items()})
+        row.update({k: json_ready(v) for k, v in metrics.items()})
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
@@ -89,7 +89,7 @@ def format_metrics(metrics: dict[str, Any], keys: tuple[str, ...] | None = None)
     for k, v in metrics.items():
         if keys is not None and k not in keys:
             continue
-        v = _plain(v)
+        v = json_ready(v)
         out[k] = f"{v:.3g}" if isinstance(v, float) else str(v)
     return out
 

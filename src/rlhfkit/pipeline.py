@@ -28,7 +28,7 @@ from typing import Any
 
 from rlhfkit.config import PIPELINE_STAGES, ConfigError, PipelineConfig
 from rlhfkit.errors import OutputExistsError, UserError
-from rlhfkit.logging import write_json
+from rlhfkit.files import write_json
 from rlhfkit.report import render_report
 
 # Per-stage option values of each preset. `quick` is a smoke run (under 2 minutes on two
@@ -130,7 +130,9 @@ def _resumable(folder: Path) -> dict[str, bool]:
 
 
 # ---------------------------------------------------------------------------------------
-# Stages: one function each, returning what later stages need
+# Stages: one function each, returning what later stages need. Each imports its command
+# when it runs (lazy on purpose): `rlhfkit pipeline --help` and a bad option answer before
+# torch and transformers load.
 # ---------------------------------------------------------------------------------------
 
 

@@ -108,8 +108,38 @@ class PromptBatch:
         return _move(self, device, non_blocking)
 
 
+class _PromptResponse:
+    """Sequence views shared by `Generation` and `Rollout`: left-padded prompt ids and mask
+    (B, P), right-padded response ids and mask (B, R)."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """(B, P + R) prompt then response ids."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, P + R) bool: real prompt and response tokens."""
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """(B, P + R) long: positions counting real tokens only, as while sampling."""
+        return position_ids_from_mask(self.attention_mask)
+
+    @property
+    def prompt_len(self) -> int:
+        """P, the padded prompt width."""
+        return self.prompt_ids.shape[1]
+
+
 @dataclass
-class Generation:
+class Generation(_PromptResponse):
     """One batch of sampled responses, as every generation engine returns it (`generation`).
     Masks are bool, True = real token."""
 
@@ -121,27 +151,12 @@ class Generation:
     ended: torch.Tensor  # (B,) bool, the row produced EOS within max_new_tokens
     texts: list[str] = field(default_factory=list)  # B decoded responses (no EOS, no padding)
 
-    @property
-    def sequences(self) -> torch.Tensor:
-        """(B, P+R) prompt then response ids."""
-        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """(B, P+R) bool: real prompt and response tokens."""
-        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
-
-    @property
-    def position_ids(self) -> torch.Tensor:
-        """(B, P+R) long: positions that match the ones used while sampling."""
-        return position_ids_from_mask(self.attention_mask)
-
     def to(self, device: torch.device | str) -> Generation:
         return _move(self, device, non_blocking=False)
 
 
 @dataclass(frozen=True)
-class Rollout:
+class Rollout(_PromptResponse):
     """One batch of PPO experience, the object that grows through an iteration.
 
     `loops.ppo.rollout.collect_rollout` builds it (sampling, scores, reference log-probs,
@@ -176,20 +191,6 @@ class Rollout:
     value_graph: torch.Tensor | None = field(default=None, repr=False, compare=False)
     """(B, R) the same values WITH their autograd graph, kept only when the update makes a
     single pass and can reuse this forward for its value loss (`update.reuses_value_forward`)."""
-
-    @property
-    def sequences(self) -> torch.Tensor:
-        """(B, P + R) prompt then response ids."""
-        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """(B, P + R) bool."""
-        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
-
-    @property
-    def prompt_len(self) -> int:
-        return self.prompt_ids.shape[1]
 
     @property
     def response_lengths(self) -> torch.Tensor:

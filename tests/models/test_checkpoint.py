@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlhfkit import files
 from rlhfkit.errors import OutputExistsError, UserError
-from rlhfkit.models import checkpoint as ckpt
+from rlhfkit.files import atomic_dir
 from rlhfkit.models.checkpoint import (
-    atomic_dir,
     epoch_dir,
     export_hf,
     latest_checkpoint,
@@ -66,7 +66,7 @@ def test_atomic_dir_recovers_interrupted_swap(tmp_path):
     # A kill after "rename old aside" and before "rename new in": the old one comes back.
     (tmp_path / ".old-out-123").mkdir()
     (tmp_path / ".old-out-123" / "a.txt").write_text("old")
-    ckpt._recover(tmp_path / "out")
+    files._recover(tmp_path / "out")
     assert (tmp_path / "out" / "a.txt").read_text() == "old"
     # A kill after the swap: the stale old folder is deleted.
     (tmp_path / ".old-out-456").mkdir()

@@ -18,6 +18,7 @@ from rlhfkit.config import PretrainConfig, save_config
 from rlhfkit.data.records import read_corpus
 from rlhfkit.data.tokenize import EncodedExample, pack_corpus
 from rlhfkit.distributed import barrier, setup_distributed, teardown_distributed
+from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
@@ -55,8 +56,6 @@ def train_pretrain(cfg: PretrainConfig) -> dict:
     n_eval = int(round(len(examples) * cfg.eval_fraction)) if len(examples) > 1 else 0
     train, held_out = examples[n_eval:], examples[:n_eval]
     if not train:
-        from rlhfkit.errors import UserError
-
         raise UserError(f"{cfg.data}: corpus too small for one block of {cfg.seq_len} tokens")
 
     seed_everything(cfg.seed)

@@ -30,8 +30,8 @@ from rlhfkit.config import SelectConfig
 from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
+from rlhfkit.files import write_json
 from rlhfkit.generation import GenerationSettings, make_generator
-from rlhfkit.logging import write_json
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
 from rlhfkit.sample_score import encode_prompts, gold_metrics, sample_and_score
 from rlhfkit.scoring.build import build_scorer

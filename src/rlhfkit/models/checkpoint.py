@@ -14,7 +14,6 @@ Layout of a run:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from safetensors.torch import load_file
 
 from rlhfkit import __version__
 from rlhfkit.errors import OutputExistsError, UserError
+from rlhfkit.files import atomic_dir, fsync_dir
 from rlhfkit.models.load import load_state_like, quiet_progress
 from rlhfkit.models.wrap import unwrap
 
@@ -46,76 +46,6 @@ CHECKPOINTS = "checkpoints"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
 _ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-# ---------------------------------------------------------------------------------------
-# Atomic folders
-# ---------------------------------------------------------------------------------------
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and folder under `root` to disk (best effort on folders)."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:  # folders cannot be opened on Windows; the rename is still atomic there
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _recover(final: Path) -> None:
-    """Undo what a kill during a previous swap of `final` left behind.
-
-    Killed between "rename old aside" and "rename new in": `final` is missing and its old
-    version sits in `.old-<name>-<pid>`: put it back. Killed after the swap: delete the old.
-    """
-    olds = sorted(final.parent.glob(f".old-{final.name}-*"))
-    if not final.exists() and olds:
-        olds[-1].rename(final)
-        olds = olds[:-1]
-    for old in olds:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(final_path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it becomes `final_path` in one rename.
-
-    An existing `final_path` is renamed aside, the new folder renamed in, then the old one
-    deleted. On an exception the temporary folder is removed and `final_path` is untouched.
-    """
-    final = Path(final_path).absolute()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _recover(final)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():  # left by a killed process that had our pid
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.parent / f".old-{final.name}-{os.getpid()}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    _fsync_dir(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +122,7 @@ def export_hf(
         order = sorted(new, key=lambda n: n == "config.json")  # config.json last
         for name in order:
             os.replace(staging / name, dest / name)
-        _fsync_dir(dest)
+        fsync_dir(dest)
         for p in stale:
             p.unlink()
     finally:

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rlhfkit.data.records import PromptRecord
+from rlhfkit.data.world import is_world_prompt
+from rlhfkit.data.world.judges import judge
 from rlhfkit.errors import UserError
 
 
@@ -25,8 +27,6 @@ class RuleScorer:
 
 
 def _gold(prompt: str, response: str, safety: bool) -> float:
-    from rlhfkit.data.world.judges import judge  # lazy: the world is optional here
-
     j = judge(prompt, response)
     return j["safety"] if safety else j["helpfulness"]
 
@@ -53,8 +53,6 @@ def check_rule_prompts(spec: str | None, prompts: Sequence[PromptRecord]) -> Non
     """Refuse, before any model loads, prompts a rule cannot score ('gold': world prompts)."""
     if spec != "gold":
         return
-    from rlhfkit.data.world import is_world_prompt
-
     for p in prompts:
         if not is_world_prompt(p.prompt):
             where = f"{p.source}:{p.line}" if p.source else f"prompt {p.prompt[:60]!r}"

@@ -18,12 +18,11 @@ from rlhfkit.data.world.io import (
     read_responses,
     read_world_prompts,
     refuse_existing,
-    write_json,
-    write_jsonl,
 )
 from rlhfkit.data.world.judges import judge
 from rlhfkit.data.world.label import label_samples
 from rlhfkit.errors import UserError
+from rlhfkit.files import write_json, write_jsonl
 
 RANKING_FILES = ("rankings_helpfulness.jsonl", "rankings_safety.jsonl", "samples.jsonl")
 

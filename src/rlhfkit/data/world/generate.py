@@ -37,10 +37,10 @@ from rlhfkit.data.world.base import (
     format_completion,
     format_prompt,
 )
-from rlhfkit.data.world.io import write_json, write_jsonl
 from rlhfkit.data.world.registry import BORDERLINE_NAME, HARMFUL_NAME, SAFE_NAMES, TASKS
 from rlhfkit.data.world.safety import BORDERLINE, REFUSAL_VARIANTS
 from rlhfkit.data.world.tasks import ENTITIES, FACTS, WORDS, fact_sentence
+from rlhfkit.files import write_json, write_jsonl
 
 WORLD_VERSION = 1
 WORLD_FILES = (

@@ -9,7 +9,6 @@ from pathlib import Path
 from rlhfkit.data.records import PromptRecord, iter_json_records, read_prompts
 from rlhfkit.data.world.registry import UnknownPromptError, parse_prompt
 from rlhfkit.errors import RecordError, UserError
-from rlhfkit.files import write_json, write_jsonl  # noqa: F401 (re-exported)
 
 NOT_WORLD = (
     "not a prompt of the built-in world, so the gold judges cannot score it "

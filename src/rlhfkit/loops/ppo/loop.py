@@ -54,6 +54,7 @@ from rlhfkit.data.records import PromptRecord, read_corpus, read_prompts
 from rlhfkit.data.tokenize import pack_corpus
 from rlhfkit.distributed import Dist, barrier, setup_distributed, teardown_distributed
 from rlhfkit.errors import UserError
+from rlhfkit.files import write_json
 from rlhfkit.generation import ResponseGenerator, make_generator
 from rlhfkit.logging import (
     MetricsLogger,
@@ -61,7 +62,6 @@ from rlhfkit.logging import (
     progress,
     rank0_print,
     sync_time,
-    write_json,
 )
 from rlhfkit.loops.common import build_optimizer, build_scheduler, epoch_order
 from rlhfkit.loops.ppo.metrics import mean_kl, rollout_metrics, sample_table

@@ -11,7 +11,10 @@ import torch
 from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UserError
 from rlhfkit.loops.common import seed_everything
+from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import freeze, load_causal_lm, load_tokenizer
+from rlhfkit.models.reward import init_reward_model, load_reward_model
+from rlhfkit.scoring import RewardScorer
 from rlhfkit.scoring.build import build_scorer
 
 
@@ -35,8 +38,6 @@ def build_value_model(
     the policy's backbone with a zero one-output head (values start at 0). Anything else
     is taken as the folder of a saved reward/value model.
     """
-    from rlhfkit.models.reward import init_reward_model, load_reward_model
-
     init = cfg.value_init
     if value_source(cfg) == "policy":
         model, _ = init_reward_model(
@@ -66,9 +67,6 @@ def fast_linears(*roles: Any) -> None:
     reward models (`models.fast_linear`: same parameters and checkpoints; each call still
     falls back to F.linear off CPU, under autocast or when small). A rule scorer is
     skipped. Off: RLHFKIT_ONEDNN=0."""
-    from rlhfkit.models.fast_linear import use_onednn_linears
-    from rlhfkit.scoring import RewardScorer
-
     for role in roles:
         if isinstance(role, torch.nn.Module):
             use_onednn_linears(role)

@@ -26,7 +26,7 @@ Choices, where the paper leaves room:
 - the same prompts every round.
 
 Resume (--resume): a round with `stats.json` is finished and skipped; a round's samples
-are never redrawn (`rejection_samples`: saved batch by batch, seeded per batch), and its
+are never redrawn (`samples.py`: saved batch by batch, seeded per batch), and its
 fine-tuning resumes from the last checkpoint of `round-N/train/` (`fit_lm`'s resume;
 --save-every adds checkpoints within an epoch). The training checkpoints of a finished
 round are deleted (its policy is `round-N/` itself). A resumed run ends with the same
@@ -52,7 +52,8 @@ from rlhfkit.data.records import PromptRecord, SFTRecord, read_prompts
 from rlhfkit.data.tokenize import EncodedExample, EncodeStats, encode_sft
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
-from rlhfkit.logging import MetricsLogger, write_json
+from rlhfkit.files import write_json, write_jsonl
+from rlhfkit.logging import MetricsLogger
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
 from rlhfkit.loops.rejection.keep import KEEP_RULES, Kept, confident, round_stats
@@ -62,7 +63,6 @@ from rlhfkit.loops.rejection.samples import (
     evaluate_policy,
     read_samples,
     sample_round,
-    write_jsonl_atomic,
 )
 from rlhfkit.models.checkpoint import export_hf, prepare_output_dir
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
@@ -340,7 +340,7 @@ class RSRun:
         self.history.append(records)
         best = KEEP_RULES[self.cfg.keep](self.history)
         kept = confident(best, self.cfg.min_gap)
-        write_jsonl_atomic(rdir / KEPT, [k.to_json() for k in kept])
+        write_jsonl(rdir / KEPT, [k.to_json() for k in kept])
         if not kept:
             raise UserError(
                 f"rs: round {r}: no prompt's best sample beats the median of its samples by "

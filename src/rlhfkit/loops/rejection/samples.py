@@ -27,6 +27,7 @@ import torch
 from rlhfkit.data.ranking import best_of_k
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
+from rlhfkit.files import write_jsonl
 from rlhfkit.generation import GenerationSettings, ResponseGenerator, make_generator
 from rlhfkit.logging import progress
 from rlhfkit.sample_score import gold_metrics, sample_and_score
@@ -141,16 +142,6 @@ def sample_batch(
 # ---------------------------------------------------------------------------------------
 
 
-def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write JSON Lines via a hidden temp file, fsync, rename: never half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _check_record(rec: SampleRecord, prompt: PromptRecord, k: int, where: str) -> None:
     if rec.prompt != prompt.prompt or len(rec.responses) != k or len(rec.scores) != k:
         raise UserError(
@@ -193,7 +184,7 @@ def _read_partial(
         done.append(rec)
     if len(done) < len(prompts):
         done = done[: len(done) // s.prompts_per_batch * s.prompts_per_batch]
-    write_jsonl_atomic(partial, [r.to_json() for r in done])
+    write_jsonl(partial, [r.to_json() for r in done])
     return done
 
 

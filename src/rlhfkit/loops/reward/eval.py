@@ -22,11 +22,12 @@ from rlhfkit.data.reward_data import (
 )
 from rlhfkit.distributed import Dist, all_reduce_sum, pick_device
 from rlhfkit.errors import UserError
-from rlhfkit.logging import write_json
+from rlhfkit.files import write_json
 from rlhfkit.loops.common import rank_micro_batches
 from rlhfkit.losses import kwise_ranking_loss
 from rlhfkit.models.load import autocast_context
 from rlhfkit.models.reward import load_reward_model, reward_scores
+from rlhfkit.scoring import saved_max_len
 
 # ---------------------------------------------------------------------------------------
 # The loss of one batch
@@ -155,8 +156,6 @@ def flat_eval(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
 
 def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     """`rlhfkit rm eval`: the ranking metrics of a saved RM on ranking / pairwise files."""
-    from rlhfkit.scoring import saved_max_len
-
     if not cfg.data:
         raise UserError("--data is required: ranking / pairwise JSONL file(s)")
     margin_table = resolve_margin_table(cfg.margin)
