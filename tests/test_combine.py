@@ -138,3 +138,28 @@ def test_combine_imports_no_transformers():
     code = "import sys, rlhfkit.combine; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("llama2", {}), ("llama2", {"whiten": False}), ("single", {"whiten": True}),
+     ("weighted-sum", {"whiten": True, "weights": {"a": 0.5, "b": 2.0}}), ("single", {})],
+)  # fmt: skip
+def test_split_whitening_is_the_combiner_then_its_whitening(name, options):
+    from rlhfkit.combine import split_whitening
+
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.randn(6, generator=g) + 3, "b": torch.randn(6, generator=g) - 1}
+    if name == "llama2":
+        scores = {"helpfulness": scores["a"], "safety": scores["b"]}
+    elif name == "single":
+        scores = {"a": scores["a"]}
+    tags = torch.tensor([True, False, False, True, False, False])
+    combiner, whitens = split_whitening(name, **options)
+    assert whitens == options.get("whiten", name == "llama2")
+    before = combiner(scores, tags)
+    after = batch_whiten(before) if whitens else before
+    assert torch.equal(after, make_combiner(name, **options)(scores, tags))  # bit for bit
+    assert before.mean().abs() > 0.1  # what whitening removes
+    with pytest.raises(ValueError, match="takes options"):
+        split_whitening(name, bogus=1)

@@ -144,6 +144,26 @@ def test_report_renders_every_section_and_plot(tmp_path):
     assert "whitened over each batch" in text  # score/mean is not what the PPO plot shows
 
 
+def test_rm_section_prefers_adjacent_buckets_and_reads_old_summaries(tmp_path):
+    """Per-strength accuracy: the adjacent-pair buckets when a summary has them (each label
+    once, as Llama 2's Table 8); summaries written before them still render."""
+    run = make_run(tmp_path / "run")
+    summary = _rm_summary(0.6)
+    summary["eval"].update(
+        adjacent_accuracy=0.55,
+        n_adjacent_pairs=30,
+        adjacent_buckets={"slightly_better": {"accuracy": 0.625, "n_pairs": 8, "n_ties": 0}},
+    )
+    _write(run / "rm_helpfulness" / "summary.json", summary)
+    _write(run / "rm_safety" / "summary.json", {**summary})
+    text = render_report(run).read_text()
+    assert "0.625 (n=8)" in text and "0.600 (n=20)" not in text  # adjacent, not all pairs
+    assert "adjacent pairs of each ranking" in text
+    assert (run / "report" / "rm_accuracy.png").stat().st_size > 10_000
+    old = make_run(tmp_path / "old")  # no adjacent keys: all-pairs buckets as before
+    assert "0.700 (n=20)" in render_report(old).read_text()
+
+
 def test_missing_stages_give_notes_not_errors(tmp_path):
     run = make_run(tmp_path / "run", stages=("world", "pretrain", "sft"))
     stale = run / "report" / "ppo_curves.png"

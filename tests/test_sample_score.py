@@ -125,6 +125,30 @@ def test_scores_equal_scoring_the_texts_directly(model, tiny_tokenizer, ids):
     assert r.per_rm["helpfulness"].tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
 
 
+def test_score_generation_reports_the_score_before_whitening(model, tiny_tokenizer, ids):
+    """`score_generation` passes on the combined score before batch whitening (PPO logs it)
+    and, for scorers that do not report one, the score itself."""
+    from rlhfkit.models.load import freeze
+    from rlhfkit.models.reward import init_reward_model
+    from rlhfkit.sample_score import score_generation
+    from rlhfkit.scoring import LoadedRM, RewardScorer
+
+    gen = make_generator(model, tiny_tokenizer).generate(
+        ids, GenerationSettings(max_new_tokens=6), torch.Generator().manual_seed(0)
+    )
+    texts, safety = [p.prompt for p in PROMPTS], torch.tensor([p.safety for p in PROMPTS])
+    rule = score_generation(rule_scorer("length"), gen, texts, safety, tiny_tokenizer)
+    assert torch.equal(rule.unwhitened, rule.scores)
+    rm, rm_tok = init_reward_model(model, copy.deepcopy(tiny_tokenizer), head_init="normal")
+    rms = {"reward": LoadedRM(freeze(rm), rm_tok, 256)}
+    whitened = score_generation(
+        RewardScorer(rms, "single", {"whiten": True}), gen, texts, safety, tiny_tokenizer
+    )
+    plain = score_generation(RewardScorer(rms), gen, texts, safety, tiny_tokenizer)
+    torch.testing.assert_close(whitened.unwhitened, plain.scores)
+    assert abs(float(whitened.scores.mean())) < 1e-5 < abs(float(plain.scores.mean()))
+
+
 def test_kl_is_zero_for_a_model_against_itself(model, tiny_tokenizer, ids):
     settings = GenerationSettings(max_new_tokens=8)
     gen = make_generator(model, tiny_tokenizer)

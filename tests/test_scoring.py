@@ -122,6 +122,64 @@ def test_score_tokens_other_tokenizer_decodes(rm_dirs, tiny_tokenizer, tiny_text
     torch.testing.assert_close(got.scores, texts.scores, atol=1e-5, rtol=0)
 
 
+def _cut_batch(tokenizer):
+    """Sampled-looking ids for PROMPTS: even rows whole responses ending in EOS, odd rows cut
+    to their first 2 tokens (max_new_tokens hit: no EOS). Returns the four tensors, the
+    response texts and the ended flags; the texts re-encode to the same ids."""
+    p_ids, r_ids, texts, ended = [], [], [], []
+    for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES, strict=True)):
+        seq = encode_responses(tokenizer, [p], [r], 256)[0][0]  # [bos] + p + r + [eos]
+        n_prompt = len(encode_responses(tokenizer, [p], [""], 256)[0][0]) - 1
+        resp = seq[n_prompt:-1][: 2 if i % 2 else None]
+        texts.append(tokenizer.decode(resp))
+        assert tokenizer(texts[-1], add_special_tokens=False)["input_ids"] == resp
+        p_ids.append(seq[:n_prompt])
+        r_ids.append(resp + ([tokenizer.eos_token_id] if i % 2 == 0 else []))
+        ended.append(i % 2 == 0)
+    prompt_ids, prompt_mask = left_pad(p_ids, tokenizer.pad_token_id)
+    width = max(len(r) for r in r_ids) + 1
+    response_ids = torch.full((len(r_ids), width), tokenizer.pad_token_id)
+    response_mask = torch.zeros((len(r_ids), width), dtype=torch.bool)
+    for i, r in enumerate(r_ids):
+        response_ids[i, : len(r)] = torch.tensor(r)
+        response_mask[i, : len(r)] = True
+    return (prompt_ids, prompt_mask, response_ids, response_mask), texts, ended
+
+
+def test_a_truncated_response_scores_alike_on_both_paths(rm_dirs, tiny_tokenizer, monkeypatch):
+    """One rule on every path: a response cut before EOS is scored without one. The ids
+    path scores the sampled ids; the text path told `ended`; and score_tokens' decode
+    path (an RM with another tokenizer), which reads `ended` off the ids."""
+    scorer = RewardScorer.from_specs(rm_dirs, combine="llama2")
+    tokens, texts, ended = _cut_batch(tiny_tokenizer)
+    by_ids = scorer.score_tokens(*tokens, tiny_tokenizer, SAFETY)
+    by_text = scorer.score(PROMPTS, texts, SAFETY, ended=ended)
+    monkeypatch.setattr(scorer, "shares_tokenizer", lambda name, tok: False)
+    by_decode = scorer.score_tokens(*tokens, tiny_tokenizer, SAFETY)
+    for other in (by_text, by_decode):
+        for name in scorer.names:
+            torch.testing.assert_close(other.per_rm[name], by_ids.per_rm[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(other.scores, by_ids.scores, atol=1e-4, rtol=0)
+    # the rule matters: EOS appended to the cut rows (the old text path) scores them apart
+    all_eos = scorer.score(PROMPTS, texts, SAFETY)
+    gap = (all_eos.per_rm["safety"] - by_ids.per_rm["safety"]).abs()
+    assert gap[0::2].max() < 1e-5 and gap[1::2].min() > 1e-3, gap
+    seqs, _ = encode_responses(tiny_tokenizer, PROMPTS, texts, 256, ended=ended)
+    eos = tiny_tokenizer.eos_token_id
+    assert [s[-1] == eos for s in seqs] == ended
+
+
+def test_score_result_keeps_the_combined_score_before_whitening(rm_dirs):
+    whitened = RewardScorer.from_specs(rm_dirs, combine="llama2").score(PROMPTS, RESPONSES, SAFETY)
+    plain = RewardScorer.from_specs(rm_dirs, "llama2", {"whiten": False}).score(
+        PROMPTS, RESPONSES, SAFETY
+    )
+    torch.testing.assert_close(whitened.unwhitened, plain.scores)
+    torch.testing.assert_close(plain.unwhitened, plain.scores)
+    expected = combine_llama2(whitened.per_rm, torch.tensor(SAFETY))  # whitened by the combiner
+    torch.testing.assert_close(whitened.scores, expected)
+
+
 def test_truncation_keeps_the_end(tiny_tokenizer):
     assert truncate_left([1, 5, 6, 7, 8, 2], 4, bos=1) == [1, 7, 8, 2]
     assert truncate_left([5, 6, 7], 2, bos=1) == [6, 7]
@@ -141,6 +199,12 @@ def test_read_scoring_records_file_line_errors(tmp_path):
     f.write_text(json.dumps({"prompt": "p", "response": "r", "safety": True, "x": 1}) + "\n")
     (rec,) = read_scoring_records(f)
     assert rec.safety and rec.row["x"] == 1
+    assert rec.ended  # no "ended": a whole response
+    f.write_text(json.dumps({"prompt": "p", "response": "r", "ended": False}) + "\n")
+    assert not read_scoring_records(f)[0].ended
+    f.write_text(json.dumps({"prompt": "p", "response": "r", "ended": 0}) + "\n")
+    with pytest.raises(RecordError, match=r"r\.jsonl:1: field 'ended'"):
+        read_scoring_records(f)
 
 
 def test_spec_and_weight_parsing():

@@ -144,3 +144,13 @@ def make_combiner(name: str, **options: object) -> Combiner:
     if unknown:
         raise ValueError(f"combiner {name!r} takes options {sorted(known)}, not {unknown}")
     return functools.partial(fn, **options)
+
+
+def split_whitening(name: str, **options: object) -> tuple[Combiner, bool]:
+    """(the combiner `name` with its options but WITHOUT batch whitening, whether it
+    whitens): `batch_whiten(c(s, t)) if whitens else c(s, t)` is exactly
+    `make_combiner(name, **options)(s, t)`. For callers that also need the combined score
+    before whitening (PPO logs it: the whitened one has mean 0 every batch)."""
+    make_combiner(name, **options)  # the same errors for unknown names and options
+    whitens = bool(options.get("whiten", (COMBINERS[name].__kwdefaults__ or {}).get("whiten")))
+    return make_combiner(name, **{**options, "whiten": False}), whitens

@@ -96,26 +96,25 @@ def _recover(final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-@contextmanager
-def atomic_dir(final_path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it becomes `final_path` in one rename.
-
-    An existing `final_path` is renamed aside, the new folder renamed in, then the old one
-    deleted. On an exception the temporary folder is removed and `final_path` is untouched.
-    """
+def start_dir(final_path: str | Path, tag: str | int | None = None) -> Path:
+    """A new, empty temporary sibling of `final_path` to write into (`commit_dir` puts it in
+    place). `tag` names it (default: this process's id); a leftover of that name is removed,
+    as is what a kill during an earlier swap of `final_path` left behind."""
     final = Path(final_path).absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
     _recover(final)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():  # left by a killed process that had our pid
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid() if tag is None else tag}"
+    if tmp.exists():  # left by a killed process with the same tag
         shutil.rmtree(tmp)
     tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return tmp
+
+
+def commit_dir(tmp: Path, final_path: str | Path) -> Path:
+    """Flush `tmp` to disk and make it `final_path` in one rename: an existing `final_path`
+    is renamed aside first and deleted after."""
+    final = Path(final_path).absolute()
+    _fsync_tree(tmp)
     old = final.parent / f".old-{final.name}-{os.getpid()}"
     if final.exists():
         final.rename(old)
@@ -123,3 +122,20 @@ def atomic_dir(final_path: str | Path) -> Iterator[Path]:
     fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old)
+    return final
+
+
+@contextmanager
+def atomic_dir(final_path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it becomes `final_path` in one rename.
+
+    An existing `final_path` is renamed aside, the new folder renamed in, then the old one
+    deleted. On an exception the temporary folder is removed and `final_path` is untouched.
+    """
+    tmp = start_dir(final_path)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    commit_dir(tmp, final_path)

@@ -9,7 +9,8 @@ sampling log-probs over the full vocabulary, whether each row ended, and the tex
 Engines:
 - "hf": our decoding path (`models.generate.sample`): a KV-cached loop over any Hugging
   Face causal LM, with a fused fast path for stock Llama. It samples from the live module,
-  so `sync_weights` has nothing to do.
+  so `sync_weights` has nothing to do; a sharded (FSDP2) policy is gathered once for the
+  whole batch (`models.wrap.generation_context`).
 A new engine (vLLM) is one more class here and one row of ENGINES; after each policy update
 the loop calls `sync_weights` so the engine samples from the new weights.
 """
@@ -25,6 +26,7 @@ import torch
 from rlhfkit.errors import UserError
 from rlhfkit.models.generate import decode_responses, sample
 from rlhfkit.models.load import autocast_context
+from rlhfkit.models.wrap import generation_context
 from rlhfkit.types import Generation
 
 
@@ -78,7 +80,7 @@ class HFGenerator:
         settings: GenerationSettings,
         rng: torch.Generator | None = None,
     ) -> Generation:
-        with autocast_context(self.device, settings.bf16):
+        with generation_context(self.model), autocast_context(self.device, settings.bf16):
             gen = sample(
                 self.model,
                 prompt_ids,

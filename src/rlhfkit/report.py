@@ -260,18 +260,27 @@ def section_rms(run: RunData, out_dir: Path) -> list[str]:
         return [*out, note("no reward models (rm_*/summary.json): the rm stage did not run"), ""]
     if not evals:
         return [*out, note("the RMs were trained without a held-out split: no accuracy"), ""]
-    buckets = [
-        b for b in plots.BUCKET_ORDER if any(b in e.get("buckets", {}) for e in evals.values())
-    ]
-    headers = ["RM", "accuracy", "pairs", "loss", *[b.replace("_", " ") for b in buckets]]
+    # Per strength: adjacent pairs (each label once, as Llama 2's Table 8) when present.
+    per = {n: plots.rm_buckets(e)[0] for n, e in evals.items()}
+    buckets = [b for b in plots.BUCKET_ORDER if any(b in p for p in per.values())]
+    adjacent = all(e.get("adjacent_buckets") for e in evals.values())
+    headers = ["RM", "accuracy (all pairs)", "pairs", "loss"]
+    if adjacent:
+        headers += ["accuracy (adjacent)", "adjacent pairs"]
+    headers += [b.replace("_", " ") for b in buckets]
     rows = []
     for name, e in evals.items():
         cells = []
         for b in buckets:
-            c = e.get("buckets", {}).get(b)
+            c = per[name].get(b)
             cells.append(f"{fmt(c.get('accuracy'))} (n={c.get('n_pairs')})" if c else "-")
-        rows.append([name, e.get("accuracy"), e.get("n_pairs"), e.get("loss"), *cells])
+        row = [name, e.get("accuracy"), e.get("n_pairs"), e.get("loss")]
+        if adjacent:
+            row += [e.get("adjacent_accuracy"), e.get("n_adjacent_pairs")]
+        rows.append([*row, *cells])
     out += [md_table(headers, rows), ""]
+    pairs = "adjacent pairs of each ranking (each label once)" if adjacent else "all pairs"
+    out += [note(f"per-strength accuracy over {pairs}"), ""]
     out += _image(plots.plot_rm_accuracy(evals, out_dir / "rm_accuracy.png"), "RM accuracy")
     small = [n for n, e in evals.items() if (e.get("n_pairs") or 0) < 50]
     if small:

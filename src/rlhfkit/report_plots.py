@@ -152,19 +152,31 @@ def plot_ppo(
 # ---------------------------------------------------------------------------------------
 
 
+def rm_buckets(ev: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(per-strength cells, overall cell) of one RM eval: ADJACENT pairs when the eval has
+    them (each labelled comparison once, as Llama 2's Table 8), else all pairs (older runs)."""
+    if ev.get("adjacent_buckets"):
+        overall = {"accuracy": ev.get("adjacent_accuracy"), "n_pairs": ev.get("n_adjacent_pairs")}
+        return dict(ev["adjacent_buckets"]), overall
+    return dict(ev.get("buckets") or {}), dict(ev)
+
+
 def plot_rm_accuracy(rms: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
-    """Grouped bars: held-out pairwise accuracy of each RM per preference-strength bucket."""
-    rms = {n: e for n, e in rms.items() if e.get("buckets")}
+    """Grouped bars: held-out pairwise accuracy of each RM per preference-strength bucket
+    (adjacent pairs when the evals have them: `rm_buckets`)."""
+    rms = {n: e for n, e in rms.items() if rm_buckets(e)[0]}
     if not rms:
         return None
-    seen = {b for e in rms.values() for b in e["buckets"]}
+    adjacent = all(e.get("adjacent_buckets") for e in rms.values())
+    seen = {b for e in rms.values() for b in rm_buckets(e)[0]}
     buckets = [b for b in BUCKET_ORDER if b in seen] + sorted(seen - set(BUCKET_ORDER))
     labels = [*(b.replace("_", " ") for b in buckets), "all"]
     fig = _figure(max(7.0, 1.6 * len(labels) + 1.5), 4.4)
     ax = fig.add_subplot()
     width = 0.8 / len(rms)
     for j, (name, ev) in enumerate(rms.items()):
-        cells = [ev["buckets"].get(b, {}) for b in buckets] + [ev]
+        per_strength, overall = rm_buckets(ev)
+        cells = [per_strength.get(b, {}) for b in buckets] + [overall]
         xs = [i + (j - (len(rms) - 1) / 2) * width for i in range(len(labels))]
         ys = [c.get("accuracy") if _finite(c.get("accuracy")) else 0.0 for c in cells]
         bars = ax.bar(xs, ys, width, label=f"{name} RM", color=f"C{j}")
@@ -175,7 +187,8 @@ def plot_rm_accuracy(rms: Mapping[str, Mapping[str, Any]], path: Path) -> Path |
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylim(0, 1.1)
-    ax.set_xlabel("preference strength of the pair (labeller)")
+    pairs = "adjacent pairs of each ranking" if adjacent else "all pairs"
+    ax.set_xlabel(f"preference strength of the pair (labeller; {pairs})")
     ax.set_ylabel("pairwise accuracy (fraction of held-out pairs)")
     ax.set_title("Reward-model accuracy by preference strength (held-out rankings)")
     ax.grid(axis="y", alpha=0.3)

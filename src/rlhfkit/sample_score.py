@@ -26,6 +26,7 @@ from rlhfkit.models.wrap import unwrap
 from rlhfkit.ops.kl import kl_k1, kl_k3
 from rlhfkit.ops.logprobs import response_logprobs
 from rlhfkit.ops.masking import masked_sum
+from rlhfkit.scoring.rm import ScoreResult
 from rlhfkit.types import Generation
 
 GOLD_KEYS = (
@@ -105,8 +106,8 @@ def _score(
     """`score_generation` of one batch, on the CPU."""
     device = gen.response_ids.device
     safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
-    scores, per_rm = score_generation(scorer, gen, [_text(p) for p in prompts], safety, tokenizer)
-    return scores.cpu(), {name: v.cpu() for name, v in per_rm.items()}
+    r = score_generation(scorer, gen, [_text(p) for p in prompts], safety, tokenizer)
+    return r.scores.cpu(), {name: v.cpu() for name, v in r.per_rm.items()}
 
 
 def _concat(parts: list[Samples], *, scored: bool, kl: bool) -> Samples:
@@ -140,35 +141,39 @@ def _text(p: PromptRecord | str) -> str:
     return p if isinstance(p, str) else p.prompt
 
 
-def _scores_of(result: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    if isinstance(result, torch.Tensor):
-        return result, {}
-    return result.scores, dict(getattr(result, "per_rm", {}) or {})
-
-
 def score_generation(
     scorer: Any,
     gen: Generation,
     prompts: list[str],
     safety: torch.Tensor,
     tokenizer: Any,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """((B,) float32 scores, {rm name: (B,) raw score}) of sampled responses, on the
-    responses' device: `score_tokens` on the ids when the scorer has it, else `score` on
-    the texts (`gen.texts`). safety: (B,) bool."""
+) -> ScoreResult:
+    """The scores of sampled responses, on the responses' device: `.scores` (B,) float32,
+    `.per_rm` {rm name: (B,) raw score} and `.unwhitened` (B,) (the combined score before
+    batch whitening; `.scores` when the scorer does not say). `score_tokens` on the ids
+    when the scorer has it (a response without EOS is scored without one, `scoring.rm`),
+    else `score` on the texts (`gen.texts`; a rule reads text, EOS or not). safety: (B,)
+    bool."""
     if hasattr(scorer, "score_tokens"):
         result = scorer.score_tokens(
             gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, tokenizer, safety
         )
     else:
         result = scorer.score(prompts, gen.texts, safety.tolist())
-    scores, per_rm = _scores_of(result)
-    scores = torch.as_tensor(scores).float().to(gen.response_ids.device)
+    if isinstance(result, torch.Tensor):
+        result = ScoreResult(result)
+    device = gen.response_ids.device
+    scores = torch.as_tensor(result.scores).float().to(device)
     if scores.shape != (len(prompts),):
         raise ValueError(
             f"the scorer returned shape {tuple(scores.shape)}, expected ({len(prompts)},)"
         )
-    return scores, {k: v.float().to(scores.device) for k, v in per_rm.items()}
+    unwhitened = getattr(result, "unwhitened", None)
+    return ScoreResult(
+        scores,
+        {k: v.float().to(device) for k, v in (getattr(result, "per_rm", None) or {}).items()},
+        scores if unwhitened is None else torch.as_tensor(unwhitened).float().to(device),
+    )
 
 
 @torch.no_grad()

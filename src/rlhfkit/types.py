@@ -172,7 +172,7 @@ class Rollout(_PromptResponse):
     response_mask: torch.Tensor  # (B, R) bool, True up to and including EOS
     logprobs: torch.Tensor  # (B, R) float32, behaviour log-probs from sampling; 0 at padding
     ref_logprobs: torch.Tensor  # (B, R) float32, under the frozen reference; 0 at padding
-    raw_scores: torch.Tensor  # (B,) float32, the scorer's output
+    raw_scores: torch.Tensor  # (B,) float32, the combined score before any whitening
     scores: torch.Tensor  # (B,) float32, after EOS penalty / normalisation / clipping
     kl: torch.Tensor  # (B, R) float32, the KL estimator per token; 0 at padding
     rewards: torch.Tensor  # (B, R) float32, -kl_coef * kl + score at the last token

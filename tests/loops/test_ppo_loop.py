@@ -273,6 +273,53 @@ def test_value_model_starts_from_the_rm_or_the_policy(tmp_path, tiny_tokenizer):
         build_value_model(cfg, base, other_tok, scorer, torch.device("cpu"))
 
 
+def test_every_role_runs_without_dropout_and_says_so_in_its_config(tmp_path, tiny_tokenizer):
+    """N+ details: no dropout in PPO. GPT-2 configs carry dropout 0.1; after build_roles the
+    policy, reference, value model and reward model all have 0 in their configs (what a
+    saved checkpoint writes) and give equal train-mode forwards."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhfkit.loops.ppo.roles import build_roles
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=128, vocab_size=len(tiny_tokenizer),
+        bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    ))  # fmt: skip
+    save_hf(gpt2, tiny_tokenizer, tmp_path / "policy")
+    rm, rm_tok = init_reward_model(gpt2, copy.deepcopy(tiny_tokenizer), head_init="normal")
+    save_hf(rm, rm_tok, tmp_path / "rm")
+    assert json.loads((tmp_path / "rm" / "config.json").read_text())["attn_pdrop"] == 0.1
+    cfg = PPOConfig(policy=str(tmp_path / "policy"), rm=(f"h={tmp_path / 'rm'}",))
+    _, policy, reference, value, scorer = build_roles(cfg, torch.device("cpu"))
+    ids = torch.tensor([[1, 20, 30, 40, 2]])
+    for name, model in [("policy", policy), ("reference", reference), ("value", value),
+                        ("rm", scorer.models["h"].model)]:  # fmt: skip
+        cfg_pdrop = {k: getattr(model.config, k) for k in ("attn_pdrop", "resid_pdrop")}
+        assert cfg_pdrop == {"attn_pdrop": 0.0, "resid_pdrop": 0.0}, name
+        model.train()
+        with torch.no_grad():
+            a, b = (model(input_ids=ids).logits for _ in range(2))
+        assert torch.equal(a, b), name
+        model.eval()
+
+
+def test_adam_eps_defaults_to_1e_5_for_policy_and_value(tiny_tokenizer):
+    from rlhfkit.distributed import Dist
+    from rlhfkit.loops.ppo.loop import _trainables
+
+    assert PPOConfig().adam_eps == 1e-5  # N+ details, not PyTorch's 1e-8
+    assert cli.parse("ppo", ["--policy", "p", "--prompts", "q", "--out", "o", "--rm", "r",
+                             "--adam-eps", "2e-6"]).adam_eps == 2e-6  # fmt: skip
+    for eps in (None, 2e-6):
+        policy, _, value = _roles(tiny_tokenizer)
+        cfg = PPOConfig() if eps is None else PPOConfig(adam_eps=eps)
+        t = _trainables(cfg, policy, value, Dist(), torch.device("cpu"))
+        for opt in (t.policy_optimizer, t.value_optimizer):
+            assert {g["eps"] for g in opt.param_groups} == {eps or 1e-5}
+
+
 # ---------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------
@@ -384,6 +431,42 @@ def test_bad_options_are_user_errors(files, tmp_path, capsys):
     assert cli.main(argv) == 2
     assert "p.jsonl:1" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
+
+
+def test_top_k_and_top_p_are_refused_before_models_load(files, tmp_path, capsys, monkeypatch):
+    """PPO's behaviour, reference and update log-probs are the full distribution's; a
+    top-k / top-p sampler draws from another, so the first ratio would not be 1."""
+    import rlhfkit.loops.ppo.loop as ppo_mod
+
+    def no_models(*a, **kw):
+        raise AssertionError("models loaded before the options were checked")
+
+    monkeypatch.setattr(ppo_mod, "build_roles", no_models)
+    out = tmp_path / "never"
+    for flag in (["--top-k", "5"], ["--top-p", "0.9"]):
+        assert cli.main(_args(files, out, "--steps", "1", *flag)) == 2
+        err = capsys.readouterr().err
+        assert "--top-k 0 --top-p 1" in err and "--temperature" in err and "rlhfkit rs" in err
+        assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_llama2_summary_scores_are_the_combined_score_before_whitening(files, tmp_path):
+    """With --combine llama2 the reward is whitened per batch (mean 0): the logged
+    score/mean and the summary's first / final score are the score before whitening."""
+    out = tmp_path / "llama2"
+    rms = ["--rm", f"safety={files['rm']}", "--combine", "llama2", "--steps", "2"]
+    assert cli.main(_args(files, out, *rms)) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "score/mean" in r]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["first_score"] == train[0]["score/mean"]
+    assert summary["final_score"] == train[-1]["score/mean"]
+    for r in train:
+        assert abs(r["score/shaped_mean"]) < 1e-5  # what PPO trains on: whitened
+        # one RM under both names: the rule picks it either way, so score/mean is its mean
+        assert r["score/mean"] == pytest.approx(r["score/helpfulness"], abs=1e-5)
+        assert abs(r["score/mean"]) > 1e-3
 
 
 @pytest.mark.parametrize("name", ["ppo", "select"])

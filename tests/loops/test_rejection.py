@@ -26,6 +26,7 @@ from rlhfkit.loops.rejection import samples as rejection_samples
 from rlhfkit.loops.rejection.keep import (
     KEEP_RULES,
     confident,
+    drop_truncated,
     keep_best,
     keep_best_of_all_rounds,
     max_median_curve,
@@ -207,10 +208,13 @@ def files(tmp_path_factory, tiny_tokenizer):
 
 
 def _args(files, out, *extra) -> list[str]:
+    # --keep-truncated: the random base policy almost never samples EOS within 8 tokens
+    # (p ~ 1/512 a token), so by default every prompt would be dropped; the default is
+    # tested on a policy that ends half its samples (test_truncated_best_samples_...)
     return [
         "rs", "--policy", str(files["base"]), "--prompts", str(files["prompts"]),
         "--out", str(out), "--device", "cpu", "--max-new-tokens", "8", "--k", "4",
-        *extra,
+        "--keep-truncated", *extra,
     ]  # fmt: skip
 
 
@@ -451,6 +455,108 @@ def test_min_gap_fine_tunes_only_on_confident_prompts(files, tmp_path, capsys):
     argv = _args(files, tmp_path / "none", "--rule-reward", "count:e", "--min-gap", "1000")
     assert cli.main(argv) == 2
     assert "--min-gap 1000" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# Samples cut at --max-new-tokens (no EOS)
+# ---------------------------------------------------------------------------------------
+
+
+def test_truncated_kept_samples_are_dropped_and_counted_old_files_still_read():
+    a, b = _rec("a", [1.0, 3.0, 2.0]), _rec("b", [4.0, 0.0, 0.0])
+    a.ended, b.ended = [True, False, True], [True, True, False]  # a's best (index 1) was cut
+    a.response_tokens, b.response_tokens = [2, 8, 5], [3, 1, 8]
+    kept = keep_best([[a, b]])
+    assert [k.ended for k in kept] == [False, True]
+    assert [k.to_json()["ended"] for k in kept] == [False, True]
+    assert [k.prompt for k in drop_truncated(kept)] == ["b"]
+    stats = round_stats([a, b], kept, 1)
+    assert stats["truncated_rate_all"] == pytest.approx(2 / 6) and stats["kept_truncated"] == 1
+    # samples.jsonl keeps "ended"; a file written before it existed is read as before...
+    row = a.to_json()
+    assert row["ended"] == [True, False, True]
+    assert SampleRecord.from_json(row).ended == a.ended
+    del row["ended"]
+    old = SampleRecord.from_json(row)
+    assert old.ended == [] and [old.response_ended(i) for i in range(3)] == [True] * 3
+    assert [k.ended for k in keep_best([[old]])] == [True]
+    # ...or, knowing --max-new-tokens, with "ended" from the token counts (8 tokens: cut)
+    assert SampleRecord.from_json(row, max_new_tokens=8).ended == [True, False, True]
+
+
+def test_encode_kept_trains_a_truncated_sample_without_eos(tiny_tokenizer):
+    from rlhfkit.config import RSConfig
+    from rlhfkit.loops.rejection.keep import Kept
+    from rlhfkit.loops.rejection.loop import encode_kept
+
+    cfg = RSConfig(max_len=64)
+    done = Kept("Q: what is the cat\nA:", " the cat sat", 1.0, 1, 0, ended=True)
+    cut = Kept("Q: what is the cat\nA:", " the cat sat", 1.0, 1, 0, ended=False)
+    whole, partial = encode_kept([done, cut], tiny_tokenizer, cfg, "kept.jsonl")
+    eos = tiny_tokenizer.eos_token_id
+    assert whole.input_ids[-1] == eos and whole.labels[-1] == eos
+    assert partial.input_ids == whole.input_ids[:-1] and partial.labels == whole.labels[:-1]
+    assert eos not in partial.input_ids
+
+
+@pytest.fixture(scope="module")
+def ending_policy(files, tiny_tokenizer):
+    """The test model made to sample EOS about half the time within 8 tokens: hidden
+    dimension 0 of every embedding is a constant 10, so after the final norm it is about
+    sqrt(hidden); the (tied) EOS row gets 0.7 more there, +4 on EOS's logit."""
+    from rlhfkit.models.presets import build_model
+
+    model = build_model("test", tiny_tokenizer, seed=0)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 10.0
+        model.lm_head.weight[tiny_tokenizer.eos_token_id, 0] = 10.7
+    save_hf(model, tiny_tokenizer, files["root"] / "ending")
+    return files["root"] / "ending"
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_truncated_best_samples_are_dropped_by_default(files, ending_policy, tmp_path, capsys):
+    """A kept sample that hit --max-new-tokens without EOS would be trained with an EOS it
+    never produced: by default its prompt sits the round out (`truncated_dropped`);
+    --keep-truncated keeps it, trained without EOS (`kept_truncated`)."""
+    base = ["--policy", str(ending_policy), "--rule-reward", "count:e", "--rounds", "1",
+            "--max-steps", "1"]  # fmt: skip
+    default = [a for a in _args(files, tmp_path / "drop", *base) if a != "--keep-truncated"]
+    assert cli.main(default) == 0
+    rdir = tmp_path / "drop" / "round-1"
+    samples, kept = _rows(rdir / "samples.jsonl"), _rows(rdir / "kept.jsonl")
+    for row in samples:  # "ended" is saved, and agrees with the token counts
+        assert row["ended"] == [t < 8 for t in row["response_tokens"]]
+    best_cut = [not row["ended"][row["best"]] for row in samples]
+    assert 0 < sum(best_cut) < len(samples), "the fixture should end some best samples"
+    assert [k["prompt"] for k in kept] == [
+        row["prompt"] for row, cut in zip(samples, best_cut, strict=True) if not cut
+    ]
+    assert all(k["ended"] for k in kept)
+    stats = json.loads((rdir / "stats.json").read_text())
+    assert stats["truncated_dropped"] == sum(best_cut) and stats["kept_truncated"] == 0
+    assert stats["kept_prompts"] == len(samples) - sum(best_cut)
+    assert 0 < stats["truncated_rate_all"] < 1
+    summary = json.loads((tmp_path / "drop" / "summary.json").read_text())
+    assert summary["rounds"][0]["truncated_dropped"] == sum(best_cut)
+
+    keep = _args(files, tmp_path / "keep", *base)  # --keep-truncated
+    assert cli.main(keep) == 0
+    rdir = tmp_path / "keep" / "round-1"
+    kept = _rows(rdir / "kept.jsonl")
+    assert len(kept) == len(samples) and sum(not k["ended"] for k in kept) == sum(best_cut)
+    stats = json.loads((rdir / "stats.json").read_text())
+    assert stats["truncated_dropped"] == 0 and stats["kept_truncated"] == sum(best_cut)
+
+    # a policy that never ends within --max-new-tokens: nothing to train on, said clearly
+    never = [a for a in _args(files, tmp_path / "never", "--rule-reward", "count:e")
+             if a != "--keep-truncated"]  # fmt: skip
+    assert cli.main(never) == 2
+    err = capsys.readouterr().err
+    assert "hit --max-new-tokens 8 before EOS" in err and "--keep-truncated" in err
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ import json
 
 import pytest
 import torch
+from transformers import BloomConfig, FalconConfig, LlamaConfig, OPTConfig, Qwen2Config
 
 from rlhfkit import cli
 from rlhfkit.config import SFTConfig
+from rlhfkit.errors import UserError
 from rlhfkit.loops.sft import train_sft
 from tests.loops.helpers import assert_same_training, make_base_model, sft_rows, write_jsonl
 
@@ -150,3 +152,107 @@ def test_resume_from_an_epoch_folder_says_so_and_warns_nothing(base, tmp_path, c
     assert "no checkpoint" not in caplog.text and "starting fresh" not in caplog.text
     assert f"resuming from {out / 'epoch-1'} at step 2" in capsys.readouterr().out
     assert summary["steps"] == 4 and [r["epoch"] for r in summary["epochs"]] == [1, 2]
+
+
+# --- packing decided per model by the probe (models/probe.py) -----------------------------
+
+_TINY_ARCH = {
+    "opt": lambda: OPTConfig(
+        hidden_size=32, word_embed_proj_dim=32, num_hidden_layers=2, ffn_dim=64,
+        num_attention_heads=4, max_position_embeddings=256,
+    ),
+    "falcon": lambda: FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
+    "bloom": lambda: BloomConfig(hidden_size=32, n_layer=2, n_head=4),
+    "llama": lambda: LlamaConfig(
+        hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    ),
+    "qwen2": lambda: Qwen2Config(
+        hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    ),
+}  # fmt: skip
+_CLASS = {
+    "opt": "OPTForCausalLM",
+    "falcon": "FalconForCausalLM",
+    "bloom": "BloomForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+
+
+def _arch_base(tmp_path, tokenizer, arch):
+    return make_base_model(tmp_path / f"base-{arch}", tokenizer, preset=_TINY_ARCH[arch]())
+
+
+def _sft_kw(base, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
+    return dict(model=str(base), data=str(data), epochs=1, lr=1e-2, batch_size=4)
+
+
+@pytest.mark.parametrize("arch", ["opt", "falcon", "bloom"])
+def test_a_model_that_mixes_packed_examples_falls_back_to_padded_batches(
+    arch, tmp_path, tiny_tokenizer, capsys
+):
+    # The fallback IS the --no-packing run (same batches, same seed): equal to the bit.
+    base = _arch_base(tmp_path, tiny_tokenizer, arch)
+    kw = _sft_kw(base, tmp_path)
+    auto = train_sft(SFTConfig(**kw, out=str(tmp_path / "auto")))
+    out = capsys.readouterr().out
+    off = train_sft(SFTConfig(**kw, out=str(tmp_path / "off"), packing=False))
+    note = f"sft: {_CLASS[arch]} mixes packed examples: padded batches instead (--no-packing)"
+    assert note in out.splitlines()
+    assert note not in capsys.readouterr().out  # --no-packing: no probe, no note
+    assert auto["packing"] is False and off["packing"] is False
+    assert auto["final_loss"] == off["final_loss"]
+    wa, wo = _weights(tmp_path / "auto" / "epoch-1"), _weights(tmp_path / "off" / "epoch-1")
+    assert all(torch.equal(wa[k], wo[k]) for k in wo)
+    w0 = _weights(base)
+    assert any(not torch.equal(wa[k], w0[k]) for k in w0)  # it did train
+
+
+@pytest.mark.parametrize("arch", ["opt", "falcon", "bloom"])
+def test_forced_packing_on_a_model_that_mixes_examples_is_refused(arch, tmp_path, tiny_tokenizer):
+    base = _arch_base(tmp_path, tiny_tokenizer, arch)
+    out = tmp_path / "sft"
+    with pytest.raises(UserError, match=f"--packing: {_CLASS[arch]} mixes packed examples"):
+        train_sft(SFTConfig(**_sft_kw(base, tmp_path), out=str(out), packing=True))
+    assert not list(out.glob("epoch-*")) and not (out / "metrics.jsonl").exists()  # no training
+
+
+def test_cli_packing_on_opt_exits_2_with_one_line(tmp_path, tiny_tokenizer, capsys):
+    base = _arch_base(tmp_path, tiny_tokenizer, "opt")
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(4))
+    args = ["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "o")]
+    assert cli.main([*args, "--packing"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "OPTForCausalLM mixes packed examples" in err and "--no-packing" in err
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_model_that_keeps_examples_apart_packs_by_default(arch, tmp_path, tiny_tokenizer, capsys):
+    base = _arch_base(tmp_path, tiny_tokenizer, arch)
+    kw = _sft_kw(base, tmp_path)
+    auto = train_sft(SFTConfig(**kw, out=str(tmp_path / "auto")))
+    assert "mixes packed examples" not in capsys.readouterr().out
+    on = train_sft(SFTConfig(**kw, out=str(tmp_path / "on"), packing=True))
+    assert auto["packing"] is True and on["packing"] is True
+    wa, wn = _weights(tmp_path / "auto" / "epoch-1"), _weights(tmp_path / "on" / "epoch-1")
+    assert all(torch.equal(wa[k], wn[k]) for k in wn)
+
+
+def test_choose_packing_probes_a_model_once_and_notes_it_once(tiny_tokenizer, capsys):
+    # Rejection sampling fine-tunes the same model object every round: one probe, one note.
+    from rlhfkit.loops import lm
+    from rlhfkit.models.presets import build_model
+
+    model = build_model(_TINY_ARCH["opt"](), tiny_tokenizer, seed=0)
+    assert lm.choose_packing(model, None, "rs") is False
+    assert lm.choose_packing(model, None, "rs") is False
+    assert capsys.readouterr().out.count("rs: OPTForCausalLM mixes packed examples") == 1
+    with pytest.raises(UserError, match="rs: --packing: OPTForCausalLM"):
+        lm.choose_packing(model, True, "rs")
+    other = build_model(_TINY_ARCH["llama"](), tiny_tokenizer, seed=0)
+    assert lm.choose_packing(other, None, "rs") is True
+    assert lm.choose_packing(other, False, "rs") is False

@@ -155,3 +155,38 @@ def test_load_reward_model_refuses_a_causal_lm_folder(lm_dir, tmp_path):
     # an LM folder loads as a seq-cls model with 2 labels by default: not an RM
     with pytest.raises(UserError, match="labels|reward"):
         load_reward_model(lm_dir)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_shift_and_scale_scores_is_exact_for_every_token(family, tiny_tokenizer, tmp_path):
+    """scale * r + shift at every position: Llama (RMSNorm, no bias after it) gets a new
+    score.bias that load_reward_model restores; GPT-2 gets it in ln_f.bias (from_pretrained
+    loads the same architecture)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlhfkit.models.reward import shift_and_scale_scores
+
+    if family == "llama":
+        lm = build_model("test", tiny_tokenizer, seed=1)
+    else:
+        torch.manual_seed(1)
+        lm = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64,
+                                        vocab_size=len(tiny_tokenizer)))  # fmt: skip
+    rm, tok = init_reward_model(lm, copy.deepcopy(tiny_tokenizer), head_init="normal", seed=2)
+    rm.eval()
+    seqs, _ = encode_responses(tok, PROMPTS, RESPONSES, max_len=256)
+    ids, mask = pad_right(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        before = values_for_tokens(rm, ids, mask)
+        where = shift_and_scale_scores(rm, shift=-0.75, scale=2.5)
+        after = values_for_tokens(rm, ids, mask)
+    torch.testing.assert_close(after[mask], 2.5 * before[mask] - 0.75, atol=1e-5, rtol=1e-5)
+    assert where == "transformer.ln_f.bias" if family == "gpt2" else where.startswith("score.bias")
+    assert (rm.score.bias is None) == (family == "gpt2")
+    save_folder = tmp_path / "rm"
+    rm.save_pretrained(save_folder)
+    tok.save_pretrained(save_folder)
+    loaded, _ = load_reward_model(save_folder)
+    with torch.no_grad():
+        torch.testing.assert_close(reward_scores(loaded, ids, mask), reward_scores(rm, ids, mask),
+                                   atol=1e-5, rtol=0)  # fmt: skip

@@ -76,12 +76,26 @@ class OptimizerOptions:
     """AdamW weight decay (not applied to biases and norms)."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    """Adam's epsilon, added to the root of the second moment (PyTorch's default 1e-8)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
 
 
 @dataclass(kw_only=True)
-class TrainOptions(OptimizerOptions, EpochOptions, RunOptions):
+class ScaleOptions:
+    """How a trained model is spread over processes and memory (models/wrap.py)."""
+
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    """Under torchrun: 'ddp' copies the model to every process; 'fsdp2' shards parameters, gradients and optimizer states across processes (torch FSDP2, one shard per decoder layer; checkpoints through torch.distributed.checkpoint, resumable at another process count; outputs stay plain Hugging Face folders). One process: no effect."""
+    cpu_offload: bool = False
+    """With --strategy fsdp2: keep sharded parameters, gradients and optimizer states in CPU memory between uses (CPUOffloadPolicy)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them: less memory, about a third more compute."""
+
+
+@dataclass(kw_only=True)
+class TrainOptions(ScaleOptions, OptimizerOptions, EpochOptions, RunOptions):
     """Options shared by every stage that trains on a dataset (read by `loops.lm.fit_lm`)."""
 
     log_every: int = 10

@@ -143,6 +143,8 @@ class PPOConfig(OptimizerOptions, RunOptions, RLOptions):
     """AdamW weight decay (Llama 2: 0.1; not on biases and norms)."""
     max_grad_norm: float = 1.0
     """Clip each model's gradient norm to this (0 disables)."""
+    adam_eps: float = 1e-5
+    """Adam's epsilon for the policy and value optimizers: 1e-5, not PyTorch's 1e-8, as OpenAI's PPO baselines and lm-human-preferences (Huang et al. 2024, the N+ implementation details of RLHF with PPO)."""
     log_every: int = 1
     """Log metrics every N steps."""
     sample_every: int = 10
@@ -210,14 +212,18 @@ class RSConfig(TrainOptions, RLOptions):
     """'best': each prompt's best sample of this round; 'best-of-all-rounds': the best sample of any round so far (Llama 2)."""
     min_gap: float = 0.0
     """Fine-tune only on prompts whose best sample beats the median of its samples by at least this reward (0: every prompt, as Llama 2)."""
+    keep_truncated: bool = False
+    """Also fine-tune on kept samples cut at --max-new-tokens before EOS, trained WITHOUT EOS (default: drop those prompts for the round, counted as truncated_dropped in stats.json)."""
     sample_batch_size: int = 64
     """Sequences per generation batch (prompts per batch: this // --k); samples are saved batch by batch."""
     max_len: int = 256
     """Fine-tuning: maximum tokens of prompt + kept response + EOS."""
     overlong: Literal["truncate", "drop", "error"] = "truncate"
     """Fine-tuning: what to do with a kept example longer than --max-len."""
-    packing: bool = True
-    """Fine-tuning: batch sequences without padding where the model supports it."""
+    packing: Annotated[
+        bool | None, tyro.conf.DisallowNone, tyro.conf.arg(help_behavior_hint="(default: auto)")
+    ] = None
+    """Fine-tuning: pack sequences into rows without padding; default: on where the model keeps packed examples apart (checked at start-up)."""
     epochs: int = 1
     """Fine-tuning passes over each round's kept set."""
     lr: float = 1e-4

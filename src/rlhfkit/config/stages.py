@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from rlhfkit.config.base import DeviceOptions, RemoteCodeOptions, RewardOptions, TrainOptions
 
@@ -54,8 +56,10 @@ class SFTConfig(RemoteCodeOptions, TrainOptions):
     """Maximum tokens of prompt + completion + EOS."""
     overlong: Literal["truncate", "drop", "error"] = "truncate"
     """What to do with a record longer than --max-len (the count is reported)."""
-    packing: bool = True
-    """Batch sequences without padding (FlashAttention-style varlen positions) where the model supports it."""
+    packing: Annotated[
+        bool | None, tyro.conf.DisallowNone, tyro.conf.arg(help_behavior_hint="(default: auto)")
+    ] = None
+    """Pack sequences into rows without padding, position ids restarting per sequence; default: on where the model keeps packed examples apart (checked at start-up)."""
     epochs: int = 3
     lr: float = 1e-4
     warmup_steps: int = 10
@@ -81,6 +85,10 @@ class RMConfig(RemoteCodeOptions, TrainOptions):
     """A longer sequence: 'truncate' drops its oldest prompt tokens (the end, where the score is read, stays), 'error' stops with file:line."""
     head_init: Literal["zeros", "normal"] = "zeros"
     """Score head initialisation: 'zeros' (every score starts at 0, loss at log 2) or 'normal' (std 1/sqrt(hidden+1))."""
+    normalize_with: str | None = None
+    """After training, shift the RM so that these responses score mean 0: JSONL of {"prompt","completion"} (e.g. the SFT demonstrations, InstructGPT) or {"prompt","response"}. The shift is in the saved weights; the statistics go to rlhfkit_reward.json."""
+    normalize_scale: bool = False
+    """With --normalize-with: also scale the scores so that those responses have std 1 (N+ details, OpenRLHF)."""
     batch_size: int = 8
     """PROMPTS per micro-batch; each brings all its K responses (K forward passes per prompt)."""
     lr: float = 1e-4

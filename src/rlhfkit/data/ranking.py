@@ -122,6 +122,19 @@ def ranking_to_comparisons(
     return comparisons
 
 
+def adjacent_flags(ranking: Sequence[int], comparisons: Sequence[Comparison]) -> list[bool]:
+    """Per comparison, True if its two responses are NEIGHBOURS in `ranking`.
+
+    Those K - 1 pairs are the comparisons a labeller graded, each strength label once;
+    the others inherit the strongest label of their path (`ranking_to_comparisons`), so
+    one "significantly better" step in a K = 9 ranking labels 20 of its 36 pairs
+    (positions i <= 3 < j: 4 * 5). Accuracy per strength over adjacent pairs counts each
+    label once, the figure comparable with Llama 2's Table 8 (pairwise data).
+    """
+    position = {r: i for i, r in enumerate(ranking)}
+    return [abs(position[w] - position[lo]) == 1 for w, lo, _ in comparisons]
+
+
 def comparisons_with_margins(
     comparisons: Sequence[Comparison], margin_table: Mapping[str, float]
 ) -> list[tuple[int, int, float, str | None]]:

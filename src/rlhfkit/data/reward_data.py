@@ -3,8 +3,11 @@
 One tokenization rule for every reward model (training, evaluation, scoring): the RM reads
 exactly the sequence SFT trains on, `[bos?] + prompt + response + [eos]`
 (`data.tokenize.encode_sft`), EOS INCLUDED, because the policy's finished responses end in
-EOS and the score is read at that last token. A sequence over `max_len` keeps its END: the
-oldest prompt tokens are dropped (after a leading BOS).
+EOS and the score is read at that last token. The one exception is a sampled response
+that never ended (cut at max_new_tokens): told so (`ended`), `encode_responses` leaves
+its EOS out, so that the RM reads what the policy produced, as it does on the policy's
+token ids (`scoring.rm`). A sequence over `max_len` keeps its END: the oldest prompt
+tokens are dropped (after a leading BOS).
 
 A ranking of K responses becomes ONE example: its K sequences and its C(K,2) comparisons
 (winner, loser, margin, strength bucket). A batch concatenates whole examples, so a
@@ -20,7 +23,12 @@ from typing import Any
 import torch
 
 from rlhfkit.data.collate import collate_right
-from rlhfkit.data.ranking import STRENGTHS, comparisons_with_margins, ranking_to_comparisons
+from rlhfkit.data.ranking import (
+    STRENGTHS,
+    adjacent_flags,
+    comparisons_with_margins,
+    ranking_to_comparisons,
+)
 from rlhfkit.data.ranking import resolve_margins as _resolve
 from rlhfkit.data.records import RankingRecord, SFTRecord
 from rlhfkit.data.tokenize import EncodedExample, encode_sft_many, resolve_bos
@@ -42,18 +50,29 @@ def truncate_left(ids: list[int], max_len: int, bos: int | None) -> list[int]:
 
 
 def encode_responses(
-    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_len: int
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_len: int,
+    ended: Sequence[bool] | None = None,
 ) -> tuple[list[list[int]], int]:
     """`[bos?] + prompt + response + [eos]` per pair (SFT's encoding), left-truncated to
-    max_len. Returns (ids per pair, number truncated)."""
+    max_len. `ended[i]` False (a sampled response cut at max_new_tokens) leaves that
+    pair's EOS out; None: every response is complete. Returns (ids per pair, number
+    truncated)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if ended is not None and len(ended) != len(responses):
+        raise ValueError(f"{len(ended)} ended flags for {len(responses)} responses")
     records = [SFTRecord(p, r) for p, r in zip(prompts, responses, strict=True)]
     # max_len far above any length: encode_sft_many then never drops; we cut below.
     examples, _ = encode_sft_many(records, tokenizer, max_len=1 << 30, loss_on_prompt=True)
+    full = [ex.input_ids for ex in examples]
+    if ended is not None:  # the EOS encode_sft appended is the last id
+        full = [ids if e else ids[:-1] for ids, e in zip(full, ended, strict=True)]
     bos = resolve_bos(tokenizer)
-    out = [truncate_left(ex.input_ids, max_len, bos) for ex in examples]
-    n_cut = sum(len(o) < len(ex.input_ids) for o, ex in zip(out, examples, strict=True))
+    out = [truncate_left(ids, max_len, bos) for ids in full]
+    n_cut = sum(len(o) < len(ids) for o, ids in zip(out, full, strict=True))
     return out, n_cut
 
 
@@ -78,6 +97,8 @@ class RankingExample:
     buckets: list[str]
     line: int = 0
     source: str = ""
+    # per pair: neighbours in the ranking (the pairs the labeller graded); None: all True
+    adjacent: list[bool] | None = None
 
 
 def resolve_margin_table(spec: str | None) -> dict[str, float]:
@@ -119,9 +140,8 @@ def encode_rankings(
                 )
             n_cut += sum(len(s) > max_len for s in seqs)
             seqs = encode_responses(tokenizer, [rec.prompt] * len(seqs), rec.responses, max_len)[0]
-        comps = comparisons_with_margins(
-            ranking_to_comparisons(rec.ranking, rec.strengths), margin_table
-        )
+        implied = ranking_to_comparisons(rec.ranking, rec.strengths)
+        comps = comparisons_with_margins(implied, margin_table)
         out.append(
             RankingExample(
                 sequences=seqs,
@@ -130,6 +150,7 @@ def encode_rankings(
                 buckets=[b or UNLABELED for _, _, _, b in comps],
                 line=rec.line,
                 source=rec.source,
+                adjacent=adjacent_flags(rec.ranking, implied),
             )
         )
     return out, n_cut
@@ -145,6 +166,7 @@ class RankingBatch:
     margins: torch.Tensor  # (M,) float32
     pair_prompt: torch.Tensor  # (M,) long prompt index within the batch
     buckets: list[str] = field(default_factory=list)  # (M,) strength bucket per pair
+    adjacent: list[bool] = field(default_factory=list)  # (M,) neighbours in their ranking
 
     def to(self, device: torch.device | str) -> RankingBatch:
         moved = {
@@ -157,7 +179,7 @@ class RankingBatch:
 
 def collate_rankings(examples: Sequence[RankingExample], pad_id: int) -> RankingBatch:
     """Concatenate prompts' sequences (never splitting a prompt) and offset their pairs."""
-    seqs, pairs, margins, prompt_of, buckets = [], [], [], [], []
+    seqs, pairs, margins, prompt_of, buckets, adjacent = [], [], [], [], [], []
     for p, ex in enumerate(examples):
         offset = len(seqs)
         seqs += ex.sequences
@@ -165,6 +187,7 @@ def collate_rankings(examples: Sequence[RankingExample], pad_id: int) -> Ranking
         margins += ex.margins
         prompt_of += [p] * len(ex.pairs)
         buckets += ex.buckets
+        adjacent += ex.adjacent if ex.adjacent is not None else [True] * len(ex.pairs)
     ids, mask = pad_right(seqs, pad_id)
     return RankingBatch(
         input_ids=ids,
@@ -173,4 +196,5 @@ def collate_rankings(examples: Sequence[RankingExample], pad_id: int) -> Ranking
         margins=torch.tensor(margins, dtype=torch.float32),
         pair_prompt=torch.tensor(prompt_of, dtype=torch.long),
         buckets=buckets,
+        adjacent=adjacent,
     )

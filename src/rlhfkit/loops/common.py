@@ -9,14 +9,19 @@ so W processes x batch b step exactly like 1 process x batch W*b.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from rlhfkit.distributed import Dist
+from rlhfkit.models.wrap import unwrap
+
+log = logging.getLogger("rlhfkit")
 
 
 def seed_everything(seed: int) -> None:
@@ -26,14 +31,97 @@ def seed_everything(seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Dropout off (reward models and every PPO role)
+# ---------------------------------------------------------------------------------------
+
+
+def _is_dropout(name: str, value: Any) -> bool:
+    """A dropout probability: a non-zero float named *dropout* or *pdrop* (GPT-2's
+    attn_pdrop, Llama's attention_dropout, BERT's hidden_dropout_prob, ...)."""
+    name = name.lower()
+    named = "dropout" in name or name.endswith("pdrop")
+    return named and isinstance(value, float) and value != 0.0
+
+
+def _configs(config: Any) -> list[Any]:
+    """A model config and its nested sub-configs (text_config, vision_config, ...)."""
+    out, todo = [], [config]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo += [v for v in vars(c).values() if hasattr(v, "to_json_string") and v is not c]
+    return out
+
+
+@torch.no_grad()
+def _dropout_probe(model: torch.nn.Module) -> float:
+    """Max |difference| of two train-mode forwards of one short input (0: no dropout)."""
+    vocab = int(getattr(model.config.get_text_config(), "vocab_size", 0) or 2)
+    device = next(model.parameters()).device
+    ids = (torch.arange(1, 9, device=device) % vocab)[None]  # (1, 8)
+    was_training = model.training
+    model.train()
+    # The probe must not move the caller's random streams (sampling, data order).
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        a, b = (model(input_ids=ids, use_cache=False).logits.float() for _ in range(2))
+    model.train(was_training)
+    return float((a - b).abs().max())
+
+
+def disable_dropout(model: torch.nn.Module, probe: bool = True) -> list[str]:
+    """Set every dropout probability of `model` to 0, in place; returns what changed.
+
+    Reward models and PPO's roles train without dropout (Huang et al. 2024, N+ details:
+    with dropout, two forwards of one sequence disagree, so PPO's ratios and the RM's
+    scores are noise). Both places are set: the config (so the saved config.json says 0)
+    and the modules that copied it at construction (`nn.Dropout.p`, float attributes
+    such as `attention_dropout`). Found by name, not by model family, then checked by a
+    probe: two train-mode forwards of the same input must agree; a warning says if not
+    (a model whose code hard-codes its dropout).
+    """
+    m = unwrap(model)
+    changed = []
+    for config in _configs(m.config):
+        for name, value in list(vars(config).items()):
+            if _is_dropout(name, value):
+                setattr(config, name, 0.0)
+                changed.append(f"{name}={value:g}")
+    for module in m.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p != 0:
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if _is_dropout(name, value):
+                setattr(module, name, 0.0)
+    if probe:
+        diff = _dropout_probe(m)
+        if diff > 1e-5:
+            log.warning(
+                "%s: two train-mode forwards still differ by %.3g after setting its "
+                "dropout to 0: its code applies dropout that no config value controls",
+                type(m).__name__,
+                diff,
+            )
+    return changed
+
+
+# ---------------------------------------------------------------------------------------
 # Optimisation
 # ---------------------------------------------------------------------------------------
 
 
 def build_optimizer(
-    model: torch.nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float]
+    model: torch.nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not biases, norms or 1-d gains)."""
+    """AdamW with weight decay on matrices only (not biases, norms or 1-d gains).
+
+    `eps` is Adam's denominator term (--adam-eps): PyTorch's 1e-8 for the supervised
+    stages, 1e-5 for PPO (Huang et al. 2024, N+ details: OpenAI's baselines' value).
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -46,7 +134,7 @@ def build_optimizer(
     fused = all(
         p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in decay + no_decay
     )
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
 def lr_factor(step: int, *, schedule: str, warmup: int, total: int, min_ratio: float) -> float:

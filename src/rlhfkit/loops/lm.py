@@ -2,8 +2,8 @@
 
 Algorithm (one optimizer step):
   1. take the next global batch of examples from the epoch's seeded order;
-  2. this rank takes its slice, cut into micro-batches (padding-free packed rows, or
-     right-padded rows);
+  2. this rank takes its slice, cut into micro-batches (padding-free packed rows where the
+     model keeps packed examples apart, `choose_packing`; else right-padded rows);
   3. each micro-batch: forward, summed next-token NLL over label tokens divided by the
      global number of label tokens in the step, backward (DDP syncs on the last one);
   4. clip, AdamW step, schedule step; log; checkpoint every `save_every` steps.
@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -29,13 +30,15 @@ from rlhfkit.config import TrainOptions
 from rlhfkit.data.collate import collate_packed, collate_right
 from rlhfkit.data.tokenize import EncodedExample
 from rlhfkit.distributed import Dist, all_reduce_sum
+from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import rank_micro_batches
 from rlhfkit.loops.trainer import Trainer, start_training
 from rlhfkit.losses import sft_nll
 from rlhfkit.models.checkpoint import epoch_dir
 from rlhfkit.models.load import autocast_context
-from rlhfkit.models.wrap import no_sync
+from rlhfkit.models.probe import packing_error
+from rlhfkit.models.wrap import no_sync, unwrap
 
 
 @dataclass
@@ -49,11 +52,47 @@ class LMRun:
     out: Path = Path(".")
     dist: Dist = field(default_factory=Dist)
     device: torch.device = torch.device("cpu")
-    packing: bool = True
+    packing: bool = True  # resolved: `choose_packing` turns the option's auto into on/off
     row_tokens: int | None = None  # packed rows hold at most this many tokens (None: one row)
     epoch_checkpoints: bool = False  # SFT: a complete `epoch-N/` folder per epoch
     desc: str = "train"
     on_epoch_end: Callable[[int, dict], None] | None = None
+
+
+# Probe results per loaded model: rejection sampling fine-tunes one model over many rounds.
+_PROBED: WeakKeyDictionary[torch.nn.Module, tuple[float, float]] = WeakKeyDictionary()
+
+
+def choose_packing(
+    model: torch.nn.Module, packing: bool | None, command: str, rank: int = 0
+) -> bool:
+    """Resolve --packing (None = auto) for `model` by probing it (`models/probe.py`).
+
+    Auto packs where packed examples stay apart and otherwise falls back to padded batches
+    with a one-line note; --packing forced on a model that mixes them is a UserError (before
+    any training). --no-packing skips the probe.
+    """
+    if packing is False:
+        return False
+    first = model not in _PROBED
+    if first:
+        _PROBED[model] = packing_error(model)
+    diff, tol = _PROBED[model]
+    if diff <= tol:
+        return True
+    name = type(unwrap(model)).__name__
+    if packing:
+        raise UserError(
+            f"{command}: --packing: {name} mixes packed examples (later examples in a row "
+            f"attend to earlier ones: logits differ by {diff:.2g}); drop --packing or pass "
+            "--no-packing"
+        )
+    if first:
+        rank0_print(
+            f"{command}: {name} mixes packed examples: padded batches instead (--no-packing)",
+            rank=rank,
+        )
+    return False
 
 
 def _num_label_tokens(examples: Sequence[EncodedExample]) -> int:
@@ -171,6 +210,7 @@ def fit_lm(run: LMRun, opts: TrainOptions) -> dict[str, Any]:
         "tokens_per_s": round(tokens_seen * d.world_size / max(wall, 1e-9), 1),
         "world_size": d.world_size,
         "device": str(run.device),
+        "packing": run.packing,
     }
     t.write_summary(summary)
     return summary

@@ -22,10 +22,11 @@ from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
-from rlhfkit.models.checkpoint import export_hf, prepare_output_dir
+from rlhfkit.models.checkpoint import prepare_output_dir
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
 from rlhfkit.models.presets import build_model, count_parameters, train_tokenizer
+from rlhfkit.models.sharded import export_model
 
 
 def train_pretrain(cfg: PretrainConfig) -> dict:
@@ -78,8 +79,8 @@ def train_pretrain(cfg: PretrainConfig) -> dict:
         desc="pretrain",
     )
     summary = fit_lm(run, cfg)
+    export_model(model, tokenizer, out, dist=d)
     if d.is_main:
-        export_hf(model, tokenizer, out)
         rank0_print(
             f"saved {out} (final loss {summary['final_loss']:.4f}, "
             f"{summary['tokens_per_s']:.0f} tokens/s)"

@@ -5,7 +5,8 @@ Steps:
   2. tokenize: prompt + completion + EOS, prompt tokens masked (label -100) unless
      --loss-on-prompt; chat `messages` through the tokenizer's chat template; sequences
      over --max-len truncated, dropped or refused (counted and reported);
-  3. the shared LM loop (`loops/lm.py`), padding-free packed micro-batches by default;
+  3. the shared LM loop (`loops/lm.py`), padding-free packed micro-batches by default where
+     a probe of the loaded model finds packed examples kept apart (else padded, said so);
   4. a complete Hugging Face checkpoint per epoch, `epoch-N/` (InstructGPT kept every
      epoch and picked one by reward: `rlhfkit select`), plus the held-out loss per epoch.
 """
@@ -22,7 +23,7 @@ from rlhfkit.distributed import barrier, setup_distributed, teardown_distributed
 from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import seed_everything
-from rlhfkit.loops.lm import LMRun, fit_lm
+from rlhfkit.loops.lm import LMRun, choose_packing, fit_lm
 from rlhfkit.models.checkpoint import prepare_output_dir
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
@@ -80,6 +81,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     seed_everything(cfg.seed)
     model = load_causal_lm(cfg.model, device, trust_remote_code=cfg.trust_remote_code)
     use_onednn_linears(model)  # large fp32 CPU linear layers: oneDNN (models/fast_linear.py)
+    packing = choose_packing(model, cfg.packing, "sft", rank=d.rank)  # before any training
     rank0_print(
         f"sft: {len(train)} examples, {len(held_out)} held out, {cfg.epochs} epochs", rank=d.rank
     )
@@ -91,7 +93,7 @@ def train_sft(cfg: SFTConfig) -> dict:
         out=out,
         dist=d,
         device=device,
-        packing=cfg.packing,
+        packing=packing,
         row_tokens=cfg.max_len,
         epoch_checkpoints=True,
         desc="sft",

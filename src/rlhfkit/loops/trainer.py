@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 
 from rlhfkit.config import TrainOptions
-from rlhfkit.distributed import Dist, barrier
+from rlhfkit.distributed import Dist
 from rlhfkit.files import write_json
 from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print
 from rlhfkit.loops.common import (
@@ -40,9 +40,9 @@ from rlhfkit.loops.common import (
     optimizer_step,
     rank_micro_batches,
 )
-from rlhfkit.models import checkpoint
-from rlhfkit.models.checkpoint import latest_checkpoint, load_checkpoint, step_dir
-from rlhfkit.models.wrap import unwrap, wrap_for_training
+from rlhfkit.models.checkpoint import latest_checkpoint, step_dir
+from rlhfkit.models.sharded import export_model, read_checkpoint, write_checkpoint
+from rlhfkit.models.wrap import enable_gradient_checkpointing, wrap_for_training
 
 T = TypeVar("T")
 
@@ -158,33 +158,28 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Write a resumable checkpoint from rank 0, atomically, and wait for it."""
-        if self.dist.is_main:
-            # Looked up on the module at each call, so tests can patch it to kill a run
-            # right after a given checkpoint (tests/loops/test_rejection.py).
-            checkpoint.save_checkpoint(
-                path,
-                models={"model": unwrap(self.model)},
-                tokenizer=self.tokenizer,
-                optimizers={"model": self.optimizer},
-                schedulers={"model": self.scheduler},
-                state=dict(self.state),
-            )
-        barrier(self.dist)
+        """Write a resumable checkpoint, atomically; every process calls (models.sharded)."""
+        write_checkpoint(
+            path, models={"model": self.model}, tokenizer=self.tokenizer,
+            optimizers={"model": self.optimizer}, schedulers={"model": self.scheduler},
+            state=dict(self.state), dist=self.dist,
+        )  # fmt: skip
 
     def restore(self) -> dict[str, Any] | None:
         """Load the latest complete checkpoint of `out` (all processes); its state, or None."""
         ckpt = latest_checkpoint(self.out)
         if ckpt is None:
             return None
-        state = load_checkpoint(
-            ckpt,
-            models={"model": unwrap(self.model)},
-            optimizers={"model": self.optimizer},
-            schedulers={"model": self.scheduler},
-        )
+        state = read_checkpoint(
+            ckpt, models={"model": self.model}, optimizers={"model": self.optimizer},
+            schedulers={"model": self.scheduler}, dist=self.dist,
+        )  # fmt: skip
         rank0_print(f"resuming from {ckpt} at step {state['step']}", rank=self.dist.rank)
         return state
+
+    def export(self, folder: Path, extra_json: dict[str, Any] | None = None) -> None:
+        """The trained model as a plain Hugging Face folder (gathered when sharded)."""
+        export_model(self.model, self.tokenizer, folder, dist=self.dist, extra_json=extra_json)
 
     # --- the end ------------------------------------------------------------------------
 
@@ -227,13 +222,18 @@ def start_training(
     restored with the step. One optimizer step takes `batch_size * grad_accum *
     world_size` examples.
     """
-    wrapped = wrap_for_training(model.to(device), dist, device)
+    if opts.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    wrapped = wrap_for_training(
+        model.to(device), dist, device, opts.strategy, bf16=opts.bf16, cpu_offload=opts.cpu_offload
+    )
     wrapped.train()
     optimizer = build_optimizer(
         wrapped,
         lr=opts.lr,
         weight_decay=opts.weight_decay,
         betas=(opts.adam_beta1, opts.adam_beta2),
+        eps=opts.adam_eps,
     )
     global_batch = opts.batch_size * opts.grad_accum * dist.world_size
     per_epoch, total = count_steps(n_examples, global_batch, dist, opts)

@@ -53,12 +53,19 @@ _ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # ---------------------------------------------------------------------------------------
 
 
-def _write_hf(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
+def _write_hf(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    folder: Path,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """`save_pretrained` (+ the tokenizer); `state_dict`: the weights to write instead of
+    the module's own (a sharded model's, gathered)."""
     model = unwrap(model)
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained)")
     with quiet_progress():
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, **({"state_dict": dict(state_dict)} if state_dict else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
@@ -101,6 +108,7 @@ def export_hf(
     tokenizer: Any,
     folder: str | Path,
     extra_json: Mapping[str, Mapping[str, Any]] | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the HF files of `model` (+ tokenizer) INTO an existing folder, e.g. a run folder.
 
@@ -114,7 +122,7 @@ def export_hf(
     dest.mkdir(parents=True, exist_ok=True)
     staging = dest / f".tmp-export-{os.getpid()}"
     with atomic_dir(staging) as tmp:
-        _write_hf(model, tokenizer, tmp)
+        _write_hf(model, tokenizer, tmp, state_dict)
         _write_extra(tmp, extra_json)
     try:
         new = {p.name for p in staging.iterdir()}

@@ -15,7 +15,10 @@ here, bench/gen_vs_hf.py). Both give the same tokens and log-probs up to float r
 `logprobs` are what PPO needs as `old_logprobs`: log softmax(logits / temperature) over the
 FULL vocabulary (before top-k/top-p filtering) at the sampled token, i.e. the same number a
 fresh forward pass over prompt + response gives, so rollouts need no second policy pass.
-With temperature 0 (greedy) they are log softmax(logits), temperature 1.
+With temperature 0 (greedy) they are log softmax(logits), temperature 1. With top-k / top-p
+they are NOT the log-probs of the distribution the tokens were drawn from (that one is
+renormalised over the kept tokens): fine for RS and evaluation, wrong as PPO's behaviour
+log-probs, so `rlhfkit ppo` refuses top-k / top-p (`loops.ppo.rollout.check_unfiltered`).
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ def sample(
 
 class _Picker:
     """(B, V) logits -> (B,) tokens and their (B,) log softmax(logits / T) over the full
-    vocabulary. Filtering (top-k / top-p) changes the draw, never the log-prob."""
+    vocabulary. Filtering (top-k / top-p) changes the draw, never the log-prob: with a
+    filter the log-prob is not the sampler's (module docstring)."""
 
     def __init__(self, temperature, top_k, top_p, generator) -> None:
         self.temperature, self.generator = temperature, generator

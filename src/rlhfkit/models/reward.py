@@ -26,6 +26,7 @@ classification output keeps only the pooled value.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -164,8 +165,9 @@ def load_reward_model(
     Same safety rules as `load_causal_lm`: safetensors only, no remote code unless asked.
     """
     folder = _check_model_folder(path)
+    saved_bias = _saved_head_bias(folder)
     try:
-        with quiet_progress():
+        with quiet_progress(), _quiet_load_report(saved_bias is not None):
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(folder), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
             )
@@ -176,7 +178,11 @@ def load_reward_model(
             f"{folder} is a classifier with {model.config.num_labels} labels, not a reward "
             "model (num_labels=1)"
         )
-    reward_head(model)
+    head = reward_head(model)
+    if saved_bias is not None and head.bias is None:
+        # A normalised RM of a family without a norm bias (`shift_and_scale_scores`):
+        # from_pretrained dropped the saved score.bias; put it back.
+        head.bias = torch.nn.Parameter(saved_bias.to(head.weight), requires_grad=False)
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "right"
     pad = model.config.pad_token_id
@@ -193,6 +199,118 @@ def load_reward_model(
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------
+# Shifting and scaling the scores (reward normalisation)
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _bias_feeding_head(model: PreTrainedModel) -> tuple[str, torch.nn.Parameter] | None:
+    """(name, bias) of the module whose output the head reads, if that module adds a bias
+    (GPT-2's, OPT's or Pythia's final LayerNorm); None when it has none (Llama's, Mistral's or
+    Qwen's RMSNorm). Found by a probe forward, not by model family."""
+    head = reward_head(model)
+    candidates = {
+        name: mod
+        for name, mod in model.named_modules()
+        if mod is not head
+        and isinstance(getattr(mod, "bias", None), torch.nn.Parameter)
+        and mod.bias.shape == (head.in_features,)
+    }
+    outputs: dict[str, torch.Tensor] = {}
+    box: dict[str, torch.Tensor] = {}
+    handles = [head.register_forward_pre_hook(lambda m, args: box.__setitem__("x", args[0]))]
+    for name, mod in candidates.items():
+        handles.append(
+            mod.register_forward_hook(
+                lambda m, i, out, name=name: outputs.__setitem__(name, out)
+                if isinstance(out, torch.Tensor) else None
+            )
+        )  # fmt: skip
+    vocab = int(getattr(model.config.get_text_config(), "vocab_size", 0) or 2)
+    ids = (torch.arange(1, 9, device=head.weight.device) % vocab)[None]  # (1, 8)
+    was_training = model.training
+    model.eval()
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    x = box["x"]
+    for name, out in reversed(list(outputs.items())):  # the last one called first
+        if out.numel() == x.numel() and torch.equal(out.reshape(x.shape), x):
+            return name, candidates[name].bias
+    return None
+
+
+@torch.no_grad()
+def shift_and_scale_scores(model: torch.nn.Module, shift: float, scale: float = 1.0) -> str:
+    """Make every score (and per-token value) `scale * r + shift`, exactly, in the weights.
+
+    Returns where the shift went. The head's weight (and bias) are multiplied by `scale`;
+    the shift goes to, in order:
+    - "score.bias": the head's own bias, if it has one;
+    - the bias of the module feeding the head (a final LayerNorm): b += shift * w / |w|^2,
+      so w . (h + delta) = w . h + shift for every hidden state h; the architecture is
+      unchanged, so `AutoModelForSequenceClassification.from_pretrained` gives the shifted
+      scores;
+    - else (an RMSNorm: nothing additive after the last normalisation) a new `score.bias`.
+      Transformers builds these heads with bias=False and DROPS a saved `score.bias` on
+      load: `load_reward_model` restores it, plain `from_pretrained` gives the unshifted
+      scores (the caller records the shift in rlhfkit_reward.json).
+    """
+    model = unwrap(model)
+    head = reward_head(model)
+    head.weight.mul_(scale)
+    if head.bias is not None:
+        head.bias.mul_(scale).add_(shift)
+        return "score.bias"
+    found = _bias_feeding_head(model)
+    if found is not None:
+        name, bias = found
+        w = head.weight[0].double()  # (H,)
+        if float(w @ w) == 0.0:
+            raise UserError("the reward head is all zeros: every score is 0, nothing to shift")
+        bias.add_((w * (shift / float(w @ w))).to(bias.dtype))
+        return f"{name}.bias"
+    head.bias = torch.nn.Parameter(
+        torch.tensor([shift], dtype=head.weight.dtype, device=head.weight.device),
+        requires_grad=head.weight.requires_grad,
+    )
+    return "score.bias (new: plain from_pretrained drops it)"
+
+
+def _saved_head_bias(folder: Path) -> torch.Tensor | None:
+    """The `score.bias` saved in `folder`'s safetensors, if any (`shift_and_scale_scores`'
+    last case: transformers' bias-free heads drop it on load)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        name = json.loads(index.read_text()).get("weight_map", {}).get("score.bias")
+    else:
+        name = "model.safetensors"
+    if name is None or not (folder / name).is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(folder / name), framework="pt") as f:
+        return f.get_tensor("score.bias") if "score.bias" in f.keys() else None
+
+
+@contextmanager
+def _quiet_load_report(quiet: bool) -> Iterator[None]:
+    """Hide transformers' load report (it lists the score.bias we restore as UNEXPECTED)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""`rlhfkit score`: score {"prompt", "response", "safety"?} records with one or several
-reward models and write each record back with its combined and per-RM scores."""
+"""`rlhfkit score`: score {"prompt", "response", "safety"?, "ended"?} records with one or
+several reward models and write each record back with its combined and per-RM scores.
+`"ended": false` marks a sampled response cut before EOS: it is scored without EOS, as
+PPO and rejection sampling score it (`scoring.rm`)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class ScoredRecord:
     safety: bool
     row: dict
     line: int
+    ended: bool = True  # False: the response was cut before EOS (scored without one)
 
 
 def read_scoring_records(path: str | Path) -> list[ScoredRecord]:
@@ -36,12 +39,14 @@ def read_scoring_records(path: str | Path) -> list[ScoredRecord]:
                 raise RecordError(str(path), line, f"field '{key}' is {problem}")
         if not row["response"].strip():
             raise RecordError(str(path), line, "field 'response' is empty")
-        safety = row.get("safety")
-        if safety is not None and not isinstance(safety, bool):
-            raise RecordError(
-                str(path), line, f"field 'safety' must be true or false, got {safety!r}"
-            )
-        out.append(ScoredRecord(row["prompt"], row["response"], bool(safety), row, line))
+        for key in ("safety", "ended"):
+            if row.get(key) is not None and not isinstance(row[key], bool):
+                raise RecordError(
+                    str(path), line, f"field '{key}' must be true or false, got {row[key]!r}"
+                )
+        rec = ScoredRecord(row["prompt"], row["response"], bool(row.get("safety")), row, line)
+        rec.ended = row.get("ended") is not False
+        out.append(rec)
     if not out:
         raise RecordError(str(path), None, "empty file: no records")
     return out
@@ -64,7 +69,10 @@ def run_score(cfg: Any) -> dict:
         max_len=cfg.max_len,
     )
     result = scorer.score(
-        [r.prompt for r in records], [r.response for r in records], [r.safety for r in records]
+        [r.prompt for r in records],
+        [r.response for r in records],
+        [r.safety for r in records],
+        [r.ended for r in records],
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

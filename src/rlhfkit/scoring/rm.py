@@ -5,16 +5,26 @@ Tokenization is training's (`data.reward_data.encode_responses`): `[bos?] + prom
 response + [eos]`, SFT's sequence, EOS included; an overlong sequence keeps its end.
 
 Two entry points:
-- `RewardScorer.score(prompts, responses, safety)`: texts, tokenized per RM with its own
-  tokenizer;
+- `RewardScorer.score(prompts, responses, safety, ended)`: texts, tokenized per RM with
+  its own tokenizer;
 - `RewardScorer.score_tokens(prompt_ids, prompt_mask, response_ids, response_mask, ...)`:
   the policy's token ids as sampled (`models.generate.Generation` fields). An RM whose
   tokenizer maps every policy token to the same id (checked once per policy tokenizer)
   scores those ids directly: no decode / re-encode, and exactly the tokens the policy
-  produced. Other RMs get decoded text. Note the tensor path scores a response cut at
-  max_new_tokens as is (no EOS), while the text path always appends EOS.
+  produced. Other RMs get decoded text, with `ended` read off the ids.
 
-The combined score is computed over the call's batch (`combine.py`; whitening is over it).
+A response without EOS (sampling cut it at max_new_tokens) is scored as it was produced,
+WITHOUT an EOS, on both paths: the ids path scores the sampled ids, and the text path
+appends EOS only to the responses `ended` says finished (None: all of them, for texts
+that are whole responses, as in RM training data and `rlhfkit score` files). Appending
+one would have the RM judge a cut-off answer as if the policy had chosen to stop there;
+read at its last real token instead, the RM sees an unfinished answer (a position it
+was not trained on: use `--missing-eos-penalty` in PPO, and RS drops such samples, to
+treat them on purpose). Before this rule the two paths disagreed on such responses by up
+to 3.5 on a tiny random-head RM (now < 1e-6).
+
+The combined score is computed over the call's batch (`combine.py`; whitening is over
+it); `ScoreResult.unwhitened` keeps it before whitening.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.combine import Combiner, make_combiner
+from rlhfkit.combine import Combiner, batch_whiten, split_whitening
 from rlhfkit.data.reward_data import encode_responses, pad_right
 from rlhfkit.errors import UserError
 from rlhfkit.models.reward import load_reward_model, reward_scores
@@ -68,11 +78,13 @@ def score_texts(
     *,
     max_len: int = 1024,
     batch_size: int = 32,
+    ended: Sequence[bool] | None = None,
 ) -> torch.Tensor:
-    """(N,) raw RM scores r(prompt_i, response_i) (float32, CPU), in input order."""
+    """(N,) raw RM scores r(prompt_i, response_i) (float32, CPU), in input order.
+    `ended[i]` False scores response i without EOS (module docstring); None: all ended."""
     if not prompts:
         return torch.zeros(0)
-    sequences, _ = encode_responses(tokenizer, prompts, responses, max_len)
+    sequences, _ = encode_responses(tokenizer, prompts, responses, max_len, ended)
     return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
 
 
@@ -89,6 +101,10 @@ class ScoreResult:
     """(B,) float32: the combined reward (what PPO / rejection sampling maximise)."""
     per_rm: dict[str, torch.Tensor] = field(default_factory=dict)
     """name -> (B,) float32 raw score of that RM (a logit; sigmoid gives Llama 2's R)."""
+    unwhitened: torch.Tensor | None = None
+    """(B,) float32: the combined reward before batch whitening (`scores` itself when the
+    combiner does not whiten; None: not reported, read `scores`). What PPO logs as
+    `score/mean`: the whitened reward has mean 0 in every batch."""
 
 
 @dataclass
@@ -160,7 +176,9 @@ class RewardScorer:
         self.models = dict(models)
         self.combine_name = combine
         try:
-            self.combiner: Combiner = make_combiner(combine, **dict(combine_options or {}))
+            # combined, then whitened here: the score before whitening is reported too
+            self.combiner: Combiner
+            self.combiner, self.whiten = split_whitening(combine, **dict(combine_options or {}))
         except ValueError as e:
             raise UserError(str(e)) from e
         self.batch_size = batch_size
@@ -197,19 +215,24 @@ class RewardScorer:
 
     def _combine(self, per_rm: dict[str, torch.Tensor], safety: torch.Tensor) -> ScoreResult:
         try:
-            scores = self.combiner(per_rm, safety.to(next(iter(per_rm.values())).device))
+            combined = self.combiner(per_rm, safety.to(next(iter(per_rm.values())).device))
         except ValueError as e:
             raise UserError(f"--combine {self.combine_name}: {e}") from e
-        return ScoreResult(scores, per_rm)
+        scores = batch_whiten(combined) if self.whiten else combined
+        return ScoreResult(scores, per_rm, unwhitened=combined)
 
     def score(
         self,
         prompts: Sequence[str],
         responses: Sequence[str],
         safety: Sequence[bool] | torch.Tensor | None = None,
+        ended: Sequence[bool] | torch.Tensor | None = None,
     ) -> ScoreResult:
-        """Score texts; `safety` flags prompts tagged possibly unsafe (None = none). CPU out."""
+        """Score texts; `safety` flags prompts tagged possibly unsafe (None = none);
+        `ended` flags the responses that finished with EOS (None = all; a response that
+        did not is scored without EOS, module docstring). CPU out."""
         flags = _as_bool(safety, len(prompts))
+        finished = None if ended is None else _as_bool(ended, len(prompts)).tolist()
         per_rm = {
             name: score_texts(
                 rm.model,
@@ -218,6 +241,7 @@ class RewardScorer:
                 responses,
                 max_len=rm.max_len,
                 batch_size=self.batch_size,
+                ended=finished,
             )
             for name, rm in self.models.items()
         }
@@ -257,8 +281,9 @@ class RewardScorer:
                     policy_tokenizer, prompt_ids, prompt_mask, response_ids, response_mask
                 )
             per_rm[name] = score_texts(
-                rm.model, rm.tokenizer, *texts, max_len=rm.max_len, batch_size=self.batch_size
-            ).to(out_device)
+                rm.model, rm.tokenizer, *texts, max_len=rm.max_len, batch_size=self.batch_size,
+                ended=ends_with_eos(response_ids, response_mask, policy_tokenizer.eos_token_id),
+            ).to(out_device)  # fmt: skip
         return self._combine(per_rm, flags.to(out_device))
 
     def _score_ids(
@@ -274,6 +299,17 @@ class RewardScorer:
             for i in range(0, ids.shape[0], self.batch_size)
         ]
         return torch.cat(parts).float()
+
+
+def ends_with_eos(
+    response_ids: torch.Tensor, response_mask: torch.Tensor, eos_id: int
+) -> list[bool]:
+    """Per row of (B, R) response ids with their bool mask (any layout): whether the last
+    real token is EOS, i.e. whether the response finished (an empty one did not)."""
+    mask = response_mask.cpu()
+    last = torch.where(mask, torch.arange(mask.shape[1]), -1).amax(1)  # (B,), -1 if empty
+    token = response_ids.cpu().gather(1, last.clamp(min=0)[:, None]).squeeze(1)  # (B,)
+    return ((last >= 0) & (token == eos_id)).tolist()
 
 
 def _decode(tokenizer: Any, p_ids, p_mask, r_ids, r_mask) -> tuple[list[str], list[str]]:

@@ -66,7 +66,7 @@ from rlhfkit.logging import (
 from rlhfkit.loops.common import build_optimizer, build_scheduler, epoch_order
 from rlhfkit.loops.ppo.metrics import mean_kl, rollout_metrics, sample_table
 from rlhfkit.loops.ppo.roles import build_roles, value_source
-from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
+from rlhfkit.loops.ppo.rollout import RolloutSettings, check_unfiltered, collect_rollout
 from rlhfkit.loops.ppo.update import (
     PtxBatches,
     Trainables,
@@ -240,6 +240,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
 
 def _check(cfg: PPOConfig, d: Dist) -> None:
     check_reward(cfg)
+    check_unfiltered(cfg.top_k, cfg.top_p)  # full-vocabulary log-probs (rollout.py)
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.ppo_epochs < 1:
         raise UserError("--steps, --batch-size and --ppo-epochs must be >= 1")
     if cfg.batch_size % d.world_size:
@@ -313,10 +314,10 @@ def _trainables(
     cfg: PPOConfig, policy: torch.nn.Module, value_model: torch.nn.Module, d: Dist, device
 ) -> Trainables:
     """The policy and value model wrapped for training, with AdamW and their schedules."""
-    betas = (cfg.adam_beta1, cfg.adam_beta2)
-    p_opt = build_optimizer(policy, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
-    v_lr = cfg.value_lr or cfg.lr
-    v_opt = build_optimizer(value_model, lr=v_lr, weight_decay=cfg.weight_decay, betas=betas)
+    betas = (cfg.adam_beta1, cfg.adam_beta2)  # eps: 1e-5 by default (N+ details)
+    adam = dict(weight_decay=cfg.weight_decay, betas=betas, eps=cfg.adam_eps)
+    p_opt = build_optimizer(policy, lr=cfg.lr, **adam)
+    v_opt = build_optimizer(value_model, lr=cfg.value_lr or cfg.lr, **adam)
     total = cfg.steps * cfg.ppo_epochs * cfg.num_mini_batches
     sched = dict(
         schedule=cfg.schedule, warmup=cfg.warmup_steps, total=total, min_ratio=cfg.min_lr_ratio

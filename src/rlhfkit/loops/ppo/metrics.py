@@ -25,6 +25,11 @@ def rollout_metrics(rollout: Rollout) -> dict[str, Any]:
     """Step metrics of a rollout with advantages, summed over every process with ONE
     all-reduce.
 
+    score/mean, score/std: the combined reward BEFORE batch whitening (`raw_scores`: with
+    `--combine llama2` the whitened reward has mean 0 in every batch, so it is not the
+    headline; the summary's first/final score are this too); score/shaped_mean: the mean
+    score that enters the reward (whitened by the combiner if it whitens, EOS penalty,
+    --score-norm, clipping); score/NAME: each RM's raw score.
     kl / kl_k3: per-sequence sums of the per-token estimator, averaged over sequences
     (`mean_kl`); non_score_reward: the mean summed KL penalty; explained_variance: of the
     returns by the values.

@@ -4,18 +4,21 @@ policy, frozen reference, value model, and the scorer (reward models or a rule).
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import torch
 
 from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UserError
-from rlhfkit.loops.common import seed_everything
+from rlhfkit.loops.common import disable_dropout, seed_everything
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import freeze, load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import init_reward_model, load_reward_model
 from rlhfkit.scoring import RewardScorer
 from rlhfkit.scoring.build import build_scorer
+
+log = logging.getLogger("rlhfkit")
 
 
 def value_source(cfg: Any) -> str:
@@ -75,9 +78,24 @@ def fast_linears(*roles: Any) -> None:
                 use_onednn_linears(rm.model)
 
 
+def dropout_off(*roles: Any) -> list[str]:
+    """Dropout 0 in every model of these roles, config included (`common.disable_dropout`;
+    N+ details: PPO's log-prob ratios and values are noise under dropout). A rule scorer is
+    skipped. Returns the settings that were not 0 before, e.g. ['attn_pdrop=0.1']."""
+    changed: set[str] = set()
+    for role in roles:
+        if isinstance(role, torch.nn.Module):
+            changed.update(disable_dropout(role))
+        elif isinstance(role, RewardScorer):
+            for rm in role.models.values():
+                changed.update(disable_dropout(rm.model))
+    return sorted(changed)
+
+
 def build_roles(cfg: PPOConfig, device: torch.device):
     """(tokenizer, policy, reference, value model, scorer) of a PPO config, on `device`;
-    large linear layers run oneDNN on CPU (`fast_linears`)."""
+    no dropout in any of them (`dropout_off`); large linear layers run oneDNN on CPU
+    (`fast_linears`)."""
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     seed_everything(cfg.seed)
     policy = load_causal_lm(cfg.policy, device, trust_remote_code=cfg.trust_remote_code)
@@ -87,5 +105,8 @@ def build_roles(cfg: PPOConfig, device: torch.device):
     scorer = build_scorer(cfg, device, cfg.whiten)
     value_model = build_value_model(cfg, policy, tokenizer, scorer, device)
     policy.eval()  # no dropout: sampling and training log-probs agree
+    changed = dropout_off(policy, reference, value_model, scorer)
+    if changed:
+        log.info("ppo: dropout set to 0 in every role (was %s)", ", ".join(changed))
     fast_linears(policy, reference, value_model, scorer)
     return tokenizer, policy, reference, value_model, scorer

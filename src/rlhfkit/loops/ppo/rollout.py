@@ -16,10 +16,13 @@ A scorer is anything with
 also have `score_tokens(prompt_ids, prompt_mask, response_ids, response_mask,
 policy_tokenizer, safety)`, which is used when present (no decode / re-encode).
 
-Scores are shaped before they enter the reward (Huang et al. 2024, "N+ implementation
-details"): an optional penalty for responses that never produced EOS (subtracted from,
-or replacing, the score), then optional whitening over the batch (over all processes
-under torchrun), then optional clipping to [-c, c]. The KL penalty is per token
+`Rollout.raw_scores` is the combined score BEFORE any whitening (a `--combine llama2`
+reward is whitened by its combiner, mean 0 in every batch: logged, it would say nothing).
+The score that enters the reward is the scorer's output (whitened where the combiner
+whitens), then shaped (Huang et al. 2024, "N+ implementation details"): an optional
+penalty for responses that never produced EOS (subtracted from, or replacing, the
+score), then optional whitening over the batch (over all processes under torchrun),
+then optional clipping to [-c, c]. The KL penalty is per token
 (`ops.kl.kl_penalized_rewards`): rewards_t = -kl_coef * KL_t, plus the score at the last
 response token.
 """
@@ -45,6 +48,25 @@ from rlhfkit.sample_score import encode_prompts, score_generation
 from rlhfkit.types import Rollout
 
 
+def check_unfiltered(top_k: int, top_p: float) -> None:
+    """Refuse top-k / top-p sampling in PPO (UserError, exit 2).
+
+    The behaviour log-probs are the sampler's over the FULL vocabulary (`models.generate`),
+    as are the update's and the reference's (`ops.logprobs.response_logprobs`); a filtered
+    sampler draws from another distribution, so the first ratio would not be 1 and the
+    clipped objective would be off-policy by the mass the filter removed. Using the filtered
+    log-probs everywhere does not fix it: the reference filtered by its own logits can give
+    a sampled token probability 0 (infinite KL), and the filter's support moves with every
+    update, a step no gradient sees."""
+    if top_k or top_p < 1.0:
+        raise UserError(
+            f"ppo samples from the policy's full distribution (--top-k 0 --top-p 1), not "
+            f"--top-k {top_k} --top-p {top_p}: its log-probs, ratio and KL are of that "
+            "distribution. Sharpen sampling with --temperature instead, or sample with top-k / "
+            "top-p in `rlhfkit rs`, which trains on the samples, not on their log-probs"
+        )
+
+
 @dataclass(frozen=True)
 class RolloutSettings:
     """How responses are sampled and how scores become per-token rewards."""
@@ -68,6 +90,7 @@ class RolloutSettings:
         return self.temperature if self.temperature > 0 else 1.0
 
     def __post_init__(self) -> None:
+        check_unfiltered(self.top_k, self.top_p)
         if self.kl_estimator not in KL_ESTIMATORS:
             raise UserError(f"unknown KL estimator {self.kl_estimator!r}: k1, k2 or k3")
         if self.missing_eos_mode not in ("add", "replace"):
@@ -152,8 +175,10 @@ def collect_rollout(
     t1 = sync_time(device)
 
     safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
-    raw, per_rm = score_generation(scorer, gen, texts, safety, tokenizer)
-    scores = shape_scores(raw, gen.ended, settings)
+    result = score_generation(scorer, gen, texts, safety, tokenizer)
+    # the reward starts from the scorer's output (whitened by a whitening combiner);
+    # raw_scores keep the combined score before that whitening: what the logs show
+    scores = shape_scores(result.scores, gen.ended, settings)
     t2 = sync_time(device)
 
     mask, seq = gen.response_mask, gen.sequences
@@ -176,7 +201,7 @@ def collect_rollout(
         response_mask=mask,
         logprobs=logprobs,
         ref_logprobs=ref_logprobs,
-        raw_scores=raw,
+        raw_scores=result.unwhitened,
         scores=scores,
         kl=kl,
         rewards=rewards,
@@ -184,7 +209,7 @@ def collect_rollout(
         safety=safety,
         prompts=texts,
         responses=gen.texts,
-        per_rm=per_rm,
+        per_rm=result.per_rm,
         kl_coef=float(kl_coef),
         kl_estimator=settings.kl_estimator,
         timings={"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},

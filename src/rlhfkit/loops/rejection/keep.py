@@ -13,6 +13,13 @@ score within noise of each other the "best" is a random sample, and fine-tuning 
 only teaches the policy its own sampling distribution (on the built-in world, best
 samples with gap < 0.2 were no better by the gold judges than the average sample; with
 gap >= 0.5 they were). 0 keeps every prompt, as Llama 2 does.
+
+A kept sample that hit --max-new-tokens before EOS (`Kept.ended` False) is dropped by
+`drop_truncated` (the prompt is not trained on this round; `truncated_dropped` in the
+round's stats): SFT on it would append an EOS the policy never produced, and teach it to
+stop mid-answer. The keep rule still ranks every sample, truncated ones included, so a
+prompt whose best sample is truncated is dropped rather than trained on a lesser one.
+With `--keep-truncated` they are kept and trained WITHOUT EOS (`loop.encode_kept`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class Kept:
     safety: bool = False
     tokens: int = 0
     gap: float = 0.0  # score minus the median score of the samples it was chosen from
+    ended: bool = True  # the response produced EOS (False: cut at --max-new-tokens)
 
     def to_json(self) -> dict[str, Any]:
         """SFT format ({"prompt", "completion"}) plus where it came from."""
@@ -49,15 +57,23 @@ class Kept:
             "index": self.index,
             "safety": self.safety,
             "gap": self.gap,
+            "ended": self.ended,
         }
+
+
+def _ended(rec: Any, i: int) -> bool:
+    """Whether sample i of `rec` produced EOS (records without the field: True)."""
+    ended = getattr(rec, "ended", None)
+    return bool(ended[i]) if ended else True
 
 
 def _kept(rec: Any, round_index: int, i: int, pool: Sequence[float]) -> Kept:
     tokens = rec.response_tokens[i] if rec.response_tokens else 0
     gap = rec.scores[i] - median(pool)
     return Kept(
-        rec.prompt, rec.responses[i], rec.scores[i], round_index, i, rec.safety, tokens, gap
-    )
+        rec.prompt, rec.responses[i], rec.scores[i], round_index, i, rec.safety, tokens, gap,
+        _ended(rec, i),
+    )  # fmt: skip
 
 
 def keep_best(history: Sequence[Sequence[Any]]) -> list[Kept]:
@@ -92,6 +108,12 @@ def confident(kept: Sequence[Kept], min_gap: float) -> list[Kept]:
     return [k for k in kept if k.gap >= min_gap]
 
 
+def drop_truncated(kept: Sequence[Kept]) -> list[Kept]:
+    """The kept samples that produced EOS (module docstring): a sample cut at
+    --max-new-tokens is not fine-tuned on."""
+    return [k for k in kept if k.ended]
+
+
 KEEP_RULES: dict[str, Callable[[Sequence[Sequence[Any]]], list[Kept]]] = {
     "best": keep_best,
     "best-of-all-rounds": keep_best_of_all_rounds,
@@ -114,7 +136,9 @@ def max_median_curve(records: Sequence[Any]) -> list[dict[str, float]]:
 
 def round_stats(records: Sequence[Any], kept: Sequence[Kept], round_index: int) -> dict[str, Any]:
     """The numbers of one round: mean reward of all samples vs the kept ones, the
-    max/median curve, lengths, per-RM means, and gold metrics on the world's prompts."""
+    max/median curve, lengths, the share of samples cut before EOS (`truncated_rate_all`)
+    and of kept ones trained without EOS (`kept_truncated`, with --keep-truncated), per-RM
+    means, and gold metrics on the world's prompts."""
     scores = [s for rec in records for s in rec.scores]
     curve = max_median_curve(records)
     stats: dict[str, Any] = {
@@ -127,6 +151,10 @@ def round_stats(records: Sequence[Any], kept: Sequence[Kept], round_index: int) 
         "kept_from_earlier_rounds": sum(k.round != round_index for k in kept),
         "mean_response_tokens_all": fmean(t for rec in records for t in rec.response_tokens),
         "mean_response_tokens_kept": fmean(k.tokens for k in kept),
+        "truncated_rate_all": fmean(
+            not _ended(rec, i) for rec in records for i in range(len(rec.responses))
+        ),
+        "kept_truncated": sum(not k.ended for k in kept),
         "max_median_at_k": curve,
     }
     names = sorted(records[0].per_rm)

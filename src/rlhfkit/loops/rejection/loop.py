@@ -6,6 +6,8 @@ Each round r = 1 .. --rounds:
   2. score them with the reward (RMs combined by --combine, or a rule), in batches;
   3. keep, per prompt, the highest-reward response (ties: the lowest index), or with
      --keep best-of-all-rounds the best response of any round so far (ties: the earliest);
+     a kept response cut at --max-new-tokens before EOS is dropped (--keep-truncated:
+     trained without EOS), and with --min-gap one too close to its samples' median;
   4. fine-tune the current policy on the kept set with the SFT loss, prompt tokens masked
      (`loops/lm.fit_lm`, the loop of `rlhfkit sft`);
   5. write `round-N/`: samples.jsonl, kept.jsonl, stats.json and the fine-tuned policy
@@ -55,8 +57,14 @@ from rlhfkit.errors import UserError
 from rlhfkit.files import write_json, write_jsonl
 from rlhfkit.logging import MetricsLogger
 from rlhfkit.loops.common import seed_everything
-from rlhfkit.loops.lm import LMRun, fit_lm
-from rlhfkit.loops.rejection.keep import KEEP_RULES, Kept, confident, round_stats
+from rlhfkit.loops.lm import LMRun, choose_packing, fit_lm
+from rlhfkit.loops.rejection.keep import (
+    KEEP_RULES,
+    Kept,
+    confident,
+    drop_truncated,
+    round_stats,
+)
 from rlhfkit.loops.rejection.samples import (
     SampleRecord,
     SamplingSettings,
@@ -123,12 +131,15 @@ def _read_inputs(cfg: RSConfig) -> tuple[list[PromptRecord], list[PromptRecord]]
 def encode_kept(
     kept: Sequence[Kept], tokenizer: Any, cfg: RSConfig, source: str
 ) -> list[EncodedExample]:
-    """The kept set as SFT examples: [bos?] + prompt + response + EOS, prompt masked."""
+    """The kept set as SFT examples: [bos?] + prompt + response + EOS, prompt masked; a
+    response cut before EOS (kept with --keep-truncated) without the EOS it never had."""
     stats = EncodeStats()
     examples = []
     for line, k in enumerate(kept, start=1):
         rec = SFTRecord(k.prompt, k.completion, line=line, source=source)
         ex = encode_sft(rec, tokenizer, cfg.max_len, overlong=cfg.overlong, stats=stats)
+        if ex is not None and not k.ended and not ex.truncated:  # (a cut one lost its EOS)
+            ex = EncodedExample(ex.input_ids[:-1], ex.labels[:-1])
         if ex is not None:
             examples.append(ex)
     if stats.truncated or stats.dropped:
@@ -184,7 +195,7 @@ def train_rs(cfg: RSConfig) -> dict[str, Any]:
 
 
 _LOGGED = ("mean_reward_all", "mean_reward_kept", "mean_reward_best_of_round", "temperature",
-           "mean_response_tokens_kept")  # fmt: skip
+           "mean_response_tokens_kept", "truncated_rate_all", "truncated_dropped")  # fmt: skip
 
 
 def _round_metrics(stats: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +215,7 @@ def _info(cfg: RSConfig, n_prompts: int) -> dict[str, Any]:
         "k": cfg.k,
         "keep": cfg.keep,
         "min_gap": cfg.min_gap,
+        "keep_truncated": cfg.keep_truncated,
         "prompts": n_prompts,
         "reward": cfg.rule_reward or list(cfg.rm),
         "combine": None if cfg.rule_reward else cfg.combine,
@@ -219,6 +231,7 @@ def _summary(
 ) -> dict[str, Any]:
     keys = ("round", "temperature", "mean_reward_all", "mean_reward_kept",
             "mean_reward_best_of_round", "kept_prompts", "kept_from_earlier_rounds",
+            "truncated_rate_all", "truncated_dropped", "kept_truncated",
             "max_median_at_k", "gold_all", "gold_kept", "train", "eval")  # fmt: skip
     return {
         **_info(cfg, rounds[0]["prompts"]),
@@ -322,7 +335,9 @@ class RSRun:
         """Take a round finished earlier as it is: its samples (for best-of-all-rounds) and
         its policy (where the next round starts). Returns its stats."""
         rdir = self.out / f"round-{r}"
-        self.history.append(read_samples(rdir / SAMPLES, self.prompts, self.cfg.k))
+        self.history.append(
+            read_samples(rdir / SAMPLES, self.prompts, self.cfg.k, self.cfg.max_new_tokens)
+        )
         prune_training_checkpoints(rdir)  # in case a kill came between stats and pruning
         self.policy_path, self.model = rdir, None
         print(f"round {r}: finished earlier, skipped", flush=True)
@@ -339,15 +354,19 @@ class RSRun:
         )  # fmt: skip
         self.history.append(records)
         best = KEEP_RULES[self.cfg.keep](self.history)
-        kept = confident(best, self.cfg.min_gap)
+        ended = best if self.cfg.keep_truncated else drop_truncated(best)
+        kept = confident(ended, self.cfg.min_gap)
         write_jsonl(rdir / KEPT, [k.to_json() for k in kept])
         if not kept:
             raise UserError(
-                f"rs: round {r}: no prompt's best sample beats the median of its samples by "
-                f"--min-gap {self.cfg.min_gap}; lower --min-gap or raise --k"
+                f"rs: round {r}: no prompt kept: {len(best) - len(ended)} of {len(best)} best "
+                f"samples hit --max-new-tokens {self.cfg.max_new_tokens} before EOS (raise it, "
+                f"or --keep-truncated), the others beat the median of their samples by less "
+                f"than --min-gap {self.cfg.min_gap} (lower it, or raise --k)"
             )
         stats = {"round": r, "temperature": temperature, **round_stats(records, kept, r)}
         stats["kept_prompts"] = len(kept)
+        stats["truncated_dropped"] = len(best) - len(ended)
         print(
             f"round {r}: mean reward of all samples {stats['mean_reward_all']:.4f}, of the "
             f"kept {stats['mean_reward_kept']:.4f} (best of {self.cfg.k}: "
@@ -375,7 +394,8 @@ class RSRun:
         seed_everything(self.cfg.seed + r)  # dropout, if any (a resume restores the RNG)
         lm_run = LMRun(
             model=model, tokenizer=self.tokenizer, train=examples, out=train_dir,
-            device=self.device, packing=self.cfg.packing, row_tokens=self.cfg.max_len,
+            device=self.device, packing=choose_packing(model, self.cfg.packing, "rs"),
+            row_tokens=self.cfg.max_len,
             epoch_checkpoints=True,
             desc=f"round {r} train",
         )  # fmt: skip

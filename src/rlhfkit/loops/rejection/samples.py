@@ -2,7 +2,10 @@
 scored by the reward, saved as `round-N/samples.jsonl`.
 
 One record per prompt: {"prompt", "safety", "responses": [K], "scores": [K], "best": index,
-"response_tokens": [K], "per_rm": {name: [K]}} ("per_rm" only with reward models).
+"response_tokens": [K], "ended": [K], "per_rm": {name: [K]}} ("per_rm" only with reward
+models; "ended": whether each response produced EOS within --max-new-tokens, absent from
+files written before it existed: read back, it is inferred from "response_tokens" when the
+reader knows max_new_tokens, else taken as True).
 
 Resumable without redrawing: prompts are sampled in batches of `prompts_per_batch`, each
 batch with its own generator seeded by (seed, round, batch), and every finished batch is
@@ -44,6 +47,11 @@ class SampleRecord:
     safety: bool = False
     response_tokens: list[int] = field(default_factory=list)  # per response, EOS not counted
     per_rm: dict[str, list[float]] = field(default_factory=dict)  # raw score of each RM
+    ended: list[bool] = field(default_factory=list)  # per response: produced EOS ([]: unknown)
+
+    def response_ended(self, i: int) -> bool:
+        """Whether response i produced EOS (unknown, as in old files: True)."""
+        return self.ended[i] if self.ended else True
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -54,20 +62,30 @@ class SampleRecord:
             "best": self.best,
             "response_tokens": self.response_tokens,
         }
+        if self.ended:
+            row["ended"] = self.ended
         if self.per_rm:
             row["per_rm"] = self.per_rm
         return row
 
     @classmethod
-    def from_json(cls, row: dict[str, Any]) -> SampleRecord:
+    def from_json(cls, row: dict[str, Any], max_new_tokens: int | None = None) -> SampleRecord:
+        """A record from its JSON row. A row without "ended" (written before it existed)
+        gets it from its token counts when `max_new_tokens` is given (a response that
+        ended has at most max_new_tokens - 1 tokens besides its EOS), else none."""
+        tokens = [int(t) for t in row.get("response_tokens", [])]
+        ended = [bool(e) for e in row.get("ended", [])]
+        if "ended" not in row and max_new_tokens is not None and tokens:
+            ended = [t < max_new_tokens for t in tokens]
         return cls(
             prompt=row["prompt"],
             responses=list(row["responses"]),
             scores=[float(s) for s in row["scores"]],
             best=int(row["best"]),
             safety=bool(row.get("safety", False)),
-            response_tokens=[int(t) for t in row.get("response_tokens", [])],
+            response_tokens=tokens,
             per_rm={k: [float(s) for s in v] for k, v in (row.get("per_rm") or {}).items()},
+            ended=ended,
         )
 
 
@@ -132,6 +150,7 @@ def sample_batch(
                 safety=p.safety,
                 response_tokens=tokens[lo:hi],
                 per_rm={name: v[lo:hi] for name, v in per.items()},
+                ended=r.ended[lo:hi],
             )
         )
     return out
@@ -150,8 +169,11 @@ def _check_record(rec: SampleRecord, prompt: PromptRecord, k: int, where: str) -
         )
 
 
-def read_samples(path: Path, prompts: Sequence[PromptRecord], k: int) -> list[SampleRecord]:
-    """A finished round's samples, checked against this run's prompts and K."""
+def read_samples(
+    path: Path, prompts: Sequence[PromptRecord], k: int, max_new_tokens: int | None = None
+) -> list[SampleRecord]:
+    """A finished round's samples, checked against this run's prompts and K
+    (`max_new_tokens`: to tell which responses ended in files without "ended")."""
     lines = path.read_text(encoding="utf-8").splitlines()
     if len(lines) != len(prompts):
         raise UserError(
@@ -160,7 +182,7 @@ def read_samples(path: Path, prompts: Sequence[PromptRecord], k: int) -> list[Sa
         )
     out = []
     for i, (line, prompt) in enumerate(zip(lines, prompts, strict=True)):
-        rec = SampleRecord.from_json(json.loads(line))
+        rec = SampleRecord.from_json(json.loads(line), max_new_tokens)
         _check_record(rec, prompt, k, f"{path}:{i + 1}")
         out.append(rec)
     return out
@@ -177,7 +199,7 @@ def _read_partial(
         if i >= len(prompts):
             break
         try:
-            rec = SampleRecord.from_json(json.loads(line))
+            rec = SampleRecord.from_json(json.loads(line), s.max_new_tokens)
         except (ValueError, KeyError, TypeError):
             break  # the line being written when the run was killed
         _check_record(rec, prompts[i], s.k, f"{partial}:{i + 1}")
@@ -202,7 +224,7 @@ def sample_round(
     """Every prompt's K samples for round `round_index`, written to `path` (read back if it
     exists; continued from its `.partial` file if a run was killed while sampling)."""
     if path.exists():
-        return read_samples(path, prompts, s.k)
+        return read_samples(path, prompts, s.k, s.max_new_tokens)
     partial = path.with_name(f".{path.name}.partial")
     done = _read_partial(partial, prompts, s)
     n, per = len(prompts), s.prompts_per_batch

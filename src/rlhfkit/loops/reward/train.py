@@ -8,7 +8,8 @@ Algorithm:
      encoding, `data.reward_data`) and its C(K,2) comparisons: winner, loser,
      margin m(strength) (`data.ranking`; a non-adjacent pair takes the STRONGEST strength
      on the ranking path between its two responses);
-  3. the RM starts from the LM: backbone copied, a zero one-output head (`models.reward`);
+  3. the RM starts from the LM: backbone copied, a zero one-output head (`models.reward`),
+     every dropout probability set to 0, in its config too (N+ details; SFT keeps its own);
   4. one optimizer step = `batch_size * grad_accum * world_size` PROMPTS in a seeded order;
      a prompt's K responses always travel together, each through ONE forward pass (K
      passes per prompt, not one per pair: InstructGPT's speed and regularity);
@@ -17,11 +18,13 @@ Algorithm:
      are weighted by their prompt counts, so accumulation and DDP change nothing;
   6. each epoch: held-out loss, pairwise accuracy overall and per strength bucket, score
      gap; a resumable checkpoint `epoch-N/` (itself a from_pretrained-loadable RM);
-  7. the final RM at the top of --out (AutoModelForSequenceClassification, num_labels=1).
+  7. the final RM at the top of --out (AutoModelForSequenceClassification, num_labels=1);
+  8. with --normalize-with FILE: the final RM's scores of FILE's responses are made mean 0
+     (and std 1 with --normalize-scale) in its weights (`loops.reward.normalize`), as
+     InstructGPT did with the labeller demonstrations; the statistics go to RM_INFO.
 
 Departures: InstructGPT used one epoch at lr 9e-6 on a 6B RM; our defaults (lr 1e-4,
-1 epoch) suit the tiny world models. InstructGPT also normalised the RM so that labeller
-demonstrations score 0 on average; we do not (PPO whitens or uses raw scores, as chosen).
+1 epoch) suit the tiny world models. Normalisation is off unless asked for.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from rlhfkit.distributed import (
 )
 from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
-from rlhfkit.loops.common import seed_everything
+from rlhfkit.loops.common import disable_dropout, seed_everything
 from rlhfkit.loops.reward.eval import (
     evaluate_rm,
     flat_eval,
@@ -59,10 +62,14 @@ from rlhfkit.loops.reward.eval import (
     pair_credit,
     ranking_batch_loss,
 )
+from rlhfkit.loops.reward.normalize import (
+    NormalizeData,
+    normalize_reward_model,
+    read_normalize_file,
+)
 from rlhfkit.loops.trainer import Trainer, start_training
 from rlhfkit.models.checkpoint import (
     epoch_dir,
-    export_hf,
     prepare_output_dir,
 )
 from rlhfkit.models.fast_linear import use_onednn_linears
@@ -91,6 +98,7 @@ class RMRun:
     dist: Dist = field(default_factory=Dist)
     device: torch.device = torch.device("cpu")
     info: dict[str, Any] = field(default_factory=dict)  # written as RM_INFO beside the RM
+    normalize: NormalizeData | None = None  # --normalize-with: centre the final RM on these
 
 
 def accumulate_gradients(
@@ -172,9 +180,11 @@ def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
             break
         _end_epoch(t, run, opts, epoch)
     wall = t.finish()
-    if d.is_main:
-        export_hf(unwrap(t.model), run.tokenizer, t.out, extra_json={RM_INFO: run.info})
-    barrier(d)
+    normalization = None
+    if run.normalize is not None and d.is_main:  # refused with --strategy fsdp2 (train_rm)
+        normalization = _normalize(unwrap(t.model), run, opts)
+        run.info["normalization"] = normalization
+    t.export(t.out, {RM_INFO: run.info})
     history = t.state["history"]
     summary = {
         "final_loss": t.last.get("loss"),
@@ -187,9 +197,25 @@ def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
         "prompts_per_s": round(prompts_seen / max(wall, 1e-9), 2),
         "world_size": d.world_size,
         "device": str(run.device),
+        "normalization": normalization,
     }
     t.write_summary(summary)
     return summary
+
+
+def _normalize(model: torch.nn.Module, run: RMRun, opts: RMConfig) -> dict[str, Any]:
+    """--normalize-with: shift (and scale) the final RM, after the last epoch checkpoint
+    (those stay raw, so --resume continues the raw RM)."""
+    stats = normalize_reward_model(
+        model, run.tokenizer, run.normalize, max_len=opts.max_len,
+        scale=opts.normalize_scale, batch_size=opts.batch_size * 4,
+    )  # fmt: skip
+    what = "mean 0, std 1" if opts.normalize_scale else "mean 0"
+    rank0_print(
+        f"rm: normalised on {stats['n']} responses of {stats['file']} to {what} (raw mean "
+        f"{stats['mean']:.4f}, std {stats['std']:.4f}; shift in {stats['shift_in']})"
+    )
+    return stats
 
 
 def _split_eval(records: list[RankingRecord], fraction: float, seed: int):
@@ -208,6 +234,11 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     margin_table = resolve_margin_table(cfg.margin)
     records = read_preferences(list(cfg.data))  # file:line errors before anything is written
     eval_records = read_preferences(list(cfg.eval_data)) if cfg.eval_data else []
+    if cfg.normalize_scale and not cfg.normalize_with:
+        raise UserError("--normalize-scale needs --normalize-with FILE")
+    if cfg.normalize_with and cfg.strategy == "fsdp2":
+        raise UserError("--normalize-with is not supported with --strategy fsdp2 yet: use ddp")
+    normalize = read_normalize_file(cfg.normalize_with) if cfg.normalize_with else None
     if not eval_records and cfg.eval_fraction > 0:
         records, eval_records = _split_eval(records, cfg.eval_fraction, cfg.seed)
     d, device = setup_distributed(cfg.device)
@@ -237,6 +268,11 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         seed=cfg.seed,
         trust_remote_code=cfg.trust_remote_code,
     )
+    # No dropout (N+ details): it makes two forwards of one response score differently.
+    # The config says 0 too, so every saved RM (and a PPO value model started from it) does.
+    dropped = disable_dropout(model)
+    if dropped:
+        rank0_print(f"rm: dropout set to 0 (was {', '.join(dropped)})", rank=d.rank)
     use_onednn_linears(model)  # large fp32 CPU linear layers: oneDNN (models/fast_linear.py)
     n_pairs = sum(len(ex.pairs) for ex in train)
     rank0_print(
@@ -250,7 +286,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         "margin_table": margin_table,
         "sequence": "[bos?] + prompt + response + [eos]",
     }
-    run = RMRun(model, tokenizer, train, held_out, out, d, device, info)
+    run = RMRun(model, tokenizer, train, held_out, out, d, device, info, normalize)
     summary = fit_rm(run, cfg)
     rank0_print(
         f"reward model: {out} (AutoModelForSequenceClassification, num_labels=1)", rank=d.rank

@@ -1,0 +1,94 @@
+"""`rlhfkit rm --normalize-with FILE`: centre a trained RM on reference responses.
+
+InstructGPT normalised its RM "so that the labeler demonstrations achieve a mean score of
+0 before doing RL"; the N+ details (Huang et al. 2024) and OpenRLHF normalise to mean 0 /
+std 1. After training, the RM scores FILE's responses (e.g. the SFT demonstrations), and
+the score is made `(r - mean)` (`--normalize-scale`: `(r - mean) / std`, population std) IN
+THE WEIGHTS (`models.reward.shift_and_scale_scores`), so every reader of the saved folder
+(`score`, `ppo`, `rs`, `select`, a PPO value model started from it) sees normalised scores
+without knowing. The statistics go to `rlhfkit_reward.json` under "normalization".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.data.records import iter_json_records
+from rlhfkit.errors import RecordError, UserError
+from rlhfkit.models.reward import shift_and_scale_scores
+from rlhfkit.scoring import score_texts
+
+
+@dataclass
+class NormalizeData:
+    """The responses an RM is centred on."""
+
+    file: str
+    prompts: list[str]
+    responses: list[str]
+
+
+def read_normalize_file(path: str) -> NormalizeData:
+    """{"prompt", "completion"} (SFT format) or {"prompt", "response"} records, file:line
+    errors; other fields are ignored."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"--normalize-with {path}: no such file")
+    prompts, responses = [], []
+    for line, row in iter_json_records(p):
+        prompt = row.get("prompt")
+        key = "completion" if row.get("completion") is not None else "response"
+        response = row.get(key)
+        if not isinstance(prompt, str):
+            raise RecordError(str(p), line, "needs a string 'prompt'")
+        if not isinstance(response, str) or not response.strip():
+            raise RecordError(str(p), line, "needs a non-empty 'completion' or 'response'")
+        prompts.append(prompt)
+        responses.append(response)
+    if not prompts:
+        raise RecordError(str(p), None, "empty file: no records")
+    return NormalizeData(str(path), prompts, responses)
+
+
+def normalize_reward_model(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    data: NormalizeData,
+    *,
+    max_len: int,
+    scale: bool = False,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Shift (and with `scale`, scale) `model`'s scores so that `data` scores mean 0 (std 1).
+
+    Returns the record for rlhfkit_reward.json: the raw statistics (mean, population std,
+    n, file), the affine map applied (score = scale_factor * raw + shift), where the shift
+    lives, and the statistics measured again after the change.
+    """
+    raw = score_texts(model, tokenizer, data.prompts, data.responses, max_len=max_len,
+                      batch_size=batch_size).double()  # fmt: skip
+    mean, std = float(raw.mean()), float(raw.std(unbiased=False))
+    if scale and not std > 0:
+        raise UserError(
+            f"--normalize-scale: the RM gives every response of {data.file} the same score "
+            f"({mean:.4g}): its std is 0, nothing to scale by"
+        )
+    factor = 1.0 / std if scale else 1.0
+    where = shift_and_scale_scores(model, shift=-mean * factor, scale=factor)
+    after = score_texts(model, tokenizer, data.prompts, data.responses, max_len=max_len,
+                        batch_size=batch_size).double()  # fmt: skip
+    return {
+        "file": data.file,
+        "n": len(data.prompts),
+        "mean": mean,
+        "std": std,
+        "scaled": scale,
+        "scale_factor": factor,
+        "shift": -mean * factor,
+        "shift_in": where,
+        "after": {"mean": float(after.mean()), "std": float(after.std(unbiased=False))},
+    }
