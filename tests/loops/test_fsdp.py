@@ -1,5 +1,7 @@
 """FSDP2 (`--strategy fsdp2`) under `torchrun --standalone --nproc_per_node 2` (gloo, CPU):
 - sft and rm: 2 sharded processes x batch b step like 1 process x batch 2b;
+- ppo: with every role sharded (policy, value, reference, reward model), 2 processes step
+  like 2 DDP processes, evaluation runs, and uneven response lengths do not hang;
 - a sharded run killed with SIGKILL and resumed ends bit-identical to an uninterrupted one,
   and its DCP checkpoint also resumes in one process (2 -> 1);
 - what users read stays a plain Hugging Face folder.
@@ -83,6 +85,7 @@ def test_fsdp2_rm_steps_like_one_process(tmp_path, tiny_tokenizer):
     assert_same_training(w1, w2, {k: w0[k] for k in w1}, rel=1e-2)
 
 
+@pytest.mark.slow  # ~100 s on 2 cores: `make test-slow`
 @pytest.mark.timeout(420)
 def test_fsdp2_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_process(
     tmp_path, tiny_tokenizer
@@ -133,3 +136,41 @@ def test_fsdp2_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_proces
     a = load_file(str(full / "epoch-2" / "model.safetensors"))
     b = load_file(str(one / "epoch-2" / "model.safetensors"))
     assert_same_training(a, b, load_file(str(base / "model.safetensors")), rel=1e-2)
+
+
+@pytest.mark.slow  # ~80 s on 2 cores: `make test-slow`
+@pytest.mark.timeout(420)
+def test_fsdp2_ppo_steps_like_ddp(tmp_path, tiny_tokenizer):
+    from tests.loops.test_ppo_loop import _args
+    made = _ppo_files(tmp_path, tiny_tokenizer)
+    extra = ["--steps", "2", "--num-mini-batches", "2", "--eval-prompts", str(made["eval"]),
+             "--eval-max-prompts", "4", "--schedule", "constant", "--warmup-steps", "0"]  # fmt: skip
+    for name, strategy in (("ddp", "ddp"), ("fsdp2", "fsdp2")):
+        args = _args(made, tmp_path / name, *extra, "--strategy", strategy)
+        _run([*TORCHRUN, "-m", "rlhfkit.cli", *args])
+    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    b = load_file(str(tmp_path / "fsdp2" / "model.safetensors"))
+    assert set(a) == set(b)
+    assert_same_training(a, b, load_file(str(made["base"] / "model.safetensors")), rel=2e-2)
+    assert (tmp_path / "fsdp2" / "checkpoints" / "step-000002" / "dcp").is_dir()
+
+
+def _ppo_files(tmp_path, tiny_tokenizer) -> dict:
+    import copy
+    import random
+
+    from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record
+    from rlhfkit.models.checkpoint import save_hf
+    from rlhfkit.models.reward import init_reward_model
+
+    base = make_base_model(tmp_path / "base", tiny_tokenizer, preset="test")
+    rm, rm_tok = init_reward_model(base, copy.deepcopy(tiny_tokenizer), head_init="normal", seed=1)
+    save_hf(rm, rm_tok, tmp_path / "rm")
+    made = make_prompts(24, WorldSettings(), random.Random(0), set(), unique=True)
+    recs = [prompt_record(name, q) for name, q, _ in made]
+    return {
+        "base": base,
+        "rm": tmp_path / "rm",
+        "prompts": write_jsonl(tmp_path / "prompts.jsonl", recs[:16]),
+        "eval": write_jsonl(tmp_path / "eval.jsonl", recs[16:]),
+    }

@@ -388,7 +388,7 @@ def test_command_writes_checkpoints_metrics_and_an_evaluable_policy(files, tmp_p
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(files, tmp_path, monkeypatch):
-    import rlhfkit.loops.ppo.loop as ppo_mod
+    import rlhfkit.models.checkpoint as ckpt_mod
 
     extra = ["--steps", "4", "--save-every", "2", "--num-mini-batches", "2", "--ppo-epochs", "2",
              "--ptx-data", str(files["corpus"]), "--ptx-coef", "0.5", "--ptx-seq-len", "16",
@@ -396,14 +396,14 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(files, tmp_path, monkey
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert cli.main(_args(files, full, *extra)) == 0
 
-    save = ppo_mod.save_checkpoint
+    save = ckpt_mod.save_checkpoint
 
     def save_then_die(path, **kw):
         save(path, **kw)
         if Path(path).name == "step-000002":
             raise KeyboardInterrupt  # killed right after the checkpoint of step 2
 
-    monkeypatch.setattr(ppo_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", save_then_die)
     assert cli.main(_args(files, cut, *extra)) == 130
     assert not (cut / "checkpoints" / "step-000004").exists()
     monkeypatch.undo()

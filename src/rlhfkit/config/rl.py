@@ -13,6 +13,7 @@ from rlhfkit.config.base import (
     RemoteCodeOptions,
     RewardOptions,
     RunOptions,
+    ScaleOptions,
     TrainOptions,
 )
 
@@ -67,7 +68,7 @@ class RLOptions(SamplingOptions, ScorerOptions):
 
 
 @dataclass(kw_only=True)
-class PPOConfig(OptimizerOptions, RunOptions, RLOptions):
+class PPOConfig(ScaleOptions, OptimizerOptions, RunOptions, RLOptions):
     """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx."""
 
     reference: str | None = None

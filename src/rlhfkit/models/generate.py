@@ -31,7 +31,7 @@ from transformers import DynamicCache
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rlhfkit.models.llama_decoder import LlamaDecoder
-from rlhfkit.models.wrap import unwrap
+from rlhfkit.models.wrap import is_sharded, unwrap
 from rlhfkit.ops.masking import position_ids_from_mask
 from rlhfkit.types import Generation
 
@@ -121,8 +121,9 @@ def sample(
     model.eval()
     try:
         # inference_mode skips autograd bookkeeping on every op (~10% of a small step); its
-        # tensors cannot enter autograd, so the two outputs are cloned out of it.
-        with torch.inference_mode():
+        # tensors cannot enter autograd, so the two outputs are cloned out of it. Not for a
+        # sharded (FSDP2) module: it would leave inference tensors in its gathered weights.
+        with torch.no_grad() if is_sharded(model) else torch.inference_mode():
             decoder = LlamaDecoder.build(model, mask, max_new_tokens) or _HFDecoder(model, mask)
             picker = _Picker(temperature, top_k, top_p, generator)
             response, logprobs = _sample_loop(

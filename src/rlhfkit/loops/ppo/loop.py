@@ -65,7 +65,7 @@ from rlhfkit.logging import (
 )
 from rlhfkit.loops.common import build_optimizer, build_scheduler, epoch_order
 from rlhfkit.loops.ppo.metrics import mean_kl, rollout_metrics, sample_table
-from rlhfkit.loops.ppo.roles import build_roles, value_source
+from rlhfkit.loops.ppo.roles import build_roles, shard_frozen, value_source
 from rlhfkit.loops.ppo.rollout import RolloutSettings, check_unfiltered, collect_rollout
 from rlhfkit.loops.ppo.update import (
     PtxBatches,
@@ -75,15 +75,13 @@ from rlhfkit.loops.ppo.update import (
     ppo_update,
 )
 from rlhfkit.models.checkpoint import (
-    export_hf,
     latest_checkpoint,
-    load_checkpoint,
     prepare_output_dir,
     prune_checkpoints,
-    save_checkpoint,
     step_dir,
 )
-from rlhfkit.models.wrap import unwrap, wrap_for_training
+from rlhfkit.models.sharded import export_model, read_checkpoint, write_checkpoint
+from rlhfkit.models.wrap import enable_gradient_checkpointing, is_sharded, wrap_for_training
 from rlhfkit.ops.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.sample_score import encode_prompts, evaluate_policy
 from rlhfkit.scoring.build import check_reward, unwhitened
@@ -228,10 +226,10 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     bar.close()
     logger.close()
     summary = _summary(run, state, last, totals, time.perf_counter() - t_start, out)
+    info = {"policy_init": cfg.policy, "reference": cfg.reference or cfg.policy,
+            "steps": state["step"], "reward": cfg.rule_reward or list(cfg.rm)}  # fmt: skip
+    export_model(run.trainables.policy, tokenizer, out, dist=d, extra_json={PPO_INFO: info})
     if d.is_main:
-        info = {"policy_init": cfg.policy, "reference": cfg.reference or cfg.policy,
-                "steps": state["step"], "reward": cfg.rule_reward or list(cfg.rm)}  # fmt: skip
-        export_hf(unwrap(run.trainables.policy), tokenizer, out, extra_json={PPO_INFO: info})
         write_json(out / "summary.json", summary)
         rank0_print(f"ppo: final policy written to {out} (rlhfkit eval --model {out})")
     teardown_distributed()
@@ -299,6 +297,8 @@ def build_run(
         else FixedKLController(cfg.kl_coef)
     )
     trainables = _trainables(cfg, policy, value_model, d, device)
+    if cfg.strategy == "fsdp2" and d.enabled:  # frozen roles sharded too: four models fit
+        shard_frozen(reference, scorer, device, bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
     return PPORun(
         trainables, make_generator(trainables.policy, tokenizer), reference, scorer,
         tokenizer, list(prompts), encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
@@ -313,7 +313,14 @@ def build_run(
 def _trainables(
     cfg: PPOConfig, policy: torch.nn.Module, value_model: torch.nn.Module, d: Dist, device
 ) -> Trainables:
-    """The policy and value model wrapped for training, with AdamW and their schedules."""
+    """The policy and value model wrapped for training (--strategy), then AdamW over the
+    wrapped parameters (FSDP2's are shards) and their schedules."""
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+        enable_gradient_checkpointing(value_model)
+    scale = dict(bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
+    policy = wrap_for_training(policy, d, device, cfg.strategy, **scale)
+    value_model = wrap_for_training(value_model, d, device, cfg.strategy, **scale)
     betas = (cfg.adam_beta1, cfg.adam_beta2)  # eps: 1e-5 by default (N+ details)
     adam = dict(weight_decay=cfg.weight_decay, betas=betas, eps=cfg.adam_eps)
     p_opt = build_optimizer(policy, lr=cfg.lr, **adam)
@@ -323,8 +330,8 @@ def _trainables(
         schedule=cfg.schedule, warmup=cfg.warmup_steps, total=total, min_ratio=cfg.min_lr_ratio
     )
     return Trainables(
-        wrap_for_training(policy, d, device),
-        wrap_for_training(value_model, d, device),
+        policy,
+        value_model,
         p_opt,
         v_opt,
         build_scheduler(p_opt, **sched),
@@ -340,7 +347,7 @@ def _trainables(
 def _checkpoint_parts(run: PPORun) -> dict[str, dict[str, Any]]:
     t = run.trainables
     return {
-        "models": {"policy": unwrap(t.policy), "value": unwrap(t.value_model)},
+        "models": {"policy": t.policy, "value": t.value_model},
         "optimizers": {"policy": t.policy_optimizer, "value": t.value_optimizer},
         "schedulers": {"policy": t.policy_scheduler, "value": t.value_scheduler},
     }
@@ -351,7 +358,7 @@ def resume(run: PPORun, out: Path) -> dict[str, Any] | None:
     ckpt = latest_checkpoint(out)
     if ckpt is None:
         return None
-    state = load_checkpoint(ckpt, **_checkpoint_parts(run))
+    state = read_checkpoint(ckpt, dist=run.dist, **_checkpoint_parts(run))
     run.kl_controller.load_state_dict(state["kl_controller"])
     run.policy_steps = state["policy_steps"]
     run.generator.sync_weights()
@@ -360,18 +367,23 @@ def resume(run: PPORun, out: Path) -> dict[str, Any] | None:
 
 
 def save(run: PPORun, state: dict[str, Any], out: Path, keep: int | None) -> None:
-    """A resumable checkpoint at `out/checkpoints/step-N` (rank 0 writes, all wait)."""
+    """A resumable checkpoint at `out/checkpoints/step-N` (every process calls)."""
     state.update(policy_steps=run.policy_steps, kl_controller=run.kl_controller.state_dict())
+    path = step_dir(out, state["step"])
+    write_checkpoint(
+        path, tokenizer=run.tokenizer, state=dict(state), dist=run.dist, **_checkpoint_parts(run)
+    )
     if run.dist.is_main:
-        path = step_dir(out, state["step"])
-        save_checkpoint(path, tokenizer=run.tokenizer, state=dict(state), **_checkpoint_parts(run))
         prune_checkpoints(out, keep)
     barrier(run.dist)
 
 
 def evaluate(run: PPORun, state: dict[str, Any], logger: MetricsLogger, cfg: PPOConfig) -> None:
-    """Reward, KL and (world prompts) gold metrics on the held-out prompts, on rank 0."""
-    if run.dist.is_main and run.eval_prompts:
+    """Reward, KL and (world prompts) gold metrics on the held-out prompts, on rank 0; on
+    every process (the same work) when the roles are sharded, since their forwards are
+    collective."""
+    everyone = is_sharded(run.trainables.policy)
+    if (run.dist.is_main or everyone) and run.eval_prompts:
         result = evaluate_policy(
             run.generator, run.reference, run.eval_scorer, run.eval_prompts,
             tokenizer=run.tokenizer, settings=run.eval_settings.generation,
@@ -380,7 +392,7 @@ def evaluate(run: PPORun, state: dict[str, Any], logger: MetricsLogger, cfg: PPO
         )  # fmt: skip
         logger.log(state["step"], {f"eval/{k}": v for k, v in result.items() if k != "samples"})
         state["evals"].append({"step": state["step"], **result})
-        rank0_print(_eval_line(state["step"], result))
+        rank0_print(_eval_line(state["step"], result), rank=run.dist.rank)
     barrier(run.dist)
 
 

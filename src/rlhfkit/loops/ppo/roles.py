@@ -15,6 +15,7 @@ from rlhfkit.loops.common import disable_dropout, seed_everything
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import freeze, load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import init_reward_model, load_reward_model
+from rlhfkit.models.wrap import shard
 from rlhfkit.scoring import RewardScorer
 from rlhfkit.scoring.build import build_scorer
 
@@ -110,3 +111,18 @@ def build_roles(cfg: PPOConfig, device: torch.device):
         log.info("ppo: dropout set to 0 in every role (was %s)", ", ".join(changed))
     fast_linears(policy, reference, value_model, scorer)
     return tokenizer, policy, reference, value_model, scorer
+
+
+def shard_frozen(
+    reference: torch.nn.Module,
+    scorer: Any,
+    device: torch.device,
+    *,
+    bf16: bool = False,
+    cpu_offload: bool = False,
+) -> None:
+    """FSDP2 on the frozen roles too (the reference, every reward model of a RewardScorer),
+    so that four large models fit across the processes. Their forwards become collective:
+    every process runs the same ones (the rollout's, and evaluation on every process)."""
+    for model in (reference, *(rm.model for rm in getattr(scorer, "models", {}).values())):
+        shard(model, device, bf16=bf16, cpu_offload=cpu_offload)
