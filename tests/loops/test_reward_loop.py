@@ -424,3 +424,47 @@ def test_two_processes_step_like_one_with_twice_the_prompts(base, tmp_path):
     assert s2["world_size"] == 2 and s1["steps"] == s2["steps"] == 2
     assert s2["eval"]["n_prompts"] == 16 and s2["eval"]["n_pairs"] == s1["eval"]["n_pairs"]
     assert s2["eval"]["loss"] == pytest.approx(s1["eval"]["loss"], abs=1e-3)
+
+
+# ---------------------------------------------------------------- formats people already have
+
+
+def _preference_rows(fmt: str, n: int) -> list[dict]:
+    """Pairwise rows in one of TRL's / Anthropic's shapes: chosen says "please"."""
+    rng = random.Random(7)
+    rows = []
+    for i in range(n):
+        q = f"say {rng.choice(FILL)} {i}"
+        good = " ".join(["please", *rng.sample(FILL, 3)])
+        bad = " ".join(rng.sample(FILL, 3))
+        if fmt == "trl_explicit":
+            rows.append({"prompt": [{"role": "user", "content": q}],
+                         "chosen": [{"role": "assistant", "content": good}],
+                         "rejected": [{"role": "assistant", "content": bad}]})  # fmt: skip
+        elif fmt == "trl_implicit":
+            conv = [{"role": "system", "content": "be kind"}, {"role": "user", "content": q}]
+            rows.append({"chosen": conv + [{"role": "assistant", "content": good}],
+                         "rejected": conv + [{"role": "assistant", "content": bad}]})  # fmt: skip
+        elif fmt == "strings_implicit":
+            rows.append({"chosen": f"Q: {q}\nA: {good}", "rejected": f"Q: {q}\nA: {bad}"})
+        else:  # hh_rlhf
+            head = f"\n\nHuman: {q}\n\nAssistant:"
+            rows.append({"chosen": f"{head} {good}", "rejected": f"{head} {bad}"})
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["trl_explicit", "trl_implicit", "strings_implicit", "hh_rlhf"])
+def test_cli_rm_trains_on_trl_and_anthropic_formats(base, tmp_path, capsys, fmt):
+    data = write_jsonl(tmp_path / f"{fmt}.jsonl", _preference_rows(fmt, 8))
+    out = tmp_path / "rm"
+    args = _rm_args(base, [data], out, "--eval-data", str(data), "--epochs", "1",
+                    "--batch-size", "4", "--lr", "1e-3")  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert (out / "model.safetensors").is_file() and (out / "rlhfkit_reward.json").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2
+    assert summary["eval"]["n_prompts"] == 8 and summary["eval"]["n_pairs"] == 8
+    report = tmp_path / "eval.json"
+    assert main(["rm", "eval", "--model", str(out), "--data", str(data), "--out", str(report),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["n_pairs"] == 8

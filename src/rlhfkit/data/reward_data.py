@@ -9,6 +9,12 @@ its EOS out, so that the RM reads what the policy produced, as it does on the po
 token ids (`scoring.rm`). A sequence over `max_len` keeps its END: the oldest prompt
 tokens are dropped (after a leading BOS).
 
+A conversational ranking record (`RankingRecord.prompt_messages`, TRL's message lists) is
+encoded like an SFT `messages` record: the whole conversation, prompt messages + the
+response's assistant turn(s), rendered once by the tokenizer's chat template; the response
+starts where the prompt rendered with the generation prompt ends (`_chat_segments`), and
+the template's own end of turn serves as EOS (one is appended if it has none).
+
 A ranking of K responses becomes ONE example: its K sequences and its C(K,2) comparisons
 (winner, loser, margin, strength bucket). A batch concatenates whole examples, so a
 prompt's responses are never split and each gets exactly one forward pass.
@@ -65,15 +71,32 @@ def encode_responses(
     if ended is not None and len(ended) != len(responses):
         raise ValueError(f"{len(ended)} ended flags for {len(responses)} responses")
     records = [SFTRecord(p, r) for p, r in zip(prompts, responses, strict=True)]
-    # max_len far above any length: encode_sft_many then never drops; we cut below.
-    examples, _ = encode_sft_many(records, tokenizer, max_len=1 << 30, loss_on_prompt=True)
-    full = [ex.input_ids for ex in examples]
+    full = _encode_full(records, tokenizer)
     if ended is not None:  # the EOS encode_sft appended is the last id
         full = [ids if e else ids[:-1] for ids, e in zip(full, ended, strict=True)]
     bos = resolve_bos(tokenizer)
     out = [truncate_left(ids, max_len, bos) for ids in full]
     n_cut = sum(len(o) < len(ids) for o, ids in zip(out, full, strict=True))
     return out, n_cut
+
+
+def _encode_full(records: Sequence[SFTRecord], tokenizer: Any) -> list[list[int]]:
+    """SFT's encoding of every record (prompt + completion, or chat messages), uncut."""
+    # max_len far above any length: encode_sft_many then never drops; callers cut.
+    examples, _ = encode_sft_many(records, tokenizer, max_len=1 << 30, loss_on_prompt=True)
+    return [ex.input_ids for ex in examples]
+
+
+def _as_sft(rec: RankingRecord) -> list[SFTRecord]:
+    """One SFT record per response of a ranking record (chat messages if conversational)."""
+    if rec.prompt_messages is None:
+        return [SFTRecord(rec.prompt, resp, None, rec.line, rec.source) for resp in rec.responses]
+    if rec.response_messages is None or len(rec.response_messages) != len(rec.responses):
+        raise ValueError("a conversational RankingRecord needs one message list per response")
+    return [
+        SFTRecord(rec.prompt, resp, rec.prompt_messages + msgs, rec.line, rec.source)
+        for resp, msgs in zip(rec.responses, rec.response_messages, strict=True)
+    ]
 
 
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,9 +145,16 @@ def encode_rankings(
     sequence's end (drops the oldest prompt tokens); "error" raises a RecordError naming
     the record's file and line.
     """
-    prompts = [r.prompt for r in records for _ in r.responses]
-    responses = [resp for r in records for resp in r.responses]
-    flat, _ = encode_responses(tokenizer, prompts, responses, max_len=1 << 30)
+    chat = next((r for r in records if r.prompt_messages is not None), None)
+    if chat is not None and getattr(tokenizer, "chat_template", None) is None:
+        raise RecordError(
+            chat.source,
+            chat.line or None,
+            "a conversational preference record (lists of messages) needs a tokenizer with a "
+            "chat template, and this one has none",
+        )
+    flat = _encode_full([s for r in records for s in _as_sft(r)], tokenizer)
+    bos = resolve_bos(tokenizer)
     out, n_cut, pos = [], 0, 0
     for rec in records:
         seqs = flat[pos : pos + len(rec.responses)]
@@ -139,7 +169,7 @@ def encode_rankings(
                     "(raise --max-len or use --overlong truncate)",
                 )
             n_cut += sum(len(s) > max_len for s in seqs)
-            seqs = encode_responses(tokenizer, [rec.prompt] * len(seqs), rec.responses, max_len)[0]
+            seqs = [truncate_left(s, max_len, bos) for s in seqs]
         implied = ranking_to_comparisons(rec.ranking, rec.strengths)
         comps = comparisons_with_margins(implied, margin_table)
         out.append(
