@@ -174,3 +174,29 @@ def _ppo_files(tmp_path, tiny_tokenizer) -> dict:
         "prompts": write_jsonl(tmp_path / "prompts.jsonl", recs[:16]),
         "eval": write_jsonl(tmp_path / "eval.jsonl", recs[16:]),
     }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_fsdp2_lora_sft_steps_like_one_process(tmp_path, tiny_tokenizer):
+    """LoRA (`--lora-r`) under FSDP2: the adapters are injected before sharding, each
+    decoder layer's shard holds its frozen base weights and its adapters; 2 sharded
+    processes x batch 4 train like 1 process x batch 8, and the export is the merged plain
+    model (gathered), with the adapter folder beside it."""
+    base = make_base_model(tmp_path / "base", tiny_tokenizer)
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
+    opts = ["--data", str(data), "--model", str(base), "--epochs", "2", "--lr", "1e-2",
+            "--schedule", "constant", "--warmup-steps", "0", "--lora-r", "4",
+            "--save-adapter"]  # fmt: skip
+    _run(_cli("sft", *opts, "--batch-size", "8", "--out", str(tmp_path / "one")))
+    _run(_cli("sft", *opts, "--batch-size", "4", "--out", str(tmp_path / "two"),
+              "--strategy", "fsdp2", procs=2))  # fmt: skip
+    w0 = load_file(str(base / "model.safetensors"))
+    w1 = load_file(str(tmp_path / "one" / "epoch-2" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "epoch-2" / "model.safetensors"))
+    assert set(w1) == set(w2) == set(w0)  # merged plain folders
+    moved = {k for k in w0 if not torch.equal(w1[k], w0[k])}
+    assert moved and all("proj" in k for k in moved)  # only adapted linears changed
+    assert_same_training({k: w1[k] for k in moved}, {k: w2[k] for k in moved}, w0)
+    assert (tmp_path / "two" / "epoch-2" / "dcp").is_dir()
+    assert (tmp_path / "two" / "epoch-2" / "adapter" / "adapter_model.safetensors").is_file()

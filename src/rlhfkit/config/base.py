@@ -95,7 +95,23 @@ class ScaleOptions:
 
 
 @dataclass(kw_only=True)
-class TrainOptions(ScaleOptions, OptimizerOptions, EpochOptions, RunOptions):
+class LoraOptions:
+    """LoRA (PEFT): train small low-rank adapters instead of the whole model (models/lora.py)."""
+
+    lora_r: int = 0
+    """LoRA rank: train rank-r adapters on --lora-targets with the base weights frozen (0: off, train every weight). Outputs stay plain, merged Hugging Face folders; in ppo the reference is the policy with its adapter switched off (no second copy of the weights)."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator: the adapter's update is scaled by alpha / r."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input during training (ppo runs without dropout)."""
+    lora_targets: tuple[str, ...] = ("all-linear",)
+    """Module names to adapt (e.g. q_proj v_proj); 'all-linear': every linear layer of the decoder, not the output head (PEFT's 'all-linear')."""
+    save_adapter: bool = False
+    """With --lora-r: also write the PEFT adapter folder ('adapter/', loadable with peft.PeftModel.from_pretrained on the base model) beside each merged model written (final export and checkpoints)."""
+
+
+@dataclass(kw_only=True)
+class TrainOptions(LoraOptions, ScaleOptions, OptimizerOptions, EpochOptions, RunOptions):
     """Options shared by every stage that trains on a dataset (read by `loops.lm.fit_lm`)."""
 
     log_every: int = 10

@@ -9,6 +9,7 @@ import tyro
 
 from rlhfkit.config.base import (
     DeviceOptions,
+    LoraOptions,
     OptimizerOptions,
     RemoteCodeOptions,
     RewardOptions,
@@ -68,7 +69,7 @@ class RLOptions(SamplingOptions, ScorerOptions):
 
 
 @dataclass(kw_only=True)
-class PPOConfig(ScaleOptions, OptimizerOptions, RunOptions, RLOptions):
+class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptions):
     """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx."""
 
     reference: str | None = None

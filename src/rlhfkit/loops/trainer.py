@@ -30,6 +30,7 @@ import torch
 
 from rlhfkit.config import TrainOptions
 from rlhfkit.distributed import Dist
+from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
 from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print
 from rlhfkit.loops.common import (
@@ -162,7 +163,7 @@ class Trainer:
         write_checkpoint(
             path, models={"model": self.model}, tokenizer=self.tokenizer,
             optimizers={"model": self.optimizer}, schedulers={"model": self.scheduler},
-            state=dict(self.state), dist=self.dist,
+            state=dict(self.state), dist=self.dist, adapter=self.opts.save_adapter,
         )  # fmt: skip
 
     def restore(self) -> dict[str, Any] | None:
@@ -178,8 +179,12 @@ class Trainer:
         return state
 
     def export(self, folder: Path, extra_json: dict[str, Any] | None = None) -> None:
-        """The trained model as a plain Hugging Face folder (gathered when sharded)."""
-        export_model(self.model, self.tokenizer, folder, dist=self.dist, extra_json=extra_json)
+        """The trained model as a plain Hugging Face folder (gathered when sharded; with
+        LoRA merged, and the adapter folder too with --save-adapter)."""
+        export_model(
+            self.model, self.tokenizer, folder, dist=self.dist, extra_json=extra_json,
+            adapter=self.opts.save_adapter,
+        )  # fmt: skip
 
     # --- the end ------------------------------------------------------------------------
 
@@ -216,17 +221,22 @@ def start_training(
     desc: str = "train",
     counters: dict[str, Any] | None = None,
 ) -> Trainer:
-    """Wrap `model`, build AdamW and the schedule, resume (with --resume) and open the logs.
+    """Wrap `model` (with LoRA adapters when --lora-r > 0: `model` is adapted in place and
+    only the adapters train), build AdamW and the schedule, resume (with --resume) and open
+    the logs.
 
     `counters` are the loop's own state entries (e.g. {"train_tokens": 0}), saved and
     restored with the step. One optimizer step takes `batch_size * grad_accum *
     world_size` examples.
     """
+    if opts.save_adapter and not opts.lora_r:
+        raise UserError("--save-adapter needs LoRA: pass --lora-r > 0")
     if opts.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     wrapped = wrap_for_training(
-        model.to(device), dist, device, opts.strategy, bf16=opts.bf16, cpu_offload=opts.cpu_offload
-    )
+        model.to(device), dist, device, opts.strategy, bf16=opts.bf16,
+        cpu_offload=opts.cpu_offload, lora=opts,
+    )  # fmt: skip
     wrapped.train()
     optimizer = build_optimizer(
         wrapped,

@@ -28,12 +28,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from rlhfkit import __version__
 from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.files import atomic_dir, fsync_dir
 from rlhfkit.models.load import load_state_like, quiet_progress
+from rlhfkit.models.lora import (
+    adapter_state_dict,
+    has_lora,
+    load_adapter_state,
+    merged_state_dict,
+    save_adapter,
+)
 from rlhfkit.models.wrap import unwrap
 
 log = logging.getLogger("rlhfkit")
@@ -43,6 +50,8 @@ RUN_MARKER = "run.json"
 STATE_PT = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
 CHECKPOINTS = "checkpoints"
+ADAPTER_DIR = "adapter"  # --save-adapter: the PEFT adapter beside the merged model
+LORA_STATE = "lora_state.safetensors"  # a LoRA checkpoint's trained tensors (resume)
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
 _ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -60,10 +69,13 @@ def _write_hf(
     state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """`save_pretrained` (+ the tokenizer); `state_dict`: the weights to write instead of
-    the module's own (a sharded model's, gathered)."""
+    the module's own (a sharded model's, gathered). A LoRA model (models/lora.py) is
+    written merged: a plain model."""
     model = unwrap(model)
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained)")
+    if has_lora(model):
+        state_dict = merged_state_dict(model, state_dict)
     with quiet_progress():
         model.save_pretrained(folder, **({"state_dict": dict(state_dict)} if state_dict else {}))
     if tokenizer is not None:
@@ -109,6 +121,8 @@ def export_hf(
     folder: str | Path,
     extra_json: Mapping[str, Mapping[str, Any]] | None = None,
     state_dict: Mapping[str, torch.Tensor] | None = None,
+    *,
+    adapter: bool = False,
 ) -> Path:
     """Write the HF files of `model` (+ tokenizer) INTO an existing folder, e.g. a run folder.
 
@@ -116,7 +130,9 @@ def export_hf(
     files are written in full to a temporary subfolder first, then each is moved in with
     an atomic rename, config.json last: a kill leaves every file either old or new, and a
     folder whose config.json is new has all its new weights. Weight files of an earlier
-    export that the new one does not have (other shard counts) are removed.
+    export that the new one does not have (other shard counts) are removed. A LoRA model
+    is written merged (a plain model); `adapter`: its PEFT adapter folder too,
+    `folder/adapter/`.
     """
     dest = Path(folder)
     dest.mkdir(parents=True, exist_ok=True)
@@ -124,11 +140,15 @@ def export_hf(
     with atomic_dir(staging) as tmp:
         _write_hf(model, tokenizer, tmp, state_dict)
         _write_extra(tmp, extra_json)
+        if adapter:
+            save_adapter(unwrap(model), tmp / ADAPTER_DIR, state_dict)
     try:
         new = {p.name for p in staging.iterdir()}
         stale = [p for pat in _HF_WEIGHTS for p in dest.glob(pat) if p.name not in new]
         order = sorted(new, key=lambda n: n == "config.json")  # config.json last
         for name in order:
+            if (staging / name).is_dir():  # the adapter folder: replaced whole
+                shutil.rmtree(dest / name, ignore_errors=True)
             os.replace(staging / name, dest / name)
         fsync_dir(dest)
         for p in stale:
@@ -193,11 +213,12 @@ def save_checkpoint(
     schedulers: Mapping[str, Any] | None = None,
     state: Mapping[str, Any] | None = None,
     generators: Mapping[str, torch.Generator] | None = None,
+    adapter: bool = False,
 ) -> Path:
     """Write one resumable checkpoint folder, atomically (rank 0 only).
 
     Each model is an HF folder `path/<role>/` (or `path/` itself when the only role is
-    "model"); optimizer, scheduler, RNG and `generators` states go to `trainer_state.pt`,
+    "model"; a LoRA model merged, its trained tensors also in `LORA_STATE`); optimizer, scheduler, RNG and `generators` states go to `trainer_state.pt`,
     and `state` (JSON-serialisable: step, epoch, data position, KL coefficient...) to
     `trainer_state.json`. A `COMPLETE` marker is written last, before the rename.
     """
@@ -220,7 +241,12 @@ def save_checkpoint(
     final = Path(path)
     with atomic_dir(final) as tmp:
         for role, model in models.items():
-            _write_hf(model, tokenizer, _role_dir(tmp, role, models))
+            folder = _role_dir(tmp, role, models)
+            _write_hf(model, tokenizer, folder)
+            if has_lora(model):  # what resumes: the base weights are frozen (--model's)
+                save_file(adapter_state_dict(unwrap(model)), str(folder / LORA_STATE))
+                if adapter:  # --save-adapter: the PEFT adapter folder too
+                    save_adapter(unwrap(model), folder / ADAPTER_DIR)
         torch.save(trainer_state, tmp / STATE_PT)
         meta = {"rlhfkit_version": __version__, "roles": list(models), "saved": time.time()}
         _write_json(tmp / STATE_JSON, {"meta": meta, "state": json.loads(state_text)})
@@ -229,8 +255,18 @@ def save_checkpoint(
 
 
 def _load_weights(model: torch.nn.Module, folder: Path) -> None:
-    """Copy the safetensors weights of `folder` into `model` in place."""
+    """Copy the safetensors weights of `folder` into `model` in place. A LoRA model takes
+    its trained tensors (adapters, a reward model's head) from `LORA_STATE`: its frozen
+    base weights are those it was built from, and the folder's model is the merged one."""
     model = unwrap(model)
+    if has_lora(model) or (folder / LORA_STATE).is_file():
+        if not has_lora(model) or not (folder / LORA_STATE).is_file():
+            raise UserError(
+                f"{folder} was written {'with' if not has_lora(model) else 'without'} "
+                "--lora-r: resume it with the options it was written with"
+            )
+        load_adapter_state(model, load_file(str(folder / LORA_STATE)), str(folder))
+        return
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise UserError(f"{folder} holds no .safetensors weights")

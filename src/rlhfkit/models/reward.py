@@ -75,6 +75,8 @@ def reward_head(model: torch.nn.Module) -> torch.nn.Linear:
     """The one-output linear head (`.score`) of a sequence-classification model."""
     model = unwrap(model)
     head = getattr(model, "score", None)
+    if hasattr(head, "modules_to_save"):  # LoRA (models/lora.py): PEFT's trained copy
+        head = head.modules_to_save[head.active_adapter]
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
         raise UserError(
             f"{type(model).__name__} has no one-output linear `score` head: not a reward model "

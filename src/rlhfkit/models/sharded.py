@@ -31,6 +31,7 @@ from rlhfkit.distributed import Dist, barrier
 from rlhfkit.errors import UserError
 from rlhfkit.files import commit_dir, start_dir
 from rlhfkit.models import checkpoint as ckpt
+from rlhfkit.models.lora import has_lora, save_adapter
 from rlhfkit.models.wrap import full_state_dict, is_sharded, unwrap
 
 DCP_DIR = "dcp"
@@ -45,8 +46,10 @@ def write_checkpoint(
     schedulers: Mapping[str, Any],
     state: Mapping[str, Any],
     dist: Dist,
+    adapter: bool = False,
 ) -> None:
-    """One resumable checkpoint at `path`, written by every process (module docstring)."""
+    """One resumable checkpoint at `path`, written by every process (module docstring).
+    `adapter`: a LoRA role's PEFT adapter folder too (--save-adapter)."""
     if not any(is_sharded(m) for m in models.values()):
         if dist.is_main:
             plain = {role: unwrap(m) for role, m in models.items()}
@@ -54,7 +57,7 @@ def write_checkpoint(
             # right after a given checkpoint.
             ckpt.save_checkpoint(
                 path, models=plain, tokenizer=tokenizer, optimizers=optimizers,
-                schedulers=schedulers, state=state,
+                schedulers=schedulers, state=state, adapter=adapter,
             )  # fmt: skip
         barrier(dist)
         return
@@ -68,7 +71,10 @@ def write_checkpoint(
     barrier(dist)
     if dist.is_main:
         for role, model in models.items():
-            ckpt._write_hf(unwrap(model), tokenizer, ckpt._role_dir(tmp, role, models), fulls[role])
+            folder = ckpt._role_dir(tmp, role, models)
+            ckpt._write_hf(unwrap(model), tokenizer, folder, fulls[role])
+            if adapter and has_lora(model):
+                save_adapter(unwrap(model), folder / ckpt.ADAPTER_DIR, fulls[role])
         trainer_state = {
             "optimizers": {},  # in dcp/
             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
@@ -143,10 +149,15 @@ def export_model(
     *,
     dist: Dist,
     extra_json: Mapping[str, Mapping[str, Any]] | None = None,
+    adapter: bool = False,
 ) -> None:
     """`checkpoint.export_hf` of a trained role, called by every process: a sharded
-    model's weights are gathered, and rank 0 writes the plain Hugging Face files."""
+    model's weights are gathered, and rank 0 writes the plain Hugging Face files (a LoRA
+    model merged; `adapter`: its PEFT adapter folder too)."""
     full = full_state_dict(model)  # collective when sharded
     if dist.is_main:
-        ckpt.export_hf(unwrap(model), tokenizer, folder, extra_json=extra_json, state_dict=full)
+        ckpt.export_hf(
+            unwrap(model), tokenizer, folder, extra_json=extra_json, state_dict=full,
+            adapter=adapter,
+        )  # fmt: skip
     barrier(dist)

@@ -14,13 +14,18 @@ wherever they need the Hugging Face module (reading its config, sampling). Check
   `bf16`, `MixedPrecisionPolicy` (bf16 parameters in forward/backward, fp32 gradient
   reduction); with `cpu_offload`, `CPUOffloadPolicy` (pinned memory only where an
   accelerator exists).
-A new strategy (a LoRA adapter) changes this file and its tests, not the loops.
+LoRA (`lora=` options with `lora_r > 0`, models/lora.py): adapters are injected into the
+model in place before it is wrapped, so every strategy above wraps the same Hugging Face
+module and `unwrap` returns it as without LoRA (its `.config`, `generate`,
+`save_pretrained`); only the adapter and a reward model's head train.
+A new strategy changes this file and its tests, not the loops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -46,11 +51,17 @@ def wrap_for_training(
     *,
     bf16: bool = False,
     cpu_offload: bool = False,
+    lora: Any = None,
 ) -> torch.nn.Module:
     """`model` ready for a training loop: itself in one process, else per `strategy`
-    (module docstring). FSDP2 shards in place and returns the same module."""
+    (module docstring). FSDP2 shards in place and returns the same module. `lora`: options
+    with `lora_r` & co (config.LoraOptions); `lora_r > 0` adds the adapters first."""
     if strategy not in STRATEGIES:
         raise UserError(f"unknown --strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
+    if lora is not None and lora.lora_r:
+        from rlhfkit.models.lora import add_lora
+
+        model = add_lora(model, lora)
     if strategy == "fsdp2" and d.enabled:
         return shard(model, device, bf16=bf16, cpu_offload=cpu_offload)
     if not d.enabled:

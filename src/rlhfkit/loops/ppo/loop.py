@@ -2,7 +2,8 @@
 step 3, Llama 2 section 3.2.3).
 
 Roles (separate objects, `roles.py`): the policy (trained; sampled through a
-`generation.ResponseGenerator`), the reference (a frozen copy of the starting policy), the
+`generation.ResponseGenerator`), the reference (a frozen copy of the starting policy; with
+--lora-r the policy itself with its LoRA adapter switched off), the
 value model (a scalar-head model, started from the reward model as in InstructGPT, or from
 the policy with a zero head), and the reward (one RM, several combined by `--combine`, or a
 rule).
@@ -228,7 +229,10 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     summary = _summary(run, state, last, totals, time.perf_counter() - t_start, out)
     info = {"policy_init": cfg.policy, "reference": cfg.reference or cfg.policy,
             "steps": state["step"], "reward": cfg.rule_reward or list(cfg.rm)}  # fmt: skip
-    export_model(run.trainables.policy, tokenizer, out, dist=d, extra_json={PPO_INFO: info})
+    export_model(
+        run.trainables.policy, tokenizer, out, dist=d, extra_json={PPO_INFO: info},
+        adapter=cfg.save_adapter,
+    )  # fmt: skip
     if d.is_main:
         write_json(out / "summary.json", summary)
         rank0_print(f"ppo: final policy written to {out} (rlhfkit eval --model {out})")
@@ -253,6 +257,8 @@ def _check(cfg: PPOConfig, d: Dist) -> None:
         raise UserError("--ptx-coef > 0 needs --ptx-data (a pretraining corpus)")
     if cfg.kl_target is not None and cfg.kl_target <= 0:
         raise UserError("--kl-target must be > 0")
+    if cfg.save_adapter and not cfg.lora_r:
+        raise UserError("--save-adapter needs LoRA: pass --lora-r > 0")
 
 
 def _read_inputs(cfg: PPOConfig, d: Dist):
@@ -319,7 +325,7 @@ def _trainables(
         enable_gradient_checkpointing(policy)
         enable_gradient_checkpointing(value_model)
     scale = dict(bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
-    policy = wrap_for_training(policy, d, device, cfg.strategy, **scale)
+    policy = wrap_for_training(policy, d, device, cfg.strategy, lora=cfg, **scale)
     value_model = wrap_for_training(value_model, d, device, cfg.strategy, **scale)
     betas = (cfg.adam_beta1, cfg.adam_beta2)  # eps: 1e-5 by default (N+ details)
     adam = dict(weight_decay=cfg.weight_decay, betas=betas, eps=cfg.adam_eps)

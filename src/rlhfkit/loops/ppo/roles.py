@@ -14,6 +14,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.loops.common import disable_dropout, seed_everything
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import freeze, load_causal_lm, load_tokenizer
+from rlhfkit.models.lora import AdapterOff
 from rlhfkit.models.reward import init_reward_model, load_reward_model
 from rlhfkit.models.wrap import shard
 from rlhfkit.scoring import RewardScorer
@@ -93,16 +94,28 @@ def dropout_off(*roles: Any) -> list[str]:
     return sorted(changed)
 
 
+def lora_reference(cfg: PPOConfig) -> bool:
+    """With --lora-r, the reference is the policy with its adapter switched off
+    (`lora.AdapterOff`), unless --reference names another model."""
+    return bool(cfg.lora_r) and cfg.reference in (None, "", cfg.policy)
+
+
 def build_roles(cfg: PPOConfig, device: torch.device):
     """(tokenizer, policy, reference, value model, scorer) of a PPO config, on `device`;
     no dropout in any of them (`dropout_off`); large linear layers run oneDNN on CPU
-    (`fast_linears`)."""
+    (`fast_linears`). With --lora-r the adapters are added when the policy is wrapped for
+    training (`loop._trainables`), and the reference is the policy with them off."""
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     seed_everything(cfg.seed)
     policy = load_causal_lm(cfg.policy, device, trust_remote_code=cfg.trust_remote_code)
-    reference = freeze(
-        load_causal_lm(cfg.reference or cfg.policy, device, trust_remote_code=cfg.trust_remote_code)
-    )
+    if lora_reference(cfg):  # the policy with its adapter off: one copy of the base weights
+        reference = AdapterOff(policy)
+    else:
+        reference = freeze(
+            load_causal_lm(
+                cfg.reference or cfg.policy, device, trust_remote_code=cfg.trust_remote_code
+            )
+        )
     scorer = build_scorer(cfg, device, cfg.whiten)
     value_model = build_value_model(cfg, policy, tokenizer, scorer, device)
     policy.eval()  # no dropout: sampling and training log-probs agree
@@ -125,4 +138,5 @@ def shard_frozen(
     so that four large models fit across the processes. Their forwards become collective:
     every process runs the same ones (the rollout's, and evaluation on every process)."""
     for model in (reference, *(rm.model for rm in getattr(scorer, "models", {}).values())):
-        shard(model, device, bf16=bf16, cpu_offload=cpu_offload)
+        if not isinstance(model, AdapterOff):  # the policy itself, sharded as trained
+            shard(model, device, bf16=bf16, cpu_offload=cpu_offload)
