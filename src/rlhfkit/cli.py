@@ -109,6 +109,26 @@ COMMANDS: dict[str, Command] = {
         "-  gold helpfulness, safety and false refusals of a model on world prompts",
         ("model", "prompts"),
     ),
+    "plan": Command(
+        "rlhfkit.config:PlanConfig",
+        "rlhfkit.plan:run_plan",
+        "-  memory per device of a stage, from config.json alone: rlhfkit plan STAGE --help",
+    ),
+    **{
+        f"plan {stage}": Command(
+            f"rlhfkit.config:Plan{cls}Config",
+            "rlhfkit.plan:run_plan",
+            f"-  memory per device of `{stage}` (weights, grads, optimizer, activations)",
+            required,
+        )
+        for stage, cls, required in (
+            ("pretrain", "Pretrain", ()),
+            ("sft", "SFT", ("model",)),
+            ("rm", "RM", ("model",)),
+            ("ppo", "PPO", ("policy",)),
+            ("rs", "RS", ("policy",)),
+        )
+    },
 }
 
 

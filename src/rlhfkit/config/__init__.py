@@ -24,6 +24,17 @@ from rlhfkit.config.base import (
     save_config,
     to_dict,
 )
+from rlhfkit.config.plan import (
+    PLAN_CONFIGS,
+    PLAN_STAGES,
+    PlanConfig,
+    PlanOptions,
+    PlanPPOConfig,
+    PlanPretrainConfig,
+    PlanRMConfig,
+    PlanRSConfig,
+    PlanSFTConfig,
+)
 from rlhfkit.config.rl import (
     LengthOptions,
     PPOConfig,
@@ -53,6 +64,8 @@ from rlhfkit.config.world import (
 
 __all__ = [
     "PIPELINE_STAGES",
+    "PLAN_CONFIGS",
+    "PLAN_STAGES",
     "ConfigError",
     "DeviceOptions",
     "EpochOptions",
@@ -61,6 +74,13 @@ __all__ = [
     "OptimizerOptions",
     "PPOConfig",
     "PipelineConfig",
+    "PlanConfig",
+    "PlanOptions",
+    "PlanPPOConfig",
+    "PlanPretrainConfig",
+    "PlanRMConfig",
+    "PlanRSConfig",
+    "PlanSFTConfig",
     "PretrainConfig",
     "RMConfig",
     "RLOptions",
