@@ -18,13 +18,13 @@ ignored; a JSON null counts as a missing field. No torch import here.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from rlhfkit.data.ranking import STRENGTHS  # the one list of strengths (no torch there)
+from rlhfkit.data.rows import PathLike, _Bad, _read_all, iter_json_records
 from rlhfkit.errors import RecordError, UserError
 
 __all__ = [
@@ -40,8 +40,6 @@ __all__ = [
     "read_sft",
 ]
 
-PathLike = str | Path
-T = TypeVar("T")
 
 
 @dataclass
@@ -85,142 +83,6 @@ class PromptRecord:
     safety: bool = False
     line: int = 0
     source: str = ""
-
-
-class _Bad(Exception):
-    """A problem with one record; the reader adds file and line."""
-
-
-# ---------------------------------------------------------------- raw rows
-
-
-def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.ipc
-        import pyarrow.parquet  # noqa: F401
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise UserError(
-            "reading Parquet files and datasets folders needs pyarrow: pip install 'rlhfkit[data]'"
-        ) from e
-    return pyarrow
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | _Bad]]:
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield line_no, _Bad(f"invalid UTF-8 (byte {e.start} of the line)")
-                continue
-            if line_no == 1:
-                text = text.removeprefix("\ufeff")
-            if not text.strip():
-                continue  # blank lines are allowed
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield line_no, _Bad(f"bad JSON: {e.msg} (column {e.colno})")
-                continue
-            if not isinstance(obj, dict):
-                yield (
-                    line_no,
-                    _Bad(
-                        f"record is not a JSON object (got {type(obj).__name__}); "
-                        "expected JSON Lines: one object per line"
-                    ),
-                )
-                continue
-            yield line_no, obj
-
-
-def _arrow_files(folder: Path) -> list[Path]:
-    """The arrow files of a folder written by `Dataset.save_to_disk`, in row order."""
-    if (folder / "dataset_dict.json").exists():
-        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
-        if len(splits) != 1:
-            raise RecordError(
-                str(folder), None, f"a DatasetDict with splits {splits}: give one split's folder"
-            )
-        return _arrow_files(folder / splits[0])
-    state = folder / "state.json"
-    if state.exists():
-        names = [d["filename"] for d in json.loads(state.read_text())["_data_files"]]
-        return [folder / n for n in names]
-    files = sorted(folder.glob("*.arrow"))
-    if not files:
-        raise RecordError(
-            str(folder), None, "a folder without arrow files is not a datasets folder"
-        )
-    return files
-
-
-def _arrow_rows(path: Path) -> Iterator[tuple[int, dict | _Bad]]:
-    pa = _pyarrow()
-    if path.is_dir():
-        batches: Iterable[Any] = (b for f in _arrow_files(path) for b in _read_arrow_file(pa, f))
-    else:
-        batches = pa.parquet.ParquetFile(str(path)).iter_batches(batch_size=4096)
-    row = 0
-    for batch in batches:
-        for obj in batch.to_pylist():
-            row += 1
-            yield row, obj
-
-
-def _read_arrow_file(pa: Any, f: Path) -> Iterator[Any]:
-    # datasets writes the Arrow IPC stream format; accept the file format too.
-    try:
-        reader = pa.ipc.open_stream(str(f))
-    except pa.ArrowInvalid:
-        reader = pa.ipc.open_file(str(f))
-        yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
-        return
-    yield from reader
-
-
-def _rows(path: Path) -> Iterator[tuple[int, dict | _Bad]]:
-    if not path.exists():
-        raise RecordError(str(path), None, "file not found")
-    if path.is_dir() or path.suffix.lower() == ".parquet":
-        return _arrow_rows(path)
-    return _jsonl_rows(path)
-
-
-def iter_json_records(path: PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield (line, record) from a JSON Lines file, a .parquet file or a datasets folder.
-
-    Lazy: raises RecordError at the first undecodable line or non-object record.
-    Blank lines of a JSON Lines file are skipped; line numbers count them.
-    """
-    p = Path(path)
-    for line, obj in _rows(p):
-        if isinstance(obj, _Bad):
-            raise RecordError(str(p), line, str(obj))
-        yield line, obj
-
-
-def _read_all(path: PathLike, parse: Callable[[dict, int, str], T]) -> list[T]:
-    """Parse every record of `path`; raise the first problem, with the count of bad records."""
-    p = Path(path)
-    out: list[T] = []
-    first: tuple[int, str] | None = None
-    n_bad = 0
-    for line, obj in _rows(p):
-        try:
-            if isinstance(obj, _Bad):
-                raise obj
-            out.append(parse(obj, line, str(p)))
-        except _Bad as e:
-            n_bad += 1
-            first = first or (line, str(e))
-    if first is not None:
-        where = "the only bad record" if n_bad == 1 else f"first of {n_bad} bad records"
-        raise RecordError(str(p), first[0], f"{first[1]} ({where} in this file)")
-    if not out:
-        raise RecordError(str(p), None, "empty file: no records")
-    return out
 
 
 # ---------------------------------------------------------------- field checks
