@@ -186,3 +186,13 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (what `--config` reads back)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def parse_rm_spec(spec: str) -> tuple[str, str]:
+    """An --rm value: "NAME=DIR" -> (NAME, DIR); a bare "DIR" is named "reward"."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        return "reward", spec
+    if not name.strip() or not path.strip():
+        raise UserError(f"bad --rm {spec!r}: expected NAME=DIR (e.g. helpfulness=runs/rm_help)")
+    return name.strip(), path.strip()

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from rlhfkit.config import PLAN_CONFIGS, PLAN_STAGES
+from rlhfkit.config.base import parse_rm_spec
 from rlhfkit.errors import UserError
 from rlhfkit.plan.count import (
     Role,
@@ -65,17 +66,6 @@ def stage_roles(cfg: Any) -> tuple[list[Role], dict[str, int]]:
     if cfg.stage == "ppo":
         return _ppo_roles(cfg, a, gc, n, trust)
     raise UserError(f"unknown stage {cfg.stage!r}: choose from {', '.join(PLAN_STAGES)}")
-
-
-def parse_rm_spec(spec: str) -> tuple[str, str]:
-    """`scoring.rm.parse_rm_spec`'s rule ("NAME=DIR"; a bare DIR is "reward"), here so that a
-    plan does not import the scoring stack (seconds of imports for a sub-second answer)."""
-    name, sep, path = spec.partition("=")
-    if not sep:
-        return "reward", spec
-    if not name.strip() or not path.strip():
-        raise UserError(f"bad --rm {spec!r}: expected NAME=DIR (e.g. helpfulness=runs/rm_help)")
-    return name.strip(), path.strip()
 
 
 def _ppo_roles(

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from rlhfkit.combine import Combiner, batch_whiten, split_whitening
+from rlhfkit.config.base import parse_rm_spec
 from rlhfkit.data.reward_data import encode_responses, pad_right
 from rlhfkit.errors import UserError
 from rlhfkit.models.reward import load_reward_model, reward_scores
@@ -114,16 +115,6 @@ class LoadedRM:
     model: torch.nn.Module
     tokenizer: Any
     max_len: int
-
-
-def parse_rm_spec(spec: str) -> tuple[str, str]:
-    """ "NAME=DIR" -> (NAME, DIR); a bare "DIR" is named "reward"."""
-    name, sep, path = spec.partition("=")
-    if not sep:
-        return "reward", spec
-    if not name.strip() or not path.strip():
-        raise UserError(f"bad --rm {spec!r}: expected NAME=DIR (e.g. helpfulness=runs/rm_help)")
-    return name.strip(), path.strip()
 
 
 def saved_max_len(folder: Path, model: torch.nn.Module) -> int:
