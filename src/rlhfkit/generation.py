@@ -18,7 +18,7 @@ the loop calls `sync_weights` so the engine samples from the new weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -40,6 +40,13 @@ class GenerationSettings:
     top_p: float = 1.0  # 1 = no nucleus filter
     stop_at_eos: bool = True  # False: exactly max_new_tokens per row (EOS is a token)
     bf16: bool = False  # bf16 autocast where the device supports it
+
+    @classmethod
+    def of(cls, settings: Any) -> GenerationSettings:
+        """These fields, read by name from a stage's own settings (fields it lacks keep
+        their defaults)."""
+        names = [f.name for f in fields(cls)]
+        return cls(**{n: getattr(settings, n) for n in names if hasattr(settings, n)})
 
 
 class ResponseGenerator(Protocol):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from transformers import BloomConfig, FalconConfig, LlamaConfig, OPTConfig, Qwen2Config
+
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -46,3 +48,23 @@ def assert_same_training(wa: dict, wb: dict, w0: dict, rel: float = 1e-3) -> Non
         )
         moved |= not torch.equal(wa[k], w0[k])
     assert moved, "nothing trained"
+
+
+# Tiny configs (hidden 32, 2 layers) of families that differ in how packing behaves;
+# build_model / make_base_model set the vocabulary from the tokenizer.
+TINY_ARCH = {
+    "opt": lambda: OPTConfig(
+        hidden_size=32, word_embed_proj_dim=32, num_hidden_layers=2, ffn_dim=64,
+        num_attention_heads=4, max_position_embeddings=256,
+    ),
+    "falcon": lambda: FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
+    "bloom": lambda: BloomConfig(hidden_size=32, n_layer=2, n_head=4),
+    "llama": lambda: LlamaConfig(
+        hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    ),
+    "qwen2": lambda: Qwen2Config(
+        hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    ),
+}  # fmt: skip

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.loops.helpers import assert_same_training, make_base_model, sft_rows, write_jsonl
+from tests.loops.test_ppo_loop import _args, files  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
@@ -140,9 +141,8 @@ def test_fsdp2_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_proces
 
 @pytest.mark.slow  # ~80 s on 2 cores: `make test-slow`
 @pytest.mark.timeout(420)
-def test_fsdp2_ppo_steps_like_ddp(tmp_path, tiny_tokenizer):
-    from tests.loops.test_ppo_loop import _args
-    made = _ppo_files(tmp_path, tiny_tokenizer)
+def test_fsdp2_ppo_steps_like_ddp(tmp_path, files):  # noqa: F811 (the fixture)
+    made = files  # the PPO tests' base policy, reward model and world prompts
     extra = ["--steps", "2", "--num-mini-batches", "2", "--eval-prompts", str(made["eval"]),
              "--eval-max-prompts", "4", "--schedule", "constant", "--warmup-steps", "0"]  # fmt: skip
     for name, strategy in (("ddp", "ddp"), ("fsdp2", "fsdp2")):
@@ -153,50 +153,3 @@ def test_fsdp2_ppo_steps_like_ddp(tmp_path, tiny_tokenizer):
     assert set(a) == set(b)
     assert_same_training(a, b, load_file(str(made["base"] / "model.safetensors")), rel=2e-2)
     assert (tmp_path / "fsdp2" / "checkpoints" / "step-000002" / "dcp").is_dir()
-
-
-def _ppo_files(tmp_path, tiny_tokenizer) -> dict:
-    import copy
-    import random
-
-    from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record
-    from rlhfkit.models.checkpoint import save_hf
-    from rlhfkit.models.reward import init_reward_model
-
-    base = make_base_model(tmp_path / "base", tiny_tokenizer, preset="test")
-    rm, rm_tok = init_reward_model(base, copy.deepcopy(tiny_tokenizer), head_init="normal", seed=1)
-    save_hf(rm, rm_tok, tmp_path / "rm")
-    made = make_prompts(24, WorldSettings(), random.Random(0), set(), unique=True)
-    recs = [prompt_record(name, q) for name, q, _ in made]
-    return {
-        "base": base,
-        "rm": tmp_path / "rm",
-        "prompts": write_jsonl(tmp_path / "prompts.jsonl", recs[:16]),
-        "eval": write_jsonl(tmp_path / "eval.jsonl", recs[16:]),
-    }
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_fsdp2_lora_sft_steps_like_one_process(tmp_path, tiny_tokenizer):
-    """LoRA (`--lora-r`) under FSDP2: the adapters are injected before sharding, each
-    decoder layer's shard holds its frozen base weights and its adapters; 2 sharded
-    processes x batch 4 train like 1 process x batch 8, and the export is the merged plain
-    model (gathered), with the adapter folder beside it."""
-    base = make_base_model(tmp_path / "base", tiny_tokenizer)
-    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
-    opts = ["--data", str(data), "--model", str(base), "--epochs", "2", "--lr", "1e-2",
-            "--schedule", "constant", "--warmup-steps", "0", "--lora-r", "4",
-            "--save-adapter"]  # fmt: skip
-    _run(_cli("sft", *opts, "--batch-size", "8", "--out", str(tmp_path / "one")))
-    _run(_cli("sft", *opts, "--batch-size", "4", "--out", str(tmp_path / "two"),
-              "--strategy", "fsdp2", procs=2))  # fmt: skip
-    w0 = load_file(str(base / "model.safetensors"))
-    w1 = load_file(str(tmp_path / "one" / "epoch-2" / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "two" / "epoch-2" / "model.safetensors"))
-    assert set(w1) == set(w2) == set(w0)  # merged plain folders
-    moved = {k for k in w0 if not torch.equal(w1[k], w0[k])}
-    assert moved and all("proj" in k for k in moved)  # only adapted linears changed
-    assert_same_training({k: w1[k] for k in moved}, {k: w2[k] for k in moved}, w0)
-    assert (tmp_path / "two" / "epoch-2" / "dcp").is_dir()
-    assert (tmp_path / "two" / "epoch-2" / "adapter" / "adapter_model.safetensors").is_file()

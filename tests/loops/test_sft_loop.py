@@ -6,13 +6,18 @@ import json
 
 import pytest
 import torch
-from transformers import BloomConfig, FalconConfig, LlamaConfig, OPTConfig, Qwen2Config
 
 from rlhfkit import cli
 from rlhfkit.config import SFTConfig
 from rlhfkit.errors import UserError
 from rlhfkit.loops.sft import train_sft
-from tests.loops.helpers import assert_same_training, make_base_model, sft_rows, write_jsonl
+from tests.loops.helpers import (
+    TINY_ARCH,
+    assert_same_training,
+    make_base_model,
+    sft_rows,
+    write_jsonl,
+)
 
 
 @pytest.fixture
@@ -156,22 +161,6 @@ def test_resume_from_an_epoch_folder_says_so_and_warns_nothing(base, tmp_path, c
 
 # --- packing decided per model by the probe (models/probe.py) -----------------------------
 
-_TINY_ARCH = {
-    "opt": lambda: OPTConfig(
-        hidden_size=32, word_embed_proj_dim=32, num_hidden_layers=2, ffn_dim=64,
-        num_attention_heads=4, max_position_embeddings=256,
-    ),
-    "falcon": lambda: FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
-    "bloom": lambda: BloomConfig(hidden_size=32, n_layer=2, n_head=4),
-    "llama": lambda: LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
-    ),
-    "qwen2": lambda: Qwen2Config(
-        hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
-    ),
-}  # fmt: skip
 _CLASS = {
     "opt": "OPTForCausalLM",
     "falcon": "FalconForCausalLM",
@@ -182,7 +171,7 @@ _CLASS = {
 
 
 def _arch_base(tmp_path, tokenizer, arch):
-    return make_base_model(tmp_path / f"base-{arch}", tokenizer, preset=_TINY_ARCH[arch]())
+    return make_base_model(tmp_path / f"base-{arch}", tokenizer, preset=TINY_ARCH[arch]())
 
 
 def _sft_kw(base, tmp_path):
@@ -247,12 +236,12 @@ def test_choose_packing_probes_a_model_once_and_notes_it_once(tiny_tokenizer, ca
     from rlhfkit.loops import lm
     from rlhfkit.models.presets import build_model
 
-    model = build_model(_TINY_ARCH["opt"](), tiny_tokenizer, seed=0)
+    model = build_model(TINY_ARCH["opt"](), tiny_tokenizer, seed=0)
     assert lm.choose_packing(model, None, "rs") is False
     assert lm.choose_packing(model, None, "rs") is False
     assert capsys.readouterr().out.count("rs: OPTForCausalLM mixes packed examples") == 1
     with pytest.raises(UserError, match="rs: --packing: OPTForCausalLM"):
         lm.choose_packing(model, True, "rs")
-    other = build_model(_TINY_ARCH["llama"](), tiny_tokenizer, seed=0)
+    other = build_model(TINY_ARCH["llama"](), tiny_tokenizer, seed=0)
     assert lm.choose_packing(other, None, "rs") is True
     assert lm.choose_packing(other, False, "rs") is False

@@ -4,28 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BloomConfig, FalconConfig, LlamaConfig, OPTConfig, Qwen2Config
+from tests.loops.helpers import TINY_ARCH
 
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.probe import packing_error, packing_is_exact
 
-# Tiny configs (hidden 32, 2 layers); build_model sets the vocabulary from the tokenizer.
-TINY = {
-    "opt": lambda: OPTConfig(
-        hidden_size=32, word_embed_proj_dim=32, num_hidden_layers=2, ffn_dim=64,
-        num_attention_heads=4, max_position_embeddings=256,
-    ),
-    "falcon": lambda: FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
-    "bloom": lambda: BloomConfig(hidden_size=32, n_layer=2, n_head=4),
-    "llama": lambda: LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
-    ),
-    "qwen2": lambda: Qwen2Config(
-        hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
-    ),
-}  # fmt: skip
 # transformers 5 builds a block-diagonal mask from restarting position ids for Llama and
 # Qwen2; OPT (learned absolute positions), Falcon and Bloom (ALiBi) let a packed row's
 # later examples attend to its earlier ones.
@@ -34,7 +17,7 @@ EXACT = {"opt": False, "falcon": False, "bloom": False, "llama": True, "qwen2": 
 
 @pytest.mark.parametrize("arch", sorted(EXACT))
 def test_probe_tells_leaking_architectures_from_exact_ones(arch, tiny_tokenizer):
-    model = build_model(TINY[arch](), tiny_tokenizer, seed=0)
+    model = build_model(TINY_ARCH[arch](), tiny_tokenizer, seed=0)
     assert packing_is_exact(model) is EXACT[arch]
     # Far from the line either way: float32 rounding (~1e-7) vs a leak (>= ~5e-3), around
     # a tolerance of ~1.2e-4, so no machine's rounding can flip the answer.
@@ -46,7 +29,7 @@ def test_probe_tells_leaking_architectures_from_exact_ones(arch, tiny_tokenizer)
 
 
 def test_probe_leaves_the_model_and_the_global_rng_as_it_found_them(tiny_tokenizer):
-    model = build_model(TINY["opt"](), tiny_tokenizer, seed=0)
+    model = build_model(TINY_ARCH["opt"](), tiny_tokenizer, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     model.train()

@@ -121,14 +121,7 @@ class RolloutSettings:
     @property
     def generation(self) -> GenerationSettings:
         """What the generation engine needs of these settings."""
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            stop_at_eos=self.stop_at_eos,
-            bf16=self.bf16,
-        )
+        return GenerationSettings.of(self)
 
 
 def shape_scores(raw: torch.Tensor, ended: torch.Tensor, s: RolloutSettings) -> torch.Tensor:

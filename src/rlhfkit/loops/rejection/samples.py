@@ -103,14 +103,8 @@ class SamplingSettings:
     bf16: bool = False
 
     def generation(self) -> GenerationSettings:
-        """The same sampling, as the generation seam takes it."""
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            bf16=self.bf16,
-        )
+        """The same sampling, as the generation seam takes it (stops at EOS)."""
+        return GenerationSettings.of(self)
 
 
 def batch_generator(seed: int, round_index: int, batch_index: int) -> torch.Generator:
