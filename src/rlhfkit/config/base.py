@@ -44,6 +44,8 @@ class RunOptions(DeviceOptions):
     """Delete an existing run in --out and start fresh."""
     bf16: bool = False
     """bf16 autocast on devices that support it (weights and optimizer stay fp32)."""
+    report_to: str = "tensorboard"
+    """Experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio, or none (metrics.jsonl is always written; wandb/mlflow/trackio must be installed)."""
 
 
 @dataclass(kw_only=True)
@@ -118,6 +120,8 @@ class TrainOptions(LoraOptions, ScaleOptions, OptimizerOptions, EpochOptions, Ru
     """Log metrics every N optimizer steps."""
     save_every: int = 0
     """Also write a resumable checkpoint every N optimizer steps (0: only at epoch ends)."""
+    keep_checkpoints: int = 2
+    """Keep the newest N step checkpoints of --save-every (0: keep all; epoch-N/ folders always stay)."""
 
 
 @dataclass(kw_only=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from rlhfkit.config.base import DeviceOptions
+from rlhfkit.config.base import DeviceOptions, RemoteCodeOptions, RewardOptions
 
 # --- The built-in world (rlhfkit.data.world) ---------------------------------------------
 # These take only the options they use: the world's commands neither train nor resume, so
@@ -92,13 +92,17 @@ class WorldLabelConfig(DeviceOptions):
 
 
 @dataclass(kw_only=True)
-class EvalConfig(DeviceOptions):
-    """Gold metrics of a model on world prompts: helpfulness, safety, false refusals, length."""
+class EvalConfig(DeviceOptions, RemoteCodeOptions, RewardOptions):
+    """Evaluate a model on prompts: reward-model score (--rm), KL to --reference, response length, EOS rate, win rate over --baseline; gold helpfulness, safety and false refusals when the prompts are the built-in world's."""
 
     model: str = ""
     """Hugging Face causal LM folder (model + tokenizer) to evaluate."""
     prompts: str = ""
-    """Prompts JSONL ({"prompt","safety"}) of the world, e.g. prompts_eval.jsonl."""
+    """Prompts: JSONL of {"prompt"} or {"messages"} records (Parquet and datasets folders too); the world's prompts_eval.jsonl adds the gold metrics."""
+    reference: str | None = None
+    """Causal LM folder to measure KL(model || reference) against on the model's own responses (e.g. the SFT model)."""
+    baseline: str | None = None
+    """Causal LM folder to compare with: its responses to the same prompts are scored by the --rm reward models and the model's win rate over it is reported with its standard error."""
     out: str | None = None
     """JSON file for the metrics and the responses (default: print only)."""
     overwrite: bool = False
