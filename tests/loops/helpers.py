@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import transformers as T
 from transformers import BloomConfig, FalconConfig, LlamaConfig, OPTConfig, Qwen2Config
 
 
@@ -66,5 +67,37 @@ TINY_ARCH = {
     "qwen2": lambda: Qwen2Config(
         hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256,
+    ),
+}  # fmt: skip
+
+
+def _small(**kw):
+    return dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+                max_position_embeddings=256, **kw)  # fmt: skip
+
+
+# One tiny config per family the whole chain is tested on (tests/test_chain.py): Llama tied
+# and untied with GQA, the families users fine-tune most, and two mixtures of experts.
+CHAIN_ARCH = {
+    "llama-tied": lambda: LlamaConfig(**_small(num_key_value_heads=4, tie_word_embeddings=True)),
+    "llama-gqa": lambda: LlamaConfig(**_small(num_key_value_heads=2, tie_word_embeddings=False)),
+    "qwen2": TINY_ARCH["qwen2"],
+    "qwen3": lambda: T.Qwen3Config(**_small(num_key_value_heads=2, head_dim=8)),
+    "mistral": lambda: T.MistralConfig(**_small(num_key_value_heads=2, sliding_window=64)),
+    "gemma2": lambda: T.Gemma2Config(**_small(num_key_value_heads=2, head_dim=8, sliding_window=64)),
+    "gemma3": lambda: T.Gemma3TextConfig(
+        **_small(num_key_value_heads=2, head_dim=8, sliding_window=64)
+    ),
+    "phi3": lambda: T.Phi3Config(**_small(num_key_value_heads=2, pad_token_id=0)),
+    "gpt2": lambda: T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256),
+    "gpt-neox": lambda: T.GPTNeoXConfig(**_small()),
+    "opt": TINY_ARCH["opt"],
+    "falcon": TINY_ARCH["falcon"],
+    "qwen3-moe": lambda: T.Qwen3MoeConfig(**_small(
+        num_key_value_heads=2, head_dim=8, moe_intermediate_size=32, num_experts=4,
+        num_experts_per_tok=2, decoder_sparse_step=1,
+    )),
+    "mixtral": lambda: T.MixtralConfig(
+        **_small(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
     ),
 }  # fmt: skip

@@ -48,6 +48,24 @@ def _cli(*args: str, procs: int = 1) -> list[str]:
     return [*head, *args, "--device", "cpu"]
 
 
+def _kill_when(cmd: list[str], checkpoint: Path) -> None:
+    """Start `cmd` and SIGKILL it (torchrun and both workers) once `checkpoint` is complete."""
+    proc = subprocess.Popen(
+        cmd,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # kill torchrun and both workers at once
+    )
+    deadline = time.time() + 240
+    while not (checkpoint / "COMPLETE").exists():
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.timeout(300)
 def test_fsdp2_sft_steps_like_one_process(tmp_path, tiny_tokenizer):
     base = make_base_model(tmp_path / "base", tiny_tokenizer)
@@ -99,20 +117,7 @@ def test_fsdp2_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_proces
     _run(_cli("sft", *opts, "--out", str(full), procs=2))
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cli("sft", *opts, "--out", str(out), procs=2),
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # kill torchrun and both workers at once
-    )
-    deadline = time.time() + 180
-    while not (out / "checkpoints" / "step-000004" / "COMPLETE").exists():
-        assert proc.poll() is None, "run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_when(_cli("sft", *opts, "--out", str(out), procs=2), out / "checkpoints" / "step-000004")
     assert not (out / "epoch-2").exists(), "killed too late to test anything"
 
     _run(_cli("sft", *opts, "--out", str(out), "--resume", procs=2))
@@ -153,3 +158,39 @@ def test_fsdp2_ppo_steps_like_ddp(tmp_path, files):  # noqa: F811 (the fixture)
     assert set(a) == set(b)
     assert_same_training(a, b, load_file(str(made["base"] / "model.safetensors")), rel=2e-2)
     assert (tmp_path / "fsdp2" / "checkpoints" / "step-000002" / "dcp").is_dir()
+
+
+@pytest.mark.slow  # ~150 s on 2 cores: `make test-slow`
+@pytest.mark.timeout(600)
+def test_fsdp2_ppo_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_process(
+    tmp_path, files  # noqa: F811 (the fixture)
+):
+    """SIGKILL during a sharded PPO run (all four roles sharded), then --resume: the final
+    policy and value weights equal the uninterrupted sharded run's bit for bit; the DCP
+    checkpoint also continues in one process (2 -> 1), like the sharded run to rounding."""
+    made = files
+    extra = ["--steps", "6", "--save-every", "1", "--keep-checkpoints", "0", "--strategy",
+             "fsdp2", "--schedule", "constant", "--warmup-steps", "0"]  # fmt: skip
+    full, out = tmp_path / "full", tmp_path / "killed"
+    _run([*TORCHRUN, "-m", "rlhfkit.cli", *_args(made, full, *extra)])
+    _kill_when(
+        [*TORCHRUN, "-m", "rlhfkit.cli", *_args(made, out, *extra)],
+        out / "checkpoints" / "step-000002",
+    )
+    assert not (out / "model.safetensors").exists(), "killed too late to test anything"
+    _run([*TORCHRUN, "-m", "rlhfkit.cli", *_args(made, out, *extra, "--resume")])
+    a = load_file(str(full / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+    one = tmp_path / "one"
+    (one / "checkpoints").mkdir(parents=True)
+    shutil.copy(out / "run.json", one / "run.json")
+    shutil.copytree(out / "checkpoints" / "step-000002", one / "checkpoints" / "step-000002")
+    args1 = [x for x in _args(made, one, *extra, "--resume") if x not in ("--strategy", "fsdp2")]
+    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args1], env=_env(),
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "step-000002" in r.stdout + r.stderr
+    c = load_file(str(one / "model.safetensors"))
+    assert_same_training(a, c, load_file(str(made["base"] / "model.safetensors")), rel=5e-2)

@@ -328,3 +328,77 @@ def test_lora_rs_rounds_merge_each_adapter_and_export_plain_models(tmp_path, tin
     r2 = load_file(str(out / "round-2" / "model.safetensors"))
     assert any(not torch.equal(r1[k], w0[k]) for k in w0)
     assert any(not torch.equal(r2[k], r1[k]) for k in w0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_lora_ppo_value_model_is_the_reward_model_with_an_adapter(kind, tmp_path, tiny_tokenizer):
+    """With --lora-r and --value-init rm, the value model is the RM itself with a LoRA
+    adapter: one copy of the RM's weights serves both roles, the reward read with the
+    adapter off stays the saved RM's score exactly after PPO steps, and only the adapter
+    and the value head copy train."""
+    from tests.conftest import _synthetic_sentences
+
+    from rlhfkit.data.records import PromptRecord
+    from rlhfkit.loops.ppo.loop import build_run, ppo_step
+    from rlhfkit.loops.ppo.roles import build_value_model
+    from rlhfkit.models.reward import load_reward_model
+    from rlhfkit.scoring.build import build_scorer
+
+    policy = _model(kind, tiny_tokenizer)
+    rm, rm_tok = init_reward_model(policy, copy.deepcopy(tiny_tokenizer), head_init="normal")
+    save_hf(rm, rm_tok, tmp_path / "rm")
+    cfg = PPOConfig(batch_size=8, max_new_tokens=8, ppo_epochs=2, lr=1e-2, lora_r=4,
+                    rm=(f"helpfulness={tmp_path / 'rm'}",))  # fmt: skip
+    cpu = torch.device("cpu")
+    scorer = build_scorer(cfg, cpu, None)
+    value = build_value_model(cfg, policy, tiny_tokenizer, scorer, cpu)
+    shared = scorer.models["helpfulness"].model
+    assert isinstance(shared, AdapterOff) and shared.policy is value  # one copy, not two
+    prompts = [PromptRecord(t) for t in _synthetic_sentences(16, seed=1)]
+    run = build_run(cfg, policy, AdapterOff(policy), value, scorer, tiny_tokenizer, prompts)
+    assert has_lora(value)
+    trained = {n for n, p in value.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n or "modules_to_save" in n for n in trained)
+    saved, _ = load_reward_model(tmp_path / "rm", cpu)
+    ids, mask = _ids(tiny_tokenizer)
+
+    def score(m):
+        with torch.no_grad():
+            return m(input_ids=ids, attention_mask=mask).logits
+
+    assert torch.equal(score(shared), score(saved))
+    ppo_step(run, 0, cfg.batch_size, cfg.seed)
+    ppo_step(run, 1, cfg.batch_size, cfg.seed)
+    assert torch.equal(score(shared), score(saved))  # the reward is still the saved RM's
+    assert not torch.allclose(score(value), score(saved))  # the value model trained
+
+
+def test_lora_ppo_with_an_rm_value_resumes_like_an_uninterrupted_run(tmp_path, tiny_tokenizer):
+    """The LoRA value model (the RM with an adapter) checkpoints its adapter and head copy,
+    and a run stopped after 2 steps and resumed to 3 ends with the uninterrupted run's
+    policy and value weights; the exported value-free outputs are plain models."""
+    base = make_base_model(tmp_path / "base", tiny_tokenizer)
+    rm, rm_tok = init_reward_model(
+        AutoModelForCausalLM.from_pretrained(base), copy.deepcopy(tiny_tokenizer),
+        head_init="normal", seed=1,
+    )  # fmt: skip
+    save_hf(rm, rm_tok, tmp_path / "rm")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"say {i} words"} for i in range(8)])
+
+    def run(out, steps, *extra):
+        argv = ["ppo", "--policy", str(base), "--rm", f"helpfulness={tmp_path / 'rm'}",
+                "--prompts", str(prompts), "--out", str(out), "--device", "cpu",
+                "--batch-size", "4", "--max-new-tokens", "6", "--steps", str(steps),
+                "--save-every", "1", "--sample-every", "0", "--lr", "1e-2", "--lora-r", "4",
+                *extra]  # fmt: skip
+        assert cli.main(argv) == 0
+
+    run(tmp_path / "full", 3)
+    run(tmp_path / "cut", 2)
+    run(tmp_path / "cut", 3, "--resume")
+    for role in ("policy", "value"):
+        a = load_file(str(tmp_path / "full" / "checkpoints" / "step-000003" / role / LORA_STATE))
+        b = load_file(str(tmp_path / "cut" / "checkpoints" / "step-000003" / role / LORA_STATE))
+        assert any("lora_A" in k for k in a), role
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), role
+    AutoModelForCausalLM.from_pretrained(tmp_path / "cut")

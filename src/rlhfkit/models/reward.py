@@ -44,6 +44,7 @@ from rlhfkit.models.load import (
     load_tokenizer,
     quiet_progress,
 )
+from rlhfkit.models.lora import AdapterOff
 from rlhfkit.models.wrap import unwrap
 
 log = logging.getLogger("rlhfkit")
@@ -71,12 +72,21 @@ def ensure_distinct_pad(tokenizer: Any) -> bool:
     return True
 
 
+def _head_slot(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module | None, bool]:
+    """(model, the module its forward calls for the score, adapter off?): the `.score`
+    head itself, or PEFT's wrapper around it under LoRA; `AdapterOff(m)` is m, adapter off."""
+    model, off = unwrap(model), False
+    if isinstance(model, AdapterOff):  # the LoRA value model read as the reward model
+        model, off = unwrap(model.policy), True
+    return model, getattr(model, "score", None), off
+
+
 def reward_head(model: torch.nn.Module) -> torch.nn.Linear:
-    """The one-output linear head (`.score`) of a sequence-classification model."""
-    model = unwrap(model)
-    head = getattr(model, "score", None)
-    if hasattr(head, "modules_to_save"):  # LoRA (models/lora.py): PEFT's trained copy
-        head = head.modules_to_save[head.active_adapter]
+    """The one-output linear head (`.score`) of a sequence-classification model: under
+    LoRA, PEFT's trained copy (its original with the adapter off, `AdapterOff`)."""
+    model, head, off = _head_slot(model)
+    if hasattr(head, "modules_to_save"):  # LoRA (models/lora.py): PEFT's wrapper
+        head = head.original_module if off else head.modules_to_save[head.active_adapter]
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
         raise UserError(
             f"{type(model).__name__} has no one-output linear `score` head: not a reward model "
@@ -334,8 +344,12 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def _capture_head(model: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    reward_head(model)  # a one-output head, or a clear error
     box: dict[str, torch.Tensor] = {}
-    handle = reward_head(model).register_forward_hook(lambda m, i, out: box.__setitem__("v", out))
+    # The module the forward calls: under LoRA, PEFT's wrapper, which returns the output of
+    # the trained copy or (adapter off) of the original head.
+    slot = _head_slot(model)[1]
+    handle = slot.register_forward_hook(lambda m, i, out: box.__setitem__("v", out))
     try:
         yield box
     finally:

@@ -326,7 +326,7 @@ def _trainables(
         enable_gradient_checkpointing(value_model)
     scale = dict(bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
     policy = wrap_for_training(policy, d, device, cfg.strategy, lora=cfg, **scale)
-    value_model = wrap_for_training(value_model, d, device, cfg.strategy, **scale)
+    value_model = wrap_for_training(value_model, d, device, cfg.strategy, lora=cfg, **scale)
     betas = (cfg.adam_beta1, cfg.adam_beta2)  # eps: 1e-5 by default (N+ details)
     adam = dict(weight_decay=cfg.weight_decay, betas=betas, eps=cfg.adam_eps)
     p_opt = build_optimizer(policy, lr=cfg.lr, **adam)

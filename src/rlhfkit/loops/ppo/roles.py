@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -42,6 +43,11 @@ def build_value_model(
     named; it must read the policy's token ids. --value-init policy (and any rule reward):
     the policy's backbone with a zero one-output head (values start at 0). Anything else
     is taken as the folder of a saved reward/value model.
+
+    With --lora-r and an RM to start from, the value model is not a copy: it IS that
+    reward model, which trains a LoRA adapter (and its own copy of the head), and the
+    scorer reads the reward from it with the adapter off (`share_reward_base`): one copy
+    of the RM's weights serves both roles.
     """
     init = cfg.value_init
     if value_source(cfg) == "policy":
@@ -61,10 +67,22 @@ def build_value_model(
                 f"--value-init {init}: reward model {name!r} uses another tokenizer than the "
                 "policy, so it cannot read the policy's tokens; use --value-init policy"
             )
-        model, _ = load_reward_model(path, device, trust_remote_code=cfg.trust_remote_code)
-        model.requires_grad_(True)
+        if cfg.lora_r and name is not None:
+            model = share_reward_base(scorer, name)
+        else:
+            model, _ = load_reward_model(path, device, trust_remote_code=cfg.trust_remote_code)
+            model.requires_grad_(True)
     model.eval()
     return model
+
+
+def share_reward_base(scorer: RewardScorer, name: str) -> torch.nn.Module:
+    """Reward model `name` of `scorer`, handed out to become the LoRA value model; the
+    scorer keeps it as `AdapterOff(model)`, so its reward stays the RM's own (adapter and
+    trained head copy off) while the value model trains (LoRA added by `wrap_for_training`)."""
+    loaded = scorer.models[name]
+    scorer.models[name] = replace(loaded, model=AdapterOff(loaded.model))
+    return loaded.model
 
 
 def fast_linears(*roles: Any) -> None:
