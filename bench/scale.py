@@ -13,8 +13,10 @@ records, per process:
 - bytes of model weights, gradients and optimizer states held by this process: every
   parameter of the four roles once (an FSDP2 parameter counts its local shard), the
   optimizers' state tensors (local shards), measured after the first step;
-- peak resident memory above the process's own resident memory before any model loaded
-  (`ru_maxrss` minus the RSS at start-up: torch's CPU allocator has no peak counter);
+- peak resident memory of the PPO steps above the process's resident memory once the
+  libraries are imported, before any model loads (torch's CPU allocator has no peak
+  counter: the kernel's high-water mark VmHWM, reset through /proc/self/clear_refs when the
+  first step starts, read after each; loading and the final export are not counted);
 - step time (wall and process CPU time) of steps 2.. (step 1 warms up).
 
 Targets (issue 12): FSDP2 model + optimizer bytes per process <= 0.55x DDP's; LoRA PPO
@@ -46,16 +48,17 @@ CONFIGS = {  # name -> (processes, extra ppo flags)
 }
 
 HOOK = r'''
-import json, os, resource, sys, time
+import json, os, sys, time
 import torch
 
 def _rss_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
 
-START_RSS = _rss_kib()
-import rlhfkit.loops.ppo.loop as L
+import rlhfkit.loops.ppo.loop as L  # torch, transformers, peft: before the baseline
 from rlhfkit import cli
+
+START_RSS = _rss_kib()
 
 _orig, _times, _done = L.ppo_step, [], {}
 
@@ -81,10 +84,20 @@ def _model_bytes(run):
             opt += sum(_local_bytes(v) for v in state.values() if torch.is_tensor(v) and v.dim())
     return weights, grads, opt
 
+def _hwm_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+
+_peaks = []
+
 def ppo_step(run, *a, **k):
+    if not _times:  # the peak of the PPO steps, not of loading: reset the high-water mark
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
     t0, c0 = time.perf_counter(), time.process_time()
     out = _orig(run, *a, **k)
     _times.append((time.perf_counter() - t0, time.process_time() - c0))
+    _peaks.append(_hwm_kib())
     if not _done:
         _done.update(zip(("weights", "grads", "optimizer"), _model_bytes(run)))
     return out
@@ -92,7 +105,7 @@ def ppo_step(run, *a, **k):
 L.ppo_step = ppo_step
 code = cli.main(sys.argv[1:])
 rank = int(os.environ.get("RANK", "0"))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = max(_peaks)  # VmHWM over the steps (loading and the final export excluded)
 with open(os.environ["SCALE_OUT"] + f".rank{rank}.json", "w") as f:
     json.dump({**_done, "peak_kib": peak - START_RSS, "times": _times}, f)
 sys.exit(code)
@@ -148,6 +161,19 @@ def run_one(name: str, files: dict[str, Path], work: Path, args, rnd: int) -> li
     return [json.loads(Path(f"{out}.rank{i}.json").read_text()) for i in range(procs)]
 
 
+def planned(name: str, files: dict[str, Path], args) -> float:
+    """`rlhfkit plan ppo`'s weights + optimizer bytes per process for this configuration."""
+    from rlhfkit import cli
+    from rlhfkit.plan import make_plan
+
+    procs, extra = CONFIGS[name]
+    argv = ["--policy", str(files["policy"]), "--rm", f"reward={files['rm']}",
+            "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens),
+            "--nproc", str(procs), *extra]  # fmt: skip
+    plan = make_plan(cli.parse("plan ppo", argv))
+    return sum(r["weights"] + r["optimizer"] for r in plan["roles"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="base")
@@ -161,6 +187,7 @@ def main() -> None:
         work = Path(tmp)
         files = build(work, args.preset)
         results: dict[str, list[list[dict]]] = {n: [] for n in args.configs}
+        plans = {n: planned(n, files, args) for n in args.configs}
         for rnd in range(args.rounds):
             order = args.configs if rnd % 2 == 0 else list(reversed(args.configs))
             for name in order:
@@ -170,8 +197,8 @@ def main() -> None:
     print(f"\npreset {args.preset}, batch {args.batch_size} x {args.max_new_tokens} new tokens, "
           f"{args.steps} steps (first untimed), {args.rounds} rounds, 1 thread/process\n")  # fmt: skip
     print("| config | procs | weights MiB/proc | optimizer MiB/proc | weights+opt MiB/proc "
-          "| peak RSS above start MiB/proc | step s (wall) | step s (CPU) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| `plan` weights+opt | peak RSS above start MiB/proc | step s (wall) | step s (CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for name, runs in results.items():
         ranks = runs[0]
@@ -182,8 +209,8 @@ def main() -> None:
         wall = statistics.median(t[0] for t in steps)
         cpu = statistics.median(t[1] for t in steps)
         summary[name] = dict(wo=w + o, peak=peak, wall=wall, cpu=cpu)
-        print(f"| {name} | {CONFIGS[name][0]} | {w:.1f} | {o:.1f} | {w + o:.1f} | {peak:.0f} "
-              f"| {wall:.2f} | {cpu:.2f} |")  # fmt: skip
+        print(f"| {name} | {CONFIGS[name][0]} | {w:.1f} | {o:.1f} | {w + o:.1f} "
+              f"| {plans[name] * mib:.1f} | {peak:.0f} | {wall:.2f} | {cpu:.2f} |")  # fmt: skip
     s = summary
     print()
     if "ddp" in s and "fsdp2" in s:

@@ -101,10 +101,20 @@ def test_ppo_with_lora_reference_shares_the_policy(tmp_path):
     roles = {r["role"]: r for r in plan["roles"]}
     assert set(roles) == {"policy", "reference", "value", "rm:helpfulness"}
     assert roles["reference"]["total"] == 0
-    assert roles["value"]["trained_params"] == roles["value"]["params"]  # value: full copy
-    assert roles["rm:helpfulness"]["grads"] == 0
-    full = make_plan(cli.parse("plan ppo", args[:-2]))
-    assert {r["role"]: r for r in full["roles"]}["reference"]["weights"] > 0
+    # The value model is the RM with an adapter: the RM costs nothing more, and what
+    # trains is what trains in the live LoRA value model (roles.share_reward_base).
+    assert roles["rm:helpfulness"]["total"] == 0
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    rm_config = AutoConfig.from_pretrained(folder, num_labels=1)
+    cfg = cli.parse("ppo", [*args, "--prompts", "p", "--out", "o"])
+    value = add_lora(AutoModelForSequenceClassification.from_config(rm_config), cfg)
+    trained = sum(p.numel() for p in value.parameters() if p.requires_grad)
+    assert roles["value"]["trained_params"] == trained < roles["value"]["params"]
+    assert roles["value"]["params"] == sum(p.numel() for p in value.parameters())
+    full = {r["role"]: r for r in make_plan(cli.parse("plan ppo", args[:-2]))["roles"]}
+    assert full["reference"]["weights"] > 0 and full["rm:helpfulness"]["weights"] > 0
+    assert full["value"]["trained_params"] == full["value"]["params"]  # a full copy
 
 
 def test_qwen2_half_billion_plans_fast(tmp_path):

@@ -21,7 +21,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.loops.helpers import assert_same_training, make_base_model, sft_rows, write_jsonl
+from tests.loops.helpers import (
+    CHAIN_ARCH,
+    assert_same_training,
+    make_base_model,
+    sft_rows,
+    write_jsonl,
+)
 from tests.loops.test_ppo_loop import _args, files  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,12 +72,33 @@ def _kill_when(cmd: list[str], checkpoint: Path) -> None:
     proc.wait()
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.timeout(300)
-def test_fsdp2_sft_steps_like_one_process(tmp_path, tiny_tokenizer):
-    base = make_base_model(tmp_path / "base", tiny_tokenizer)
+@pytest.mark.parametrize(
+    ("arch", "lora"),
+    [
+        ("llama", False),
+        pytest.param("qwen2", False, marks=SLOW),
+        pytest.param("gpt2", False, marks=SLOW),
+        pytest.param("llama", True, marks=SLOW),
+        pytest.param("qwen2", True, marks=SLOW),
+        pytest.param("gpt2", True, marks=SLOW),
+    ],
+)
+def test_fsdp2_sft_steps_like_one_process(arch, lora, tmp_path, tiny_tokenizer):
+    """Full and LoRA (adapters injected before sharding), on Llama, Qwen2 and GPT-2 (its
+    dropout off: 2 processes draw other dropout masks than 1)."""
+    preset = "test" if arch == "llama" else CHAIN_ARCH[arch]()
+    for key, value in ({} if arch == "llama" else preset.to_dict()).items():
+        if key.endswith(("dropout", "pdrop")) and isinstance(value, float):
+            setattr(preset, key, 0.0)
+    base = make_base_model(tmp_path / "base", tiny_tokenizer, preset=preset)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
     opts = ["--data", str(data), "--model", str(base), "--epochs", "1", "--lr", "1e-2",
-            "--schedule", "constant", "--warmup-steps", "0"]  # fmt: skip
+            "--schedule", "constant", "--warmup-steps", "0",
+            *(["--lora-r", "4", "--lora-alpha", "8"] if lora else [])]  # fmt: skip
     _run(_cli("sft", *opts, "--batch-size", "8", "--out", str(tmp_path / "one")))
     _run(_cli("sft", *opts, "--batch-size", "4", "--out", str(tmp_path / "two"),
               "--strategy", "fsdp2", procs=2))  # fmt: skip
@@ -166,8 +193,9 @@ def test_fsdp2_ppo_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_pr
     tmp_path, files  # noqa: F811 (the fixture)
 ):
     """SIGKILL during a sharded PPO run (all four roles sharded), then --resume: the final
-    policy and value weights equal the uninterrupted sharded run's bit for bit; the DCP
-    checkpoint also continues in one process (2 -> 1), like the sharded run to rounding."""
+    policy equals the uninterrupted sharded run's bit for bit; the DCP checkpoint also loads
+    in one process (2 -> 1: the same weights) and trains on there. (One process samples
+    other responses than two, so its later steps are not the sharded run's.)"""
     made = files
     extra = ["--steps", "6", "--save-every", "1", "--keep-checkpoints", "0", "--strategy",
              "fsdp2", "--schedule", "constant", "--warmup-steps", "0"]  # fmt: skip
@@ -183,14 +211,25 @@ def test_fsdp2_ppo_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_pr
     b = load_file(str(out / "model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
-    one = tmp_path / "one"
-    (one / "checkpoints").mkdir(parents=True)
-    shutil.copy(out / "run.json", one / "run.json")
-    shutil.copytree(out / "checkpoints" / "step-000002", one / "checkpoints" / "step-000002")
-    args1 = [x for x in _args(made, one, *extra, "--resume") if x not in ("--strategy", "fsdp2")]
-    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args1], env=_env(),
-                       capture_output=True, text=True)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "step-000002" in r.stdout + r.stderr
-    c = load_file(str(one / "model.safetensors"))
-    assert_same_training(a, c, load_file(str(made["base"] / "model.safetensors")), rel=5e-2)
+    # Step 2's DCP checkpoint read back at --steps 2 (nothing left to train: the export is
+    # the checkpoint's policy) by 2 processes and by 1: the same weights, so 2 -> 1 loads
+    # exactly; and one process then trains on from it (optimizer states re-sharded).
+    exports = {}
+    for name, procs, steps in (("two", 2, "2"), ("one", 1, "2"), ("on", 1, "3")):
+        run = tmp_path / name
+        (run / "checkpoints").mkdir(parents=True)
+        shutil.copy(out / "run.json", run / "run.json")
+        shutil.copytree(out / "checkpoints" / "step-000002", run / "checkpoints" / "step-000002")
+        args = _args(made, run, *extra, "--resume", "--steps", steps)
+        if procs == 1:
+            args = [x for x in args if x not in ("--strategy", "fsdp2")]
+        launcher = TORCHRUN if procs == 2 else [sys.executable]
+        r = subprocess.run([*launcher, "-m", "rlhfkit.cli", *args], env=_env(),
+                           capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "step-000002" in r.stdout + r.stderr
+        exports[name] = load_file(str(run / "model.safetensors"))
+    w0 = load_file(str(made["base"] / "model.safetensors"))
+    assert all(torch.equal(exports["two"][k], exports["one"][k]) for k in w0)
+    assert any(not torch.equal(exports["one"][k], w0[k]) for k in w0)
+    assert any(not torch.equal(exports["on"][k], exports["one"][k]) for k in w0)

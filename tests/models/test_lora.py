@@ -1,4 +1,4 @@
-"""LoRA (`--lora-r`, models/lora.py) on sft, rm and ppo, for Llama- and GPT-2-shaped models:
+"""LoRA (`--lora-r`, models/lora.py) on sft, rm and ppo, for Llama-, Qwen2- and GPT-2-shaped models:
 - only the adapters train (base weights bit-unchanged) and the SFT loss falls;
 - the output is a merged plain Hugging Face folder giving the adapter model's logits;
 - an RM keeps its score head trained in full and exports as a sequence classifier;
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.loops.helpers import make_base_model, sft_rows, write_jsonl
+from tests.loops.helpers import TINY_ARCH, make_base_model, sft_rows, write_jsonl
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -65,8 +65,13 @@ def _gpt2(tok, seed: int = 0) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(cfg).eval()
 
 
+KINDS = ["llama", "qwen2", "gpt2"]  # tied Llama; untied Qwen2 with GQA and biases; Conv1D
+
+
 def _model(kind: str, tok):
-    return build_model("test", tok, seed=0).eval() if kind == "llama" else _gpt2(tok)
+    if kind == "gpt2":
+        return _gpt2(tok)
+    return build_model("test" if kind == "llama" else TINY_ARCH[kind](), tok, seed=0).eval()
 
 
 def _base_folder(kind: str, tmp_path, tok):
@@ -75,7 +80,9 @@ def _base_folder(kind: str, tmp_path, tok):
     of the decoder cannot lower the loss much below log(vocab)."""
     model = _model(kind, tok)
     with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(25)  # tied to the output layer
+        model.get_input_embeddings().weight.mul_(25)  # tied to the output layer, or:
+        if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+            model.get_output_embeddings().weight.mul_(25)
     return save_hf(model, tok, tmp_path / "base")
 
 
@@ -100,7 +107,7 @@ def _ids(tok, n: int = 3):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_merged_export_loads_plain_and_gives_the_adapter_logits(kind, tmp_path, tiny_tokenizer):
     model = add_lora(_model(kind, tiny_tokenizer), Lora())
     assert has_lora(model)
@@ -166,7 +173,7 @@ def _losses(out):
     return [r["train/loss"] for r in rows if "train/loss" in r]
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_lora_sft_trains_only_the_adapters_and_the_loss_falls(kind, tmp_path, tiny_tokenizer):
     base = _base_folder(kind, tmp_path, tiny_tokenizer)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
@@ -257,7 +264,7 @@ class _TokenReward:
         return hit.sum(1).float() / response_mask.sum(1).clamp_min(1)
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_lora_ppo_reference_is_the_base_model_with_one_copy(kind, tiny_tokenizer):
     from tests.conftest import _synthetic_sentences
 
@@ -330,7 +337,7 @@ def test_lora_rs_rounds_merge_each_adapter_and_export_plain_models(tmp_path, tin
     assert any(not torch.equal(r2[k], r1[k]) for k in w0)
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_lora_ppo_value_model_is_the_reward_model_with_an_adapter(kind, tmp_path, tiny_tokenizer):
     """With --lora-r and --value-init rm, the value model is the RM itself with a LoRA
     adapter: one copy of the RM's weights serves both roles, the reward read with the

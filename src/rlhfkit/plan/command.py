@@ -88,16 +88,29 @@ def _ppo_roles(
         )
         for name, path in rms.items()
     }
-    init = cfg.value_init
+    # With LoRA the value model trains an adapter too; started from an RM it IS that RM
+    # (roles.share_reward_base), which then costs nothing more as a reward model.
+    init, lora, shared = cfg.value_init, (cfg if cfg.lora_r else None), None
+    note = f"LoRA r={cfg.lora_r}" if cfg.lora_r else ""
     if init == "policy" or (cfg.rule_reward and init == "rm") or (init == "rm" and not rms):
-        value, vsrc = count_model(policy_cfg, seq_cls=True, trust_remote_code=trust), cfg.policy
+        value = count_model(policy_cfg, seq_cls=True, lora=lora, trust_remote_code=trust)
+        vsrc = cfg.policy
     elif init == "rm" or init in rms:
         name = next(iter(rms)) if init == "rm" else init
-        value, vsrc = rm_shapes[name], rms[name]
+        cfg_rm = read_config(rms[name], f"--rm {name}=", trust)
+        value = count_model(cfg_rm, seq_cls=True, lora=lora, trust_remote_code=trust)
+        vsrc, shared = rms[name], (name if lora else None)
+        note = f"LoRA r={cfg.lora_r} of rm:{name}" if lora else ""
     else:
-        value, vsrc = count_model(read_config(init, "--value-init", trust), seq_cls=True), init
-    roles.append(Role("value", vsrc, value, True, "trained in full" if cfg.lora_r else ""))
-    roles += [Role(f"rm:{name}", rms[name], s, False) for name, s in rm_shapes.items()]
+        value = count_model(read_config(init, "--value-init", trust), seq_cls=True, lora=lora)
+        vsrc = init
+    roles.append(Role("value", vsrc, value, True, note))
+    roles += [
+        Role(f"rm:{n}", rms[n], None, False, "the value model, adapter off")
+        if n == shared
+        else Role(f"rm:{n}", rms[n], s, False)
+        for n, s in rm_shapes.items()
+    ]
     # rollout: batch split over processes; a PPO step: a minibatch or --micro-batch-size
     rollout = _per_proc(cfg.batch_size, n)
     micro = cfg.micro_batch_size or _per_proc(rollout, cfg.num_mini_batches)
