@@ -27,6 +27,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	bash scripts/pytest.sh -m slow
 
+# The optional experiment trackers of --report-to (wandb, mlflow), without changing the rest.
+.PHONY: trackers
+trackers: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -e '.[trackers]' -c $(VENV)/constraints.txt
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 

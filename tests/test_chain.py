@@ -16,10 +16,10 @@ import random
 
 import pytest
 import torch
-from tests.loops.helpers import CHAIN_ARCH, make_base_model, sft_rows, write_jsonl
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit import cli
+from tests.loops.helpers import CHAIN_ARCH, make_base_model, sft_rows, write_jsonl
 
 DEFAULT = ("llama-gqa", "qwen2", "gpt2")
 

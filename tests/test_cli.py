@@ -109,7 +109,7 @@ def _help_text(name: str, capsys) -> str:
 
 def test_overriding_a_group_default_keeps_the_group_help(capsys):
     """`lr: float = 1e-4` in SFTConfig changes the default only; PPO's docstring replaces the help."""
-    assert "--lr FLOAT Peak learning rate. (default: 0.0001)" in _help_text("sft", capsys)
+    assert "--lr FLOAT Peak learning rate. (default: 0.0001; > 0)" in _help_text("sft", capsys)
     ppo = _help_text("ppo", capsys)
-    assert "--lr FLOAT Policy learning rate. (default: 1e-05)" in ppo
-    assert "--adam-beta1 FLOAT (default: 0.9)" in ppo
+    assert "--lr FLOAT Policy learning rate. (default: 1e-05; > 0)" in ppo
+    assert "--adam-beta1 FLOAT (default: 0.9; in [0, 1))" in ppo

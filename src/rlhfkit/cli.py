@@ -5,7 +5,9 @@ that runs it, and a one-line summary. Heavy libraries are imported only once a c
 is chosen, so `rlhfkit --help` answers at once.
 
 Config resolution, lowest to highest priority: the dataclass defaults, `--config FILE.yaml`,
-then flags. Required options (those with no useful default) are listed per command.
+then flags. Required options (those with no useful default) are listed per command. The
+resolved config is then checked against the constraints declared on its options
+(`rlhfkit.validate`), still without torch; a UserError anywhere is one line, exit status 2.
 """
 
 from __future__ import annotations
@@ -105,8 +107,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "eval": Command(
         "rlhfkit.config:EvalConfig",
-        "rlhfkit.data.world.commands:run_eval",
-        "-  gold helpfulness, safety and false refusals of a model on world prompts",
+        "rlhfkit.loops.evaluate:run_eval",
+        "-  a model on any prompts: RM score, KL, length, EOS rate, win rate (+ gold on world prompts)",
         ("model", "prompts"),
     ),
     "plan": Command(
@@ -217,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = parse(name, rest)
+        # Before the run function (and torch) is imported: a bad option, a missing file or a
+        # model folder of the wrong kind is one line in well under a second.
+        from rlhfkit.validate import validate
+
+        validate(cfg)
         result = _load(COMMANDS[name].run)(cfg)
     except UserError as e:
         # Bad input is the user's to fix: say what and where, no traceback.

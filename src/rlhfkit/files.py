@@ -33,24 +33,41 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
 
 
 def json_ready(v: Any) -> Any:
-    """A JSON-ready value: tensors and NumPy scalars as numbers, non-finite floats as text."""
+    """A JSON-ready value: tensors and NumPy scalars as numbers, non-finite floats (NaN,
+    infinities: JSON has none) as null."""
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
+        return None
     return v
 
 
+def json_clean(data: Any) -> Any:
+    """`data` with `json_ready` applied to every value inside dicts, lists and tuples."""
+    if isinstance(data, dict):
+        return {k: json_clean(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_clean(v) for v in data]
+    return json_ready(data)
+
+
+def to_json(data: Any, **kwargs: Any) -> str:
+    """`json.dumps` of `json_clean(data)`: standard JSON, never a bare NaN or Infinity
+    (`json.dumps` writes those for floats and most readers other than Python's refuse them)."""
+    return json.dumps(json_clean(data), allow_nan=False, **kwargs)
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    """One JSON document, indented, atomically."""
+    """One JSON document, indented, atomically (NaN and infinities as null)."""
     with atomic_file(path) as f:
-        f.write(json.dumps(data, indent=2, default=json_ready) + "\n")
+        f.write(to_json(data, indent=2) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    """JSON Lines, one record a line, atomically; returns the file's size in bytes."""
+    """JSON Lines, one record a line, atomically (NaN and infinities as null); returns the
+    file's size in bytes."""
     with atomic_file(path) as f:
-        f.writelines(json.dumps(r, default=json_ready) + "\n" for r in rows)
+        f.writelines(to_json(r) + "\n" for r in rows)
     return Path(path).stat().st_size
 
 

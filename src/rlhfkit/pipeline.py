@@ -282,8 +282,8 @@ def models_to_evaluate(ctx: Ctx) -> dict[str, str]:
 
 def stage_eval(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import EvalConfig
-    from rlhfkit.data.world.commands import run_eval
     from rlhfkit.evaluation import ExtraEval, evaluate_extras, summary_row
+    from rlhfkit.loops.evaluate import run_eval
 
     out = ctx.out / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,11 @@ from typing import Any
 import torch
 
 from rlhfkit.data.records import PromptRecord
-from rlhfkit.data.tokenize import encode_prompt
+from rlhfkit.data.tokenize import prompt_ids as whole_prompt_ids
+from rlhfkit.data.tokenize import trained_on_chat, truncate_left
 from rlhfkit.data.world import is_world_prompt, summarize
+from rlhfkit.distributed import rank
+from rlhfkit.errors import RecordError
 from rlhfkit.generation import GenerationSettings, ResponseGenerator
 from rlhfkit.models.forward import policy_logits
 from rlhfkit.models.load import autocast_context
@@ -106,7 +109,7 @@ def _score(
     """`score_generation` of one batch, on the CPU."""
     device = gen.response_ids.device
     safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
-    r = score_generation(scorer, gen, [_text(p) for p in prompts], safety, tokenizer)
+    r = score_generation(scorer, gen, prompts, safety, tokenizer)
     return r.scores.cpu(), {name: v.cpu() for name, v in r.per_rm.items()}
 
 
@@ -133,33 +136,98 @@ def _concat(parts: list[Samples], *, scored: bool, kl: bool) -> Samples:
 def encode_prompts(
     prompts: Sequence[PromptRecord | str], tokenizer: Any, max_prompt_len: int
 ) -> list[list[int]]:
-    """Token ids of each prompt, as SFT saw them (`data.tokenize.encode_prompt`)."""
-    return [encode_prompt(_text(p), tokenizer, max_prompt_len) for p in prompts]
+    """Token ids of each prompt, as SFT saw them (`data.tokenize.prompt_ids`): a
+    conversational record's messages through the chat template with the generation prompt,
+    a string as it is; cut to its last `max_prompt_len` tokens (a leading BOS kept).
+
+    First checked against the tokenizer (`check_prompt_style`); then a note, printed once
+    per file, counts the prompts that were cut."""
+    if max_prompt_len < 1:
+        raise ValueError(f"max_prompt_len must be >= 1, got {max_prompt_len}")
+    check_prompt_style(prompts, tokenizer)
+    whole = [whole_prompt_ids(_content(p), tokenizer) for p in prompts]
+    n_cut = sum(len(ids) > max_prompt_len for ids in whole)
+    if n_cut:
+        say_once(
+            f"note: {_where(prompts)}: {n_cut} of {len(prompts)} prompts are longer than "
+            f"--max-prompt-len={max_prompt_len} tokens; each keeps its last "
+            f"{max_prompt_len} tokens (the oldest are dropped, a leading BOS kept)"
+        )
+    return [truncate_left(ids, max_prompt_len, tokenizer.bos_token_id) for ids in whole]
+
+
+def check_prompt_style(prompts: Sequence[PromptRecord | str], tokenizer: Any) -> None:
+    """Prompts and model agree on the chat template: conversational prompts with a
+    tokenizer that has no template are refused (RecordError naming the first); plain
+    strings for a model trained on chat messages (`data.tokenize.trained_on_chat`, a cheap
+    look at the tokenizer) get a one-line warning, once per file."""
+    chat = [p for p in prompts if isinstance(p, PromptRecord) and p.messages is not None]
+    if chat and getattr(tokenizer, "chat_template", None) is None:
+        raise RecordError(
+            chat[0].source or "prompts",
+            chat[0].line or None,
+            "a conversational prompt (a list of messages) needs a tokenizer with a chat "
+            "template, and the model's has none: give plain 'prompt' strings",
+        )
+    plain = [p for p in prompts if not isinstance(_content(p), list)]
+    if plain and trained_on_chat(tokenizer):
+        say_once(
+            f"warning: {_where(plain)}: plain-string prompts for a model fine-tuned on chat "
+            "messages are encoded without its chat template; give them as "
+            '{"messages": [{"role": "user", "content": ...}]}'
+        )
+
+
+_SAID: set[str] = set()
+
+
+def say_once(line: str) -> None:
+    """Print a note or warning on rank 0, once per process: evaluation re-encodes the same
+    prompts at every step, and one line per file is enough."""
+    if line not in _SAID:
+        _SAID.add(line)
+        if rank() == 0:
+            print(line, flush=True)
+
+
+def _where(prompts: Sequence[PromptRecord | str]) -> str:
+    """The files the prompts come from, for a message ("prompts" for bare strings)."""
+    sources = dict.fromkeys(p.source for p in prompts if isinstance(p, PromptRecord))
+    return ", ".join(s for s in sources if s) or "prompts"
 
 
 def _text(p: PromptRecord | str) -> str:
     return p if isinstance(p, str) else p.prompt
 
 
+def _content(p: PromptRecord | str) -> str | list[dict[str, str]]:
+    """What is encoded: a conversational record's messages, else the prompt's text."""
+    return p if isinstance(p, str) else p.content
+
+
 def score_generation(
     scorer: Any,
     gen: Generation,
-    prompts: list[str],
+    prompts: Sequence[PromptRecord | str],
     safety: torch.Tensor,
     tokenizer: Any,
 ) -> ScoreResult:
     """The scores of sampled responses, on the responses' device: `.scores` (B,) float32,
     `.per_rm` {rm name: (B,) raw score} and `.unwhitened` (B,) (the combined score before
     batch whitening; `.scores` when the scorer does not say). `score_tokens` on the ids
-    when the scorer has it (a response without EOS is scored without one, `scoring.rm`),
-    else `score` on the texts (`gen.texts`; a rule reads text, EOS or not). safety: (B,)
-    bool."""
+    when the scorer has it (a response without EOS is scored without one, `scoring.rm`;
+    conversational prompts are passed along as messages, for reward models that re-encode
+    text with their own chat template), else `score` on the texts (`gen.texts`; a rule
+    reads text, EOS or not). safety: (B,) bool."""
     if hasattr(scorer, "score_tokens"):
+        contents = [_content(p) for p in prompts]
+        chat = {"prompts": contents} if any(isinstance(c, list) for c in contents) else {}
         result = scorer.score_tokens(
-            gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, tokenizer, safety
-        )
+            gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, tokenizer,
+            safety, **chat,
+        )  # fmt: skip
     else:
-        result = scorer.score(prompts, gen.texts, safety.tolist())
+        result = scorer.score([_text(p) for p in prompts], gen.texts, safety.tolist())
     if isinstance(result, torch.Tensor):
         result = ScoreResult(result)
     device = gen.response_ids.device

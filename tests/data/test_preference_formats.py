@@ -183,19 +183,20 @@ BAD = {
         {"chosen": [{"role": "human", "content": "hi"}, {"role": "gpt", "content": "a"}],
          "rejected": [{"role": "human", "content": "hi"}, {"role": "gpt", "content": "b"}]},
         "chosen[0]: role 'human' is not one of system, user, assistant "
-        "(ShareGPT: map human->user, gpt->assistant)",
+        "(ShareGPT data: map from->role, value->content, human->user, gpt->assistant)",
     ),
     "sharegpt_role_in_response": (
         {"prompt": [user("hi")], "chosen": [{"role": "gpt", "content": "a"}],
          "rejected": [assistant("b")]},
         "chosen[0]: role 'gpt' is not one of system, user, assistant "
-        "(ShareGPT: map human->user, gpt->assistant)",
+        "(ShareGPT data: map from->role, value->content, human->user, gpt->assistant)",
     ),
     "sharegpt_keys": (
         {"chosen": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "a"}],
          "rejected": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "b"}]},
-        "chosen[0] has ShareGPT keys 'from'/'value': use 'role'/'content', with roles "
-        "system, user, assistant (ShareGPT: map human->user, gpt->assistant)",
+        "chosen[0] has ShareGPT keys 'from'/'value': messages are {\"role\", \"content\"} "
+        "with roles system, user, assistant "
+        "(ShareGPT data: map from->role, value->content, human->user, gpt->assistant)",
     ),
     "mixed_types": ({"chosen": [assistant("a")], "rejected": "b"}, "both be strings or both lists"),
     "same_text": ({"chosen": "same", "rejected": "same"}, "are the same text"),

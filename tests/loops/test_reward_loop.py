@@ -280,6 +280,27 @@ def test_resume_ends_like_an_uninterrupted_run(base, tmp_path):
     assert (part / "epoch-1").is_dir() and (part / "epoch-2").is_dir()
 
 
+def test_without_eval_data_each_epoch_prints_its_training_accuracy(base, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "r.jsonl", keyword_rankings(16, 3, seed=3))  # 4 steps/epoch
+    out = tmp_path / "rm"
+    opts = ["--epochs", "2", "--batch-size", "4", "--lr", "1e-3", "--log-every", "1"]
+    assert main(_rm_args(base, [data], out, *opts)) == 0
+    printed = capsys.readouterr().out
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    step_accuracy = [row["train/accuracy"] for row in logged if "train/accuracy" in row]
+    history = json.loads((out / "summary.json").read_text())["epochs"]
+    for epoch, row in enumerate(history):
+        # Every step holds 4 prompts x 3 pairs: the epoch's accuracy is its steps' mean.
+        expected = sum(step_accuracy[4 * epoch : 4 * epoch + 4]) / 4
+        assert row["train_accuracy"] == pytest.approx(expected) and row["eval"] is None
+        line = (
+            f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, "
+            f"train accuracy {expected:.4f} (48 pairs, ties half)"
+        )
+        assert line in printed
+    assert " eval:" not in printed
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -25,6 +25,15 @@ def base(tmp_path, tiny_tokenizer):
     return make_base_model(tmp_path / "base", tiny_tokenizer)
 
 
+def _strict_json(path):
+    """A JSON file read as standard JSON: NaN / Infinity (Python's extension) refused."""
+
+    def refuse(token):
+        raise AssertionError(f"{path}: bare {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 def _weights(folder):
     from safetensors.torch import load_file
 
@@ -75,6 +84,65 @@ def test_sft_writes_a_loadable_checkpoint_per_epoch(base, tmp_path, tiny_tokeniz
     ids = torch.tensor([tok("Q: colour of thing 3?\nA:")["input_ids"]])
     assert torch.isfinite(model(ids).logits).all()
     assert (out / "config.yaml").exists()
+
+
+def test_sft_out_holds_the_final_model_beside_the_epoch_folders(base, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, pipeline
+
+    from rlhfkit.loops.select import find_candidates
+    from rlhfkit.models.checkpoint import latest_checkpoint
+
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
+    out = tmp_path / "sft"
+    kw = dict(model=str(base), data=str(data), out=str(out), batch_size=4)
+    train_sft(SFTConfig(**kw, epochs=2))
+    assert f"model: {out} (AutoModelForCausalLM); epoch checkpoints: epoch-1, epoch-2" in (
+        capsys.readouterr().out
+    )
+    top, last = _weights(out), _weights(out / "epoch-2")
+    assert top.keys() == last.keys() and all(torch.equal(top[k], last[k]) for k in top)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.isfinite(model(torch.tensor([[1, 5, 9]])).logits).all()
+    generate = pipeline("text-generation", model=str(out), device="cpu")
+    text = generate("Q: colour of thing 3?\nA:", max_new_tokens=3, do_sample=False)
+    assert text[0]["generated_text"].startswith("Q: colour of thing 3?")
+    # `select` still reads the epochs of the run folder; resume still finds epoch-2.
+    assert [name for name, _ in find_candidates([str(out)])] == ["epoch-1", "epoch-2"]
+    assert latest_checkpoint(out) == out / "epoch-2"
+    summary = train_sft(SFTConfig(**kw, epochs=3, resume=True))
+    assert summary["steps"] == 6
+    top, last = _weights(out), _weights(out / "epoch-3")
+    assert all(torch.equal(top[k], last[k]) for k in top)
+
+
+def test_no_eval_set_prints_no_eval_loss_and_writes_no_nan(base, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
+    out = tmp_path / "sft"
+    train_sft(SFTConfig(model=str(base), data=str(data), out=str(out), batch_size=4, epochs=1))
+    printed = capsys.readouterr().out
+    assert "epoch 1: train loss " in printed and "eval loss" not in printed
+    summary = _strict_json(out / "summary.json")  # standard JSON: no bare NaN
+    state = _strict_json(out / "epoch-1" / "trainer_state.json")["state"]
+    assert summary["epochs"][0]["eval_loss"] is None is state["history"][0]["eval_loss"]
+    assert "eval/loss" not in (out / "metrics.jsonl").read_text()
+
+
+def test_save_every_keeps_the_newest_step_checkpoints_and_resumes_exactly(base, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(12))  # 3 steps an epoch
+    kw = dict(model=str(base), data=str(data), batch_size=4, epochs=2, lr=1e-2,
+              save_every=1, keep_checkpoints=2)  # fmt: skip
+    full, part = tmp_path / "full", tmp_path / "part"
+    train_sft(SFTConfig(**kw, out=str(full)))
+    steps = lambda run: sorted(p.name for p in (run / "checkpoints").iterdir())  # noqa: E731
+    assert steps(full) == ["step-000005", "step-000006"]
+    assert sorted(p.name for p in full.glob("epoch-*")) == ["epoch-1", "epoch-2"]  # kept
+    train_sft(SFTConfig(**kw, out=str(part), max_steps=4))
+    assert steps(part) == ["step-000003", "step-000004"]
+    train_sft(SFTConfig(**kw, out=str(part), resume=True))
+    assert steps(part) == ["step-000005", "step-000006"]
+    a, b = _weights(full), _weights(part)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0, msg=k)
 
 
 def test_gradient_accumulation_equals_a_larger_batch(base, tmp_path):

@@ -190,3 +190,31 @@ def test_shift_and_scale_scores_is_exact_for_every_token(family, tiny_tokenizer,
     with torch.no_grad():
         torch.testing.assert_close(reward_scores(loaded, ids, mask), reward_scores(rm, ids, mask),
                                    atol=1e-5, rtol=0)  # fmt: skip
+
+
+def test_scoring_template_adds_bos_and_eos_and_survives_a_save(tiny_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from rlhfkit.models.reward import set_scoring_template
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    assert set_scoring_template(tok)
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    seqs, _ = encode_responses(loaded, PROMPTS, RESPONSES, 256)
+    assert loaded([p + r for p, r in zip(PROMPTS, RESPONSES, strict=True)])["input_ids"] == seqs
+    assert seqs[0][0] == loaded.bos_token_id and seqs[0][-1] == loaded.eos_token_id
+
+
+def test_scoring_template_warns_where_it_cannot_be_set(tiny_tokenizer, caplog):
+    from rlhfkit.models.reward import set_scoring_template
+
+    class NoBackend:  # a tokenizer without a `tokenizers` backend (a slow one)
+        bos_token_id, eos_token_id = tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id
+
+        def __call__(self, *args, **kwargs):
+            return tiny_tokenizer(*args, **kwargs)
+
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        assert not set_scoring_template(NoBackend())
+    assert "plain transformers" in caplog.text and "will differ" in caplog.text

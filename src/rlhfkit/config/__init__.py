@@ -4,8 +4,11 @@ Each command has one dataclass. Its field docstrings are the `--help` text (rend
 tyro), flags are the field names with dashes (`max_steps` -> `--max-steps`), and a YAML
 file given with `--config FILE.yaml` sets defaults that flags then override.
 `load_yaml_defaults` does that merge; `save_config` writes the resolved config beside an
-output. The classes live by stage: `base` (option groups that the commands inherit, so
-flags stay flat), `stages`, `rl` (with the groups of the commands that sample), `world`.
+output. What an option may hold (a range, an input file, a model folder of some kind) is
+declared on its type (`fields`: `lr: Positive[float]`), shown in `--help` and checked by
+`rlhfkit.validate` before any torch import. The classes live by stage: `base` (option
+groups that the commands inherit, so flags stay flat), `stages`, `rl` (with the groups of
+the commands that sample), `world`.
 
 This module imports no torch: `rlhfkit --help` must answer in well under a second.
 """

@@ -10,6 +10,16 @@ from typing import Annotated, Any, Literal, TypeVar
 import tyro
 import yaml
 
+from rlhfkit.config.fields import (
+    CheckedBy,
+    Fraction,
+    NonNegative,
+    Positive,
+    RewardModels,
+    UnitInterval,
+    coerce,
+    field_types,
+)
 from rlhfkit.errors import UserError
 
 C = TypeVar("C")
@@ -44,7 +54,7 @@ class RunOptions(DeviceOptions):
     """Delete an existing run in --out and start fresh."""
     bf16: bool = False
     """bf16 autocast on devices that support it (weights and optimizer stay fp32)."""
-    report_to: str = "tensorboard"
+    report_to: Annotated[str, CheckedBy("rlhfkit.logging:parse_report_to")] = "tensorboard"
     """Experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio, or none (metrics.jsonl is always written; wandb/mlflow/trackio must be installed)."""
 
 
@@ -52,13 +62,13 @@ class RunOptions(DeviceOptions):
 class EpochOptions:
     """How much data a supervised stage trains on, in what batches."""
 
-    epochs: int = 1
+    epochs: Positive[int] = 1
     """Passes over the training data (ignored when --max-steps is reached first)."""
-    max_steps: int | None = None
+    max_steps: Positive[int | None] = None
     """Stop after this many optimizer steps (default: run all epochs)."""
-    batch_size: int = 8
+    batch_size: Positive[int] = 8
     """Sequences per micro-batch (per process under torchrun)."""
-    grad_accum: int = 1
+    grad_accum: Positive[int] = 1
     """Micro-batches accumulated into one optimizer step."""
 
 
@@ -66,21 +76,21 @@ class EpochOptions:
 class OptimizerOptions:
     """AdamW and its learning-rate schedule (`loops.common.build_optimizer`, `build_scheduler`)."""
 
-    lr: float = 3e-4
+    lr: Positive[float] = 3e-4
     """Peak learning rate."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: UnitInterval[float] = 0.1
     """Final learning rate as a fraction of --lr (cosine and linear schedules)."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate schedule after warmup."""
-    warmup_steps: int = 0
+    warmup_steps: NonNegative[int] = 0
     """Linear warmup steps from 0 to --lr."""
-    weight_decay: float = 0.0
+    weight_decay: NonNegative[float] = 0.0
     """AdamW weight decay (not applied to biases and norms)."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
+    adam_beta1: Fraction[float] = 0.9
+    adam_beta2: Fraction[float] = 0.95
+    adam_eps: Positive[float] = 1e-8
     """Adam's epsilon, added to the root of the second moment (PyTorch's default 1e-8)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: NonNegative[float] = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
 
 
@@ -100,11 +110,11 @@ class ScaleOptions:
 class LoraOptions:
     """LoRA (PEFT): train small low-rank adapters instead of the whole model (models/lora.py)."""
 
-    lora_r: int = 0
+    lora_r: NonNegative[int] = 0
     """LoRA rank: train rank-r adapters on --lora-targets with the base weights frozen (0: off, train every weight). Outputs stay plain, merged Hugging Face folders; in ppo the reference is the policy with its adapter switched off (no second copy of the weights)."""
-    lora_alpha: float = 16.0
+    lora_alpha: Positive[float] = 16.0
     """LoRA scaling numerator: the adapter's update is scaled by alpha / r."""
-    lora_dropout: float = 0.0
+    lora_dropout: Fraction[float] = 0.0
     """Dropout on the adapter's input during training (ppo runs without dropout)."""
     lora_targets: tuple[str, ...] = ("all-linear",)
     """Module names to adapt (e.g. q_proj v_proj); 'all-linear': every linear layer of the decoder, not the output head (PEFT's 'all-linear')."""
@@ -116,11 +126,11 @@ class LoraOptions:
 class TrainOptions(LoraOptions, ScaleOptions, OptimizerOptions, EpochOptions, RunOptions):
     """Options shared by every stage that trains on a dataset (read by `loops.lm.fit_lm`)."""
 
-    log_every: int = 10
+    log_every: Positive[int] = 10
     """Log metrics every N optimizer steps."""
-    save_every: int = 0
+    save_every: NonNegative[int] = 0
     """Also write a resumable checkpoint every N optimizer steps (0: only at epoch ends)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: NonNegative[int] = 2
     """Keep the newest N step checkpoints of --save-every (0: keep all; epoch-N/ folders always stay)."""
 
 
@@ -137,11 +147,11 @@ class RewardOptions:
     """Which reward models score a response, and how several become one reward (the same
     options for `score`, `select`, `ppo` and `rs`, read by one scorer builder)."""
 
-    rm: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    rm: RewardModels[Annotated[tuple[str, ...], tyro.conf.UseAppendAction]] = ()
     """Reward model NAME=DIR (repeat for several: --rm helpfulness=DIR --rm safety=DIR)."""
     combine: Literal["single", "weighted-sum", "llama2"] = "single"
     """How several RMs become one reward: single (one RM's raw score), weighted-sum, or llama2 (the safety RM's score if the prompt is tagged safety or sigmoid(safety) < --threshold, else helpfulness)."""
-    threshold: float = 0.15
+    threshold: UnitInterval[float] = 0.15
     """llama2: sigmoid(safety score) below this takes the safety RM."""
     helpfulness_rm: str = "helpfulness"
     """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
@@ -158,8 +168,11 @@ class ConfigError(UserError):
 def load_yaml_defaults(cls: type[C], path: str | None) -> C:
     """Default instance of `cls`, updated by the YAML mapping in `path` (if given).
 
-    Unknown keys are an error naming the file and the key; values are type-checked by tyro
-    when the flags are parsed on top.
+    Unknown keys are an error naming the file and the key. Each value is converted to its
+    option's type (`fields.coerce`: PyYAML reads `1e-4` as a string, and a list where the
+    option has a tuple), or is an error naming the file, the option and what was expected.
+    A config with `sections` (the pipeline's per-stage mappings) gets each section's
+    options checked and converted the same way, by that stage's config class.
     """
     cfg = cls()
     if path is None:
@@ -169,18 +182,30 @@ def load_yaml_defaults(cls: type[C], path: str | None) -> C:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read config: {e}") from None
+    data = read_options(cls, data, f"{path}", "this command")
+    for name, section_cls in getattr(cls, "sections", {}).items():
+        if isinstance(data.get(name), dict):
+            data[name] = read_options(section_cls, data[name], f"{path}: section '{name}'", name)
+    return dataclasses.replace(cfg, **data)  # type: ignore[type-var]
+
+
+def read_options(cls: type, data: Any, where: str, command: str) -> dict[str, Any]:
+    """A YAML mapping of option: value for config class `cls`, each value of its option's
+    type; ConfigError naming `where` and the option otherwise."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of option: value")
+        raise ConfigError(f"{where}: must be a mapping of option: value")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    data = {k.replace("-", "_"): v for k, v in data.items()}
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{path}: unknown option(s) {unknown} for this command")
-    # YAML has lists where the configs have tuples (what save_config writes back): tyro
-    # must see a tuple default for a tuple option, or it cannot print that option's help.
-    tuples = {f.name for f in dataclasses.fields(cls) if "tuple" in str(f.type)}  # type: ignore[arg-type]
-    data = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
-    return dataclasses.replace(cfg, **data)  # type: ignore[type-var]
+        raise ConfigError(f"{where}: unknown option(s) {unknown} for {command}")
+    types = field_types(cls)
+    for key, value in data.items():
+        try:
+            data[key] = coerce(types[key], value)
+        except ValueError as e:
+            raise ConfigError(f"{where}: option {key}: {e}") from None
+    return data
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -29,6 +29,10 @@ class PlanOptions:
     json: bool = False
     """Print the plan as JSON instead of a table."""
 
+    reads_files: ClassVar[bool] = False
+    """A plan reads config.json files only: data options and weights are not checked
+    (`rlhfkit.validate`)."""
+
 
 @dataclass(kw_only=True)
 class PlanConfig(PlanOptions):

@@ -17,6 +17,14 @@ from rlhfkit.config.base import (
     ScaleOptions,
     TrainOptions,
 )
+from rlhfkit.config.fields import (
+    CausalLMFolder,
+    Input,
+    NonNegative,
+    Positive,
+    PositiveFraction,
+    UnitInterval,
+)
 
 # --- Option groups of the commands that sample from a policy and score the samples ------
 
@@ -25,9 +33,9 @@ from rlhfkit.config.base import (
 class LengthOptions:
     """How long prompts and sampled responses may be."""
 
-    max_new_tokens: int = 32
+    max_new_tokens: Positive[int] = 32
     """Maximum response tokens per sample."""
-    max_prompt_len: int = 128
+    max_prompt_len: Positive[int] = 128
     """Prompts longer than this keep their last tokens."""
 
 
@@ -35,9 +43,9 @@ class LengthOptions:
 class SamplingOptions(LengthOptions):
     """How a policy samples (`temperature` is each command's own: its meaning and type differ)."""
 
-    top_k: int = 0
+    top_k: NonNegative[int] = 0
     """Sample from the k most likely tokens only (0: all)."""
-    top_p: float = 1.0
+    top_p: PositiveFraction[float] = 1.0
     """Nucleus sampling mass (1: all)."""
 
 
@@ -57,11 +65,11 @@ class RLOptions(SamplingOptions, ScorerOptions):
     """What the RL stages (`ppo`, `rs`) share: the starting policy, how it samples, its reward,
     and how the held-out evaluation samples."""
 
-    policy: str = ""
+    policy: CausalLMFolder[str] = ""
     """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`)."""
-    eval_max_prompts: int | None = 256
+    eval_max_prompts: Positive[int | None] = 256
     """Evaluate on the first N held-out prompts."""
-    eval_temperature: float = 0.0
+    eval_temperature: NonNegative[float] = 0.0
     """Sampling temperature for evaluation (0: greedy, as `rlhfkit eval`)."""
 
 
@@ -72,96 +80,96 @@ class RLOptions(SamplingOptions, ScorerOptions):
 class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptions):
     """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx."""
 
-    reference: str | None = None
+    reference: CausalLMFolder[str | None] = None
     """Frozen reference for the KL penalty (default: --policy, as in InstructGPT)."""
-    prompts: str = ""
+    prompts: Input[str] = ""
     """RL prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too)."""
     whiten: bool | None = None
     """Whiten the combined RM score over each rollout batch (default: on for llama2, off otherwise)."""
     value_init: str = "rm"
     """Value model start: 'rm' (a copy of the first --rm, InstructGPT), an RM NAME, 'policy' (the policy with a zero head; used with --rule-reward), or a reward/value model folder."""
-    steps: int = 100
+    steps: Positive[int] = 100
     """PPO iterations (one rollout batch + its update each)."""
-    batch_size: int = 64
+    batch_size: Positive[int] = 64
     """Prompts per rollout, over all processes (split across them under torchrun)."""
-    num_mini_batches: int = 1
+    num_mini_batches: Positive[int] = 1
     """Minibatches per PPO epoch; one policy and one value optimizer step each."""
-    micro_batch_size: int = 0
+    micro_batch_size: NonNegative[int] = 0
     """Sequences per forward/backward within a minibatch, per process (0: the whole minibatch). Changes memory, not results."""
-    ppo_epochs: int = 4
+    ppo_epochs: Positive[int] = 4
     """Passes over each rollout batch."""
     ignore_eos: bool = False
     """EOS is an ordinary token in rollouts: every response gets exactly --max-new-tokens tokens (benchmarks; TRL's stop_token=None). Evaluation still stops at EOS."""
-    temperature: float = 1.0
+    temperature: Positive[float] = 1.0
     """Sampling temperature of the rollouts; every log-prob (policy, reference) uses it too."""
-    kl_coef: float = 0.02
+    kl_coef: NonNegative[float] = 0.02
     """beta: KL penalty per token (InstructGPT 0.02; Llama 2 0.01 for 7B/13B); the start value with --kl-target."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     """Per-token KL estimator in the reward: k1 = log pi - log pi_ref (InstructGPT), k2, k3."""
-    kl_target: float | None = None
+    kl_target: Positive[float | None] = None
     """Adaptive KL controller (Ziegler et al. 2019): steer the per-sequence KL to this target."""
-    kl_horizon: float = 10000.0
+    kl_horizon: Positive[float] = 10000.0
     """Adaptive KL controller horizon (in samples)."""
-    gamma: float = 1.0
+    gamma: UnitInterval[float] = 1.0
     """GAE discount."""
-    lam: float = 0.95
+    lam: UnitInterval[float] = 0.95
     """GAE lambda."""
-    clip_eps: float = 0.2
+    clip_eps: Positive[float] = 0.2
     """PPO ratio clip range."""
-    value_clip: float | None = 0.2
+    value_clip: Positive[float | None] = 0.2
     """Value clip range around the rollout's values (None: unclipped value loss)."""
     whiten_advantages: bool = True
     """Whiten advantages over the batch (all processes)."""
     whiten_rewards: bool = False
     """Scale per-token rewards to unit variance over the batch before GAE (mean kept)."""
-    missing_eos_penalty: float | None = None
+    missing_eos_penalty: NonNegative[float | None] = None
     """Penalty for a response that hits --max-new-tokens without EOS (None: no penalty)."""
     missing_eos_mode: Literal["add", "replace"] = "add"
     """'add': score - penalty; 'replace': score = -penalty."""
     score_norm: Literal["none", "whiten"] = "none"
     """Normalise scores over each rollout batch (all processes) before the KL penalty is added."""
-    score_clip: float | None = None
+    score_clip: Positive[float | None] = None
     """Clip (normalised) scores to [-c, c]."""
-    ptx_data: str | None = None
+    ptx_data: Input[str | None] = None
     """Pretraining corpus for PPO-ptx ({"text"} JSONL or .txt)."""
-    ptx_coef: float = 0.0
+    ptx_coef: NonNegative[float] = 0.0
     """gamma of PPO-ptx: weight of the LM loss added to every policy step (InstructGPT 27.8; 0: plain PPO)."""
-    ptx_batch_size: int = 8
+    ptx_batch_size: Positive[int] = 8
     """Pretraining blocks per policy step (over all processes)."""
-    ptx_seq_len: int = 128
+    ptx_seq_len: Positive[int] = 128
     """Tokens per pretraining block."""
-    value_lr: float | None = None
+    value_lr: Positive[float | None] = None
     """Value model learning rate (default: --lr)."""
     # OptimizerOptions with PPO's defaults, and help that says how PPO counts and clips.
-    lr: float = 1e-5
+    lr: Positive[float] = 1e-5
     """Policy learning rate."""
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     """Learning-rate schedule after warmup (over steps x ppo_epochs x num_mini_batches optimizer steps)."""
-    warmup_steps: int = 0
+    warmup_steps: NonNegative[int] = 0
     """Linear warmup optimizer steps."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: UnitInterval[float] = 0.1
     """Final learning rate as a fraction of the peak (cosine and linear)."""
-    weight_decay: float = 0.1
+    weight_decay: NonNegative[float] = 0.1
     """AdamW weight decay (Llama 2: 0.1; not on biases and norms)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: NonNegative[float] = 1.0
     """Clip each model's gradient norm to this (0 disables)."""
-    adam_eps: float = 1e-5
+    adam_eps: Positive[float] = 1e-5
     """Adam's epsilon for the policy and value optimizers: 1e-5, not PyTorch's 1e-8, as OpenAI's PPO baselines and lm-human-preferences (Huang et al. 2024, the N+ implementation details of RLHF with PPO)."""
-    log_every: int = 1
+    log_every: Positive[int] = 1
     """Log metrics every N steps."""
-    sample_every: int = 10
+    sample_every: NonNegative[int] = 10
     """Print a table of sample prompts/responses/scores every N steps (0: never)."""
-    num_samples: int = 4
+    num_samples: NonNegative[int] = 4
     """Rows of that table."""
-    eval_prompts: str | None = None
+    eval_prompts: Input[str | None] = None
     """Held-out prompts: evaluated before training, every --eval-every steps and at the end."""
-    eval_every: int = 0
+    eval_every: NonNegative[int] = 0
     """Evaluate every N steps (0: only before and after training)."""
-    eval_batch_size: int = 64
+    eval_batch_size: Positive[int] = 64
     """Prompts per evaluation generation batch."""
-    save_every: int = 50
+    save_every: NonNegative[int] = 50
     """Write a resumable checkpoint every N steps (and always at the end)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: NonNegative[int] = 2
     """Keep the newest N checkpoints (0: keep all)."""
 
 
@@ -169,21 +177,21 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
 class SelectConfig(DeviceOptions, LengthOptions, ScorerOptions):
     """Pick the SFT checkpoint whose samples the reward model(s) score highest (InstructGPT's pi^SFT)."""
 
-    checkpoints: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    checkpoints: Input[Annotated[tuple[str, ...], tyro.conf.UseAppendAction]] = ()
     """A run folder holding epoch-*/ checkpoints (as `rlhfkit sft` writes), or model folders (repeatable)."""
     rule_reward: str | None = None
     """A rule instead of reward models: 'gold', 'length' or 'count:TEXT' (as `rlhfkit ppo`)."""
-    prompts: str = ""
+    prompts: Input[str] = ""
     """Prompts JSONL ({"prompt","safety"?}), the same for every checkpoint."""
-    max_prompts: int | None = None
+    max_prompts: Positive[int | None] = None
     """Use only the first N prompts."""
-    samples_per_prompt: int = 1
+    samples_per_prompt: Positive[int] = 1
     """Responses sampled per prompt and checkpoint."""
-    temperature: float = 1.0
+    temperature: NonNegative[float] = 1.0
     """Sampling temperature (0: greedy)."""
-    max_new_tokens: int = 32
+    max_new_tokens: Positive[int] = 32
     """Maximum response tokens."""
-    batch_size: int = 64
+    batch_size: Positive[int] = 64
     """Sequences per generation batch."""
     seed: int = 0
     """Sampling seed, the same for every checkpoint (common random numbers)."""
@@ -200,25 +208,25 @@ class SelectConfig(DeviceOptions, LengthOptions, ScorerOptions):
 class RSConfig(TrainOptions, RLOptions):
     """Rejection sampling fine-tuning (Llama 2): per round, sample K responses per prompt, keep the highest-reward one, fine-tune on the kept set with the SFT loss."""
 
-    prompts: str = ""
+    prompts: Input[str] = ""
     """Prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too), the same every round."""
-    max_prompts: int | None = None
+    max_prompts: Positive[int | None] = None
     """Use only the first N prompts."""
-    k: int = 8
+    k: Positive[int] = 8
     """Responses sampled per prompt and round (Llama 2: up to ~30 per prompt)."""
-    rounds: int = 2
+    rounds: Positive[int] = 2
     """Rounds of sample -> keep the best -> fine-tune; each samples from the previous round's policy."""
-    temperature: tuple[float, ...] = (1.0,)
+    temperature: NonNegative[tuple[float, ...]] = (1.0,)
     """Sampling temperature: one value for every round, or one per round (e.g. 0.7 1.0)."""
     keep: Literal["best", "best-of-all-rounds"] = "best"
     """'best': each prompt's best sample of this round; 'best-of-all-rounds': the best sample of any round so far (Llama 2)."""
-    min_gap: float = 0.0
+    min_gap: NonNegative[float] = 0.0
     """Fine-tune only on prompts whose best sample beats the median of its samples by at least this reward (0: every prompt, as Llama 2)."""
     keep_truncated: bool = False
     """Also fine-tune on kept samples cut at --max-new-tokens before EOS, trained WITHOUT EOS (default: drop those prompts for the round, counted as truncated_dropped in stats.json)."""
-    sample_batch_size: int = 64
+    sample_batch_size: Positive[int] = 64
     """Sequences per generation batch (prompts per batch: this // --k); samples are saved batch by batch."""
-    max_len: int = 256
+    max_len: Positive[int] = 256
     """Fine-tuning: maximum tokens of prompt + kept response + EOS."""
     overlong: Literal["truncate", "drop", "error"] = "truncate"
     """Fine-tuning: what to do with a kept example longer than --max-len."""
@@ -226,9 +234,9 @@ class RSConfig(TrainOptions, RLOptions):
         bool | None, tyro.conf.DisallowNone, tyro.conf.arg(help_behavior_hint="(default: auto)")
     ] = None
     """Fine-tuning: pack sequences into rows without padding; default: on where the model keeps packed examples apart (checked at start-up)."""
-    epochs: int = 1
+    epochs: Positive[int] = 1
     """Fine-tuning passes over each round's kept set."""
-    lr: float = 1e-4
-    warmup_steps: int = 5
-    eval_prompts: str | None = None
+    lr: Positive[float] = 1e-4
+    warmup_steps: NonNegative[int] = 5
+    eval_prompts: Input[str | None] = None
     """Held-out prompts: the policy's reward (and the world's gold metrics) before round 1 and after every round."""

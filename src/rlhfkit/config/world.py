@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import tyro
 
 from rlhfkit.config.base import DeviceOptions, RemoteCodeOptions, RewardOptions
+from rlhfkit.config.fields import (
+    AtLeastTwo,
+    CausalLMFolder,
+    Input,
+    NonNegative,
+    Positive,
+    UnitInterval,
+)
+from rlhfkit.config.rl import PPOConfig, RSConfig, SelectConfig
+from rlhfkit.config.stages import PretrainConfig, RMConfig, SFTConfig
 
 # --- The built-in world (rlhfkit.data.world) ---------------------------------------------
 # These take only the options they use: the world's commands neither train nor resume, so
@@ -25,23 +35,23 @@ class WorldMakeConfig:
     """World seed: the same seed writes byte-identical files."""
     overwrite: bool = False
     """Replace the world files already in --out."""
-    corpus_docs: int = 12000
+    corpus_docs: Positive[int] = 12000
     """Pretraining documents in corpus.jsonl (12000 is about 3 MB)."""
-    sft: int = 2000
+    sft: Positive[int] = 2000
     """SFT demonstrations in sft.jsonl."""
-    train_prompts: int = 1000
+    train_prompts: Positive[int] = 1000
     """RL prompts in prompts_train.jsonl (PPO, rejection sampling, labelling)."""
-    eval_prompts: int = 200
+    eval_prompts: Positive[int] = 200
     """Held-out prompts in prompts_eval.jsonl (all different, never in any training file)."""
-    unsafe_share: float = 0.2
+    unsafe_share: UnitInterval[float] = 0.2
     """Share of prompts and demos that are harmful requests (tagged "safety": true)."""
-    borderline_share: float = 0.1
+    borderline_share: UnitInterval[float] = 0.1
     """Share of harmless prompts that look risky ("How do I kill a python process?")."""
-    imperfect_share: float = 0.3
+    imperfect_share: UnitInterval[float] = 0.3
     """Share of SFT demos that are flawed (wrong, wordy, needless refusal, harmful compliance)."""
-    corpus_noise: float = 0.1
+    corpus_noise: UnitInterval[float] = 0.1
     """Share of the corpus's Q/A answers that are flawed the same ways."""
-    blind_spot_weight: float = 8.0
+    blind_spot_weight: Positive[float] = 8.0
     """How much likelier a demo in a blind spot is to be flawed (1 = flaws spread uniformly)."""
 
 
@@ -49,7 +59,7 @@ class WorldMakeConfig:
 class WorldJudgeConfig:
     """Score {"prompt","response"} records with the world's gold helpfulness and safety judges."""
 
-    data: str = ""
+    data: Input[str] = ""
     """JSONL of {"prompt","response"} records whose prompts are world prompts."""
     out: str = ""
     """Scored JSONL to write (default: --data with the suffix .scored.jsonl)."""
@@ -61,29 +71,29 @@ class WorldJudgeConfig:
 class WorldLabelConfig(DeviceOptions):
     """Simulated labellers: rank K samples of a policy per prompt by the gold judges plus noise."""
 
-    policy: str = ""
+    policy: CausalLMFolder[str] = ""
     """Hugging Face causal LM folder (model + tokenizer) to sample responses from."""
-    prompts: str = ""
+    prompts: Input[str] = ""
     """Prompts JSONL ({"prompt","safety"}) of the world, e.g. prompts_train.jsonl."""
     out: str = ""
     """Output folder for rankings_helpfulness.jsonl, rankings_safety.jsonl, samples.jsonl."""
-    k: int = 4
+    k: AtLeastTwo[int] = 4
     """Responses sampled and ranked per prompt (InstructGPT used 4 to 9)."""
-    noise: float = 0.5
+    noise: NonNegative[float] = 0.5
     """Annotator noise: scale of the Gumbel noise added to gold scores (0 = exact order)."""
-    strength_thresholds: tuple[float, float, float] = (0.5, 0.25, 0.1)
+    strength_thresholds: NonNegative[tuple[float, float, float]] = (0.5, 0.25, 0.1)
     """Gold-score gaps for significantly_better, better and slightly_better (else negligibly)."""
-    safety_tiebreak: float = 0.25
+    safety_tiebreak: NonNegative[float] = 0.25
     """Weight of helpfulness in the safety annotator's score (safety first, then helpfulness)."""
-    safety_mix: float = 0.1
+    safety_mix: UnitInterval[float] = 0.1
     """Share of ordinary (not harmful, not borderline) prompts also ranked for safety."""
-    max_prompts: int | None = None
+    max_prompts: Positive[int | None] = None
     """Label only the first N prompts (default: all)."""
-    temperature: float = 1.0
+    temperature: NonNegative[float] = 1.0
     """Sampling temperature (0 = greedy, which makes the K samples identical)."""
-    max_new_tokens: int = 32
+    max_new_tokens: Positive[int] = 32
     """Maximum response tokens per sample."""
-    batch_size: int = 64
+    batch_size: Positive[int] = 64
     """Sequences sampled per forward batch."""
     seed: int = 0
     """Seed for sampling and annotator noise."""
@@ -95,27 +105,27 @@ class WorldLabelConfig(DeviceOptions):
 class EvalConfig(DeviceOptions, RemoteCodeOptions, RewardOptions):
     """Evaluate a model on prompts: reward-model score (--rm), KL to --reference, response length, EOS rate, win rate over --baseline; gold helpfulness, safety and false refusals when the prompts are the built-in world's."""
 
-    model: str = ""
+    model: CausalLMFolder[str] = ""
     """Hugging Face causal LM folder (model + tokenizer) to evaluate."""
-    prompts: str = ""
+    prompts: Input[str] = ""
     """Prompts: JSONL of {"prompt"} or {"messages"} records (Parquet and datasets folders too); the world's prompts_eval.jsonl adds the gold metrics."""
-    reference: str | None = None
+    reference: CausalLMFolder[str | None] = None
     """Causal LM folder to measure KL(model || reference) against on the model's own responses (e.g. the SFT model)."""
-    baseline: str | None = None
+    baseline: CausalLMFolder[str | None] = None
     """Causal LM folder to compare with: its responses to the same prompts are scored by the --rm reward models and the model's win rate over it is reported with its standard error."""
     out: str | None = None
     """JSON file for the metrics and the responses (default: print only)."""
     overwrite: bool = False
     """Replace --out if it exists."""
-    temperature: float = 0.0
+    temperature: NonNegative[float] = 0.0
     """Sampling temperature (0 = greedy decoding)."""
-    max_new_tokens: int = 32
+    max_new_tokens: Positive[int] = 32
     """Maximum response tokens."""
-    batch_size: int = 64
+    batch_size: Positive[int] = 64
     """Prompts per generation batch."""
-    max_prompts: int | None = None
+    max_prompts: Positive[int | None] = None
     """Evaluate only the first N prompts (default: all)."""
-    show: int = 10
+    show: NonNegative[int] = 10
     """Sample responses to print (one per task family)."""
     seed: int = 0
     """Seed for sampling (with --temperature above 0)."""
@@ -163,6 +173,20 @@ class PipelineConfig(DeviceOptions):
     ppo: StageOptions = dataclasses.field(default_factory=dict)
     rs: StageOptions = dataclasses.field(default_factory=dict)
     eval: StageOptions = dataclasses.field(default_factory=dict)
+
+    sections: ClassVar[dict[str, type]] = {
+        "world": WorldMakeConfig,
+        "pretrain": PretrainConfig,
+        "sft": SFTConfig,
+        "label": WorldLabelConfig,
+        "rm": RMConfig,
+        "select": SelectConfig,
+        "ppo": PPOConfig,
+        "rs": RSConfig,
+        "eval": EvalConfig,
+    }
+    """The config class of each stage's section: its options are read and range-checked
+    with that class's types and constraints before any stage runs."""
 
 
 @dataclass(kw_only=True)

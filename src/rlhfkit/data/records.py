@@ -9,7 +9,15 @@ written by `datasets.Dataset.save_to_disk`, where "line" means row index + 1):
 - pairwise: {"prompt": ..., "chosen": ..., "rejected": ..., "strength"?}  (becomes a K=2 ranking)
   also as TRL and Anthropic ship it (`_parse_pair`): message lists with an explicit or an
   implicit prompt, plain strings with an implicit prompt, HH-RLHF transcripts
-- prompts:  {"prompt": ..., "safety"?: bool}
+- scoring:  {"prompt": ..., "response": ..., "safety"?: bool, "ended"?: bool} (`rlhfkit score`);
+  with a conversational prompt the response may be an assistant message (or a list of one)
+- prompts:  {"prompt": ..., "safety"?: bool}, or conversational: {"messages": [...]} or
+  {"prompt": [...]} (messages ending with a user or system turn; encoded through the chat
+  template with the generation prompt, `data.tokenize.prompt_ids`)
+
+Messages are {"role", "content"} objects with roles system, user and assistant in every
+reader (`_messages`); ShareGPT's {"from", "value"} and human/gpt are refused with the
+mapping to apply.
 
 Every reader validates the whole file and raises a `RecordError` (`file:line: problem`)
 for the first bad record, saying how many bad records the file holds. Unknown fields are
@@ -33,13 +41,14 @@ __all__ = [
     "PromptRecord",
     "RankingRecord",
     "SFTRecord",
+    "ScoredRecord",
     "iter_json_records",
     "read_corpus",
     "read_preferences",
     "read_prompts",
+    "read_scoring_records",
     "read_sft",
 ]
-
 
 
 @dataclass
@@ -77,12 +86,41 @@ class RankingRecord:
 
 @dataclass
 class PromptRecord:
-    """A prompt for RL / rejection sampling / evaluation; `safety` marks possibly unsafe ones."""
+    """A prompt for RL / rejection sampling / evaluation; `safety` marks possibly unsafe ones.
+    A conversational prompt has its `messages` (encoded through the chat template, with the
+    generation prompt); `prompt` then holds its last user turn, for display."""
 
     prompt: str
     safety: bool = False
     line: int = 0
     source: str = ""
+    messages: list[dict[str, str]] | None = None
+
+    @property
+    def content(self) -> str | list[dict[str, str]]:
+        """What to encode: the messages of a conversational prompt, else the text."""
+        return self.prompt if self.messages is None else self.messages
+
+
+@dataclass
+class ScoredRecord:
+    """A prompt + response to score (`rlhfkit score`); the whole row is kept, to be
+    written back with the scores. A conversational prompt has its `messages` (`prompt`
+    is then its last user turn); the response is text either way."""
+
+    prompt: str
+    response: str
+    safety: bool
+    row: dict
+    line: int
+    ended: bool = True  # False: the response was cut before EOS (scored without one)
+    messages: list[dict[str, str]] | None = None
+    source: str = ""
+
+    @property
+    def content(self) -> str | list[dict[str, str]]:
+        """The prompt to encode: its messages when conversational, else its text."""
+        return self.prompt if self.messages is None else self.messages
 
 
 # ---------------------------------------------------------------- field checks
@@ -123,49 +161,17 @@ def _parse_text(row: dict, line: int, source: str) -> str:
     return _str(row, "text")
 
 
-def _check_messages(messages: list) -> None:
-    if not messages:
-        raise _Bad("field 'messages' is an empty list")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise _Bad(f"messages[{i}] must be an object with 'role' and 'content'")
-        for key in ("role", "content"):
-            if not isinstance(m.get(key), str):
-                raise _Bad(f"messages[{i}] needs a string '{key}'")
-        if not m["role"]:
-            raise _Bad(f"messages[{i}] has an empty role")
-    assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if not assistant:
-        raise _Bad("'messages' has no assistant turn: nothing to train on")
-    for i in assistant:
-        if not messages[i]["content"].strip():
-            raise _Bad(f"messages[{i}] is an empty assistant turn")
-
-
-def _parse_sft(row: dict, line: int, source: str) -> SFTRecord:
-    if row.get("messages") is not None:
-        if row.get("prompt") is not None or row.get("completion") is not None:
-            raise _Bad("give either 'messages' or 'prompt' + 'completion', not both")
-        messages = _list(row, "messages")
-        _check_messages(messages)
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        users = [m["content"] for m in messages[:last] if m["role"] == "user"]
-        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-        return SFTRecord(users[-1] if users else "", messages[last]["content"], msgs, line, source)
-    if row.get("completion") is None and row.get("prompt") is None:
-        raise _Bad("missing fields: need 'prompt' + 'completion' or 'messages'")
-    prompt = _str(row, "prompt", allow_empty=True)
-    completion = _str(row, "completion")
-    return SFTRecord(prompt, completion, None, line, source)
-
-
 CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant")
-_SHAREGPT = "ShareGPT: map human->user, gpt->assistant"
+_ROLES = ", ".join(CHAT_ROLES)
+_SHAREGPT = "ShareGPT data: map from->role, value->content, human->user, gpt->assistant"
 _MARKER = "Assistant:"  # Anthropic HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..."
 
 
-def _pref_messages(value: list, key: str) -> list[dict[str, str]]:
-    """A preference record's list of messages, roles checked (system, user, assistant)."""
+def _messages(value: Any, key: str) -> list[dict[str, str]]:
+    """A list of {"role", "content"} messages (field `key`), roles checked; a copy holding
+    only those two keys. The one check of messages, for every reader."""
+    if not isinstance(value, list):
+        raise _Bad(f"field '{key}' must be a list of messages, got {type(value).__name__}")
     if not value:
         raise _Bad(f"field '{key}' is an empty list")
     out = []
@@ -175,18 +181,43 @@ def _pref_messages(value: list, key: str) -> list[dict[str, str]]:
             raise _Bad(f"{where} must be an object with 'role' and 'content'")
         if m.get("role") is None and ("from" in m or "value" in m):
             raise _Bad(
-                f"{where} has ShareGPT keys 'from'/'value': use 'role'/'content', with roles "
-                f"{', '.join(CHAT_ROLES)} ({_SHAREGPT})"
+                f"{where} has ShareGPT keys 'from'/'value': messages are "
+                f'{{"role", "content"}} with roles {_ROLES} ({_SHAREGPT})'
             )
         for k in ("role", "content"):
             if not isinstance(m.get(k), str):
                 raise _Bad(f"{where} needs a string '{k}'")
         if m["role"] not in CHAT_ROLES:
-            raise _Bad(
-                f"{where}: role {m['role']!r} is not one of {', '.join(CHAT_ROLES)} ({_SHAREGPT})"
-            )
+            raise _Bad(f"{where}: role {m['role']!r} is not one of {_ROLES} ({_SHAREGPT})")
         out.append({"role": m["role"], "content": m["content"]})
     return out
+
+
+def _last_user(messages: list[dict[str, str]]) -> str:
+    """The last user turn's content ("" if none): a conversation's text for display."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else ""
+
+
+def _parse_sft(row: dict, line: int, source: str) -> SFTRecord:
+    if row.get("messages") is not None:
+        if row.get("prompt") is not None or row.get("completion") is not None:
+            raise _Bad("give either 'messages' or 'prompt' + 'completion', not both")
+        messages = _messages(row["messages"], "messages")
+        assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if not assistant:
+            raise _Bad("'messages' has no assistant turn: nothing to train on")
+        for i in assistant:
+            if not messages[i]["content"].strip():
+                raise _Bad(f"messages[{i}] is an empty assistant turn")
+        last = assistant[-1]
+        prompt = _last_user(messages[:last])
+        return SFTRecord(prompt, messages[last]["content"], messages, line, source)
+    if row.get("completion") is None and row.get("prompt") is None:
+        raise _Bad("missing fields: need 'prompt' + 'completion' or 'messages'")
+    prompt = _str(row, "prompt", allow_empty=True)
+    completion = _str(row, "completion")
+    return SFTRecord(prompt, completion, None, line, source)
 
 
 def _response_text(msgs: list[dict[str, str]], key: str, where: str) -> str:
@@ -282,9 +313,9 @@ def _parse_pair(row: dict, line: int, source: str) -> RankingRecord:
     if isinstance(chosen, list) or isinstance(rejected, list):
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
             raise _Bad("'chosen' and 'rejected' must both be strings or both lists of messages")
-        c, r = _pref_messages(chosen, "chosen"), _pref_messages(rejected, "rejected")
+        c, r = _messages(chosen, "chosen"), _messages(rejected, "rejected")
         if isinstance(prompt, list):
-            p = _pref_messages(prompt, "prompt")
+            p = _messages(prompt, "prompt")
             # some datasets repeat the prompt's messages at the start of each response
             c = c[len(p) :] if c[: len(p)] == p else c
             r = r[len(p) :] if r[: len(p)] == p else r
@@ -299,9 +330,7 @@ def _parse_pair(row: dict, line: int, source: str) -> RankingRecord:
         if p and p[-1]["role"] == "assistant":
             raise _Bad("the prompt ends with an assistant turn: the responses are the next one")
         texts = [_response_text(c, "chosen", where), _response_text(r, "rejected", where)]
-        users = [m["content"] for m in p if m["role"] == "user"]
-        shown = users[-1] if users else ""
-        return RankingRecord(shown, texts, [0, 1], strengths, line, source, p, [c, r])
+        return RankingRecord(_last_user(p), texts, [0, 1], strengths, line, source, p, [c, r])
     for key, v in (("chosen", chosen), ("rejected", rejected)):
         if not isinstance(v, str):
             raise _Bad(
@@ -362,14 +391,75 @@ def _parse_ranking(row: dict, line: int, source: str) -> RankingRecord:
     return RankingRecord(prompt, list(responses), list(ranking), strengths, line, source)
 
 
+def _prompt_field(row: dict) -> tuple[str, list[dict[str, str]] | None]:
+    """A record's prompt: (text, None) for a string 'prompt', (last user turn, messages)
+    for conversational ones ('messages', or 'prompt' as a list of messages), which end
+    with a user or system turn (the model answers next). Raises `_Bad`."""
+    if row.get("messages") is not None:
+        if row.get("prompt") is not None:
+            raise _Bad("give either 'messages' or 'prompt', not both")
+        key = "messages"
+    elif isinstance(row.get("prompt"), list):
+        key = "prompt"
+    else:
+        return _str(row, "prompt"), None
+    messages = _messages(row[key], key)
+    if messages[-1]["role"] == "assistant":
+        raise _Bad(
+            f"'{key}' ends with an assistant turn: a prompt ends with the turn the model "
+            "answers (drop the last assistant turn)"
+        )
+    if not any(m["content"].strip() for m in messages):
+        raise _Bad(f"'{key}' has only empty messages")
+    return _last_user(messages), messages
+
+
 def _parse_prompt(row: dict, line: int, source: str) -> PromptRecord:
-    prompt = _str(row, "prompt")
+    prompt, messages = _prompt_field(row)
     safety = row.get("safety")
     if safety is None:
         safety = False
     elif not isinstance(safety, bool):
         raise _Bad(f"field 'safety' must be true or false, got {safety!r}")
-    return PromptRecord(prompt, safety, line, source)
+    return PromptRecord(prompt, safety, line, source, messages)
+
+
+def _flag(row: dict, key: str) -> bool | None:
+    v = row.get(key)
+    if v is not None and not isinstance(v, bool):
+        raise _Bad(f"field '{key}' must be true or false, got {v!r}")
+    return v
+
+
+def _scored_response(row: dict, conversational: bool) -> str:
+    """'response': a string or, after a conversational prompt, one assistant message
+    (or a list holding one, TRL's completion)."""
+    v = row.get("response")
+    if isinstance(v, (dict, list)) and conversational:
+        msgs = _messages(v if isinstance(v, list) else [v], "response")
+        if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+            raise _Bad("'response' as messages must be one assistant message")
+        v = msgs[0]["content"]
+    elif isinstance(v, (dict, list)):
+        raise _Bad("'response' is a message but 'prompt' is a string: give both as messages")
+    elif v is None:
+        raise _Bad("field 'response' is missing")
+    elif not isinstance(v, str):
+        raise _Bad("field 'response' is not a string")
+    if not v.strip():
+        raise _Bad("field 'response' is empty")
+    return v
+
+
+def _parse_scored(row: dict, line: int, source: str) -> ScoredRecord:
+    if row.get("prompt") is None and row.get("messages") is None:
+        raise _Bad("field 'prompt' is missing")
+    prompt, messages = _prompt_field(row)
+    response = _scored_response(row, messages is not None)
+    safety, ended = _flag(row, "safety"), _flag(row, "ended")
+    return ScoredRecord(
+        prompt, response, bool(safety), row, line, ended is not False, messages, source
+    )
 
 
 # ---------------------------------------------------------------- readers
@@ -427,5 +517,10 @@ def read_preferences(paths: PathLike | Sequence[PathLike]) -> list[RankingRecord
 
 
 def read_prompts(path: PathLike) -> list[PromptRecord]:
-    """Prompts with an optional `safety` tag (default False)."""
+    """Prompts (strings or conversational) with an optional `safety` tag (default False)."""
     return _read_all(path, _parse_prompt)
+
+
+def read_scoring_records(path: PathLike) -> list[ScoredRecord]:
+    """Prompt + response records to score, each row kept whole."""
+    return _read_all(path, _parse_scored)

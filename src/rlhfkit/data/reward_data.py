@@ -13,7 +13,10 @@ A conversational ranking record (`RankingRecord.prompt_messages`, TRL's message 
 encoded like an SFT `messages` record: the whole conversation, prompt messages + the
 response's assistant turn(s), rendered once by the tokenizer's chat template; the response
 starts where the prompt rendered with the generation prompt ends (`_chat_segments`), and
-the template's own end of turn serves as EOS (one is appended if it has none).
+the template's own end of turn serves as EOS (one is appended if it has none). The
+sequence ends at that EOS: what a template writes after it (Qwen's newline after
+`<|im_end|>`) is dropped, so that the RM reads its score where a sampled response ends
+and scores the policy's ids (`scoring.rm`) as it trained.
 
 A ranking of K responses becomes ONE example: its K sequences and its C(K,2) comparisons
 (winner, loser, margin, strength bucket). A batch concatenates whole examples, so a
@@ -37,54 +40,78 @@ from rlhfkit.data.ranking import (
 )
 from rlhfkit.data.ranking import resolve_margins as _resolve
 from rlhfkit.data.records import RankingRecord, SFTRecord
-from rlhfkit.data.tokenize import EncodedExample, encode_sft_many, resolve_bos
+from rlhfkit.data.tokenize import (
+    EncodedExample,
+    encode_sft_many,
+    prompt_ids,
+    resolve_bos,
+    truncate_left,
+)
 from rlhfkit.errors import RecordError, UserError
 
 UNLABELED = "unlabeled"  # bucket of comparisons that carry no strength
 BUCKETS: tuple[str, ...] = (*STRENGTHS, UNLABELED)
 
 
-def truncate_left(ids: list[int], max_len: int, bos: int | None) -> list[int]:
-    """Keep the last tokens of `ids` (and a leading BOS) so that len <= max_len."""
-    if len(ids) <= max_len:
-        return ids
-    head = [bos] if bos is not None and ids and ids[0] == bos else []
-    keep = max_len - len(head)
-    if keep < 1:
-        raise ValueError(f"max_len={max_len} leaves no room after BOS")
-    return head + ids[-keep:]
+Prompt = str | list[dict[str, str]]  # a string, or a conversation's messages
 
 
 def encode_responses(
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     responses: Sequence[str],
     max_len: int,
     ended: Sequence[bool] | None = None,
 ) -> tuple[list[list[int]], int]:
     """`[bos?] + prompt + response + [eos]` per pair (SFT's encoding), left-truncated to
-    max_len. `ended[i]` False (a sampled response cut at max_new_tokens) leaves that
-    pair's EOS out; None: every response is complete. Returns (ids per pair, number
-    truncated)."""
+    max_len. A conversational prompt (a list of messages) is encoded as the RM trained on
+    it: the messages + the response as an assistant turn, through the chat template
+    (`_as_sft`). `ended[i]` False (a sampled response cut at max_new_tokens) leaves that
+    pair's EOS out (for a conversation: the prompt rendered with the generation prompt,
+    then the response, what the policy produced); None: every response is complete.
+    Returns (ids per pair, number truncated)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if ended is not None and len(ended) != len(responses):
         raise ValueError(f"{len(ended)} ended flags for {len(responses)} responses")
-    records = [SFTRecord(p, r) for p, r in zip(prompts, responses, strict=True)]
+    records = [_pair_record(p, r) for p, r in zip(prompts, responses, strict=True)]
     full = _encode_full(records, tokenizer)
-    if ended is not None:  # the EOS encode_sft appended is the last id
-        full = [ids if e else ids[:-1] for ids, e in zip(full, ended, strict=True)]
+    for i, finished in enumerate(ended if ended is not None else []):
+        if finished:
+            continue
+        if isinstance(prompts[i], str):  # the EOS encode_sft appended is the last id
+            full[i] = full[i][:-1]
+        else:
+            cut_off = tokenizer(responses[i], add_special_tokens=False)["input_ids"]
+            full[i] = prompt_ids(prompts[i], tokenizer) + cut_off
     bos = resolve_bos(tokenizer)
     out = [truncate_left(ids, max_len, bos) for ids in full]
     n_cut = sum(len(o) < len(ids) for o, ids in zip(out, full, strict=True))
     return out, n_cut
 
 
+def _pair_record(prompt: Prompt, response: str) -> SFTRecord:
+    if isinstance(prompt, str):
+        return SFTRecord(prompt, response)
+    return SFTRecord("", response, [*prompt, {"role": "assistant", "content": response}])
+
+
 def _encode_full(records: Sequence[SFTRecord], tokenizer: Any) -> list[list[int]]:
-    """SFT's encoding of every record (prompt + completion, or chat messages), uncut."""
+    """SFT's encoding of every record (prompt + completion, or chat messages), uncut; a
+    chat sequence ends at its last EOS (what a template writes after it is dropped)."""
     # max_len far above any length: encode_sft_many then never drops; callers cut.
     examples, _ = encode_sft_many(records, tokenizer, max_len=1 << 30, loss_on_prompt=True)
-    return [ex.input_ids for ex in examples]
+    eos = tokenizer.eos_token_id
+    return [
+        ex.input_ids if r.messages is None else _end_at_eos(ex.input_ids, eos)
+        for r, ex in zip(records, examples, strict=True)
+    ]
+
+
+def _end_at_eos(ids: list[int], eos: int) -> list[int]:
+    """`ids` up to and including its last EOS: a sampled response ends at EOS, and the
+    reward is read at the last token."""
+    return ids[: len(ids) - ids[::-1].index(eos)] if eos in ids else ids
 
 
 def _as_sft(rec: RankingRecord) -> list[SFTRecord]:

@@ -271,6 +271,40 @@ def encode_sft_many(
 # ---------------------------------------------------------------- prompts
 
 
+def prompt_ids(
+    prompt: str | list[dict[str, str]],
+    tokenizer: Any,
+    chat: bool = False,
+    add_bos: bool | None = None,
+) -> list[int]:
+    """A prompt for generation, whole: `[bos?] + prompt ids` for a string; for a list of
+    messages (or any prompt with `chat`, a string becoming one user turn) the chat template
+    rendered with `add_generation_prompt=True`, which places BOS itself: the sequence SFT
+    trained the assistant's answer to follow."""
+    if chat or isinstance(prompt, list):
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise UserError("chat prompts need a tokenizer with a chat template")
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        ids = _ids(tokenizer, [_render(tokenizer, messages, True)])[0]
+    else:
+        bos = resolve_bos(tokenizer, add_bos)
+        ids = ([bos] if bos is not None else []) + _ids(tokenizer, [prompt])[0]
+    if not ids:
+        raise UserError(f"the prompt {prompt!r} encodes to no tokens")
+    return ids
+
+
+def truncate_left(ids: list[int], max_len: int, bos: int | None) -> list[int]:
+    """Keep the last tokens of `ids` (and a leading BOS) so that len <= max_len."""
+    if len(ids) <= max_len:
+        return ids
+    head = [bos] if bos is not None and ids and ids[0] == bos else []
+    keep = max_len - len(head)
+    if keep < 1:
+        raise ValueError(f"max_len={max_len} leaves no room after BOS")
+    return head + ids[-keep:]
+
+
 def encode_prompt(
     prompt: str | list[dict[str, str]],
     tokenizer: Any,
@@ -278,32 +312,38 @@ def encode_prompt(
     chat: bool = False,
     add_bos: bool | None = None,
 ) -> list[int]:
-    """A prompt for generation: `[bos?] + prompt ids`, truncated from the LEFT to fit.
-
-    With `chat` (or when `prompt` is a list of messages) the chat template is applied with
-    `add_generation_prompt=True`, a string becoming one user turn; the template places BOS.
-    Truncation keeps a leading BOS and drops the oldest tokens after it.
-    """
+    """`prompt_ids`, truncated from the LEFT to fit max_prompt_len: a leading BOS is kept
+    and the oldest tokens after it are dropped (`truncate_left`)."""
     if max_prompt_len < 1:
         raise ValueError(f"max_prompt_len must be >= 1, got {max_prompt_len}")
-    if chat or isinstance(prompt, list):
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise UserError("chat prompts need a tokenizer with a chat template")
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        ids = _ids(tokenizer, [_render(tokenizer, messages, True)])[0]
-        bos = tokenizer.bos_token_id if ids and ids[0] == tokenizer.bos_token_id else None
-        body = ids[1:] if bos is not None else ids
-    else:
-        bos = resolve_bos(tokenizer, add_bos)
-        body = _ids(tokenizer, [prompt])[0]
-    head = [bos] if bos is not None else []
-    keep = max_prompt_len - len(head)
-    if keep < 1:
-        raise ValueError(f"max_prompt_len={max_prompt_len} leaves no room after BOS")
-    ids = head + body[-keep:]
-    if not ids:
-        raise UserError(f"the prompt {prompt!r} encodes to no tokens")
-    return ids
+    ids = prompt_ids(prompt, tokenizer, chat, add_bos)
+    return truncate_left(ids, max_prompt_len, tokenizer.bos_token_id)
+
+
+# ---------------------------------------------------------------- chat-trained mark
+
+CHAT_MARK = "rlhfkit_trained_on_chat"
+"""Key set in a tokenizer's `init_kwargs`, saved to its tokenizer_config.json, by a stage
+that fine-tunes the model on chat `messages` (`mark_trained_on_chat`): the model saved
+with it expects the chat template, and so do the later stages (`trained_on_chat`)."""
+
+
+def mark_trained_on_chat(tokenizer: Any) -> None:
+    """Record in `tokenizer`, and every copy saved from it, that its model is fine-tuned on
+    chat-templated sequences. Called by the stage that trains on them, before it saves
+    (an explicit call: encoding never changes the tokenizer it is given)."""
+    init_kwargs = getattr(tokenizer, "init_kwargs", None)
+    if isinstance(init_kwargs, dict):
+        init_kwargs[CHAT_MARK] = True
+
+
+def trained_on_chat(tokenizer: Any) -> bool:
+    """Whether the tokenizer has a chat template and its model was trained on chat
+    messages by rlhfkit (`mark_trained_on_chat`). A template alone says nothing: base
+    models and the built-in tokenizer ship one."""
+    return getattr(tokenizer, "chat_template", None) is not None and bool(
+        (getattr(tokenizer, "init_kwargs", None) or {}).get(CHAT_MARK)
+    )
 
 
 # ---------------------------------------------------------------- corpus

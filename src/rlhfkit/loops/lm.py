@@ -7,7 +7,8 @@ Algorithm (one optimizer step):
   3. each micro-batch: forward, summed next-token NLL over label tokens divided by the
      global number of label tokens in the step, backward (DDP syncs on the last one);
   4. clip, AdamW step, schedule step; log; checkpoint every `save_every` steps.
-At the end of each epoch: held-out loss, and (SFT) a complete checkpoint `epoch-N/`.
+At the end of each epoch: held-out loss, and (SFT) a complete checkpoint `epoch-N/`; at the
+end of the run (pretrain, SFT) the final model at the top of the output folder.
 Resume, data order, --max-steps, logging and checkpoints are `loops/trainer.py`'s; this
 file holds the step math (`accumulate_nll`) and the end-of-epoch evaluation.
 
@@ -55,6 +56,7 @@ class LMRun:
     packing: bool = True  # resolved: `choose_packing` turns the option's auto into on/off
     row_tokens: int | None = None  # packed rows hold at most this many tokens (None: one row)
     epoch_checkpoints: bool = False  # SFT: a complete `epoch-N/` folder per epoch
+    export: bool = False  # the final model as a plain HF folder at the top of `out`
     desc: str = "train"
     on_epoch_end: Callable[[int, dict], None] | None = None
 
@@ -160,14 +162,15 @@ def accumulate_nll(
 
 
 def _end_epoch(t: Trainer, run: LMRun, opts: TrainOptions, epoch: int) -> None:
-    """Held-out loss, the history row, and (SFT) the complete checkpoint `epoch-N/`."""
-    eval_loss = evaluate_lm(t.model, run.eval, run, opts)
+    """Held-out loss (None without held-out data: no loss is printed or logged then), the
+    history row, and (SFT) the complete checkpoint `epoch-N/`."""
+    eval_loss = evaluate_lm(t.model, run.eval, run, opts) if run.eval else None
     row = t.record_epoch(epoch, eval_loss=eval_loss)
-    t.logger.log(t.state["step"], {"eval/loss": eval_loss, "epoch": epoch + 1})
-    rank0_print(
-        f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, eval loss {eval_loss:.4f}",
-        rank=run.dist.rank,
-    )
+    line = f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}"
+    if eval_loss is not None:
+        t.logger.log(t.state["step"], {"eval/loss": eval_loss, "epoch": epoch + 1})
+        line += f", eval loss {eval_loss:.4f}"
+    rank0_print(line, rank=run.dist.rank)
     if run.epoch_checkpoints:
         t.save(epoch_dir(t.out, epoch + 1))
     if run.on_epoch_end is not None:
@@ -201,6 +204,8 @@ def fit_lm(run: LMRun, opts: TrainOptions) -> dict[str, Any]:
             break
         _end_epoch(t, run, opts, epoch)
     wall = t.finish()
+    if run.export:
+        t.export(t.out)
     summary = {
         "final_loss": t.last.get("loss"),
         "steps": t.state["step"],

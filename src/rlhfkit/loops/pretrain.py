@@ -26,7 +26,6 @@ from rlhfkit.models.checkpoint import prepare_output_dir
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
 from rlhfkit.models.presets import build_model, count_parameters, train_tokenizer
-from rlhfkit.models.sharded import export_model
 
 
 def train_pretrain(cfg: PretrainConfig) -> dict:
@@ -76,10 +75,10 @@ def train_pretrain(cfg: PretrainConfig) -> dict:
         dist=d,
         device=device,
         packing=False,
+        export=True,
         desc="pretrain",
     )
     summary = fit_lm(run, cfg)
-    export_model(model, tokenizer, out, dist=d)
     if d.is_main:
         rank0_print(
             f"saved {out} (final loss {summary['final_loss']:.4f}, "

@@ -8,7 +8,9 @@ Steps:
   3. the shared LM loop (`loops/lm.py`), padding-free packed micro-batches by default where
      a probe of the loaded model finds packed examples kept apart (else padded, said so);
   4. a complete Hugging Face checkpoint per epoch, `epoch-N/` (InstructGPT kept every
-     epoch and picked one by reward: `rlhfkit select`), plus the held-out loss per epoch.
+     epoch and picked one by reward: `rlhfkit select`), plus the held-out loss per epoch;
+  5. the final model at the top of --out, as `rm`, `ppo` and `rs` leave theirs, so that
+     `from_pretrained(out)` loads it (`select` reads the `epoch-N/` folders, not this).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from rlhfkit.config import SFTConfig, save_config
 from rlhfkit.data.records import read_sft
-from rlhfkit.data.tokenize import EncodeStats, encode_sft
+from rlhfkit.data.tokenize import EncodeStats, encode_sft, mark_trained_on_chat
 from rlhfkit.distributed import barrier, setup_distributed, teardown_distributed
 from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
@@ -72,6 +74,8 @@ def train_sft(cfg: SFTConfig) -> dict:
     barrier(d)
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    if any(r.messages is not None for r in records):  # RL stages warn on plain prompts
+        mark_trained_on_chat(tokenizer)
     train = encode_records(records, tokenizer, cfg, cfg.data)
     held_out = (
         encode_records(eval_records, tokenizer, cfg, cfg.eval_data or "eval split")
@@ -96,11 +100,15 @@ def train_sft(cfg: SFTConfig) -> dict:
         packing=packing,
         row_tokens=cfg.max_len,
         epoch_checkpoints=True,
+        export=True,
         desc="sft",
     )
     summary = fit_lm(run, cfg)
+    epochs = sorted(out.glob("epoch-*"), key=lambda p: int(p.name.split("-")[1]))
     rank0_print(
-        f"checkpoints: {', '.join(sorted(p.name for p in out.glob('epoch-*')))}", rank=d.rank
+        f"model: {out} (AutoModelForCausalLM); epoch checkpoints: "
+        f"{', '.join(p.name for p in epochs) or 'none'}",
+        rank=d.rank,
     )
     teardown_distributed()
     return summary

@@ -11,7 +11,7 @@ and the periodic, mid-epoch and end-of-epoch checkpoints. A loop reads:
         for step in t.steps(epoch):           # global example indices of one optimizer step
             ...forward / backward of t.micro_batches(step, train)...
             grad_norm = t.optimizer_step()
-            t.step_done(metrics, shown=(...))  # bar, log, --save-every checkpoint
+            t.step_done(metrics, shown=(...))  # bar, log, --save-every checkpoint (pruned)
         if not t.end_epoch(epoch):            # --max-steps hit mid-epoch: checkpoint kept
             break
         ...evaluate, t.record_epoch(epoch, ...), t.save(epoch_dir(...))...
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 
 from rlhfkit.config import TrainOptions
-from rlhfkit.distributed import Dist
+from rlhfkit.distributed import Dist, barrier
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
 from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print
@@ -41,7 +41,7 @@ from rlhfkit.loops.common import (
     optimizer_step,
     rank_micro_batches,
 )
-from rlhfkit.models.checkpoint import latest_checkpoint, step_dir
+from rlhfkit.models.checkpoint import latest_checkpoint, prune_checkpoints, step_dir
 from rlhfkit.models.sharded import export_model, read_checkpoint, write_checkpoint
 from rlhfkit.models.wrap import enable_gradient_checkpointing, wrap_for_training
 
@@ -128,7 +128,7 @@ class Trainer:
         if step % self.opts.log_every == 0 or step == self.total:
             self.logger.log(step, {f"train/{k}": v for k, v in metrics.items()})
         if self._periodic_save_due():
-            self.save(step_dir(self.out, step))
+            self.save_step()
 
     def _periodic_save_due(self) -> bool:
         return bool(self.opts.save_every) and self.state["step"] % self.opts.save_every == 0
@@ -140,7 +140,7 @@ class Trainer:
         resumable step checkpoint is then kept (unless --save-every just wrote it)."""
         if self.state["step_in_epoch"] < self.steps_per_epoch:
             if not self._periodic_save_due():
-                self.save(step_dir(self.out, self.state["step"]))
+                self.save_step()
             return False
         self.state.update(epoch=epoch + 1, step_in_epoch=0)
         return True
@@ -165,6 +165,14 @@ class Trainer:
             optimizers={"model": self.optimizer}, schedulers={"model": self.scheduler},
             state=dict(self.state), dist=self.dist, adapter=self.opts.save_adapter,
         )  # fmt: skip
+
+    def save_step(self) -> None:
+        """The step checkpoint `checkpoints/step-N/`; then only the newest --keep-checkpoints
+        of them stay (epoch-N/ folders always do)."""
+        self.save(step_dir(self.out, self.state["step"]))
+        if self.dist.is_main:
+            prune_checkpoints(self.out, self.opts.keep_checkpoints)
+        barrier(self.dist)
 
     def restore(self) -> dict[str, Any] | None:
         """Load the latest complete checkpoint of `out` (all processes); its state, or None."""
@@ -260,8 +268,9 @@ def start_training(
         global_batch=global_batch, steps_per_epoch=per_epoch, total=total,
     )  # fmt: skip
     fresh = {"step": 0, "epoch": 0, "step_in_epoch": 0, **(counters or {}), "history": []}
-    t.state = (t.restore() if opts.resume else None) or fresh
-    t.logger = MetricsLogger(t.out, enabled=dist.is_main)
+    restored = t.restore() if opts.resume else None
+    t.state = {**fresh, **(restored or {})}  # counters newer than the checkpoint start fresh
+    t.logger = MetricsLogger(t.out, enabled=dist.is_main, report_to=opts.report_to)
     t.bar = progress(total, desc=desc, enabled=dist.is_main, initial=t.state["step"])
     t.t_start = time.perf_counter()
     return t

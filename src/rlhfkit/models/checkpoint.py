@@ -10,6 +10,7 @@ Layout of a run:
     run_dir/run.json                      marks the folder as an rlhfkit run
     run_dir/checkpoints/step-000123/      one resumable checkpoint (COMPLETE marker inside)
     run_dir/epoch-2/                      one at an epoch's end (SFT, RM), also resumable
+    run_dir/config.json, *.safetensors    the final model, a plain HF folder (`export_hf`)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from rlhfkit import __version__
 from rlhfkit.errors import OutputExistsError, UserError
-from rlhfkit.files import atomic_dir, fsync_dir
+from rlhfkit.files import atomic_dir, fsync_dir, to_json
 from rlhfkit.models.load import load_state_like, quiet_progress
 from rlhfkit.models.lora import (
     adapter_state_dict,
@@ -83,7 +84,8 @@ def _write_hf(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Sorted, indented JSON; NaN and infinities as null (`files.to_json`)."""
+    path.write_text(to_json(data, indent=2, sort_keys=True) + "\n")
 
 
 def _write_extra(folder: Path, extra_json: Mapping[str, Mapping[str, Any]] | None) -> None:

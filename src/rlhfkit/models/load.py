@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rlhfkit.errors import UserError
+from rlhfkit.validate import check_folder, check_model_folder
 
 _warned_bf16: set[str] = set()
 
@@ -61,16 +63,7 @@ def quiet_progress() -> Iterator[None]:
 
 
 def _check_folder(path: str | Path, what: str, required: tuple[str, ...]) -> Path:
-    folder = Path(path)
-    if not folder.exists():
-        raise UserError(f"{what} folder {folder} does not exist")
-    if not folder.is_dir():
-        raise UserError(f"{folder} is a file: expected a {what} folder")
-    if not any((folder / name).is_file() for name in required):
-        raise UserError(
-            f"{folder} is not a Hugging Face {what} folder (it has none of {', '.join(required)})"
-        )
-    return folder
+    return check_folder(path, what, required)
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -95,18 +88,8 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
 
 
 def _check_model_folder(path: str | Path) -> Path:
-    folder = _check_folder(path, "model", ("config.json",))
-    has_safetensors = any(folder.glob("*.safetensors")) or any(
-        folder.glob("*.safetensors.index.json")
-    )
-    if not has_safetensors:
-        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
-            raise UserError(
-                f"{folder} holds pickled weights (.bin/.pt) only; rlhfkit loads safetensors "
-                "only (pickles can run code). Convert with save_pretrained in a trusted session."
-            )
-        raise UserError(f"{folder} has a config.json but no .safetensors weights")
-    return folder
+    """A model folder with config.json and complete safetensors weights (`validate`)."""
+    return check_model_folder(path, "any")
 
 
 def load_causal_lm(
@@ -128,7 +111,7 @@ def load_causal_lm(
                 use_safetensors=True,
                 trust_remote_code=trust_remote_code,
             )
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise UserError(f"could not load a causal LM from {folder}: {e}") from e
     model.to(torch.device(device))
     model.train()
@@ -142,8 +125,11 @@ def load_state_like(model: PreTrainedModel, path: str | Path) -> dict[str, torch
     may convert keys back to an original checkpoint format on save).
     """
     folder = _check_model_folder(path)
-    with quiet_progress():
-        loaded = type(model).from_pretrained(str(folder), use_safetensors=True)
+    try:
+        with quiet_progress():
+            loaded = type(model).from_pretrained(str(folder), use_safetensors=True)
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise UserError(f"could not load a model from {folder}: {e}") from e
     return loaded.state_dict()
 
 

@@ -1,55 +1,21 @@
 """`rlhfkit score`: score {"prompt", "response", "safety"?, "ended"?} records with one or
 several reward models and write each record back with its combined and per-RM scores.
 `"ended": false` marks a sampled response cut before EOS: it is scored without EOS, as
-PPO and rejection sampling score it (`scoring.rm`)."""
+PPO and rejection sampling score it (`scoring.rm`). A conversational prompt (messages,
+`data.records.read_scoring_records`) is scored on the sequence the RM trained on: the
+conversation + the response as an assistant turn, through the RM's chat template."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.data.records import iter_json_records
+from rlhfkit.data.records import ScoredRecord, read_scoring_records
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import RecordError, UserError
 from rlhfkit.scoring.build import combine_options
 from rlhfkit.scoring.rm import RewardScorer
-
-
-@dataclass
-class ScoredRecord:
-    """A {"prompt", "response", "safety"?} record; other fields are kept."""
-
-    prompt: str
-    response: str
-    safety: bool
-    row: dict
-    line: int
-    ended: bool = True  # False: the response was cut before EOS (scored without one)
-
-
-def read_scoring_records(path: str | Path) -> list[ScoredRecord]:
-    """{"prompt", "response", "safety"?} records, validated (file:line errors)."""
-    out = []
-    for line, row in iter_json_records(path):
-        for key in ("prompt", "response"):
-            if not isinstance(row.get(key), str):
-                problem = "missing" if row.get(key) is None else "not a string"
-                raise RecordError(str(path), line, f"field '{key}' is {problem}")
-        if not row["response"].strip():
-            raise RecordError(str(path), line, "field 'response' is empty")
-        for key in ("safety", "ended"):
-            if row.get(key) is not None and not isinstance(row[key], bool):
-                raise RecordError(
-                    str(path), line, f"field '{key}' must be true or false, got {row[key]!r}"
-                )
-        rec = ScoredRecord(row["prompt"], row["response"], bool(row.get("safety")), row, line)
-        rec.ended = row.get("ended") is not False
-        out.append(rec)
-    if not out:
-        raise RecordError(str(path), None, "empty file: no records")
-    return out
 
 
 def run_score(cfg: Any) -> dict:
@@ -68,8 +34,9 @@ def run_score(cfg: Any) -> dict:
         batch_size=cfg.batch_size,
         max_len=cfg.max_len,
     )
+    _check_chat(records, scorer)
     result = scorer.score(
-        [r.prompt for r in records],
+        [r.content for r in records],
         [r.response for r in records],
         [r.safety for r in records],
         [r.ended for r in records],
@@ -93,3 +60,18 @@ def run_score(cfg: Any) -> dict:
         f"mean {summary['mean_score']:.4f} -> {out}"
     )
     return summary
+
+
+def _check_chat(records: list[ScoredRecord], scorer: RewardScorer) -> None:
+    """Conversational records need each RM's tokenizer to have a chat template."""
+    chat = next((r for r in records if r.messages is not None), None)
+    if chat is None:
+        return
+    for name, rm in scorer.models.items():
+        if getattr(rm.tokenizer, "chat_template", None) is None:
+            raise RecordError(
+                chat.source,
+                chat.line,
+                f"a conversational prompt (a list of messages) needs a chat template, and "
+                f"reward model '{name}' has none: give plain 'prompt' strings",
+            )

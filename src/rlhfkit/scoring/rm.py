@@ -11,7 +11,13 @@ Two entry points:
   the policy's token ids as sampled (`models.generate.Generation` fields). An RM whose
   tokenizer maps every policy token to the same id (checked once per policy tokenizer)
   scores those ids directly: no decode / re-encode, and exactly the tokens the policy
-  produced. Other RMs get decoded text, with `ended` read off the ids.
+  produced. Other RMs get decoded text, with `ended` read off the ids; given `prompts`
+  (conversational ones: lists of messages), those replace the decoded prompts, so that
+  each RM renders a conversation with its own chat template.
+
+A conversational prompt (a list of messages) is encoded as the RM was trained on it
+(`encode_responses`): the conversation + the response as an assistant turn, through the
+RM tokenizer's chat template.
 
 A response without EOS (sampling cut it at max_new_tokens) is scored as it was produced,
 WITHOUT an EOS, on both paths: the ids path scores the sampled ids, and the text path
@@ -39,7 +45,7 @@ import torch
 
 from rlhfkit.combine import Combiner, batch_whiten, split_whitening
 from rlhfkit.config.base import parse_rm_spec
-from rlhfkit.data.reward_data import encode_responses, pad_right
+from rlhfkit.data.reward_data import Prompt, encode_responses, pad_right
 from rlhfkit.errors import UserError
 from rlhfkit.models.reward import load_reward_model, reward_scores
 
@@ -74,15 +80,15 @@ def score_sequences(
 def score_texts(
     model: torch.nn.Module,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     responses: Sequence[str],
     *,
     max_len: int = 1024,
     batch_size: int = 32,
     ended: Sequence[bool] | None = None,
 ) -> torch.Tensor:
-    """(N,) raw RM scores r(prompt_i, response_i) (float32, CPU), in input order.
-    `ended[i]` False scores response i without EOS (module docstring); None: all ended."""
+    """(N,) raw RM scores r(prompt_i, response_i) (float32, CPU), in input order; a prompt
+    is a string or a list of messages (`encode_responses`). `ended[i]` False scores response i without EOS (module docstring); None: all ended."""
     if not prompts:
         return torch.zeros(0)
     sequences, _ = encode_responses(tokenizer, prompts, responses, max_len, ended)
@@ -214,12 +220,12 @@ class RewardScorer:
 
     def score(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         responses: Sequence[str],
         safety: Sequence[bool] | torch.Tensor | None = None,
         ended: Sequence[bool] | torch.Tensor | None = None,
     ) -> ScoreResult:
-        """Score texts; `safety` flags prompts tagged possibly unsafe (None = none);
+        """Score texts (a prompt: a string or a list of messages); `safety` flags prompts tagged possibly unsafe (None = none);
         `ended` flags the responses that finished with EOS (None = all; a response that
         did not is scored without EOS, module docstring). CPU out."""
         flags = _as_bool(safety, len(prompts))
@@ -254,15 +260,18 @@ class RewardScorer:
         response_mask: torch.Tensor,
         policy_tokenizer: Any,
         safety: Sequence[bool] | torch.Tensor | None = None,
+        prompts: Sequence[Prompt] | None = None,
     ) -> ScoreResult:
         """Score sampled token ids: prompt (B, P) and response (B, R) ids with bool masks,
-        any padding. Results on the device of `response_ids`. See the module docstring."""
+        any padding. `prompts`, if given, are the prompts as read (strings or messages),
+        used instead of the decoded prompt ids by RMs that read text. Results on the device
+        of `response_ids`. See the module docstring."""
         out_device = response_ids.device
         flags = _as_bool(safety, response_ids.shape[0])
         ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+R)
         mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P+R)
         per_rm: dict[str, torch.Tensor] = {}
-        texts: tuple[list[str], list[str]] | None = None
+        texts: tuple[list[Prompt], list[str]] | None = None
         for name, rm in self.models.items():
             if self.shares_tokenizer(name, policy_tokenizer):
                 per_rm[name] = self._score_ids(rm.model, ids, mask).to(out_device)
@@ -271,6 +280,8 @@ class RewardScorer:
                 texts = _decode(
                     policy_tokenizer, prompt_ids, prompt_mask, response_ids, response_mask
                 )
+                if prompts is not None:
+                    texts = (list(prompts), texts[1])
             per_rm[name] = score_texts(
                 rm.model, rm.tokenizer, *texts, max_len=rm.max_len, batch_size=self.batch_size,
                 ended=ends_with_eos(response_ids, response_mask, policy_tokenizer.eos_token_id),

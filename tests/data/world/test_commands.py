@@ -37,7 +37,7 @@ def test_world_make_end_to_end(tmp_path, capsys):
 
 def test_world_make_rejects_bad_settings(tmp_path, capsys):
     assert cli.main(["world", "make", "--out", str(tmp_path), "--unsafe-share", "2"]) == 2
-    assert "unsafe_share" in capsys.readouterr().err
+    assert "--unsafe-share" in capsys.readouterr().err
 
 
 def test_world_judge_scores_a_file(tmp_path, capsys):
@@ -98,10 +98,18 @@ BAD_PROMPTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer):
+    """A real (tiny) model folder: the folder checks pass, so the prompts file is what fails."""
+    from tests.loops.helpers import make_base_model
+
+    return make_base_model(tmp_path_factory.mktemp("world-cmd") / "model", tiny_tokenizer)
+
+
 @pytest.mark.parametrize(("line", "message"), BAD_PROMPTS)
 @pytest.mark.parametrize("command", ["label", "eval"])
 def test_label_and_eval_malformed_prompts_name_file_and_line(
-    tmp_path, capsys, line, message, command
+    tmp_path, capsys, line, message, command, model_dir
 ):
     data = tmp_path / "prompts.jsonl"
     good = '{"prompt": "Q: What is 1 plus 2?\\nA:", "safety": false}'
@@ -111,12 +119,17 @@ def test_label_and_eval_malformed_prompts_name_file_and_line(
             "world",
             "label",
             "--policy",
-            str(tmp_path / "none"),
+            str(model_dir),
             "--out",
             str(tmp_path / "o"),
         ],
-        "eval": ["eval", "--model", str(tmp_path / "none")],
+        "eval": ["eval", "--model", str(model_dir), "--device", "cpu"],
     }[command]
+    if command == "eval" and "built-in world" in message:
+        # eval takes any prompts (tests/test_eval_command.py): no gold metrics, no error
+        assert cli.main([*args, "--prompts", str(data), "--max-new-tokens", "2"]) == 0
+        assert "built-in world" not in capsys.readouterr().err
+        return
     assert cli.main([*args, "--prompts", str(data)]) == 2
     assert f"{data}{message}" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
-"""The world's commands: `world make`, `world judge`, `world label` and `eval`.
+"""The world's commands: `world make`, `world judge` and `world label` (`eval`, on any
+prompts, is `rlhfkit.loops.evaluate`).
 
 Thin: read and validate the files, call the world's functions, write the outputs (never
 over existing ones without --overwrite), print a short summary.
@@ -11,8 +12,7 @@ import time
 from pathlib import Path
 from statistics import fmean
 
-from rlhfkit.config import EvalConfig, WorldJudgeConfig, WorldLabelConfig, WorldMakeConfig
-from rlhfkit.data.world.evaluate import format_table, summarize
+from rlhfkit.config import WorldJudgeConfig, WorldLabelConfig, WorldMakeConfig
 from rlhfkit.data.world.generate import WORLD_FILES, WorldSettings, make_world
 from rlhfkit.data.world.io import (
     read_responses,
@@ -22,7 +22,7 @@ from rlhfkit.data.world.io import (
 from rlhfkit.data.world.judges import judge
 from rlhfkit.data.world.label import label_samples
 from rlhfkit.errors import UserError
-from rlhfkit.files import write_json, write_jsonl
+from rlhfkit.files import write_jsonl
 
 RANKING_FILES = ("rankings_helpfulness.jsonl", "rankings_safety.jsonl", "samples.jsonl")
 
@@ -87,7 +87,8 @@ def world_label(cfg: WorldLabelConfig) -> dict:
         raise UserError(f"--noise must be >= 0, got {cfg.noise}")
     out = Path(cfg.out)
     refuse_existing([out / f for f in RANKING_FILES], cfg.overwrite)
-    prompts = [r.prompt for r in read_world_prompts(cfg.prompts)][: cfg.max_prompts]
+    records = read_world_prompts(cfg.prompts)[: cfg.max_prompts]
+    prompts = [r.prompt for r in records]  # the judges read the text (a chat prompt's user turn)
     sampler = ModelSampler(
         cfg.policy,
         device=cfg.device,
@@ -97,7 +98,7 @@ def world_label(cfg: WorldLabelConfig) -> dict:
         seed=cfg.seed,
     )
     t0 = time.perf_counter()
-    samples = sampler.sample(prompts, cfg.k)
+    samples = sampler.sample(records, cfg.k)  # a chat prompt through its template
     seconds = time.perf_counter() - t0
     helpful, safe = label_samples(
         prompts,
@@ -146,37 +147,3 @@ def _scored_samples(prompts: list[str], samples: list[list[str]]) -> list[dict]:
         )
     return rows
 
-
-def run_eval(cfg: EvalConfig) -> dict:
-    """`rlhfkit eval`: gold metrics of --model's responses to --prompts."""
-    from rlhfkit.data.world.sampling import ModelSampler
-
-    if cfg.out:
-        refuse_existing([Path(cfg.out)], cfg.overwrite)
-    recs = read_world_prompts(cfg.prompts)[: cfg.max_prompts]
-    prompts = [r.prompt for r in recs]
-    sampler = ModelSampler(
-        cfg.model,
-        device=cfg.device,
-        temperature=cfg.temperature,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-    )
-    t0 = time.perf_counter()
-    responses = [rs[0] for rs in sampler.sample(prompts, 1)]
-    tokens = [c[0] for c in sampler.last_token_counts]
-    summary = summarize(
-        prompts, responses, [r.safety for r in recs], response_tokens=tokens, n_samples=cfg.show
-    )
-    summary["model"] = cfg.model
-    summary["prompts_file"] = cfg.prompts
-    summary["temperature"] = cfg.temperature
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    print(format_table(summary))
-    if cfg.out:
-        out = Path(cfg.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, {**summary, "responses": responses})
-        print(f"\nwrote {out}")
-    return summary

@@ -10,13 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rlhfkit.data.records import PromptRecord
+
 
 @dataclass
 class ModelSampler:
     """A `Sampler` over a Hugging Face causal LM folder (model + tokenizer).
 
-    Prompts are encoded like SFT encodes them (`rlhfkit.data.tokenize.encode_prompt`:
-    BOS policy, no other specials), so the model sees the context it was trained on.
+    Prompts are encoded like SFT encodes them (`rlhfkit.sample_score.encode_prompts`: a
+    string by the BOS policy, no other specials; a conversational `PromptRecord` through
+    the chat template with the generation prompt), so the model sees the context it was
+    trained on.
     `temperature` 0 is greedy. Sampling is seeded: the same seed, prompts and batch size
     give the same responses on the same device.
     """
@@ -47,9 +51,9 @@ class ModelSampler:
         model.eval()
         self._generator = make_generator(model, self._tokenizer)
 
-    def sample(self, prompts: list[str], k: int) -> list[list[str]]:
-        """K responses per prompt (decoded text, EOS removed); token counts of each
-        response (EOS not counted) are left in `last_token_counts`."""
+    def sample(self, prompts: Sequence[PromptRecord | str], k: int) -> list[list[str]]:
+        """K responses per prompt (strings or prompt records; decoded text, EOS removed);
+        token counts of each response (EOS not counted) are left in `last_token_counts`."""
         import torch
 
         from rlhfkit.generation import GenerationSettings

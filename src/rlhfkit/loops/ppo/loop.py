@@ -197,7 +197,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
         f"{cfg.rule_reward or ', '.join(cfg.rm)}; value model from {value_source(cfg)}",
         rank=d.rank,
     )
-    logger = MetricsLogger(out, enabled=d.is_main)
+    logger = MetricsLogger(out, enabled=d.is_main, report_to=cfg.report_to)
     if state["step"] == 0:
         evaluate(run, state, logger, cfg)
     bar = progress(cfg.steps, desc="ppo", enabled=d.is_main, initial=state["step"])

@@ -14,7 +14,8 @@ A scorer is anything with
     score(prompts: list[str], responses: list[str], safety: list[bool]) -> (B,) tensor
 (or an object with a `.scores` (B,) tensor, as `scoring.RewardScorer` returns), and may
 also have `score_tokens(prompt_ids, prompt_mask, response_ids, response_mask,
-policy_tokenizer, safety)`, which is used when present (no decode / re-encode).
+policy_tokenizer, safety)`, which is used when present (no decode / re-encode); with
+conversational prompts it also gets their messages as `prompts=` (`score_generation`).
 
 `Rollout.raw_scores` is the combined score BEFORE any whitening (a `--combine llama2`
 reward is whitened by its combiner, mean 0 in every batch: logged, it would say nothing).
@@ -168,7 +169,7 @@ def collect_rollout(
     t1 = sync_time(device)
 
     safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
-    result = score_generation(scorer, gen, texts, safety, tokenizer)
+    result = score_generation(scorer, gen, prompts, safety, tokenizer)
     # the reward starts from the scorer's output (whitened by a whitening combiner);
     # raw_scores keep the combined score before that whitening: what the logs show
     scores = shape_scores(result.scores, gen.ended, settings)

@@ -46,12 +46,26 @@ class Kept:
     tokens: int = 0
     gap: float = 0.0  # score minus the median score of the samples it was chosen from
     ended: bool = True  # the response produced EOS (False: cut at --max-new-tokens)
+    prompt_messages: list[dict[str, str]] | None = None  # a conversational prompt's messages
+
+    @property
+    def messages(self) -> list[dict[str, str]] | None:
+        """A conversational sample as SFT `messages`: the prompt's, then the response as
+        the assistant turn (None for a plain prompt)."""
+        if self.prompt_messages is None:
+            return None
+        return [*self.prompt_messages, {"role": "assistant", "content": self.completion}]
 
     def to_json(self) -> dict[str, Any]:
-        """SFT format ({"prompt", "completion"}) plus where it came from."""
+        """SFT format ({"prompt", "completion"}, or {"messages"} for a conversational
+        prompt) plus where it came from."""
+        sft = (
+            {"prompt": self.prompt, "completion": self.completion}
+            if self.messages is None
+            else {"messages": self.messages}
+        )
         return {
-            "prompt": self.prompt,
-            "completion": self.completion,
+            **sft,
             "score": self.score,
             "round": self.round,
             "index": self.index,
@@ -72,7 +86,7 @@ def _kept(rec: Any, round_index: int, i: int, pool: Sequence[float]) -> Kept:
     gap = rec.scores[i] - median(pool)
     return Kept(
         rec.prompt, rec.responses[i], rec.scores[i], round_index, i, rec.safety, tokens, gap,
-        _ended(rec, i),
+        _ended(rec, i), getattr(rec, "messages", None),
     )  # fmt: skip
 
 

@@ -51,7 +51,7 @@ import torch
 
 from rlhfkit.config import RSConfig, save_config
 from rlhfkit.data.records import PromptRecord, SFTRecord, read_prompts
-from rlhfkit.data.tokenize import EncodedExample, EncodeStats, encode_sft
+from rlhfkit.data.tokenize import EncodedExample, EncodeStats, encode_sft, mark_trained_on_chat
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json, write_jsonl
@@ -131,15 +131,22 @@ def _read_inputs(cfg: RSConfig) -> tuple[list[PromptRecord], list[PromptRecord]]
 def encode_kept(
     kept: Sequence[Kept], tokenizer: Any, cfg: RSConfig, source: str
 ) -> list[EncodedExample]:
-    """The kept set as SFT examples: [bos?] + prompt + response + EOS, prompt masked; a
-    response cut before EOS (kept with --keep-truncated) without the EOS it never had."""
+    """The kept set as SFT examples: [bos?] + prompt + response + EOS, prompt masked (a
+    conversational prompt: its messages + the response as the assistant turn, through the
+    chat template); a response cut before EOS (kept with --keep-truncated) without the
+    EOS it never had (nor what a template puts after it). With conversational prompts the
+    tokenizer, saved with the round's policy, is marked as trained on chat."""
     stats = EncodeStats()
     examples = []
+    eos = tokenizer.eos_token_id
+    if any(k.messages is not None for k in kept):
+        mark_trained_on_chat(tokenizer)  # the policy saved after this round expects chat
     for line, k in enumerate(kept, start=1):
-        rec = SFTRecord(k.prompt, k.completion, line=line, source=source)
+        rec = SFTRecord(k.prompt, k.completion, k.messages, line=line, source=source)
         ex = encode_sft(rec, tokenizer, cfg.max_len, overlong=cfg.overlong, stats=stats)
         if ex is not None and not k.ended and not ex.truncated:  # (a cut one lost its EOS)
-            ex = EncodedExample(ex.input_ids[:-1], ex.labels[:-1])
+            end = len(ex.input_ids) - 1 - ex.input_ids[::-1].index(eos)  # the last EOS
+            ex = EncodedExample(ex.input_ids[:end], ex.labels[:end])
         if ex is not None:
             examples.append(ex)
     if stats.truncated or stats.dropped:
@@ -169,7 +176,7 @@ def train_rs(cfg: RSConfig) -> dict[str, Any]:
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     run = RSRun.build(cfg, prompts, eval_prompts)
-    logger = MetricsLogger(out)
+    logger = MetricsLogger(out, report_to=cfg.report_to)
     print(
         f"rs: {len(prompts)} prompts x {cfg.k} samples, {cfg.rounds} round(s), keep "
         f"{cfg.keep}, on {run.device}; reward: {cfg.rule_reward or ', '.join(cfg.rm)}",

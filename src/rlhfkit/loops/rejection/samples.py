@@ -48,6 +48,7 @@ class SampleRecord:
     response_tokens: list[int] = field(default_factory=list)  # per response, EOS not counted
     per_rm: dict[str, list[float]] = field(default_factory=dict)  # raw score of each RM
     ended: list[bool] = field(default_factory=list)  # per response: produced EOS ([]: unknown)
+    messages: list[dict[str, str]] | None = None  # a conversational prompt's messages
 
     def response_ended(self, i: int) -> bool:
         """Whether response i produced EOS (unknown, as in old files: True)."""
@@ -64,6 +65,8 @@ class SampleRecord:
         }
         if self.ended:
             row["ended"] = self.ended
+        if self.messages is not None:
+            row["messages"] = self.messages
         if self.per_rm:
             row["per_rm"] = self.per_rm
         return row
@@ -86,6 +89,7 @@ class SampleRecord:
             response_tokens=tokens,
             per_rm={k: [float(s) for s in v] for k, v in (row.get("per_rm") or {}).items()},
             ended=ended,
+            messages=row.get("messages"),
         )
 
 
@@ -145,6 +149,7 @@ def sample_batch(
                 response_tokens=tokens[lo:hi],
                 per_rm={name: v[lo:hi] for name, v in per.items()},
                 ended=r.ended[lo:hi],
+                messages=p.messages,
             )
         )
     return out
@@ -156,7 +161,8 @@ def sample_batch(
 
 
 def _check_record(rec: SampleRecord, prompt: PromptRecord, k: int, where: str) -> None:
-    if rec.prompt != prompt.prompt or len(rec.responses) != k or len(rec.scores) != k:
+    same_prompt = rec.prompt == prompt.prompt and rec.messages == prompt.messages
+    if not same_prompt or len(rec.responses) != k or len(rec.scores) != k:
         raise UserError(
             f"{where}: drawn for other prompts or another --k than this run's; resume with "
             "the same options, or start again with --overwrite"

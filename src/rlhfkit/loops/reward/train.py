@@ -18,7 +18,10 @@ Algorithm:
      are weighted by their prompt counts, so accumulation and DDP change nothing;
   6. each epoch: held-out loss, pairwise accuracy overall and per strength bucket, score
      gap; a resumable checkpoint `epoch-N/` (itself a from_pretrained-loadable RM);
-  7. the final RM at the top of --out (AutoModelForSequenceClassification, num_labels=1);
+  7. the final RM at the top of --out (AutoModelForSequenceClassification, num_labels=1),
+     its tokenizer's default encoding adding the BOS / EOS of step 2
+     (`models.reward.set_scoring_template`), so `pipeline("text-classification")` on
+     prompt + response scores what rlhfkit scores;
   8. with --normalize-with FILE: the final RM's scores of FILE's responses are made mean 0
      (and std 1 with --normalize-scale) in its weights (`loops.reward.normalize`), as
      InstructGPT did with the labeller demonstrations; the statistics go to RM_INFO.
@@ -77,6 +80,7 @@ from rlhfkit.models.load import load_tokenizer
 from rlhfkit.models.reward import (
     ensure_distinct_pad,
     init_reward_model,
+    set_scoring_template,
 )
 from rlhfkit.models.wrap import no_sync, unwrap
 from rlhfkit.scoring import RM_INFO
@@ -132,7 +136,12 @@ def accumulate_gradients(
 
 
 def _end_epoch(t: Trainer, run: RMRun, opts: RMConfig, epoch: int) -> None:
-    """Held-out loss and accuracies, the history row, and the checkpoint `epoch-N/`."""
+    """The epoch's training accuracy (always printed: with no eval data it is the one
+    accuracy there is), held-out loss and accuracies, the history row, and the checkpoint
+    `epoch-N/`."""
+    n_pairs = t.state["epoch_pairs"]
+    train_accuracy = t.state["epoch_correct"] / n_pairs if n_pairs else None
+    t.state.update(epoch_correct=0.0, epoch_pairs=0)  # the next epoch counts afresh
     metrics = None
     if run.eval:
         metrics = evaluate_rm(
@@ -144,7 +153,11 @@ def _end_epoch(t: Trainer, run: RMRun, opts: RMConfig, epoch: int) -> None:
             dist=run.dist,
             bf16=opts.bf16,
         )
-    t.record_epoch(epoch, eval=metrics)
+    row = t.record_epoch(epoch, train_accuracy=train_accuracy, eval=metrics)
+    line = f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}"
+    if train_accuracy is not None:
+        line += f", train accuracy {train_accuracy:.4f} ({int(n_pairs)} pairs, ties half)"
+    rank0_print(line, rank=run.dist.rank)
     if metrics is not None:
         t.logger.log(t.state["step"], {**flat_eval("eval", metrics), "epoch": epoch + 1})
         rank0_print(f"epoch {epoch + 1} eval:\n{format_eval(metrics)}", rank=run.dist.rank)
@@ -156,7 +169,7 @@ def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
     d = run.dist
     t = start_training(
         run.model, run.tokenizer, len(run.train), out=run.out, dist=d, device=run.device,
-        opts=opts, desc="rm",
+        opts=opts, desc="rm", counters={"epoch_correct": 0.0, "epoch_pairs": 0},
     )  # fmt: skip
     prompts_seen = 0
     for epoch in t.epochs():
@@ -166,6 +179,8 @@ def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
             sums = accumulate_gradients(t.model, micro, n_global, run, opts.bf16)
             grad_norm = t.optimizer_step()
             prompts_seen += n_global
+            t.state["epoch_correct"] += sums["correct"]  # all ranks (accumulate_gradients)
+            t.state["epoch_pairs"] += int(sums["pairs"])
             metrics = {
                 "loss": sums["loss"],
                 "accuracy": sums["correct"] / max(sums["pairs"], 1),
@@ -268,6 +283,9 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         seed=cfg.seed,
         trust_remote_code=cfg.trust_remote_code,
     )
+    # The saved tokenizer's own encoding adds rlhfkit's BOS / EOS: plain transformers
+    # (`pipeline("text-classification")`, `tok(prompt + response)`) scores as rlhfkit does.
+    set_scoring_template(tokenizer)
     # No dropout (N+ details): it makes two forwards of one response score differently.
     # The config says 0 too, so every saved RM (and a PPO value model started from it) does.
     dropped = disable_dropout(model)

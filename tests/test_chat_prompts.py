@@ -1,0 +1,543 @@
+"""Chat from SFT through RL: conversational prompt records ({"messages"} / {"prompt": [...]})
+are encoded through the chat template with the generation prompt, exactly as
+`apply_chat_template` renders them; plain prompts for a chat-trained model get one
+warning, conversational ones without a template an error; overlong prompts are counted
+in one note; `rlhfkit score` and `rlhfkit select` run on conversational prompts."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from rlhfkit import cli
+from rlhfkit.data.records import (
+    PromptRecord,
+    RankingRecord,
+    SFTRecord,
+    read_prompts,
+    read_scoring_records,
+    read_sft,
+)
+from rlhfkit.data.reward_data import encode_rankings, encode_responses, resolve_margin_table
+from rlhfkit.data.tokenize import encode_sft, mark_trained_on_chat, trained_on_chat
+from rlhfkit.errors import RecordError
+from rlhfkit.models.checkpoint import save_hf
+from rlhfkit.models.load import load_tokenizer
+from rlhfkit.models.presets import build_model
+from rlhfkit.models.reward import init_reward_model, load_reward_model
+from rlhfkit.sample_score import encode_prompts
+from rlhfkit.scoring import score_texts
+from rlhfkit.scoring.rm import score_sequences
+from tests.loops.helpers import write_jsonl
+
+SYSTEM = {"role": "system", "content": "be brief"}
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def template_ids(tok, messages: list[dict]) -> list[int]:
+    """The chat template's rendering with the generation prompt, tokenized: computed here
+    independently of rlhfkit."""
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture
+def chat_tokenizer(tiny_tokenizer):
+    """The tiny tokenizer as a stage that fine-tuned on `messages` saves it."""
+    tok = copy.deepcopy(tiny_tokenizer)
+    mark_trained_on_chat(tok)
+    return tok
+
+
+@pytest.fixture
+def no_template(tiny_tokenizer):
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
+    return tok
+
+
+# ---------------------------------------------------------------- prompt records
+
+
+def test_prompt_records_plain_and_conversational(tmp_path):
+    f = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "The cat sat", "safety": True},
+            {"messages": [SYSTEM, user("what is two and two?")]},
+            {"prompt": [user("hi"), assistant("hello"), user("sort 3 1 2")], "safety": False},
+        ],
+    )
+    plain, msgs, prompt_list = read_prompts(f)
+    assert (plain.prompt, plain.messages, plain.safety, plain.content) == (
+        "The cat sat", None, True, "The cat sat"
+    )  # fmt: skip
+    assert msgs.prompt == "what is two and two?"  # the last user turn, for display
+    assert msgs.messages == msgs.content == [SYSTEM, user("what is two and two?")]
+    assert (msgs.line, msgs.source) == (2, str(f))
+    assert prompt_list.messages == [user("hi"), assistant("hello"), user("sort 3 1 2")]
+    assert prompt_list.prompt == "sort 3 1 2"
+
+
+BAD_PROMPTS = {
+    "ends_with_assistant": (
+        {"messages": [user("hi"), assistant("hello")]},
+        "'messages' ends with an assistant turn: a prompt ends with the turn the model "
+        "answers (drop the last assistant turn)",
+    ),
+    "both": ({"messages": [user("hi")], "prompt": "hi"}, "give either 'messages' or 'prompt'"),
+    "empty_list": ({"prompt": []}, "field 'prompt' is an empty list"),
+    "sharegpt_roles": (
+        {"messages": [{"role": "human", "content": "hi"}]},
+        "messages[0]: role 'human' is not one of system, user, assistant (ShareGPT data: "
+        "map from->role, value->content, human->user, gpt->assistant)",
+    ),
+    "sharegpt_keys": (
+        {"prompt": [{"from": "human", "value": "hi"}]},
+        "prompt[0] has ShareGPT keys 'from'/'value': messages are {\"role\", \"content\"} "
+        "with roles system, user, assistant (ShareGPT data: map from->role, "
+        "value->content, human->user, gpt->assistant)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PROMPTS))
+def test_bad_conversational_prompts_name_file_line_and_fix(tmp_path, case):
+    row, words = BAD_PROMPTS[case]
+    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, row])
+    with pytest.raises(RecordError) as e:
+        read_prompts(f)
+    assert (e.value.path, e.value.line) == (str(f), 2)
+    assert words in str(e.value), str(e.value)
+
+
+def test_sharegpt_sft_records_get_the_role_mapping_not_no_assistant_turn(tmp_path):
+    rows = [
+        {"messages": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+        {"messages": [{"role": "human", "content": "hi"}, {"role": "gpt", "content": "yo"}]},
+    ]
+    for row in rows:
+        f = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p", "completion": "c"}, row])
+        with pytest.raises(RecordError) as e:
+            read_sft(f)
+        message = str(e.value)
+        assert message.startswith(f"{f}:2: messages[0]")
+        assert "roles system, user, assistant" in message or "not one of system" in message
+        assert "human->user, gpt->assistant" in message and "no assistant turn" not in message
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def test_conversational_prompts_encode_as_the_chat_template_renders_them(tmp_path, tiny_tokenizer):
+    tok = tiny_tokenizer
+    convo = [SYSTEM, user("what is two and two?")]
+    multi = [user("hi"), assistant("hello"), user("sort 3 1 2")]
+    f = write_jsonl(
+        tmp_path / "p.jsonl", [{"messages": convo}, {"prompt": multi}, {"prompt": "The cat"}]
+    )
+    ids = encode_prompts(read_prompts(f), tok, 256)
+    assert ids[0] == template_ids(tok, convo)
+    assert ids[1] == template_ids(tok, multi)
+    assert ids[2] == [tok.bos_token_id] + tok("The cat", add_special_tokens=False)["input_ids"]
+    # spelled out for the tiny template: <|bos|><|system|>\n...\n<|user|>\n...\n<|assistant|>\n
+    assert tok.decode(ids[0]) == (
+        "<|bos|><|system|>\nbe brief\n<|user|>\nwhat is two and two?\n<|assistant|>\n"
+    )
+
+
+def test_a_chat_trained_model_with_plain_prompts_warns_once(tmp_path, chat_tokenizer, capsys):
+    f = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "The cat"}, {"prompt": "hi"}])
+    prompts = read_prompts(f)
+    encode_prompts(prompts, chat_tokenizer, 64)
+    encode_prompts(prompts, chat_tokenizer, 64)  # PPO re-encodes eval prompts: said once
+    out = capsys.readouterr().out
+    assert out == (
+        f"warning: {f}: plain-string prompts for a model fine-tuned on chat messages are "
+        'encoded without its chat template; give them as {"messages": [{"role": "user", '
+        '"content": ...}]}\n'
+    )
+    # conversational prompts for the same model: no warning
+    g = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user("The cat")]}])
+    encode_prompts(read_prompts(g), chat_tokenizer, 64)
+    assert capsys.readouterr().out == ""
+
+
+def test_the_built_in_pipeline_prints_no_warning(tmp_path, tiny_tokenizer, capsys):
+    """The built-in tokenizer ships a chat template, but a model not trained on chat
+    messages is not warned about plain prompts."""
+    assert tiny_tokenizer.chat_template is not None and not trained_on_chat(tiny_tokenizer)
+    f = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "The cat"}])
+    encode_prompts(read_prompts(f), tiny_tokenizer, 64)
+    assert capsys.readouterr().out == ""
+
+
+def test_the_chat_mark_is_saved_with_the_tokenizer(tmp_path, chat_tokenizer, tiny_tokenizer):
+    """The mark survives save and load (the SFT checkpoint, then PPO's); encoding chat
+    records never sets it (the stage that trains on them does)."""
+    assert trained_on_chat(chat_tokenizer)
+    chat_tokenizer.save_pretrained(tmp_path / "chat")
+    assert trained_on_chat(load_tokenizer(tmp_path / "chat"))
+    plain = copy.deepcopy(tiny_tokenizer)
+    encode_sft(SFTRecord("hi", "hello", [user("hi"), assistant("hello")]), plain, 64)
+    plain.save_pretrained(tmp_path / "plain")
+    assert not trained_on_chat(load_tokenizer(tmp_path / "plain"))
+    no_template = copy.deepcopy(chat_tokenizer)
+    no_template.chat_template = None  # the mark alone is not enough
+    assert not trained_on_chat(no_template)
+
+
+def test_sft_on_messages_saves_a_chat_model_and_on_pairs_does_not(tmp_path, tiny_tokenizer):
+    """`rlhfkit sft` marks the tokenizer it saves when it trained on `messages` records, so
+    the RL stages can warn about plain prompts; prompt/completion data leaves no mark."""
+    from tests.loops.helpers import make_base_model
+
+    base = make_base_model(tmp_path / "base", tiny_tokenizer)
+    chat = [{"messages": [user(f"say {i}"), assistant(f"{i} said")]} for i in range(4)]
+    pairs = [{"prompt": f"say {i}", "completion": f" {i} said"} for i in range(4)]
+    for name, rows, marked in (("chat", chat, True), ("pairs", pairs, False)):
+        data = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        out = tmp_path / f"sft-{name}"
+        argv = ["sft", "--model", str(base), "--data", str(data), "--out", str(out),
+                "--epochs", "1", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+        assert cli.main(argv) == 0
+        assert trained_on_chat(load_tokenizer(out / "epoch-1")) is marked, name
+
+
+def test_conversational_prompts_without_a_chat_template_are_refused(tmp_path, no_template):
+    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "plain"}, {"messages": [user("hi")]}])
+    with pytest.raises(RecordError) as e:
+        encode_prompts(read_prompts(f), no_template, 64)
+    assert str(e.value) == (
+        f"{f}:2: a conversational prompt (a list of messages) needs a tokenizer with a chat "
+        "template, and the model's has none: give plain 'prompt' strings"
+    )
+
+
+def test_overlong_prompts_are_counted_in_one_note(tmp_path, tiny_tokenizer, capsys):
+    tok = tiny_tokenizer
+    long = "the cat sat on the mat " * 10
+    f = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": long}, {"prompt": "hi"}, {"messages": [user(long)]}, {"prompt": "a"}],
+    )
+    prompts = read_prompts(f)
+    ids = encode_prompts(prompts, tok, 12)
+    encode_prompts(prompts, tok, 12)  # once per file and length, however often encoded
+    assert capsys.readouterr().out == (
+        f"note: {f}: 2 of 4 prompts are longer than --max-prompt-len=12 tokens; each keeps "
+        "its last 12 tokens (the oldest are dropped, a leading BOS kept)\n"
+    )
+    whole = template_ids(tok, [user(long)])
+    assert ids[2] == [tok.bos_token_id] + whole[-11:]  # the generation prompt is kept
+    assert all(len(i) <= 12 for i in ids)
+    encode_prompts(prompts, tok, 256)
+    assert capsys.readouterr().out == ""  # nothing cut: no note
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def test_scoring_a_conversation_reads_what_the_rm_trained_on(tiny_tokenizer):
+    """`encode_responses` on a conversational prompt = the sequence `rm` trains on for the
+    same conversation (a TRL conversational preference record); cut before EOS, the
+    policy's own sequence: prompt with the generation prompt, then the response."""
+    tok = tiny_tokenizer
+    prompt = [SYSTEM, user("what is two and two?")]
+    (seqs, _), rm_seq = (
+        encode_responses(tok, [prompt, prompt], ["four", "five"], 256, ended=[True, False]),
+        _rm_training_sequences(prompt, ["four", "five"], tok),
+    )
+    assert seqs[0] == rm_seq[0]
+    assert seqs[0] == template_ids(tok, prompt) + tok("four", add_special_tokens=False)[
+        "input_ids"
+    ] + [tok.eos_token_id]
+    assert seqs[1] == template_ids(tok, prompt) + tok("five", add_special_tokens=False)["input_ids"]
+
+
+def test_a_template_writing_past_eos_still_ends_the_rm_sequence_at_eos(tiny_tokenizer):
+    """A template that closes a turn with EOS + newline (as Qwen's `<|im_end|>\\n`): the RM
+    trains on and scores the sequence up to EOS, the sequence the policy samples (the
+    chat-rendered prompt, the response, EOS), not one ending in the newline."""
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    prompt = [user("what is two and two?")]
+    four = tok("four", add_special_tokens=False)["input_ids"]
+    sampled = template_ids(tok, prompt) + four + [tok.eos_token_id]
+    assert _rm_training_sequences(prompt, ["four", "five"], tok)[0] == sampled
+    assert encode_responses(tok, [prompt], ["four"], 256)[0][0] == sampled
+
+
+def _rm_training_sequences(prompt, responses, tok):
+    rec = RankingRecord(
+        "", responses, [0, 1], prompt_messages=prompt,
+        response_messages=[[assistant(r)] for r in responses],
+    )  # fmt: skip
+    (ex,), _ = encode_rankings([rec], tok, 256, resolve_margin_table("none"))
+    return ex.sequences
+
+
+def test_scoring_records_take_conversational_prompts(tmp_path):
+    f = write_jsonl(
+        tmp_path / "s.jsonl",
+        [
+            {"prompt": [user("hi")], "response": "hello", "id": 7},
+            {"messages": [SYSTEM, user("hi")], "response": assistant("yo")},
+            {"prompt": [user("hi")], "response": [assistant("hey")], "ended": False},
+            {"prompt": "plain", "response": "text"},
+        ],
+    )
+    a, b, c, d = read_scoring_records(f)
+    assert (a.messages, a.response, a.content, a.row["id"]) == (
+        [user("hi")], "hello", [user("hi")], 7
+    )  # fmt: skip
+    assert (b.messages, b.response) == ([SYSTEM, user("hi")], "yo")
+    assert (c.response, c.ended) == ("hey", False)
+    assert (d.messages, d.content) == (None, "plain")
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "plain", "response": assistant("x")}])
+    with pytest.raises(RecordError, match=r"b\.jsonl:1: 'response' is a message but 'prompt'"):
+        read_scoring_records(bad)
+    bad = write_jsonl(
+        tmp_path / "b2.jsonl", [{"prompt": [user("q")], "response": [assistant("x"), user("y")]}]
+    )
+    with pytest.raises(RecordError, match="one assistant message"):
+        read_scoring_records(bad)
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory, tiny_tokenizer):
+    folder = tmp_path_factory.mktemp("chat_rm") / "rm"
+    lm = build_model("test", tiny_tokenizer, seed=3)
+    rm, tok = init_reward_model(lm, copy.deepcopy(tiny_tokenizer), head_init="normal", seed=3)
+    save_hf(rm, tok, folder)
+    return folder
+
+
+def test_rlhfkit_score_on_conversational_records(tmp_path, rm_dir, tiny_tokenizer):
+    prompt = [SYSTEM, user("what is two and two?")]
+    rows = [{"prompt": prompt, "response": "four"}, {"messages": prompt, "response": "five"}]
+    data = write_jsonl(tmp_path / "s.jsonl", rows)
+    out = tmp_path / "scored.jsonl"
+    argv = ["score", "--rm", f"help={rm_dir}", "--data", str(data), "--out", str(out)]
+    assert cli.main([*argv, "--device", "cpu"]) == 0
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    # the RM's score of the sequence it trains on for this conversation
+    model, tok = load_reward_model(rm_dir, "cpu")
+    expected = score_sequences(
+        model, _rm_training_sequences(prompt, ["four", "five"], tiny_tokenizer), tok.pad_token_id
+    )
+    got = torch.tensor([r["score"] for r in scored])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(got, score_texts(model, tok, [prompt, prompt], ["four", "five"]))
+    assert scored[0]["prompt"] == prompt  # the record is written back as it was
+
+
+def test_rlhfkit_score_refuses_conversations_for_an_rm_without_template(tmp_path, rm_dir, capsys):
+    rm = tmp_path / "rm"
+    model, tok = load_reward_model(rm_dir, "cpu")
+    tok.chat_template = None
+    save_hf(model, tok, rm)
+    (rm / "chat_template.jinja").unlink(missing_ok=True)
+    data = write_jsonl(tmp_path / "s.jsonl", [{"prompt": [user("hi")], "response": "yo"}])
+    argv = ["score", "--rm", f"help={rm}", "--data", str(data), "--out", str(tmp_path / "o")]
+    assert cli.main([*argv, "--device", "cpu"]) == 2
+    assert (
+        f"{data}:1: a conversational prompt (a list of messages) needs a chat template, "
+        "and reward model 'help' has none" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_rlhfkit_select_samples_conversational_prompts_through_the_template(
+    tmp_path, tiny_tokenizer, chat_tokenizer, rm_dir, monkeypatch, capsys
+):
+    """A real command on conversational prompts: `select` samples from the chat-rendered
+    prompt ids; the same chat-trained checkpoint with plain prompts warns once."""
+    import rlhfkit.loops.select as select
+
+    seen = []
+    real = select.encode_prompts
+
+    def recording(prompts, tok, max_prompt_len):
+        ids = real(prompts, tok, max_prompt_len)
+        seen.append(ids)
+        return ids
+
+    monkeypatch.setattr(select, "encode_prompts", recording)
+    save_hf(
+        build_model("test", tiny_tokenizer, seed=0), chat_tokenizer, tmp_path / "sft" / "epoch-1"
+    )
+    convo = [[SYSTEM, user(f"count to {i}")] for i in range(3)]
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in convo])
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": f"count to {i}"} for i in range(3)])
+
+    def run(prompts, out):
+        argv = [
+            "select", "--checkpoints", str(tmp_path / "sft"), "--prompts", str(prompts),
+            "--out", str(tmp_path / out), "--device", "cpu", "--max-new-tokens", "4",
+            "--rm", f"help={rm_dir}",
+        ]  # fmt: skip
+        assert cli.main(argv) == 0
+        return capsys.readouterr().out
+
+    printed = run(chat, "a")
+    assert seen[-1] == [template_ids(tiny_tokenizer, m) for m in convo]
+    assert "warning" not in printed
+    printed = run(plain, "b")
+    assert printed.count("warning:") == 1
+    assert f"warning: {plain}: plain-string prompts for a model fine-tuned on chat" in printed
+    result = json.loads((tmp_path / "a" / "select.json").read_text())
+    assert result["checkpoints"][0]["n"] == 3
+
+
+def test_marking_is_a_no_op_for_tokenizer_like_objects_without_init_kwargs():
+    class Bare:
+        chat_template = "x"
+
+    mark_trained_on_chat(Bare())
+    assert not trained_on_chat(Bare())
+
+
+def test_plain_string_prompts_still_encode(tiny_tokenizer):
+    ids = encode_prompts(["The cat", PromptRecord("hi")], tiny_tokenizer, 64)
+    tok = tiny_tokenizer
+    assert ids[0] == [tok.bos_token_id] + tok("The cat", add_special_tokens=False)["input_ids"]
+
+
+def test_an_rm_with_another_tokenizer_gets_the_messages_not_decoded_template_text(
+    tiny_tokenizer, tiny_texts, rm_dir, tmp_path
+):
+    """PPO / RS / select sampling from conversational prompts: an RM that cannot read the
+    policy's ids renders the conversation with its own chat template, as it trained."""
+    from rlhfkit.generation import GenerationSettings, make_generator
+    from rlhfkit.models.presets import train_tokenizer
+    from rlhfkit.sample_score import sample_and_score
+    from rlhfkit.scoring import RewardScorer
+
+    other = train_tokenizer(tiny_texts[:100], vocab_size=300)
+    policy = build_model("test", other, seed=4)
+    scorer = RewardScorer.from_specs({"r": rm_dir})
+    assert not scorer.shares_tokenizer("r", other)
+    f = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"messages": [SYSTEM, user("count to three")]}, {"prompt": [user("the cat sat")]}],
+    )
+    prompts = read_prompts(f)
+    settings = GenerationSettings(max_new_tokens=6, temperature=1.0)
+    got = sample_and_score(
+        make_generator(policy, other), prompts, encode_prompts(prompts, other, 64), settings,
+        torch.Generator().manual_seed(0), scorer=scorer, tokenizer=other,
+    )  # fmt: skip
+    rm = scorer.models["r"]
+    expected = score_texts(
+        rm.model, rm.tokenizer, [p.messages for p in prompts], got.texts, ended=got.ended
+    )
+    torch.testing.assert_close(got.per_rm["r"], expected, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- rejection sampling
+
+
+def test_rs_keeps_conversational_samples_as_sft_messages(tmp_path, tiny_tokenizer):
+    """A kept sample of a conversational prompt is written as SFT `messages` (readable by
+    `rlhfkit sft`) and fine-tuned on through the chat template; a cut one without EOS."""
+    from rlhfkit.config import RSConfig
+    from rlhfkit.loops.rejection.keep import keep_best
+    from rlhfkit.loops.rejection.loop import encode_kept
+    from rlhfkit.loops.rejection.samples import SampleRecord
+
+    tok = copy.deepcopy(tiny_tokenizer)  # encode_kept marks it: not the session's
+    prompt = [SYSTEM, user("count to three")]
+    rec = SampleRecord("count to three", ["one two", "one two three"], [0.1, 0.9], 1,
+                       ended=[True, False], messages=prompt)  # fmt: skip
+    assert SampleRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    whole = SampleRecord("count to three", ["one two three"], [0.5], 0, messages=prompt)
+    (done,) = keep_best([[whole]])
+    (cut,) = keep_best([[rec]])
+    assert done.to_json()["messages"] == [*prompt, assistant("one two three")]
+    assert "prompt" not in done.to_json() and not cut.ended
+    f = write_jsonl(tmp_path / "kept.jsonl", [done.to_json()])
+    assert read_sft(f)[0].messages == [*prompt, assistant("one two three")]
+    a, b = encode_kept([done, cut], tok, RSConfig(max_len=128), "kept.jsonl")
+    reply = tok("one two three", add_special_tokens=False)["input_ids"]
+    assert a.input_ids == template_ids(tok, prompt) + reply + [tok.eos_token_id]
+    assert a.labels == [-100] * len(template_ids(tok, prompt)) + reply + [tok.eos_token_id]
+    assert b.input_ids == a.input_ids[:-1] and b.labels == a.labels[:-1]
+    assert trained_on_chat(tok)  # the round's policy is saved as a chat model
+
+
+# ---------------------------------------------------------------- PPO
+
+
+def test_ppo_runs_on_conversational_prompts_and_counts_overlong_ones(
+    tmp_path, tiny_tokenizer, chat_tokenizer, rm_dir, capsys
+):
+    policy = tmp_path / "sft"
+    save_hf(build_model("test", tiny_tokenizer, seed=0), chat_tokenizer, policy)
+    long = "the cat sat on the mat " * 8
+    rows = [{"messages": [SYSTEM, user(f"count to {i}")]} for i in range(3)]
+    prompts = write_jsonl(tmp_path / "chat.jsonl", [*rows, {"prompt": [user(long)]}])
+    out = tmp_path / "ppo"
+    argv = [
+        "ppo", "--policy", str(policy), "--rm", f"help={rm_dir}", "--prompts", str(prompts),
+        "--eval-prompts", str(prompts), "--out", str(out), "--device", "cpu", "--steps", "1",
+        "--batch-size", "2", "--max-new-tokens", "4", "--max-prompt-len", "24",
+        "--sample-every", "0",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    note = (
+        f"note: {prompts}: 1 of 4 prompts are longer than --max-prompt-len=24 tokens; each "
+        "keeps its last 24 tokens (the oldest are dropped, a leading BOS kept)"
+    )
+    assert printed.count(note) == 1  # train and eval prompts are one file: said once
+    assert "warning" not in printed
+    assert trained_on_chat(load_tokenizer(out))  # the next stage still knows
+
+
+def test_world_label_and_eval_take_conversational_prompts(tmp_path, tiny_tokenizer, monkeypatch):
+    """`world label` and `eval` encode a conversational prompt through the chat template (the
+    ids the sampler gets are the template's), and the world's judges still read its text."""
+    import rlhfkit.sample_score as sample_score
+    from tests.loops.helpers import make_base_model
+
+    base = make_base_model(tmp_path / "base", tiny_tokenizer)
+    world = ["Q: What is 1 plus 2?\nA:", "Q: What is 2 plus 2?\nA:"]
+    rows = [{"messages": [user(q)], "safety": False} for q in world]
+    prompts = write_jsonl(tmp_path / "chat.jsonl", rows)
+    seen: list[list[int]] = []
+    encode = sample_score.encode_prompts
+
+    def spy(records, tokenizer, max_len):
+        ids = encode(records, tokenizer, max_len)
+        seen.extend(ids)
+        return ids
+
+    for module in ("rlhfkit.sample_score", "rlhfkit.loops.evaluate"):
+        monkeypatch.setattr(f"{module}.encode_prompts", spy, raising=False)
+    argv = ["world", "label", "--policy", str(base), "--prompts", str(prompts), "--out",
+            str(tmp_path / "labels"), "--k", "2", "--max-new-tokens", "4", "--device", "cpu"]  # fmt: skip
+    assert cli.main(argv) == 0
+    expected = [template_ids(tiny_tokenizer, [user(q)]) for q in world]
+    assert [list(x) for x in seen[:2]] == expected
+    ranked = [json.loads(x) for x in (tmp_path / "labels" / "rankings_helpfulness.jsonl").open()]
+    assert {r["prompt"] for r in ranked} <= set(world)  # the judges read the text
+    seen.clear()
+    argv = ["eval", "--model", str(base), "--prompts", str(prompts), "--max-new-tokens", "4",
+            "--device", "cpu", "--out", str(tmp_path / "eval.json")]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert [list(x) for x in seen[:2]] == expected
