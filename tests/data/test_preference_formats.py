@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhfkit.data.records import RankingRecord, read_preferences
+from rlhfkit.data.preferences import read_preferences
+from rlhfkit.data.records import RankingRecord
 from rlhfkit.data.reward_data import encode_rankings, resolve_margin_table
 from rlhfkit.errors import RecordError
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.data import records as R
+from rlhfkit.data.preferences import read_preferences
 from rlhfkit.data.records import (
     STRENGTHS,
     PromptRecord,
@@ -13,7 +14,6 @@ from rlhfkit.data.records import (
     SFTRecord,
     iter_json_records,
     read_corpus,
-    read_preferences,
     read_prompts,
     read_sft,
 )

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from rlhfkit import cli
-from rlhfkit.data.records import read_preferences, read_prompts
+from rlhfkit.data.preferences import read_preferences
+from rlhfkit.data.records import read_prompts
 from rlhfkit.data.world import judge
 from rlhfkit.data.world.generate import WORLD_FILES
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import RMEvalConfig
-from rlhfkit.data.records import read_preferences
+from rlhfkit.data.preferences import read_preferences
 from rlhfkit.data.reward_data import (
     BUCKETS,
     RankingBatch,

@@ -41,7 +41,8 @@ from typing import Any
 import torch
 
 from rlhfkit.config import RMConfig, save_config
-from rlhfkit.data.records import RankingRecord, read_preferences
+from rlhfkit.data.preferences import read_preferences
+from rlhfkit.data.records import RankingRecord
 from rlhfkit.data.reward_data import (
     RankingExample,
     collate_rankings,
