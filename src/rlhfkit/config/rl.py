@@ -40,6 +40,22 @@ class LengthOptions:
 
 
 @dataclass(kw_only=True)
+class GeneratorOptions:
+    """Which engine samples responses (`generation.ENGINES`) and how vLLM is set up."""
+
+    generator: Literal["hf", "vllm"] = "hf"
+    """Generation engine: 'hf' (our KV-cached decoding path on the live policy) or 'vllm' (vLLM in this process, weights pushed in place after every update; `make install-vllm`)."""
+    vllm_gpu_memory_utilization: PositiveFraction[float] = 0.4
+    """--generator vllm: share of the accelerator's memory vLLM may take (weights + KV cache), colocated with training; on CPU, the share of host memory for its KV cache."""
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """--generator vllm: dtype of vLLM's weight copy ('auto': the policy's own)."""
+    vllm_enforce_eager: bool = False
+    """--generator vllm: no CUDA graphs / torch.compile in vLLM (starts faster, decodes slower)."""
+    vllm_tensor_parallel_size: Positive[int] = 1
+    """--generator vllm: devices vLLM shards the model over."""
+
+
+@dataclass(kw_only=True)
 class SamplingOptions(LengthOptions):
     """How a policy samples (`temperature` is each command's own: its meaning and type differ)."""
 
@@ -61,7 +77,7 @@ class ScorerOptions(RemoteCodeOptions, RewardOptions):
 
 
 @dataclass(kw_only=True)
-class RLOptions(SamplingOptions, ScorerOptions):
+class RLOptions(GeneratorOptions, SamplingOptions, ScorerOptions):
     """What the RL stages (`ppo`, `rs`) share: the starting policy, how it samples, its reward,
     and how the held-out evaluation samples."""
 
@@ -171,10 +187,12 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """Write a resumable checkpoint every N steps (and always at the end)."""
     keep_checkpoints: NonNegative[int] = 2
     """Keep the newest N checkpoints (0: keep all)."""
+    vllm_logprobs: bool = False
+    """--generator vllm: take the behaviour log-probs from vLLM's sampler instead of a training-side forward (saves a forward; OFF-POLICY by the engines' numerical gap, logged as vllm/logprob_gap_*)."""
 
 
 @dataclass(kw_only=True)
-class SelectConfig(DeviceOptions, LengthOptions, ScorerOptions):
+class SelectConfig(DeviceOptions, GeneratorOptions, LengthOptions, ScorerOptions):
     """Pick the SFT checkpoint whose samples the reward model(s) score highest (InstructGPT's pi^SFT)."""
 
     checkpoints: Input[Annotated[tuple[str, ...], tyro.conf.UseAppendAction]] = ()

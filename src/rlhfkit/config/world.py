@@ -17,7 +17,7 @@ from rlhfkit.config.fields import (
     Positive,
     UnitInterval,
 )
-from rlhfkit.config.rl import PPOConfig, RSConfig, SelectConfig
+from rlhfkit.config.rl import GeneratorOptions, PPOConfig, RSConfig, SelectConfig
 from rlhfkit.config.stages import PretrainConfig, RMConfig, SFTConfig
 
 # --- The built-in world (rlhfkit.data.world) ---------------------------------------------
@@ -68,7 +68,7 @@ class WorldJudgeConfig:
 
 
 @dataclass(kw_only=True)
-class WorldLabelConfig(DeviceOptions):
+class WorldLabelConfig(GeneratorOptions, DeviceOptions):
     """Simulated labellers: rank K samples of a policy per prompt by the gold judges plus noise."""
 
     policy: CausalLMFolder[str] = ""
@@ -102,7 +102,7 @@ class WorldLabelConfig(DeviceOptions):
 
 
 @dataclass(kw_only=True)
-class EvalConfig(DeviceOptions, RemoteCodeOptions, RewardOptions):
+class EvalConfig(GeneratorOptions, DeviceOptions, RemoteCodeOptions, RewardOptions):
     """Evaluate a model on prompts: reward-model score (--rm), KL to --reference, response length, EOS rate, win rate over --baseline; gold helpfulness, safety and false refusals when the prompts are the built-in world's."""
 
     model: CausalLMFolder[str] = ""
@@ -137,7 +137,9 @@ StageOptions = Annotated[dict[str, Any], tyro.conf.Suppress]
 """Per-stage option overrides; set in the pipeline YAML (`sft: {epochs: 4}`), not as flags."""
 
 
-PIPELINE_STAGES = ("world", "pretrain", "sft", "label", "rm", "select", "ppo", "rs", "eval")
+PIPELINE_STAGES = (
+    "world", "pretrain", "sft", "label", "rm", "select", "bon", "ppo", "rs", "eval"
+)  # fmt: skip
 """The stages of `rlhfkit pipeline`, in order (`pipeline.STAGES` runs them; the report lists
 the missing ones)."""
 
@@ -145,12 +147,14 @@ the missing ones)."""
 @dataclass(kw_only=True)
 class PipelineConfig(DeviceOptions):
     """Run every stage end to end on the built-in world: world -> pretrain -> SFT -> labels ->
-    helpfulness and safety RMs -> select -> PPO(-ptx) -> rejection sampling -> eval.
+    helpfulness and safety RMs -> select -> best-of-n samples (bon) -> PPO(-ptx) -> rejection
+    sampling -> eval.
 
     Each stage writes into its own subfolder of --out. Re-running skips finished stages and
     resumes an interrupted one. Any stage's options can be set in the YAML given with
-    --config, one section per stage (world, pretrain, sft, label, rm, select, ppo, rs, eval),
-    with the names of that command's options, e.g. `ppo: {steps: 80, kl_coef: 0.05}`."""
+    --config, one section per stage (world, pretrain, sft, label, rm, select, bon, ppo, rs,
+    eval), with the names of that command's options, e.g. `ppo: {steps: 80, kl_coef: 0.05}`;
+    bon takes `rlhfkit select`'s, e.g. `bon: {samples_per_prompt: 64}`."""
 
     out: str = "runs/demo"
     """Output folder of the whole run."""
@@ -170,6 +174,7 @@ class PipelineConfig(DeviceOptions):
     label: StageOptions = dataclasses.field(default_factory=dict)
     rm: StageOptions = dataclasses.field(default_factory=dict)
     select: StageOptions = dataclasses.field(default_factory=dict)
+    bon: StageOptions = dataclasses.field(default_factory=dict)
     ppo: StageOptions = dataclasses.field(default_factory=dict)
     rs: StageOptions = dataclasses.field(default_factory=dict)
     eval: StageOptions = dataclasses.field(default_factory=dict)
@@ -181,6 +186,7 @@ class PipelineConfig(DeviceOptions):
         "label": WorldLabelConfig,
         "rm": RMConfig,
         "select": SelectConfig,
+        "bon": SelectConfig,  # the same options: sample one model, score with the RMs
         "ppo": PPOConfig,
         "rs": RSConfig,
         "eval": EvalConfig,

@@ -132,7 +132,7 @@ def respond(
     model.eval()
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     return sample_and_score(
-        make_generator(model, tokenizer), prompts,
+        make_generator(model, tokenizer, cfg), prompts,
         encode_prompts(prompts, tokenizer, MAX_PROMPT_LEN), settings,
         torch.Generator(device=device).manual_seed(cfg.seed), batch_size=cfg.batch_size,
         scorer=scorer, tokenizer=tokenizer, reference=reference,

@@ -73,7 +73,7 @@ def score_checkpoint(
     model.eval()
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     r = sample_and_score(
-        make_generator(model, tokenizer), prompts,
+        make_generator(model, tokenizer, cfg), prompts,
         encode_prompts(prompts, tokenizer, cfg.max_prompt_len), settings,
         torch.Generator(device=device).manual_seed(cfg.seed), n=cfg.samples_per_prompt,
         batch_size=cfg.batch_size, scorer=scorer, tokenizer=tokenizer,

@@ -96,6 +96,7 @@ def world_label(cfg: WorldLabelConfig) -> dict:
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
+        engine=cfg,
     )
     t0 = time.perf_counter()
     samples = sampler.sample(records, cfg.k)  # a chat prompt through its template

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rlhfkit.data.records import PromptRecord
 
@@ -32,6 +33,7 @@ class ModelSampler:
     batch_size: int = 32
     seed: int = 0
     max_prompt_len: int = 128
+    engine: Any = "hf"  # --generator and --vllm-* (generation.EngineSettings.of)
 
     def __post_init__(self) -> None:
         self._generator = self._tokenizer = self._device = None
@@ -49,7 +51,7 @@ class ModelSampler:
         self._tokenizer = load_tokenizer(self.path)
         model = load_causal_lm(self.path, self._device)
         model.eval()
-        self._generator = make_generator(model, self._tokenizer)
+        self._generator = make_generator(model, self._tokenizer, self.engine)
 
     def sample(self, prompts: Sequence[PromptRecord | str], k: int) -> list[list[str]]:
         """K responses per prompt (strings or prompt records; decoded text, EOS removed);

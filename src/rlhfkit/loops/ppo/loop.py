@@ -306,7 +306,7 @@ def build_run(
     if cfg.strategy == "fsdp2" and d.enabled:  # frozen roles sharded too: four models fit
         shard_frozen(reference, scorer, device, bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
     return PPORun(
-        trainables, make_generator(trainables.policy, tokenizer), reference, scorer,
+        trainables, make_generator(trainables.policy, tokenizer, cfg), reference, scorer,
         tokenizer, list(prompts), encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
         settings, UpdateSettings.from_config(cfg), kl_ctl, d, device, ptx,
         eval_prompts=list(eval_prompts or []), eval_scorer=unwhitened(scorer, cfg),

@@ -76,8 +76,8 @@ def rollout_metrics(rollout: Rollout) -> dict[str, Any]:
         metrics.pop("kl_k3")
     for i, name in enumerate(names):
         metrics[f"score/{name}"] = s[12 + i] / n
-    for k, v in rollout.timings.items():
-        metrics[f"time/{k}"] = v
+    for k, v in rollout.timings.items():  # seconds per phase; "engine/..." stats as they are
+        metrics[k if "/" in k else f"time/{k}"] = v
     return metrics
 
 

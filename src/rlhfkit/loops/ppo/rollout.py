@@ -6,9 +6,12 @@ The roles are separate objects passed in (DESIGN "roles are separate objects"): 
 `ref_logprobs`, and a scorer (`scoring`) gives one score per response. Values, advantages
 and returns are the next step's (`update.add_advantages`).
 
-Per rollout: one sampling pass with a KV cache (its log-probs ARE the behaviour
-`old_logprobs`: no second policy forward), one scorer call, and one reference forward over
-prompt + response (the reference keeps only the last R + 1 logits).
+Per rollout: one sampling pass with a KV cache (with our decoding path its log-probs ARE
+the behaviour `old_logprobs`: no second policy forward), one scorer call, and one reference
+forward over prompt + response (the reference keeps only the last R + 1 logits). An engine
+with kernels of its own (vLLM) samples from a copy of the weights whose log-probs differ from
+the trainer's by float noise (more in bf16): there one policy forward gives the behaviour
+log-probs, and the gap |engine - trainer| is logged (`behaviour_logprobs`).
 
 A scorer is anything with
     score(prompts: list[str], responses: list[str], safety: list[bool]) -> (B,) tensor
@@ -84,6 +87,7 @@ class RolloutSettings:
     score_clip: float | None = None
     bf16: bool = False
     stop_at_eos: bool = True  # False: exactly max_new_tokens per row (EOS is a token)
+    engine_logprobs: bool = False  # --vllm-logprobs: keep the engine's (off-policy by the gap)
 
     @property
     def logprob_temperature(self) -> float:
@@ -117,6 +121,7 @@ class RolloutSettings:
             score_clip=cfg.score_clip,
             bf16=cfg.bf16,
             stop_at_eos=not cfg.ignore_eos,
+            engine_logprobs=getattr(cfg, "vllm_logprobs", False),
         )
 
     @property
@@ -139,6 +144,36 @@ def shape_scores(raw: torch.Tensor, ended: torch.Tensor, s: RolloutSettings) -> 
     if s.score_clip is not None:
         scores = scores.clamp(-s.score_clip, s.score_clip)
     return scores
+
+
+def behaviour_logprobs(
+    generator: ResponseGenerator, gen: Any, settings: RolloutSettings
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(B, R) behaviour log-probs of a generation (0 at padding), and the engine's gap stats.
+
+    Our decoding path (`exact_logprobs`) returns the training forward's numbers: used as
+    they are. Another engine (vLLM) runs its own kernels on its own copy of the weights, so
+    its sampling log-probs are not exactly the policy's: the ratio of the first PPO epoch
+    would not start at 1. One policy forward over prompt + response gives the on-policy
+    ones (NeMo-RL's choice), and `{name}/logprob_gap_mean` / `_max` (|engine - trainer| over
+    response tokens) say how far the engine is. `settings.engine_logprobs` keeps the
+    engine's instead: one forward fewer, off-policy by that gap (no gap is measured then).
+    """
+    sampled = gen.logprobs.float()
+    if getattr(generator, "exact_logprobs", True) or settings.engine_logprobs:
+        return sampled, {}
+    mask, seq = gen.response_mask, gen.sequences
+    with autocast_context(mask.device, settings.bf16):
+        logits = policy_logits(generator.model, seq, gen.attention_mask, mask.shape[1])
+    trainer = response_logprobs(
+        logits, seq, gen.prompt_ids.shape[1], settings.logprob_temperature
+    ).masked_fill(~mask, 0.0)
+    gap = (trainer - sampled).abs().masked_fill(~mask, 0.0)  # (B, R)
+    name = getattr(generator, "name", "engine")
+    return trainer, {
+        f"{name}/logprob_gap_mean": float(gap.sum() / mask.sum().clamp(min=1)),
+        f"{name}/logprob_gap_max": float(gap.max()) if gap.numel() else 0.0,
+    }
 
 
 @torch.no_grad()
@@ -166,6 +201,7 @@ def collect_rollout(
     t0 = sync_time(generator.device)
     gen = generator.generate(prompt_ids, settings.generation, rng)
     device = gen.response_ids.device
+    logprobs, engine_stats = behaviour_logprobs(generator, gen, settings)
     t1 = sync_time(device)
 
     safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
@@ -184,7 +220,6 @@ def collect_rollout(
     del ref_logits
     t3 = sync_time(device)
 
-    logprobs = gen.logprobs.float()
     rewards, kl = kl_penalized_rewards(
         scores, logprobs, ref_logprobs, mask, kl_coef, settings.kl_estimator
     )
@@ -206,5 +241,6 @@ def collect_rollout(
         per_rm=result.per_rm,
         kl_coef=float(kl_coef),
         kl_estimator=settings.kl_estimator,
-        timings={"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},
+        # the engine's gap stats ride along with the timings (metrics.rollout_metrics)
+        timings={"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2, **engine_stats},
     )

@@ -303,6 +303,7 @@ class RSRun:
             prompts_per_batch=max(1, c.sample_batch_size // c.k),
             seed=c.seed,
             bf16=c.bf16,
+            engine=c,
         )
 
     def policy(self) -> torch.nn.Module:

@@ -105,6 +105,7 @@ class SamplingSettings:
     prompts_per_batch: int = 8  # K x this many sequences per generation batch
     seed: int = 0
     bf16: bool = False
+    engine: Any = "hf"  # --generator and --vllm-* (generation.EngineSettings.of)
 
     def generation(self) -> GenerationSettings:
         """The same sampling, as the generation seam takes it (stops at EOS)."""
@@ -229,7 +230,7 @@ def sample_round(
     done = _read_partial(partial, prompts, s)
     n, per = len(prompts), s.prompts_per_batch
     bar = progress(n, desc=f"round {round_index} sample", initial=len(done))
-    generator = make_generator(model, tokenizer)
+    generator = make_generator(model, tokenizer, s.engine)
     with partial.open("a", encoding="utf-8") as f:
         for b in range(math.ceil(len(done) / per), math.ceil(n / per)):
             lo, hi = b * per, min(n, (b + 1) * per)
@@ -268,7 +269,7 @@ def evaluate_policy(
     """Mean reward of one response per held-out prompt (greedy at temperature 0), and the
     world's gold metrics when the prompts are its. Same seed every call: comparable.
     `s.k` is ignored (one response each); `s.prompts_per_batch` prompts per batch."""
-    one, generator = replace(s, k=1), make_generator(model, tokenizer)
+    one, generator = replace(s, k=1), make_generator(model, tokenizer, s.engine)
     recs: list[SampleRecord] = []
     rng = torch.Generator().manual_seed(s.seed + 12_345)
     for lo in range(0, len(prompts), s.prompts_per_batch):
