@@ -10,8 +10,10 @@ rule).
 
 One iteration, `ppo_step` (each numbered step is one call there, in this order):
   1. take the next `--batch-size` prompts of a seeded order (split across processes);
-  2. the policy samples a response to each (KV cache, stop at EOS); the sampling
-     log-probs are the behaviour log-probs (no second policy forward)  [rollout.py];
+  2. the policy samples a response to each (KV cache, stop at EOS); our engine's sampling
+     log-probs are the behaviour log-probs (no second policy forward); with
+     `--generator vllm` one training-side forward gives them and the gap to vLLM's is
+     logged (`--vllm-logprobs`: vLLM's, off-policy by that gap)  [rollout.py];
   3. the reward scores prompt + response at its last token (optional penalty for a
      response without EOS, normalisation, clipping); one reference forward gives the
      per-token KL; rewards_t = -kl_coef * KL_t (k1 by default) + score at the last

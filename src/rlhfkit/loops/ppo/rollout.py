@@ -146,6 +146,7 @@ def shape_scores(raw: torch.Tensor, ended: torch.Tensor, s: RolloutSettings) -> 
     return scores
 
 
+@torch.no_grad()  # behaviour log-probs are constants of the PPO ratio
 def behaviour_logprobs(
     generator: ResponseGenerator, gen: Any, settings: RolloutSettings
 ) -> tuple[torch.Tensor, dict[str, float]]:
