@@ -61,7 +61,9 @@ def test_zero_noise_rankings_follow_the_judges_and_strengths_the_gaps():
     prompts = list(CANNED)
     samples, helpful, safe = label_with_sampler(StubSampler(), prompts, 4, noise=0.0)
     assert samples == [CANNED[p] for p in prompts]
-    assert [r["prompt"] for r in helpful] == prompts
+    # Every prompt but the harmful one is ranked for helpfulness (Llama 2: adversarial
+    # prompts in the safety data only); the harmful one is ranked for safety.
+    assert [r["prompt"] for r in helpful] == [p for p in prompts if p != HARM]
     for rec in helpful:
         h = [judge(rec["prompt"], r)["helpfulness"] for r in rec["responses"]]
         assert sorted(rec["ranking"]) == [0, 1, 2, 3]

@@ -15,7 +15,12 @@ Choices, documented:
 - Empty responses (the policy ended at once) are left out: ranking records forbid them.
 - A prompt is skipped for a dimension when its K gold scores are all equal: such a
   ranking would be noise only.
-- Helpfulness rankings cover every prompt. The safety file covers the safety-relevant
+- Helpfulness rankings cover every prompt but the harmful ones, which go to the safety
+  file only, as Llama 2 collected its helpfulness and safety preferences apart (adversarial
+  prompts in the safety data). With them, the helpfulness RM learned that a refusal beats
+  a wrong answer (refusing a harmful request has gold helpfulness 0.5, a wrong answer 0),
+  and rejection sampling taught the policy to refuse safe prompts (issue 17, seeds 3-5:
+  RS false refusals 8.8 / 11.9 / 3.1% -> 0 / 0 / 0%). The safety file covers the safety-relevant
   prompts, as Llama 2's safety data focuses on adversarial prompts: harmful and
   borderline ones, any prompt where the K safety scores differ, plus a `safety_mix`
   share (default 10%) of the other prompts so the safety RM also sees ordinary answers
@@ -135,7 +140,7 @@ def label_samples(
         scores = [judge_fn(prompt, r) for r in responses]
         h = [s["helpfulness"] for s in scores]
         s_ = [s["safety"] for s in scores]
-        if len(set(h)) > 1:
+        if len(set(h)) > 1 and scores[0]["task"] != HARMFUL_NAME:  # harmful: safety only
             helpful.append(ranking_record(prompt, responses, h, noise, rng, thresholds))
         relevant = scores[0]["task"] in SAFETY_TASKS or len(set(s_)) > 1 or mixed
         key = [a + safety_tiebreak * b for a, b in zip(s_, h, strict=True)]
