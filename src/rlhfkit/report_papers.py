@@ -97,9 +97,12 @@ def plot_table8(ours: dict[str, dict[str, tuple[float | None, int | None]]], pat
     for j, (ax, name) in enumerate(zip(axes, names, strict=True)):
         xs = range(len(COLUMNS))
         mine = [ours[name].get(c, (None, None))[0] for c in COLUMNS]
+        counts = [ours[name].get(c, (None, None))[1] for c in COLUMNS]
         bars = ax.bar([x - 0.2 for x in xs], [y or 0.0 for y in mine], 0.4, color=f"C{j}",
                       label="this run")  # fmt: skip
-        ax.bar_label(bars, ["-" if y is None else f"{y:.0f}" for y in mine], fontsize=7)
+        # Each bar says how many pairs it rests on: a bucket of 1 pair reads 0 or 100.
+        ax.bar_label(bars, ["-" if y is None else f"{y:.0f}\nn={n}" if n is not None else
+                            f"{y:.0f}" for y, n in zip(mine, counts, strict=True)], fontsize=7)  # fmt: skip
         if name in LLAMA2_TABLE8:
             paper = [LLAMA2_TABLE8[name][c] for c in COLUMNS]
             bars = ax.bar([x + 0.2 for x in xs], paper, 0.4, color="lightgrey", hatch="//",
