@@ -18,6 +18,14 @@ os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("RLHFKIT_TEST_THREADS", 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _configured_threads():
+    """Every test module starts with the configured thread count, whatever a module before
+    it did (in-process vLLM, for one, replaces `torch.set_num_threads`)."""
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    yield
+
+
 # --- models fixtures: a tokenizer trained in-process and a very small Llama ----------------
 
 _WORDS = (

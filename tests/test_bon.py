@@ -7,20 +7,11 @@ import copy
 import json
 
 import pytest
-import torch
 
 from rlhfkit.bon import SAMPLES, SUMMARY, gold_per_sample, run_bon
 from rlhfkit.config import SelectConfig
 from rlhfkit.data.world import judge
 from rlhfkit.gao import best_of_k_curve
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _save_rm(folder, tokenizer, seed):

@@ -24,13 +24,6 @@ from tests.loops.helpers import CHAIN_ARCH, make_base_model, sft_rows, write_jso
 DEFAULT = ("llama-gqa", "qwen2", "gpt2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

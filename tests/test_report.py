@@ -278,13 +278,6 @@ def test_cli_report(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def world_prompts(tmp_path_factory):

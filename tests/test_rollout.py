@@ -22,17 +22,6 @@ from rlhfkit.sample_score import encode_prompts
 from rlhfkit.scoring import LoadedRM, RewardScorer
 from rlhfkit.scoring.rules import RuleScorer, rule_scorer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster on a shared, busy CPU (OpenMP
-    threads spin waiting for each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 PROMPTS = [
     "The cat sat on the mat.",
     "What is two and three? Please answer with a number, the big red answer",

@@ -32,13 +32,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def model(tiny_tokenizer):

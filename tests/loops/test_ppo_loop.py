@@ -44,15 +44,6 @@ from tests.loops.helpers import assert_same_training, make_base_model, write_jso
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster on a shared, busy CPU (OpenMP
-    threads spin waiting for each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class TokenSetReward:
     """Rule reward on token ids: the share of response tokens whose id is a multiple of

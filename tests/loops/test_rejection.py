@@ -44,13 +44,6 @@ from tests.loops.helpers import make_base_model, write_jsonl
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest, above all on a busy CPU
-    yield
-    torch.set_num_threads(n)
-
 
 def _rec(prompt: str, scores: list[float]) -> SampleRecord:
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))

@@ -18,14 +18,6 @@ from rlhfkit.models.reward import init_reward_model
 from tests.loops.helpers import write_jsonl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest, above all on a busy CPU
-    yield
-    torch.set_num_threads(n)
-
-
 def repeating_model(tokenizer, token_id: int, seed: int = 0):
     """A 'test' Llama that emits `token_id` after any token: every block's output is
     zeroed (the last hidden state is the token's embedding), every embedding is about the

@@ -39,14 +39,6 @@ from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model, reward_head
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @dataclass
 class Lora:
     lora_r: int = 4
