@@ -195,7 +195,7 @@ def test_shift_and_scale_scores_is_exact_for_every_token(family, tiny_tokenizer,
 def test_scoring_template_adds_bos_and_eos_and_survives_a_save(tiny_tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
-    from rlhfkit.models.reward import set_scoring_template
+    from rlhfkit.models.rm_tokenizer import set_scoring_template
 
     tok = copy.deepcopy(tiny_tokenizer)
     assert set_scoring_template(tok)
@@ -207,7 +207,7 @@ def test_scoring_template_adds_bos_and_eos_and_survives_a_save(tiny_tokenizer, t
 
 
 def test_scoring_template_warns_where_it_cannot_be_set(tiny_tokenizer, caplog):
-    from rlhfkit.models.reward import set_scoring_template
+    from rlhfkit.models.rm_tokenizer import set_scoring_template
 
     class NoBackend:  # a tokenizer without a `tokenizers` backend (a slow one)
         bos_token_id, eos_token_id = tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id

@@ -20,7 +20,7 @@ Algorithm:
      gap; a resumable checkpoint `epoch-N/` (itself a from_pretrained-loadable RM);
   7. the final RM at the top of --out (AutoModelForSequenceClassification, num_labels=1),
      its tokenizer's default encoding adding the BOS / EOS of step 2
-     (`models.reward.set_scoring_template`), so `pipeline("text-classification")` on
+     (`models.rm_tokenizer.set_scoring_template`), so `pipeline("text-classification")` on
      prompt + response scores what rlhfkit scores;
   8. with --normalize-with FILE: the final RM's scores of FILE's responses are made mean 0
      (and std 1 with --normalize-scale) in its weights (`loops.reward.normalize`), as
@@ -78,11 +78,8 @@ from rlhfkit.models.checkpoint import (
 )
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
-from rlhfkit.models.reward import (
-    ensure_distinct_pad,
-    init_reward_model,
-    set_scoring_template,
-)
+from rlhfkit.models.reward import ensure_distinct_pad, init_reward_model
+from rlhfkit.models.rm_tokenizer import set_scoring_template
 from rlhfkit.models.wrap import no_sync, unwrap
 from rlhfkit.scoring import RM_INFO
 
