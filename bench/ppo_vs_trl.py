@@ -8,8 +8,19 @@ side, in alternating order, and prints per-round ratios and their median:
     .venv/bin/python bench/ppo_vs_trl.py --rounds 1 --steps 4 --models ppo-small   # quick
     git worktree add /tmp/before COMMIT                # rlhfkit against an earlier rlhfkit:
     .venv/bin/python bench/ppo_vs_trl.py --peer-src /tmp/before   # the "TRL" column is it
+    .venv/bin/python bench/ppo_vs_trl.py --workload realistic     # the work users run (below)
 
-Same work on both sides:
+Two workloads. `--workload realistic` (issue 16) is what most users run: batch 32, prompts
+of 16 to 256 tokens (uniform, left-padded by both sides), responses that stop at EOS (at
+most 128 tokens), `--ppo-epochs 4` with 4 minibatches of 8, on the `small` (256 x 6) and
+`base` (512 x 8) presets. Random weights never choose EOS on their own, so the setup gives
+the policy's EOS output row the direction of its mean last hidden state, scaled so that
+the mean response is ~60 tokens with a long tail to the cap (`_calibrate_eos`): both sides
+load the same weights, so they sample from the same distribution; each side's mean
+response length is printed beside its time. `--workload fixed` (the default, the earlier
+figures) is the same-shape micro-benchmark below.
+
+Same work on both sides (fixed workload):
 - four Llama models per size, all the same architecture: policy and reference (a causal LM
   built by `build_model(seed=0)`), reward and value (`AutoModelForSequenceClassification`
   with one output, the policy's backbone and a seeded normal head; the value model starts
@@ -57,7 +68,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TRL_PYTHON = HERE / ".venv-trl112" / "bin" / "python"
-MODELS = {"ppo-small": "tiny", "ppo-large": "small"}  # name -> rlhfkit preset (dims)
+MODELS = {"ppo-small": "tiny", "ppo-large": "small", "small": "small", "base": "base"}
+WORKLOADS = {  # name -> (models, batch, max new tokens, ppo epochs, minibatches)
+    "fixed": ("ppo-small,ppo-large", 8, 48, 1, 1),
+    "realistic": ("small,base", 32, 128, 4, 4),
+}
+PROMPT_LENGTHS = (16, 256)  # realistic prompts: token counts drawn uniformly in this range
+EOS_LOGIT = 1.6  # realistic: EOS logit at the mean last hidden state (~60-token responses)
 PHASES = ("generation", "scoring", "reference", "value", "update", "gc", "other")
 ENV = {
     "OMP_NUM_THREADS": "1",
@@ -86,7 +103,39 @@ def _corpus(n: int = 3000, seed: int = 0) -> list[str]:
     ]
 
 
-def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int) -> dict:
+def _realistic_prompts(texts: list[str], tokenizer, batch: int, seed: int = 1) -> list[str]:
+    """`batch` prompts of PROMPT_LENGTHS[0]..[1] tokens (uniform), whole corpus words."""
+    import random
+
+    rng = random.Random(seed)
+    words = " ".join(texts).split()
+    prompts = []
+    for _ in range(batch):
+        target, start = rng.randint(*PROMPT_LENGTHS), rng.randrange(len(words) - 400)
+        n = 1
+        while len(tokenizer(" ".join(words[start : start + n + 1])).input_ids) <= target:
+            n += 1
+        prompts.append(" ".join(words[start : start + n]))
+    return prompts
+
+
+def _calibrate_eos(policy, tokenizer, texts: list[str]) -> None:
+    """Give the EOS output row the direction u of the mean last hidden state over corpus
+    text, scaled so that EOS's logit is EOS_LOGIT where h . u is at its mean (random
+    weights put all logits near 0: EOS then has probability ~e^1.6 / vocab per token, more
+    after tokens whose hidden state leans towards u). Tied embeddings change EOS's input
+    row too, which no prompt contains."""
+    import torch
+
+    ids = torch.tensor([tokenizer(" ".join(texts[:200])).input_ids[:512]])
+    with torch.no_grad():
+        h = policy(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]  # (T, d)
+        u = h.mean(0) / h.mean(0).norm()
+        proj = float((h @ u).mean())
+        policy.get_output_embeddings().weight[tokenizer.eos_token_id] = EOS_LOGIT / proj * u
+
+
+def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int, workload: str) -> dict:
     """Write tokenizer + policy + reward model folders per size; return the spec."""
     import torch
 
@@ -100,17 +149,28 @@ def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int) -> 
     tokenizer = train_tokenizer(texts, vocab_size=512)
     if len(tokenizer) != 512:
         raise SystemExit(f"tokenizer has {len(tokenizer)} tokens, expected 512")
-    prompts = [" ".join(t.split()[:12]) for t in texts[:batch]]
+    realistic = workload == "realistic"
+    if realistic:
+        prompts = _realistic_prompts(texts, tokenizer, batch)
+    else:
+        prompts = [" ".join(t.split()[:12]) for t in texts[:batch]]
+    _, _, _, epochs, minibatches = WORKLOADS[workload]
     spec = {
+        "workload": workload,
         "batch": batch,
         "max_new_tokens": max_new_tokens,
+        "max_prompt_len": PROMPT_LENGTHS[1],
+        "ppo_epochs": epochs,
+        "num_mini_batches": minibatches,
         "prompts": prompts,
-        "prompt_ids": encode_prompts(prompts, tokenizer, 128),
+        "prompt_ids": encode_prompts(prompts, tokenizer, PROMPT_LENGTHS[1]),
         "models": {},
     }
     for name in models:
         cfg = dict(PRESETS[MODELS[name]])
         policy = build_model(cfg, tokenizer, seed=0)
+        if realistic:
+            _calibrate_eos(policy, tokenizer, texts)
         rm, rm_tok = init_reward_model(policy, tokenizer, head_init="normal", seed=1)
         assert len(rm_tok) == 512  # the tokenizer pads with <|pad|>, not EOS: no new token
         folder = workdir / name
@@ -141,11 +201,12 @@ def run_ours(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> l
     from rlhfkit.loops.ppo.roles import build_roles
 
     m = spec["models"][name]
-    batch, new = spec["batch"], spec["max_new_tokens"]
+    batch, new, fixed = spec["batch"], spec["max_new_tokens"], spec["workload"] == "fixed"
     cfg = PPOConfig(
         policy=m["policy"], rm=(f"rm={m['rm']}",), out=str(out_dir), device="cpu", seed=0,
-        steps=warmup + steps, batch_size=batch, num_mini_batches=1, ppo_epochs=1,
-        max_new_tokens=new, ignore_eos=True, temperature=1.0, kl_coef=0.05, lr=1e-5,
+        steps=warmup + steps, batch_size=batch, num_mini_batches=spec["num_mini_batches"],
+        ppo_epochs=spec["ppo_epochs"], max_new_tokens=new, ignore_eos=fixed,
+        max_prompt_len=spec["max_prompt_len"], temperature=1.0, kl_coef=0.05, lr=1e-5,
         sample_every=0,
     )  # fmt: skip
     device = torch.device("cpu")
@@ -158,7 +219,9 @@ def run_ours(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> l
         w0, c0 = time.perf_counter(), time.process_time()
         rollout, metrics = ppo_step(run, step, batch, cfg.seed)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        assert rollout.response_mask.shape == (batch, new) and bool(rollout.response_mask.all())
+        lengths = rollout.response_mask.sum(1).float()
+        if fixed:
+            assert rollout.response_mask.shape == (batch, new) and bool(lengths.eq(new).all())
         split = {
             "generation": metrics["time/generate"],
             "scoring": metrics["time/score"],
@@ -168,7 +231,8 @@ def run_ours(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> l
             "gc": 0.0,
         }
         split["other"] = wall - sum(split.values())
-        records.append({"step": step, "wall": wall, "cpu": cpu, **split})
+        rec = {"step": step, "wall": wall, "cpu": cpu, "response_len": float(lengths.mean())}
+        records.append({**rec, **split})
     return records[warmup:]
 
 
@@ -190,8 +254,9 @@ def run_trl(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> li
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     m = spec["models"][name]
-    batch, new = spec["batch"], spec["max_new_tokens"]
+    batch, new, fixed = spec["batch"], spec["max_new_tokens"], spec["workload"] == "fixed"
     acc = dict.fromkeys(PHASES[:-1], 0.0)
+    lengths: list[float] = []  # mean response length (to the first EOS) per generation call
     roles: dict[str, object] = {}
 
     def timed(phase_of, fn):
@@ -207,8 +272,12 @@ def run_trl(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> li
 
     def generation(*a, **kw):
         out = _batch_generation(*a, **kw)
-        responses = out[0].shape[1] - a[1].shape[1]
-        assert responses == new, f"TRL generated {responses} tokens, expected {new}"
+        resp = out[0][:, a[1].shape[1] :]
+        if fixed:
+            assert resp.shape[1] == new, f"TRL generated {resp.shape[1]} tokens, expected {new}"
+        is_eos = resp == tok.eos_token_id
+        first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, resp.shape[1])
+        lengths.append(float(first.float().mean()))
         return out
 
     _batch_generation = pt.batch_generation
@@ -232,10 +301,12 @@ def run_trl(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> li
     value = AutoModelForSequenceClassification.from_pretrained(m["rm"], dtype=torch.float32)
     roles["reward"] = reward
     data = Dataset.from_dict({"input_ids": spec["prompt_ids"]})
-    args = PPOConfig(
-        output_dir=str(out_dir), per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1, num_mini_batches=1, num_ppo_epochs=1,
-        total_episodes=batch * (warmup + steps), response_length=new, stop_token=None,
+    minibatches = spec["num_mini_batches"]
+    args = PPOConfig(  # TRL's batch = per-device batch x grad. accumulation x minibatches
+        output_dir=str(out_dir), per_device_train_batch_size=batch // minibatches,
+        gradient_accumulation_steps=1, num_mini_batches=minibatches,
+        num_ppo_epochs=spec["ppo_epochs"], total_episodes=batch * (warmup + steps),
+        response_length=new, stop_token=None if fixed else "eos",
         temperature=1.0, learning_rate=1e-5, kl_coef=0.05, bf16=False,
         gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
         logging_steps=1, num_sample_generations=0, seed=0, disable_tqdm=True,
@@ -262,7 +333,8 @@ def run_trl(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> li
     for i, ((w0, c0, a0), (w1, c1, a1)) in enumerate(itertools.pairwise(marks)):
         split = {k: a1[k] - a0[k] for k in acc}
         split["other"] = (w1 - w0) - sum(split.values())
-        records.append({"step": i, "wall": w1 - w0, "cpu": c1 - c0, **split})
+        rec = {"step": i, "wall": w1 - w0, "cpu": c1 - c0, "response_len": lengths[i]}
+        records.append({**rec, **split})
     assert len(records) == warmup + steps, f"{len(records)} steps recorded"
     return records[warmup:]
 
@@ -351,7 +423,7 @@ def driver(args) -> None:
     t_start = time.perf_counter()
     info = {"nproc": os.cpu_count(), "cpu": _cpu_model(), "uptime_start": _uptime()}
     print(f"machine: nproc {info['nproc']}, {info['cpu']}; {info['uptime_start']}", flush=True)
-    spec = setup(workdir, models, args.batch, args.new_tokens)
+    spec = setup(workdir, models, args.batch, args.new_tokens, args.workload)
     print(f"setup: {time.perf_counter() - t_start:.0f} s; models {spec['models']}", flush=True)
     pythons = {"ours": args.ours_python, "trl": args.trl_python}
     if args.peer_src:
@@ -380,6 +452,10 @@ def driver(args) -> None:
         Path(args.json).write_text(json.dumps(payload, indent=1))
 
 
+def _mean(records: list[dict], key: str) -> float:
+    return statistics.fmean(r.get(key, float("nan")) for r in records)
+
+
 def _report(rounds: list[dict], models: list[str], spec: dict) -> dict:
     summary = {}
     for name in models:
@@ -387,6 +463,7 @@ def _report(rounds: list[dict], models: list[str], spec: dict) -> dict:
         print(f"\n{name}: hidden {m['hidden']} x {m['layers']} layers, {m['params']:,} params")
         print(
             f"{'round':>5} {'rlhfkit s/step':>14} {'TRL s/step':>11} {'ratio':>7} {'cpu ratio':>9}"
+            f" {'resp. len ours / TRL':>21}"
         )
         ratios, cratios = [], []
         for i, res in enumerate(rounds):
@@ -395,7 +472,8 @@ def _report(rounds: list[dict], models: list[str], spec: dict) -> dict:
             ratio, cratio = tw / ow, _median(t, "cpu") / _median(o, "cpu")
             ratios.append(ratio)
             cratios.append(cratio)
-            print(f"{i + 1:>5} {ow:14.3f} {tw:11.3f} {ratio:6.2f}x {cratio:8.2f}x")
+            lens = f"{_mean(o, 'response_len'):.1f} / {_mean(t, 'response_len'):.1f}"
+            print(f"{i + 1:>5} {ow:14.3f} {tw:11.3f} {ratio:6.2f}x {cratio:8.2f}x {lens:>21}")
         med, cmed = statistics.median(ratios), statistics.median(cratios)
         print(f"{'median':>5} {'':14s} {'':11s} {med:6.2f}x {cmed:8.2f}x")
         split = {}
@@ -418,12 +496,13 @@ def _report(rounds: list[dict], models: list[str], spec: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--workload", choices=list(WORKLOADS), default="fixed", help="see above")
+    ap.add_argument("--models", default=None, help="default: the workload's")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6, help="timed PPO steps per process")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=None, help="default: the workload's")
+    ap.add_argument("--new-tokens", type=int, default=None, help="default: the workload's")
     ap.add_argument("--workdir", default=None, help="default: bench/out/ppo_vs_trl")
     ap.add_argument("--ours-python", default=sys.executable)
     ap.add_argument("--trl-python", default=str(TRL_PYTHON))
@@ -441,6 +520,9 @@ def main() -> None:
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    models, batch, new, _, _ = WORKLOADS[args.workload]
+    args.models = args.models or models
+    args.batch, args.new_tokens = args.batch or batch, args.new_tokens or new
     if args.side:
         side_main(args)
     else:

@@ -3,7 +3,15 @@ forward per response) against TRL's `RewardTrainer` on the same rankings expande
 C(K,2) (chosen, rejected) pairs. One process.
 
     bash bench/setup_trl_venv.sh                     # once: bench/.venv-trl (TRL + rlhfkit)
-    OMP_NUM_THREADS=1 bench/.venv-trl/bin/python bench/rm_vs_trl.py   # ~1-1.5 min, 2 CPU cores
+    OMP_NUM_THREADS=1 bench/.venv-trl/bin/python bench/rm_vs_trl.py --rounds 3   # ~3 min
+
+Data, per K:
+  K = 2   pairwise preferences on realistic, variable-length text (HH-RLHF-like): a
+          context of 16-192 tokens (log-uniform) of world corpus text before the world
+          prompt, and each of chosen / rejected a world answer followed by 2-64 tokens
+          (log-uniform, independently) of corpus text; sequences 20-256 tokens. Padding is a
+          large share of a padded batch here, as on real preference data.
+  K > 2   the world's short prompts with K synthetic responses (about 11-41 tokens).
 
 What is the same on both sides: the reward model (the `tiny` preset LM built from seed 0,
 turned into a LlamaForSequenceClassification by `init_reward_model`; TRL loads that exact
@@ -17,7 +25,10 @@ sampler), i.e. all B * C(K,2) comparisons of those prompts, so both take the sam
 step on the same loss (mean over the step's pairs; every prompt has C(K,2) of them).
 
 Configurations:
-  rlhfkit     `fit_rm`, batch_size B prompts: one forward over the B*K responses
+  rlhfkit     `fit_rm`, batch_size B prompts: one forward over the B*K responses, as
+              `rlhfkit rm` runs it: padding-free packed rows where the model keeps packed
+              sequences apart (Llama here: `resolve_packing`), else right-padded
+  rlhfkit-padded  the same with --no-packing (right-padded batches; not in the default set)
   trl         `RewardTrainer`, per_device_train_batch_size = B*C(K,2) pairs, no
               accumulation: one forward over 2*B*C(K,2) sequences (chosen then rejected)
   trl-accum   `RewardTrainer` at its default per-device batch of 8 pairs with
@@ -57,15 +68,15 @@ import torch
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ks", default="4,9", help="comma-separated ranking sizes K")
+    p.add_argument("--ks", default="2,4,9", help="comma-separated ranking sizes K")
     p.add_argument("--batch-prompts", type=int, default=8, help="prompts per optimizer step (B)")
     p.add_argument(
         "--steps",
-        default="4=12,9=3",
+        default="2=16,4=12,9=3",
         help="timed optimizer steps per run, per K (K=steps,...; a bare number for all K)",
     )
     p.add_argument("--warmup-steps", type=int, default=1, help="untimed steps per run")
-    p.add_argument("--rounds", type=int, default=2, help="fresh runs per configuration and K")
+    p.add_argument("--rounds", type=int, default=3, help="fresh runs per configuration and K")
     p.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--trl-micro", type=int, default=8, help="pairs per micro-batch in trl-accum")
@@ -124,6 +135,32 @@ def synthetic_responses(prompt: str, k: int, others: list[str], rng: random.Rand
     return responses
 
 
+def log_uniform_int(rng: random.Random, lo: int, hi: int) -> int:
+    return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+
+
+def realistic_pairs(prompts: list[str], stream: list[int], tokenizer, rng: random.Random):
+    """K = 2 records on variable-length text (module docstring): the lengths of real
+    preference data, where a padded batch is largely padding."""
+    from rlhfkit.data.records import RankingRecord
+    from rlhfkit.data.world import reference_answer
+
+    def text(n: int) -> str:
+        start = rng.randrange(len(stream) - n)
+        return tokenizer.decode(stream[start : start + n], skip_special_tokens=True).strip()
+
+    records = []
+    for i, prompt in enumerate(prompts):
+        context = text(log_uniform_int(rng, 16, 192))
+        answer = " " + reference_answer(prompt)
+        responses = [answer + " " + text(log_uniform_int(rng, 2, 64)) for _ in range(2)]
+        ranking = [0, 1] if rng.random() < 0.5 else [1, 0]
+        records.append(
+            RankingRecord(f"{context}\n{prompt}", responses, ranking, line=i + 1, source="pairs")
+        )
+    return records
+
+
 def setup(work: Path, args) -> dict:
     from rlhfkit.data.records import RankingRecord
     from rlhfkit.data.reward_data import encode_rankings, resolve_margin_table
@@ -145,11 +182,14 @@ def setup(work: Path, args) -> dict:
     rm.save_pretrained(rm_dir)  # what TRL loads: the very weights fit_rm starts from
     tokenizer.save_pretrained(rm_dir)
 
+    stream = [t for line in texts[:2000] for t in tokenizer(line)["input_ids"]]
     data = {}
     for k in args.ks:
         rng = random.Random(k)
         records = []
-        for i, prompt in enumerate(prompts):
+        if k == 2:
+            records = realistic_pairs(prompts, stream, tokenizer, rng)
+        for i, prompt in enumerate(prompts if k > 2 else []):
             responses = synthetic_responses(prompt, k, prompts, rng)
             ranking = list(range(k))
             rng.shuffle(ranking)
@@ -161,7 +201,7 @@ def setup(work: Path, args) -> dict:
             tokenizer,
             max_len=256,
             margin_table=resolve_margin_table("none"),
-            overlong="error",
+            overlong="truncate" if k == 2 else "error",  # K = 2: a long context loses its start
         )
         lengths = [len(s) for ex in examples for s in ex.sequences]
         assert all(len(ex.pairs) == math.comb(k, 2) for ex in examples)
@@ -189,12 +229,13 @@ class StepClock:
         self.step_ends.append(time.perf_counter())
         self.cpu_ends.append(time.process_time())
 
-    def count(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pairs: int) -> None:
+    def count(self, input_ids: torch.Tensor, tokens: int, sequences: int, pairs: int) -> None:
         self.batches.append(
             {
-                "rows": int(input_ids.shape[0]),
+                "rows": int(input_ids.shape[0]),  # forward rows (packed: fewer than sequences)
+                "sequences": sequences,
                 "cells": int(input_ids.numel()),
-                "tokens": int(attention_mask.sum()),
+                "tokens": tokens,
                 "pairs": pairs,
             }
         )
@@ -204,7 +245,8 @@ class StepClock:
             raise RuntimeError(f"expected {warmup + steps} steps, saw {len(self.step_ends)}")
         # Micro-batch j feeds step j // micro_per_step; later entries are a loader's prefetch.
         timed = self.batches[warmup * micro_per_step : (warmup + steps) * micro_per_step]
-        out = {k: sum(b[k] for b in timed) for k in ("rows", "cells", "tokens", "pairs")}
+        keys = ("rows", "sequences", "cells", "tokens", "pairs")
+        out = {k: sum(b[k] for b in timed) for k in keys}
         out["seconds"] = self.step_ends[-1] - self.step_ends[warmup - 1]
         out["cpu_seconds"] = self.cpu_ends[-1] - self.cpu_ends[warmup - 1]
         ends, cpus = self.step_ends[warmup - 1 :], self.cpu_ends[warmup - 1 :]
@@ -213,23 +255,26 @@ class StepClock:
         return out
 
 
-def run_rlhfkit(ctx: dict, k: int, args) -> dict:
+def run_rlhfkit(ctx: dict, k: int, args, packing: bool | None = None) -> dict:
     import rlhfkit.loops.reward.train as rw
     from rlhfkit.config import RMConfig
+    from rlhfkit.loops.trainer import Trainer
     from rlhfkit.models.fast_linear import use_onednn_linears
     from rlhfkit.models.reward import init_reward_model
 
     clock = StepClock()
-    orig_step, orig_collate = rw.optimizer_step, rw.collate_rankings
+    orig_step, orig_collate = Trainer.optimizer_step, rw.collate_rankings
 
-    def timed_step(*a, **kw):
-        out = orig_step(*a, **kw)
+    def timed_step(self):
+        out = orig_step(self)
         clock.tick()
         return out
 
-    def counting_collate(examples, pad_id):
-        batch = orig_collate(examples, pad_id)
-        clock.count(batch.input_ids, batch.attention_mask, int(batch.pairs.shape[0]))
+    def counting_collate(examples, pad_id, *a, **kw):
+        batch = orig_collate(examples, pad_id, *a, **kw)
+        n_seqs = sum(len(ex.sequences) for ex in examples)
+        tokens = sum(len(s) for ex in examples for s in ex.sequences)
+        clock.count(batch.input_ids, tokens, n_seqs, int(batch.pairs.shape[0]))
         return batch
 
     steps = args.warmup_steps + args.steps[k]
@@ -255,15 +300,18 @@ def run_rlhfkit(ctx: dict, k: int, args) -> dict:
     )
     model, tokenizer = init_reward_model(ctx["lm_dir"], ctx["tokenizer"], seed=0)
     use_onednn_linears(model)  # as `rlhfkit rm` (train_rm) does; RLHFKIT_ONEDNN=0: off
-    run = rw.RMRun(model, tokenizer, ctx["data"][k]["examples"], out=out)
-    rw.optimizer_step, rw.collate_rankings = timed_step, counting_collate
+    with contextlib.redirect_stdout(io.StringIO()):
+        packed = rw.resolve_packing(model, packing)  # as train_rm: probe, auto = on for Llama
+    run = rw.RMRun(model, tokenizer, ctx["data"][k]["examples"], out=out, packing=packed)
+    Trainer.optimizer_step, rw.collate_rankings = timed_step, counting_collate
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             summary = rw.fit_rm(run, opts)
     finally:
-        rw.optimizer_step, rw.collate_rankings = orig_step, orig_collate
-    assert summary["steps"] == steps
+        Trainer.optimizer_step, rw.collate_rankings = orig_step, orig_collate
+    assert summary["steps"] == steps and summary["packing"] is packed
     result = clock.result(args.warmup_steps, args.steps[k], 1)
+    result["packing"] = packed
     from rlhfkit.loops.common import build_optimizer
 
     probe = build_optimizer(torch.nn.Linear(2, 2), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
@@ -344,7 +392,8 @@ def run_trl(ctx: dict, k: int, args, accum: bool) -> dict:
 
     def counting_collator(features):
         batch = collator(features)
-        clock.count(batch["input_ids"], batch["attention_mask"], len(features))
+        mask = batch["attention_mask"]
+        clock.count(batch["input_ids"], int(mask.sum()), int(mask.shape[0]), len(features))
         return batch
 
     trainer.data_collator = counting_collator
@@ -363,6 +412,11 @@ def run_trl(ctx: dict, k: int, args, accum: bool) -> dict:
 
 CONFIGS = {
     "rlhfkit": ("rlhfkit", "fit_rm, K-wise", lambda c, k, a: run_rlhfkit(c, k, a)),
+    "rlhfkit-padded": (
+        "rlhfkit",
+        "fit_rm, K-wise, --no-packing",
+        lambda c, k, a: run_rlhfkit(c, k, a, False),
+    ),
     "trl": ("trl", "RewardTrainer, 1 micro-batch", lambda c, k, a: run_trl(c, k, a, False)),
     "trl-accum": ("trl", "RewardTrainer, grad accum", lambda c, k, a: run_trl(c, k, a, True)),
 }
@@ -400,8 +454,13 @@ def machine() -> dict:
     import transformers
     import trl
 
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), []
+    )
+    isa = [f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "vnni", "sse4"))]
     return {
         "cpu": cpu,
+        "isa": " ".join(isa),
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -420,6 +479,8 @@ def run_all(ctx: dict, args) -> list[dict]:
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
+                if name == "trl-accum" and args.batch_prompts * math.comb(k, 2) == args.trl_micro:
+                    continue  # one micro-batch of --trl-micro pairs: the `trl` run itself
                 torch.set_num_threads(args.threads)
                 res = CONFIGS[name][2](ctx, k, args)
                 assert torch.get_num_threads() == args.threads
@@ -432,8 +493,9 @@ def run_all(ctx: dict, args) -> list[dict]:
                 rows.append(res)
                 print(
                     f"  K={k} round {r} {name:9s} {res['prompts_per_s']:7.1f} prompts/s wall, "
-                    f"{res['prompts_per_cpu_s']:7.1f} /cpu-s; {res['rows'] / res['prompts']:.0f} "
-                    f"seqs/prompt, pad {1 - res['tokens'] / res['cells']:.0%} (load {load()})",
+                    f"{res['prompts_per_cpu_s']:7.1f} /cpu-s; {res['sequences'] / res['prompts']:.0f} "
+                    f"seqs/prompt in {res['rows']} rows, pad {1 - res['tokens'] / res['cells']:.0%} "
+                    f"(load {load()})",
                     flush=True,
                 )
     for row in rows:
@@ -458,11 +520,12 @@ def report(rows: list[dict], args) -> dict:
         "| seconds | prompts/s | ratio | CPU s | ratio (CPU time) |"
     )
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = sorted(rows, key=lambda x: (x["k"], list(CONFIGS).index(x["config"]), x["round"]))
     for row in rows:
         lib, desc, _ = CONFIGS[row["config"]]
         print(
             f"| {row['k']} | {lib} | {desc} | {row['round']} | {row['steps']} | {row['prompts']:.0f} "
-            f"| {row['rows'] / row['prompts']:.0f} | {row['tokens']} | {row['cells']} "
+            f"| {row['sequences'] / row['prompts']:.0f} | {row['tokens']} | {row['cells']} "
             f"| {row['seconds']:.2f} | {row['prompts_per_s']:.1f} | {row['speedup']:.2f}x "
             f"| {row['cpu_seconds']:.2f} | {row['speedup_cpu']:.2f}x |"
         )
@@ -471,6 +534,8 @@ def report(rows: list[dict], args) -> dict:
     for k in args.ks:
         for name in args.configs:
             sel = [x for x in rows if x["k"] == k and x["config"] == name]
+            if not sel:
+                continue
             med = {
                 key: statistics.median(x[key] for x in sel)
                 for key in ("prompts_per_s", "speedup", "speedup_cpu")
@@ -500,6 +565,7 @@ def main() -> None:
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; load {load()}",
         flush=True,
     )
+    print(f"CPU instruction sets (/proc/cpuinfo flags): {info['isa']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         args.work = Path(args.out) if args.out else Path(tmp)
         args.work.mkdir(parents=True, exist_ok=True)

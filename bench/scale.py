@@ -48,7 +48,7 @@ CONFIGS = {  # name -> (processes, extra ppo flags)
     "fsdp2+lora": (2, ["--strategy", "fsdp2", "--lora-r", "16", "--lora-alpha", "32"]),
 }
 
-HOOK = r'''
+HOOK = r"""
 import json, os, sys, time
 import torch
 
@@ -113,7 +113,7 @@ peak = max(_peaks)  # VmHWM over the steps (loading and the final export exclude
 with open(os.environ["SCALE_OUT"] + f".rank{rank}.json", "w") as f:
     json.dump({**_done, "peak_kib": peak - START_RSS, "times": _times}, f)
 sys.exit(code)
-'''
+"""
 
 
 def build(work: Path, preset: str) -> dict[str, Path]:
@@ -156,9 +156,7 @@ def run_one(name: str, files: dict[str, Path], work: Path, args, rnd: int) -> li
         "--ppo-epochs", "1", "--num-mini-batches", "1", "--sample-every", "0",
         "--save-every", "1000", "--report-to", "none", *extra,
     ]  # fmt: skip
-    env = dict(
-        os.environ, OMP_NUM_THREADS="1", SCALE_OUT=str(out), PYTHONPATH=str(ROOT / "src")
-    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", SCALE_OUT=str(out), PYTHONPATH=str(ROOT / "src"))
     r = subprocess.run(argv, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"{name} failed:\n{r.stderr[-3000:]}")
@@ -200,8 +198,10 @@ def main() -> None:
     mib = 1 / 2**20
     print(f"\npreset {args.preset}, batch {args.batch_size} x {args.max_new_tokens} new tokens, "
           f"{args.steps} steps (first untimed), {args.rounds} rounds, 1 thread/process\n")  # fmt: skip
-    print("| config | procs | weights MiB/proc | optimizer MiB/proc | weights+opt MiB/proc "
-          "| `plan` weights+opt | peak RSS above start MiB/proc | step s (wall) | step s (CPU) |")
+    print(
+        "| config | procs | weights MiB/proc | optimizer MiB/proc | weights+opt MiB/proc "
+        "| `plan` weights+opt | peak RSS above start MiB/proc | step s (wall) | step s (CPU) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for name, runs in results.items():
@@ -221,9 +221,11 @@ def main() -> None:
         print(f"FSDP2 / DDP weights+optimizer per process: {s['fsdp2']['wo'] / s['ddp']['wo']:.2f}x"
               " (target <= 0.55x)")  # fmt: skip
     if "full" in s and "lora" in s:
-        print(f"LoRA / full peak memory: {s['lora']['peak'] / s['full']['peak']:.2f}x "
-              f"(target <= 0.4x); step CPU time: {s['lora']['cpu'] / s['full']['cpu']:.2f}x, "
-              f"wall: {s['lora']['wall'] / s['full']['wall']:.2f}x (target <= 1x)")
+        print(
+            f"LoRA / full peak memory: {s['lora']['peak'] / s['full']['peak']:.2f}x "
+            f"(target <= 0.4x); step CPU time: {s['lora']['cpu'] / s['full']['cpu']:.2f}x, "
+            f"wall: {s['lora']['wall'] / s['full']['wall']:.2f}x (target <= 1x)"
+        )
     if "full" in s and "full+gc" in s:
         print(f"gradient checkpointing, full: peak {s['full+gc']['peak'] / s['full']['peak']:.2f}x,"
               f" step CPU {s['full+gc']['cpu'] / s['full']['cpu']:.2f}x")  # fmt: skip

@@ -8,7 +8,9 @@ sft.jsonl, prompt-masked completion-only loss), same tokenizer, fp32, no gradien
 checkpointing, same micro-batch size, same step count, same AdamW hyper-parameters and
 warmup + cosine-to-10% schedule, same thread count. Configurations:
 
-  rlhfkit              `train_sft` defaults: padding-free packed micro-batches
+  rlhfkit              `train_sft` defaults: padding-free packed micro-batches (rows of at
+                       most --max-len tokens, nearly equally full), the LM head run on the
+                       label positions only, oneDNN linears only on AVX-512 CPUs
   rlhfkit-padded       the same with packing=False (right-padded micro-batches)
   trl                  `SFTTrainer` defaults (padded batches, fused AdamW, fused LM head,
                        entropy/accuracy metrics), with only the settings above pinned
@@ -157,8 +159,16 @@ def run_rlhfkit(ctx: dict, preset: str, args, packing: bool) -> dict:
     from rlhfkit.config import SFTConfig
     from rlhfkit.loops.sft import train_sft
 
+    try:  # since issue 11 the step lives in the training skeleton (loops/trainer.py)
+        import rlhfkit.loops.trainer as stepper
+    except ImportError:
+        stepper = lm
     clock = StepClock()
-    orig_step, orig_packed, orig_right = lm.optimizer_step, lm.collate_packed, lm.collate_right
+    orig_step, orig_packed, orig_right = (
+        stepper.optimizer_step,
+        lm.collate_packed,
+        lm.collate_right,
+    )
 
     def timed_step(*a, **k):
         out = orig_step(*a, **k)
@@ -194,13 +204,14 @@ def run_rlhfkit(ctx: dict, preset: str, args, packing: bool) -> dict:
         packing=packing,
         seed=0,
     )
-    lm.optimizer_step = timed_step
+    stepper.optimizer_step = timed_step
     lm.collate_packed, lm.collate_right = counting(orig_packed), counting(orig_right)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             summary = train_sft(cfg)
     finally:
-        lm.optimizer_step, lm.collate_packed, lm.collate_right = orig_step, orig_packed, orig_right
+        stepper.optimizer_step = orig_step
+        lm.collate_packed, lm.collate_right = orig_packed, orig_right
     assert summary["steps"] == args.warmup_steps + args.steps
     return clock.result(args.warmup_steps, args.steps)
 

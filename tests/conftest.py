@@ -1,7 +1,10 @@
 """Shared test setup: deterministic, small, offline."""
 
+import json
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -67,3 +70,96 @@ def tiny_model(tiny_tokenizer):
     from rlhfkit.models.presets import build_model
 
     return build_model("test", tiny_tokenizer, seed=0)
+
+
+# --- shared on-disk fixtures of the loop tests --------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ppo_files(tmp_path_factory, tiny_tokenizer, tiny_texts):
+    """A base policy ('test' preset), a reward model from it, world prompts (train / eval)
+    and a corpus: the PPO command's tests (tests/loops/test_ppo_loop.py, test_fsdp.py)."""
+    import copy
+
+    from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record
+    from rlhfkit.models.checkpoint import save_hf
+    from rlhfkit.models.reward import init_reward_model
+    from tests.loops.helpers import make_base_model, write_jsonl
+
+    root = tmp_path_factory.mktemp("ppo")
+    base = make_base_model(root / "base", tiny_tokenizer, preset="test")
+    rm, rm_tok = init_reward_model(base, copy.deepcopy(tiny_tokenizer), head_init="normal", seed=1)
+    save_hf(rm, rm_tok, root / "rm")
+    made = make_prompts(24, WorldSettings(), random.Random(0), set(), unique=True)
+    recs = [prompt_record(name, q) for name, q, _ in made]
+    return {
+        "base": base,
+        "rm": root / "rm",
+        "prompts": write_jsonl(root / "prompts.jsonl", recs[:16]),
+        "eval": write_jsonl(root / "eval.jsonl", recs[16:]),
+        "corpus": write_jsonl(root / "corpus.jsonl", [{"text": t} for t in tiny_texts]),
+    }
+
+
+SFT_2PROC_OPTS = ["--epochs", "1", "--lr", "1e-2", "--schedule", "constant", "--warmup-steps", "0",
+                  "--device", "cpu"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def sft_one_process(tmp_path_factory, tiny_tokenizer):
+    """The 1-process `sft` (batch 8, in this process) that the 2-process runs (batch 4 per
+    process) are compared with: DDP in tests/loops/test_resume_ddp.py, FSDP2 in test_fsdp.py.
+    Its base model ('test' preset), data (8 records) and `sft` options are theirs too."""
+    from rlhfkit import cli
+    from tests.loops.helpers import make_base_model, sft_rows, write_jsonl
+
+    root = tmp_path_factory.mktemp("sft_one_process")
+    base = make_base_model(root / "base", tiny_tokenizer)
+    data = write_jsonl(root / "sft.jsonl", sft_rows(8))
+    argv = ["sft", "--model", str(base), "--data", str(data), *SFT_2PROC_OPTS]
+    assert cli.main([*argv, "--batch-size", "8", "--out", str(root / "one")]) == 0
+    return {"base": base, "data": data, "one": root / "one", "argv": argv}
+
+
+# --- the pure layers stay pure: imports checked in a fresh interpreter -----------------------
+
+# name: (modules to import, a module that must not be loaded after). Checks that need no torch
+# come first: the later ones import torch, which takes seconds per interpreter.
+PURE_IMPORTS = {
+    "ranking": (["rlhfkit.data.ranking"], "torch"),
+    "ops_and_losses": (["rlhfkit.ops.masking", "rlhfkit.ops.logprobs", "rlhfkit.ops.kl",
+                        "rlhfkit.ops.advantages", "rlhfkit.losses"], "transformers"),
+    "types": (["rlhfkit.types"], "transformers"),
+    "combine": (["rlhfkit.combine"], "transformers"),
+}  # fmt: skip
+
+_PROBE = """
+import importlib, json, sys
+loaded = {}
+for name, (modules, forbidden) in json.loads(sys.argv[1]).items():
+    before = forbidden in sys.modules  # then this interpreter cannot tell: None
+    for module in modules:
+        importlib.import_module(module)
+    loaded[name] = None if before else forbidden in sys.modules
+print(json.dumps(loaded))
+"""
+
+
+def _probe(checks: dict) -> dict:
+    done = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(checks)],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def pure_imports() -> dict[str, bool]:
+    """For each check of PURE_IMPORTS: is its forbidden module loaded after importing its
+    modules in a fresh interpreter? One interpreter runs the checks in turn (an import's
+    closure is the same wherever it runs); a check whose forbidden module an earlier check
+    had already loaded runs again in an interpreter of its own."""
+    loaded = _probe(PURE_IMPORTS)
+    for name, value in loaded.items():
+        if value is None:
+            loaded[name] = _probe({name: PURE_IMPORTS[name]})[name]
+    return loaded

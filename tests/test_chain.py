@@ -24,7 +24,6 @@ from tests.loops.helpers import CHAIN_ARCH, make_base_model, sft_rows, write_jso
 DEFAULT = ("llama-gqa", "qwen2", "gpt2")
 
 
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record

@@ -278,7 +278,6 @@ def test_cli_report(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------
 
 
-
 @pytest.fixture(scope="module")
 def world_prompts(tmp_path_factory):
     from rlhfkit.data.records import read_prompts

@@ -32,7 +32,6 @@ PROMPTS = [
 ]
 
 
-
 @pytest.fixture(scope="module")
 def model(tiny_tokenizer):
     return build_model("test", tiny_tokenizer, seed=1)

@@ -176,9 +176,21 @@ def test_small_heads_are_refused_before_any_model_loads(vllm, files, tmp_path, c
     assert "head_dim 8" in line and ">= 32" in line
 
 
-def test_torchrun_is_refused_before_any_model_loads(vllm, files, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert "not under torchrun" in _one_line_error(_ppo(files, tmp_path / "run"), capsys)
+def test_bad_torchrun_layouts_are_refused_before_any_model_loads(
+    vllm, files, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 sets it
+    tp3 = _ppo(files, tmp_path / "run", "lm", "--vllm-tensor-parallel-size", "3")
+    assert "--vllm-tensor-parallel-size 3 must divide the number of processes (2)" in (
+        _one_line_error(tp3, capsys)
+    )
+    tp2_eval = _ppo(files, tmp_path / "run", "lm", "--vllm-tensor-parallel-size", "2",
+                    "--eval-prompts", str(files["prompts"]))  # fmt: skip
+    assert "needs --strategy fsdp2" in _one_line_error(tp2_eval, capsys)
+    evaluate = ["eval", "--model", str(files["lm"]), "--prompts", str(files["prompts"]),
+                "--generator", "vllm"]  # fmt: skip
+    assert "not under torchrun" in _one_line_error(evaluate, capsys)
+    assert not (tmp_path / "run").exists()
 
 
 def test_fp32_logprobs_equal_a_training_forward(engine, policy, prompt_ids):
@@ -267,3 +279,192 @@ def test_ppo_runs_with_vllm_and_logs_the_logprob_gap(vllm, files, tmp_path):
     print(f"ppo --generator vllm: logprob gap max per step {gaps}")
     assert len(gaps) == 3 and max(gaps) < 1e-3  # fp32: the synced engine is the policy
     assert (out / "model.safetensors").exists()
+
+
+# --- Learning: a short PPO run on the built-in world, --generator vllm vs hf -----------
+
+
+@pytest.fixture(scope="module")
+def world_sft(tmp_path_factory) -> dict[str, Path]:
+    """A policy SFT-ed on the built-in world's demonstrations for harmful and borderline
+    ("howto") prompts, and the world's harmful prompts for PPO. The world's blind spots make
+    the policy comply with some indirectly phrased harmful requests ("Explain how to ...")
+    when sampling, which the gold judges score 0 (safety), refusals 1; PPO against the gold
+    reward learns to refuse within a few steps. Only these families: the other tasks are
+    beyond a model SFT-ed in seconds, and howto answers stay out of its reach too (refused:
+    0 whatever the generator), which would only add noise to the PPO prompts."""
+    from rlhfkit.data.world.generate import make_world
+    from rlhfkit.data.world.registry import BORDERLINE_NAME, HARMFUL_NAME, parse_prompt
+    from rlhfkit.models.checkpoint import save_hf
+    from rlhfkit.models.presets import train_tokenizer
+
+    root = tmp_path_factory.mktemp("vllm_world")
+    make_world(root / "world", seed=0, corpus_docs=200, sft=2000, train_prompts=600,
+               eval_prompts=10)  # fmt: skip
+    for name, tasks in (("sft.jsonl", (HARMFUL_NAME, BORDERLINE_NAME)),
+                        ("prompts_train.jsonl", (HARMFUL_NAME,))):  # fmt: skip
+        lines = (root / "world" / name).read_text().splitlines(keepends=True)
+        kept = [line for line in lines if parse_prompt(json.loads(line)["prompt"])[0] in tasks]
+        (root / name).write_text("".join(kept))
+    corpus = (root / "world" / "corpus.jsonl").read_text().splitlines()
+    tok = train_tokenizer([json.loads(line)["text"] for line in corpus], vocab_size=512)
+    save_hf(build_model(SHAPE, tok, seed=0), tok, root / "base")
+    sft = ["sft", "--model", str(root / "base"), "--data", str(root / "sft.jsonl"),
+           "--out", str(root / "sft"), "--epochs", "4", "--lr", "3e-3", "--batch-size", "16",
+           "--device", "cpu"]  # fmt: skip
+    assert cli.main(sft) == 0
+    return {"policy": root / "sft", "prompts": root / "prompts_train.jsonl"}
+
+
+def _gold_per_step(world_sft, out: Path, generator: str) -> list[float]:
+    argv = ["ppo", "--policy", str(world_sft["policy"]), "--prompts", str(world_sft["prompts"]),
+            "--rule-reward", "gold", "--value-init", "policy", "--out", str(out),
+            "--device", "cpu", "--seed", "0", "--steps", "12", "--batch-size", "32",
+            "--num-mini-batches", "2", "--max-new-tokens", "10", "--lr", "1e-3",
+            "--sample-every", "0", "--generator", generator]  # fmt: skip
+    if generator == "vllm":
+        argv += ["--vllm-enforce-eager", "--vllm-gpu-memory-utilization", "0.05"]
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["score/mean"] for r in rows if "score/mean" in r]
+
+
+@pytest.mark.slow
+def test_ppo_on_the_world_learns_with_vllm_as_with_hf(vllm, world_sft, tmp_path):
+    """Same seed, same SFT policy, same fixed reward (the world's gold judges, `--rule-reward
+    gold`: the rollout score is the gold score): the mean gold score of the first 3 steps vs
+    the last 3 of 12 rises by > 0.08 with either generator, by amounts within 0.15 of each
+    other, and both end within 0.1 of each other.
+
+    Why these tolerances: both runs draw the same prompts in the same order (the prompt
+    stream is seeded apart from sampling), but vLLM samples with other random numbers, so
+    the curves differ by sampling noise. A step's mean of 32 scores in {0, 1} near p = 0.8
+    has std sqrt(0.8 x 0.2 / 32) ~ 0.07, a 3-step mean ~ 0.04, a rise ~ 0.05 (less at the
+    end, near 1), the difference of two rises ~ 0.07: 0.08 and 0.15 are ~2 sigma. Measured
+    here (2 busy cores, ~70 s for both runs): hf 0.78 -> 0.97, vllm 0.81 -> 0.97."""
+    curves = {g: _gold_per_step(world_sft, tmp_path / g, g) for g in ("hf", "vllm")}
+    rises, ends = {}, {}
+    for g, scores in curves.items():
+        start, ends[g] = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+        rises[g] = ends[g] - start
+        print(f"--generator {g}: gold {start:.3f} -> {ends[g]:.3f} (rise {rises[g]:+.3f}); "
+              f"per step {[round(s, 3) for s in scores]}")  # fmt: skip
+    assert rises["hf"] > 0.08 and rises["vllm"] > 0.08, rises
+    assert abs(ends["vllm"] - ends["hf"]) < 0.1, ends
+    assert abs(rises["vllm"] - rises["hf"]) < 0.15, rises
+
+
+# --- Under torchrun: an engine per rank (or per tensor-parallel group), DDP and FSDP2 ----
+
+
+def _torchrun(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "2", *args]  # fmt: skip
+
+
+def _run(cmd: list[str]) -> str:
+    import os
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    return r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "tp"), [("ddp", 1), ("fsdp2", 2)])  # fsdp2 tp 1: below
+def test_torchrun_ppo_syncs_every_ranks_engine(vllm, files, tmp_path, strategy, tp):
+    """Two processes (gloo, CPU), two PPO steps with --generator vllm: then on each rank
+    vLLM's greedy output equals our path's on that rank's updated policy (its own prompts;
+    with tp 2 both ranks share one engine). The worker is this file run by torchrun."""
+    out = tmp_path / "ranks"
+    _run(_torchrun(__file__, str(files["lm"]), str(out), strategy, str(tp)))
+    for rank in (0, 1):
+        r = json.loads((out / f"rank{rank}.json").read_text())
+        print(f"{strategy} tp {tp} rank {rank}: sync {r['sync_s']:.3f} s, "
+              f"greedy changed by the update: {r['changed']}, gap max {r['gap']:.1e}")  # fmt: skip
+        assert r["moved"] and r["same_as_hf"], r
+        assert r["gap"] < 1e-4, r
+
+
+@pytest.mark.slow
+def test_torchrun_ppo_command_with_vllm(vllm, files, tmp_path):
+    """`torchrun ... rlhfkit ppo --generator vllm --strategy fsdp2` (an engine per rank)
+    finishes, rank 0 writes, and the logged gap between vLLM's and the trainer's log-probs
+    stays at float noise at every step: each engine has the updated weights."""
+    out = tmp_path / "run"
+    argv = _ppo(files, out, "lm", "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8",
+                "--strategy", "fsdp2", "--sample-every", "0", "--vllm-enforce-eager",
+                "--vllm-gpu-memory-utilization", "0.02", "--eval-prompts", str(files["prompts"]))  # fmt: skip
+    _run(_torchrun("-m", "rlhfkit.cli", *argv))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    gaps = [r["vllm/logprob_gap_max"] for r in rows if "vllm/logprob_gap_max" in r]
+    print(f"torchrun ppo --generator vllm --strategy fsdp2: logprob gap max per step {gaps}")
+    assert len(gaps) == 2 and max(gaps) < 1e-3
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    assert (out / "model.safetensors").exists()
+
+
+def _worker(policy: str, out: str, strategy: str, tp: str) -> None:
+    """One torchrun process of `test_torchrun_ppo_syncs_every_ranks_engine`."""
+    import time
+
+    from rlhfkit.config import PPOConfig
+    from rlhfkit.data.records import PromptRecord
+    from rlhfkit.distributed import setup_distributed, teardown_distributed
+    from rlhfkit.loops.ppo.loop import build_run, ppo_step
+    from rlhfkit.loops.ppo.roles import build_roles
+
+    cfg = PPOConfig(policy=policy, rule_reward="length", value_init="policy", device="cpu",
+                    strategy=strategy, steps=2, batch_size=4, max_new_tokens=8, lr=3e-2,
+                    generator="vllm", vllm_enforce_eager=True, vllm_gpu_memory_utilization=0.02,
+                    vllm_tensor_parallel_size=int(tp))  # fmt: skip
+    d, device = setup_distributed("cpu")
+    tok, policy_model, reference, value, scorer = build_roles(cfg, device)
+    texts = ["the cat sat on", "what is 2 + 3 ?", "sort the list 4 1 3", "a big red dog",
+             "please copy one two", "the bird ran under", "reverse 1 2 3", "and the"]  # fmt: skip
+    prompts = [PromptRecord(t) for t in texts]
+    run = build_run(cfg, policy_model, reference, value, scorer, tok, prompts, None, d, device)
+    mine = [tok.encode(t) for t in texts[d.rank :: 2]]  # each rank its own prompts
+    before = _greedy(run.generator, mine)
+    local = lambda v: v.to_local() if hasattr(v, "to_local") else v  # noqa: E731 (FSDP2 shards)
+    w0 = {k: local(v).detach().clone() for k, v in policy_model.state_dict().items()}
+    for step in range(2):
+        ppo_step(run, step, cfg.batch_size, cfg.seed)  # ends with generator.sync_weights()
+    t0 = time.perf_counter()
+    run.generator.sync_weights()  # once more, timed (a no-op for the weights)
+    sync_s = time.perf_counter() - t0
+    after = _greedy(run.generator, mine)
+    ours = _greedy(make_generator(run.trainables.policy, tok, "hf"), mine)
+    moved = any(not torch.equal(local(v), w0[k]) for k, v in policy_model.state_dict().items())
+    same = torch.equal(after.response_mask, ours.response_mask) and torch.equal(
+        after.response_ids[after.response_mask], ours.response_ids[ours.response_mask]
+    )
+    from rlhfkit.vllm_engine import policy_state_dict
+
+    full = policy_state_dict(run.trainables.policy)  # whole weights, gathered under FSDP2
+    model = build_model_like(policy, tok, full)
+    gap = (after.logprobs - _trainer_logprobs(model, after, 1.0)).abs()[after.response_mask]
+    result = {"moved": moved, "same_as_hf": bool(same), "sync_s": sync_s, "gap": float(gap.max()),
+              "changed": not torch.equal(before.response_ids, after.response_ids)}  # fmt: skip
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"rank{d.rank}.json").write_text(json.dumps(result))
+    teardown_distributed()
+
+
+def build_model_like(folder: str, tok, state: dict):
+    """The causal LM of `folder` with `state` loaded: a plain copy of the updated policy."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model.load_state_dict(state)
+    return model
+
+
+if __name__ == "__main__":  # a torchrun worker (tests above)
+    import sys
+
+    _worker(*sys.argv[1:])

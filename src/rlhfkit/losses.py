@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhfkit.ops.logprobs import shifted_token_logprobs
+from rlhfkit.ops.logprobs import logprobs_from_logits, shifted_token_logprobs
 from rlhfkit.ops.masking import masked_mean, masked_sum
 
 
@@ -27,9 +27,11 @@ def sft_nll(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Next-token negative log-likelihood, HF-style labels (shifted here, not by the caller).
 
-    logits: (B, T, V) from the model on input_ids (B, T); labels: (B, T), usually
-    input_ids with ``ignore_index`` on prompt and padding tokens. With
-    valid_j = labels[:, j + 1] != ignore_index and N = number of valid tokens:
+    logits: (B, T, V) from the model on input_ids (B, T), or (N, V): only the rows of the
+    N positions that predict a label, in row-major order of ``valid`` below (a head run on
+    those positions alone); labels: (B, T), usually input_ids with ``ignore_index`` on
+    prompt and padding tokens. With valid_j = labels[:, j + 1] != ignore_index and
+    N = number of valid tokens:
 
         nll_sum = -sum_{b, j valid} log p(labels[b, j + 1] | tokens <= j)
         loss    = nll_sum / max(N, 1)    (reduction="mean")
@@ -41,13 +43,19 @@ def sft_nll(
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    if logits.shape[:2] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ")
     valid = labels[:, 1:] != ignore_index  # (B, T-1)
-    safe_labels = torch.where(labels == ignore_index, 0, labels)  # gather needs an index
-    logprobs = shifted_token_logprobs(logits, safe_labels)  # (B, T-1)
-    nll_sum = -masked_sum(logprobs, valid)
     n_tokens = valid.sum()
+    if logits.dim() == 2:  # (N, V): the label-predicting positions only
+        targets = labels[:, 1:][valid]  # (N,)
+        if logits.shape[0] != targets.numel():
+            raise ValueError(f"logits {tuple(logits.shape)} for {targets.numel()} label tokens")
+        nll_sum = -logprobs_from_logits(logits[None], targets[None]).sum()
+    elif logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ")
+    else:
+        safe_labels = torch.where(labels == ignore_index, 0, labels)  # gather needs an index
+        logprobs = shifted_token_logprobs(logits, safe_labels)  # (B, T-1)
+        nll_sum = -masked_sum(logprobs, valid)
     mean = nll_sum / n_tokens.clamp_min(1)
     stats = {
         "loss": mean.detach(),

@@ -184,6 +184,8 @@ class Rollout(_PromptResponse):
     kl_coef: float = 0.0
     kl_estimator: str = "k1"  # which estimator `kl` holds
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    # the generation engine's own numbers, logged as they are (vLLM: vllm/logprob_gap_*)
+    engine_stats: dict[str, float] = field(default_factory=dict)
     # Added by `add_advantages`:
     values: torch.Tensor | None = None  # (B, R) float32, V(prompt + response[:t]); 0 at padding
     advantages: torch.Tensor | None = None  # (B, R) float32, GAE (whitened if asked); 0 at pad

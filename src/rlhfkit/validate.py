@@ -108,11 +108,7 @@ def check_vllm(cfg: Any) -> None:
             f"--generator vllm: vLLM is not installed in this Python ({sys.executable}); "
             "run `make install-vllm` and use .venv-vllm/bin/rlhfkit, or pass --generator hf"
         )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError(
-            "--generator vllm runs in one process for now (vLLM in process, colocated): "
-            "not under torchrun; pass --generator hf there"
-        )
+    _check_vllm_torchrun(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     if not _vllm_cpu_build() and getattr(cfg, "device", "auto") != "cpu":
         return
     for name, ms in field_markers(type(cfg)).items():
@@ -128,6 +124,28 @@ def check_vllm(cfg: Any) -> None:
                     f"vLLM's CPU attention needs head_dim >= {VLLM_CPU_MIN_HEAD_DIM} "
                     "(use --generator hf for this model)"
                 )
+
+
+def _check_vllm_torchrun(cfg: Any, world: int) -> None:
+    """Under torchrun each rank runs an engine (vLLM's external launcher), or each group of
+    --vllm-tensor-parallel-size ranks shares one; only commands that train under torchrun
+    (a --strategy) sample there. An engine shared by several ranks generates only when they
+    all ask at once, and PPO evaluates on rank 0 alone under DDP."""
+    tp = getattr(cfg, "vllm_tensor_parallel_size", 1)
+    if world <= 1:
+        return
+    if not hasattr(cfg, "strategy"):
+        raise UserError("--generator vllm: this command runs in one process, not under torchrun")
+    if world % tp:
+        raise UserError(
+            f"--vllm-tensor-parallel-size {tp} must divide the number of processes ({world}): "
+            "each group of that many ranks shares one vLLM engine"
+        )
+    if tp > 1 and getattr(cfg, "eval_prompts", None) and cfg.strategy == "ddp":
+        raise UserError(
+            "--eval-prompts with --vllm-tensor-parallel-size > 1 needs --strategy fsdp2: under "
+            "DDP only rank 0 evaluates, and an engine shared by several ranks needs them all"
+        )
 
 
 def _vllm_cpu_build() -> bool:

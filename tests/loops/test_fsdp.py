@@ -75,17 +75,29 @@ def _kill_when(cmd: list[str], checkpoint: Path) -> None:
 SLOW = pytest.mark.slow
 
 
+def _assert_fsdp2_sft_steps_like_one_process(one: Path, two: Path, base: Path) -> None:
+    w1 = load_file(str(one / "epoch-1" / "model.safetensors"))
+    w2 = load_file(str(two / "epoch-1" / "model.safetensors"))
+    assert set(w1) == set(w2)  # a plain HF folder, gathered: every tensor whole
+    assert_same_training(w1, w2, load_file(str(base / "model.safetensors")))
+    assert (two / "epoch-1" / "dcp").is_dir()  # the sharded training state
+
+
+@pytest.mark.timeout(300)
+def test_fsdp2_sft_steps_like_one_process_llama(tmp_path, sft_one_process):
+    """Llama, full fine-tuning, against one process at batch 8 (run in the test process:
+    tests/conftest.py, shared with the DDP test; the same options as below)."""
+    ref = sft_one_process
+    _run([*TORCHRUN, "-m", "rlhfkit.cli", *ref["argv"], "--batch-size", "4",
+          "--out", str(tmp_path / "two"), "--strategy", "fsdp2"])  # fmt: skip
+    _assert_fsdp2_sft_steps_like_one_process(ref["one"], tmp_path / "two", ref["base"])
+
+
+@pytest.mark.slow  # Llama full fine-tuning: test_fsdp2_sft_steps_like_one_process_llama
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("arch", "lora"),
-    [
-        ("llama", False),
-        pytest.param("qwen2", False, marks=SLOW),
-        pytest.param("gpt2", False, marks=SLOW),
-        pytest.param("llama", True, marks=SLOW),
-        pytest.param("qwen2", True, marks=SLOW),
-        pytest.param("gpt2", True, marks=SLOW),
-    ],
+    [("qwen2", False), ("gpt2", False), ("llama", True), ("qwen2", True), ("gpt2", True)],
 )
 def test_fsdp2_sft_steps_like_one_process(arch, lora, tmp_path, tiny_tokenizer):
     """Full and LoRA (adapters injected before sharding), on Llama, Qwen2 and GPT-2 (its
@@ -102,11 +114,7 @@ def test_fsdp2_sft_steps_like_one_process(arch, lora, tmp_path, tiny_tokenizer):
     _run(_cli("sft", *opts, "--batch-size", "8", "--out", str(tmp_path / "one")))
     _run(_cli("sft", *opts, "--batch-size", "4", "--out", str(tmp_path / "two"),
               "--strategy", "fsdp2", procs=2))  # fmt: skip
-    w1 = load_file(str(tmp_path / "one" / "epoch-1" / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "two" / "epoch-1" / "model.safetensors"))
-    assert set(w1) == set(w2)  # a plain HF folder, gathered: every tensor whole
-    assert_same_training(w1, w2, load_file(str(base / "model.safetensors")))
-    assert (tmp_path / "two" / "epoch-1" / "dcp").is_dir()  # the sharded training state
+    _assert_fsdp2_sft_steps_like_one_process(tmp_path / "one", tmp_path / "two", base)
 
 
 @pytest.mark.slow  # as the DDP one (tests/loops/test_reward_loop.py)
@@ -190,7 +198,8 @@ def test_fsdp2_ppo_steps_like_ddp(tmp_path, files):  # noqa: F811 (the fixture)
 @pytest.mark.slow  # ~150 s on 2 cores: `make test-slow`
 @pytest.mark.timeout(600)
 def test_fsdp2_ppo_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_process(
-    tmp_path, files  # noqa: F811 (the fixture)
+    tmp_path,
+    files,  # noqa: F811 (the fixture)
 ):
     """SIGKILL during a sharded PPO run (all four roles sharded), then --resume: the final
     policy equals the uninterrupted sharded run's bit for bit; the DCP checkpoint also loads

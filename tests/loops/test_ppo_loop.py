@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import subprocess
 import sys
 from dataclasses import replace
@@ -39,10 +38,9 @@ from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model
 from rlhfkit.scoring.build import build_scorer
 from tests.conftest import _synthetic_sentences
-from tests.loops.helpers import assert_same_training, make_base_model, write_jsonl
+from tests.loops.helpers import assert_same_training, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-
 
 
 class TokenSetReward:
@@ -198,8 +196,8 @@ def test_one_epoch_one_minibatch_runs_the_value_model_once(
             monkeypatch.setattr(update_mod, "reuses_value_forward", lambda s, rows: False)
         policy, reference, value = _roles(tiny_tokenizer, head_init="normal")
         w0 = {**_params(policy), **{f"v.{k}": v for k, v in _params(value).items()}}
-        calls = _count_calls(value)
         run = build_run(cfg, policy, reference, value, TokenSetReward(), tiny_tokenizer, _prompts())
+        calls = _count_calls(value)  # after build_run: its packing probe runs forwards
         rollout, metrics = ppo_step(run, 0, cfg.batch_size, cfg.seed)
         assert calls[0] == (1 if shared else 2)
         weights = {**_params(policy), **{f"v.{k}": v for k, v in _params(value).items()}}
@@ -222,8 +220,8 @@ def test_several_epochs_or_minibatches_run_the_value_model_per_minibatch(tiny_to
     assert not reuses_value_forward(UpdateSettings(ppo_epochs=1, num_mini_batches=2), 8)
     policy, reference, value = _roles(tiny_tokenizer)
     cfg = PPOConfig(batch_size=8, max_new_tokens=8, ppo_epochs=2, num_mini_batches=2)
-    calls = _count_calls(value)
     run = build_run(cfg, policy, reference, value, TokenSetReward(), tiny_tokenizer, _prompts())
+    calls = _count_calls(value)  # after build_run: its packing probe runs forwards
     rollout, _ = ppo_step(run, 0, cfg.batch_size, cfg.seed)
     assert calls[0] == 1 + 2 * 2
     assert rollout.value_graph is None
@@ -317,23 +315,10 @@ def test_adam_eps_defaults_to_1e_5_for_policy_and_value(tiny_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, tiny_tokenizer, tiny_texts):
-    """A base policy, a reward model from it, world prompts (train / eval) and a corpus."""
-    from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record
-
-    root = tmp_path_factory.mktemp("ppo")
-    base = make_base_model(root / "base", tiny_tokenizer, preset="test")
-    rm, rm_tok = init_reward_model(base, copy.deepcopy(tiny_tokenizer), head_init="normal", seed=1)
-    save_hf(rm, rm_tok, root / "rm")
-    made = make_prompts(24, WorldSettings(), random.Random(0), set(), unique=True)
-    recs = [prompt_record(name, q) for name, q, _ in made]
-    return {
-        "base": base,
-        "rm": root / "rm",
-        "prompts": write_jsonl(root / "prompts.jsonl", recs[:16]),
-        "eval": write_jsonl(root / "eval.jsonl", recs[16:]),
-        "corpus": write_jsonl(root / "corpus.jsonl", [{"text": t} for t in tiny_texts]),
-    }
+def files(ppo_files):
+    """A base policy, a reward model from it, world prompts (train / eval) and a corpus
+    (session-wide: tests/conftest.py)."""
+    return ppo_files
 
 
 def _args(files, out, *extra) -> list[str]:

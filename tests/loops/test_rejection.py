@@ -44,7 +44,6 @@ from tests.loops.helpers import make_base_model, write_jsonl
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
 def _rec(prompt: str, scores: list[float]) -> SampleRecord:
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
     return SampleRecord(prompt, [f"{prompt}-r{i}" for i in range(len(scores))], scores, best)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlhfkit import cli
 from tests.loops.helpers import assert_same_training, make_base_model, sft_rows, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,8 +56,8 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_tokenizer):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(64))
     opts = ["--epochs", "3", "--batch-size", "4", "--save-every", "3", "--lr", "1e-3"]
 
-    full = tmp_path / "full"
-    subprocess.run(_sft_cmd(base, data, full, *opts), env=_env(), check=True, capture_output=True)
+    full = tmp_path / "full"  # uninterrupted, in this process (the same code, one thread)
+    assert cli.main(_sft_cmd(base, data, full, *opts)[3:]) == 0
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -81,40 +82,27 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_tokenizer):
     for epoch in (1, 2, 3):
         a = load_file(str(full / f"epoch-{epoch}" / "model.safetensors"))
         b = load_file(str(out / f"epoch-{epoch}" / "model.safetensors"))
-        for k in a:  # same process layout, same seed: bit-identical on CPU
+        for k in a:  # same seed, one thread each: bit-identical on CPU
             assert torch.equal(a[k], b[k]), (epoch, k)
 
 
 @pytest.mark.timeout(300)
-def test_two_processes_step_like_one_with_twice_the_batch(tmp_path, tiny_tokenizer):
-    base = make_base_model(tmp_path / "base", tiny_tokenizer)
-    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
-    opts = ["--epochs", "1", "--lr", "1e-2", "--schedule", "constant", "--warmup-steps", "0"]
-    subprocess.run(
-        _sft_cmd(base, data, tmp_path / "one", *opts, "--batch-size", "8"),
-        env=_env(),
-        check=True,
-        capture_output=True,
-    )
-    ddp = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",  # a free port for each launch
-        "-m",
-        "rlhfkit.cli",
-    ]
+def test_two_processes_step_like_one_with_twice_the_batch(tmp_path, sft_one_process):
+    """DDP, batch 4 per process, against one process at batch 8 (run in the test process:
+    tests/conftest.py, shared with the FSDP2 test)."""
+    ref = sft_one_process
+    # --standalone: a free port for each launch
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--standalone", "-m", "rlhfkit.cli"]  # fmt: skip
     r = subprocess.run(
-        [*ddp, *_sft_cmd(base, data, tmp_path / "two", *opts, "--batch-size", "4")[3:]],
+        [*ddp, *ref["argv"], "--batch-size", "4", "--out", str(tmp_path / "two")],
         env=_env(),
         capture_output=True,
         text=True,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    w1 = load_file(str(tmp_path / "one" / "epoch-1" / "model.safetensors"))
+    w1 = load_file(str(ref["one"] / "epoch-1" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "epoch-1" / "model.safetensors"))
-    assert_same_training(w1, w2, load_file(str(base / "model.safetensors")))
+    assert_same_training(w1, w2, load_file(str(ref["base"] / "model.safetensors")))
     summary = (tmp_path / "two" / "summary.json").read_text()
     assert '"world_size": 2' in summary

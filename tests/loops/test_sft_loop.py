@@ -166,9 +166,7 @@ def test_packed_and_padded_batches_train_alike(base, tmp_path, monkeypatch):
     import rlhfkit.loops.sft as sft_mod
     from rlhfkit.models.load import load_causal_lm
 
-    monkeypatch.setattr(
-        sft_mod, "load_causal_lm", lambda *a, **k: load_causal_lm(*a, **k).double()
-    )
+    monkeypatch.setattr(sft_mod, "load_causal_lm", lambda *a, **k: load_causal_lm(*a, **k).double())
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
     kw = dict(model=str(base), data=str(data), epochs=1, lr=1e-2, batch_size=4)
     train_sft(SFTConfig(**kw, out=str(tmp_path / "p"), packing=True))

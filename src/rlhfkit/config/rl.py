@@ -52,7 +52,7 @@ class GeneratorOptions:
     vllm_enforce_eager: bool = False
     """--generator vllm: no CUDA graphs / torch.compile in vLLM (starts faster, decodes slower)."""
     vllm_tensor_parallel_size: Positive[int] = 1
-    """--generator vllm: devices vLLM shards the model over."""
+    """--generator vllm: devices vLLM shards the model over; under torchrun each group of N consecutive ranks shares one engine (N must divide the number of processes)."""
 
 
 @dataclass(kw_only=True)
@@ -112,6 +112,10 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """Minibatches per PPO epoch; one policy and one value optimizer step each."""
     micro_batch_size: NonNegative[int] = 0
     """Sequences per forward/backward within a minibatch, per process (0: the whole minibatch). Changes memory, not results."""
+    packing: Annotated[
+        bool | None, tyro.conf.DisallowNone, tyro.conf.arg(help_behavior_hint="(default: auto)")
+    ] = None
+    """Run the reference, value and training forwards padding-free (sequences packed into rows, no padding FLOPs); default: on for each model a probe at start-up finds exact (packed sequences kept apart), padded otherwise."""
     ppo_epochs: Positive[int] = 4
     """Passes over each rollout batch."""
     ignore_eos: bool = False

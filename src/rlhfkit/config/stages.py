@@ -94,6 +94,10 @@ class RMConfig(RemoteCodeOptions, TrainOptions):
     """A longer sequence: 'truncate' drops its oldest prompt tokens (the end, where the score is read, stays), 'error' stops with file:line."""
     head_init: Literal["zeros", "normal"] = "zeros"
     """Score head initialisation: 'zeros' (every score starts at 0, loss at log 2) or 'normal' (std 1/sqrt(hidden+1))."""
+    packing: Annotated[
+        bool | None, tyro.conf.DisallowNone, tyro.conf.arg(help_behavior_hint="(default: auto)")
+    ] = None
+    """Score responses in padding-free packed rows (position ids restarting per response) instead of padded batches; default: on where the model keeps packed sequences apart (checked at start-up)."""
     normalize_with: Input[str | None] = None
     """After training, shift the RM so that these responses score mean 0: JSONL of {"prompt","completion"} (e.g. the SFT demonstrations, InstructGPT) or {"prompt","response"}. The shift is in the saved weights; the statistics go to rlhfkit_reward.json."""
     normalize_scale: bool = False

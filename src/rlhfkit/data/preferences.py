@@ -202,7 +202,6 @@ def _parse_ranking(row: dict, line: int, source: str) -> RankingRecord:
     return RankingRecord(prompt, list(responses), list(ranking), strengths, line, source)
 
 
-
 def read_preferences(paths: PathLike | Sequence[PathLike]) -> list[RankingRecord]:
     """K-wise rankings and pairwise preferences (mixed freely) from one or more files;
     pairwise ones also in TRL's and Anthropic's shapes (`_parse_pair`)."""

@@ -20,7 +20,9 @@ and scores the policy's ids (`scoring.rm`) as it trained.
 
 A ranking of K responses becomes ONE example: its K sequences and its C(K,2) comparisons
 (winner, loser, margin, strength bucket). A batch concatenates whole examples, so a
-prompt's responses are never split and each gets exactly one forward pass.
+prompt's responses are never split and each gets exactly one forward pass, either
+right-padded (N rows) or padding-free (`pack_sequences`: a few packed rows, position ids
+restarting per sequence; for models that keep packed examples apart, `loops.reward.train`).
 """
 
 from __future__ import annotations
@@ -132,6 +134,95 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     return batch.input_ids, batch.attention_mask
 
 
+@dataclass
+class PackedRows:
+    """Token sequences packed into rows without padding (`pack_sequences`)."""
+
+    input_ids: torch.Tensor  # (R, W) long
+    position_ids: torch.Tensor  # (R, W) long, 0 at each sequence's first token
+    last: torch.Tensor  # (N,) long: flat index into input_ids.view(-1) of sequence i's last token
+
+
+def _first_fit(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Indices per row: longest first, each into the first row with room (first-fit
+    decreasing bin packing)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, free in enumerate(room) if free >= lengths[i]), len(rows))
+        if r == len(rows):
+            rows.append([])
+            room.append(width)
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return rows
+
+
+MAX_WIDTH_FACTOR = 8  # candidate row widths: 1..8 x the longest sequence
+
+
+def row_width(lengths: Sequence[int], attention_cost: float | None) -> int:
+    """Row width for `pack_sequences`: the multiple of the longest sequence that minimises
+    the estimated work, cells + attention_cost * sum over rows of width^2.
+
+    Wider rows leave fewer unused cells (each costs every linear layer) but attention
+    costs the square of a row's width (sdpa computes every key of a masked row).
+    `attention_cost` is one row position pair's attention work in units of one cell's
+    linear work (`models.reward.attention_cost`: 2 hidden / weights per layer); None:
+    the longest sequence, whose rows never cost more attention than the padded batch.
+    Short sequences then share wide rows; long ones keep rows of their own length.
+    """
+    longest, total = max(lengths), sum(lengths)
+    if attention_cost is None:
+        return longest
+    best, best_cost = longest, float("inf")
+    for factor in range(1, MAX_WIDTH_FACTOR + 1):
+        width = min(factor * longest, total)
+        rows = _first_fit(lengths, width)
+        used = max(sum(lengths[i] for i in members) for members in rows)  # actual width
+        cost = len(rows) * used * (1 + attention_cost * used)  # cells + attention
+        if cost < best_cost:
+            best, best_cost = width, cost
+        if width == total:
+            break
+    return best
+
+
+def pack_sequences(
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    row_tokens: int | None = None,
+    attention_cost: float | None = None,
+) -> PackedRows:
+    """Padding-free rows of at most `row_tokens` tokens (default: `row_width`).
+
+    Unlike SFT's `collate_packed`, order is free (scores come back per sequence through
+    `last`), so sequences go longest first into the first row with room (first-fit
+    decreasing): few rows, little unused tail. A row's unused tail holds `pad_id` at
+    position 0 each, so every tail token is a sequence of its own: no real token sees it,
+    no position passes the longest sequence's, and nothing reads its outputs.
+    """
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("pack_sequences needs at least one sequence and no empty ones")
+    lengths = [len(s) for s in sequences]
+    if row_tokens is not None and row_tokens < max(lengths):
+        raise ValueError(f"a sequence of {max(lengths)} tokens does not fit rows of {row_tokens}")
+    rows = _first_fit(lengths, row_tokens or row_width(lengths, attention_cost))
+    width = max(sum(lengths[i] for i in members) for members in rows)  # no empty column
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (R, W)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)  # (R, W)
+    last = torch.empty(len(sequences), dtype=torch.long)  # (N,)
+    for r, members in enumerate(rows):
+        start = 0
+        for i in members:
+            n = lengths[i]
+            ids[r, start : start + n] = torch.tensor(list(sequences[i]), dtype=torch.long)
+            positions[r, start : start + n] = torch.arange(n)
+            last[i] = r * width + start + n - 1
+            start += n
+    return PackedRows(ids, positions, last)
+
+
 # ---------------------------------------------------------------------------------------
 # Records -> examples -> batches
 # ---------------------------------------------------------------------------------------
@@ -215,15 +306,24 @@ def encode_rankings(
 
 @dataclass
 class RankingBatch:
-    """Several prompts' responses, flattened: N = sum of K, M = sum of C(K,2)."""
+    """Several prompts' responses, flattened: N = sum of K, M = sum of C(K,2).
 
-    input_ids: torch.Tensor  # (N, T) long, right-padded
-    attention_mask: torch.Tensor  # (N, T) bool
-    pairs: torch.Tensor  # (M, 2) long (winner, loser) rows of input_ids
+    Right-padded (N rows, `attention_mask`) or packed (R rows, `position_ids` and `last`;
+    attention_mask None), as `collate_rankings` was asked."""
+
+    input_ids: torch.Tensor  # (N, T) long, right-padded; packed: (R, W)
+    attention_mask: torch.Tensor | None  # (N, T) bool; packed: None
+    pairs: torch.Tensor  # (M, 2) long (winner, loser) indices of sequences (0..N-1)
     margins: torch.Tensor  # (M,) float32
     pair_prompt: torch.Tensor  # (M,) long prompt index within the batch
     buckets: list[str] = field(default_factory=list)  # (M,) strength bucket per pair
     adjacent: list[bool] = field(default_factory=list)  # (M,) neighbours in their ranking
+    position_ids: torch.Tensor | None = None  # packed: (R, W) long, restarting per sequence
+    last: torch.Tensor | None = None  # packed: (N,) flat index of each sequence's last token
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
 
     def to(self, device: torch.device | str) -> RankingBatch:
         moved = {
@@ -234,8 +334,15 @@ class RankingBatch:
         return replace(self, **moved)
 
 
-def collate_rankings(examples: Sequence[RankingExample], pad_id: int) -> RankingBatch:
-    """Concatenate prompts' sequences (never splitting a prompt) and offset their pairs."""
+def collate_rankings(
+    examples: Sequence[RankingExample],
+    pad_id: int,
+    packing: bool = False,
+    attention_cost: float | None = None,
+) -> RankingBatch:
+    """Concatenate prompts' sequences (never splitting a prompt) and offset their pairs;
+    right-padded, or with `packing` padding-free rows (`pack_sequences`; `attention_cost`
+    picks their width, `row_width`)."""
     seqs, pairs, margins, prompt_of, buckets, adjacent = [], [], [], [], [], []
     for p, ex in enumerate(examples):
         offset = len(seqs)
@@ -245,10 +352,16 @@ def collate_rankings(examples: Sequence[RankingExample], pad_id: int) -> Ranking
         prompt_of += [p] * len(ex.pairs)
         buckets += ex.buckets
         adjacent += ex.adjacent if ex.adjacent is not None else [True] * len(ex.pairs)
-    ids, mask = pad_right(seqs, pad_id)
+    if packing:
+        rows = pack_sequences(seqs, pad_id, attention_cost=attention_cost)
+        ids, mask, positions, last = rows.input_ids, None, rows.position_ids, rows.last
+    else:
+        (ids, mask), positions, last = pad_right(seqs, pad_id), None, None
     return RankingBatch(
         input_ids=ids,
         attention_mask=mask,
+        position_ids=positions,
+        last=last,
         pairs=torch.tensor(pairs, dtype=torch.long).view(-1, 2),
         margins=torch.tensor(margins, dtype=torch.float32),
         pair_prompt=torch.tensor(prompt_of, dtype=torch.long),

@@ -30,24 +30,50 @@ or a functorch transform; a layer of at least `MIN_WEIGHT` weights called on at 
 Off switch: `RLHFKIT_ONEDNN=0` in the environment (read at import), or
 `rlhfkit.models.fast_linear.ENABLED = False` at run time. It also turns off oneDNN in the
 sampling fast path (`models/llama_decoder.py`).
+
+Where it pays: only where torch dispatches AVX-512 (`min_weight`). On an AMD EPYC with
+AVX2 only (torch 2.13.0+cpu, one thread) oneDNN was no faster than MKL for any training
+shape and slower for most: forward + both backward matmuls of 320 rows 256 -> 256 4.9 vs
+3.0 ms, 256 -> 768 9.8 vs 9.1 ms, 1600 rows 256 -> 768 39.5 vs 32.4 ms; an SFT step of
+`small` took 0.50 against 0.39 CPU s. So oneDNN takes no training call there
+unless `RLHFKIT_ONEDNN=1` asks for oneDNN explicitly (the default is "auto"): without
+AVX-512, `MIN_WEIGHT` is past any layer, so every call takes `F.linear`.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
-ENABLED = os.environ.get("RLHFKIT_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off")
+_SETTING = os.environ.get("RLHFKIT_ONEDNN", "auto").strip().lower()
+ENABLED = _SETTING not in ("0", "false", "no", "off")
+FORCED = _SETTING in ("1", "true", "yes", "on")  # oneDNN linears even without AVX-512
+
+
+def avx512() -> bool:
+    """Whether torch's CPU kernels dispatch AVX-512 here (oneDNN then uses it too)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 # Which calls take oneDNN: layers of at least MIN_WEIGHT weights (in x out), called on at
 # least MIN_ROWS rows. At one thread on AMD Zen 4, forward + grad-input + grad-weight of a
 # 128 x 128 layer are even at 64 rows (64 vs 64 us) and 1.7x faster at 496 (150 us);
 # smaller layers and fewer rows (decoding steps) lose to oneDNN's ~10 us per call. The
 # choice depends on the layer, not on the batch (except below MIN_ROWS), so splitting a
 # batch into micro-batches or processes keeps every training matmul on the same kernel.
-MIN_WEIGHT = 16_384
+
+
+def min_weight(forced: bool, has_avx512: bool) -> int:
+    """`MIN_WEIGHT` for this CPU: without AVX-512 no layer qualifies (module docstring),
+    unless oneDNN is forced (RLHFKIT_ONEDNN=1)."""
+    return 16_384 if forced or has_avx512 else sys.maxsize
+
+
+MIN_WEIGHT = min_weight(FORCED, avx512())
 MIN_ROWS = 64
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)

@@ -127,6 +127,12 @@ class AdapterOff(torch.nn.Module):
     def config(self) -> Any:
         return self.policy.config
 
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.policy.get_input_embeddings()
+
+    def get_output_embeddings(self) -> torch.nn.Module | None:
+        return self.policy.get_output_embeddings()
+
     def forward(self, *args: Any, logits_to_keep: int | None = None, **kwargs: Any) -> Any:
         if logits_to_keep is not None:
             kwargs["logits_to_keep"] = logits_to_keep

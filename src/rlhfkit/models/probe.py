@@ -16,7 +16,7 @@ import torch
 
 from rlhfkit.data.collate import collate_packed, collate_right
 from rlhfkit.data.tokenize import EncodedExample
-from rlhfkit.models.wrap import unwrap
+from rlhfkit.models.wrap import eval_mode, unwrap
 
 PROBE_LENGTHS = (8, 8)  # two examples; the second is the one that could see the first
 PROBE_SEED = 0
@@ -44,22 +44,18 @@ def _probe_examples(vocab_size: int) -> list[EncodedExample]:
 def packing_error(model: torch.nn.Module) -> tuple[float, float]:
     """(max |packed - alone| over the probe's logits, tolerance for it) on `model`.
 
-    Runs in eval mode (no dropout) and restores the train/eval mode it found.
+    Runs in eval mode (no dropout) and leaves every submodule in the mode it found.
     """
     model = unwrap(model)
     device = next(model.parameters()).device
     examples = _probe_examples(model.get_input_embeddings().num_embeddings)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         packed = model(**collate_packed(examples).to(device).model_inputs()).logits[0]  # (T, V)
         # One example per batch, so no padding: the pad id is never used.
         alone = [
             model(**collate_right([ex], pad_id=0).to(device).model_inputs()).logits[0]  # (n, V)
             for ex in examples
         ]
-    finally:
-        model.train(was_training)
     alone_cat = torch.cat(alone).float()  # (T, V): the same positions as the packed row
     diff = (packed.float() - alone_cat).abs().max().item()
     scale = max(1.0, alone_cat.abs().max().item())
@@ -70,3 +66,46 @@ def packing_is_exact(model: torch.nn.Module) -> bool:
     """True when packed rows keep examples apart on `model` (see the module docstring)."""
     diff, tol = packing_error(model)
     return diff <= tol
+
+
+# (left pads, real tokens, right pads) of three sequences of width 12, PPO-style; packed
+# into rows of at most 12 tokens, the first and the third share a row, so a model that
+# lets packed sequences see each other changes the third's outputs.
+PADDED_PROBE = ((4, 6, 2), (6, 6, 0), (7, 3, 2))
+
+
+@torch.no_grad()
+def packed_forward_error(model: torch.nn.Module, kind: str) -> tuple[float, float]:
+    """(max |packed - padded|, tolerance) of a PPO forward (`models.forward`) on `model`:
+    kind "logits" (a causal LM, `policy_logits`) or "values" (a one-output head,
+    `response_values`), on three random sequences laid out as PPO pads them (left and
+    right), packed vs padded. The same tolerance as `packing_error`.
+
+    Runs in eval mode and leaves every submodule in the mode it found, and the global RNG.
+    """
+    from rlhfkit.models.forward import policy_logits, response_values
+
+    inner = unwrap(model)
+    device = next(inner.parameters()).device
+    g = torch.Generator().manual_seed(PROBE_SEED)
+    width = max(sum(layout) for layout in PADDED_PROBE)
+    vocab = inner.get_input_embeddings().num_embeddings
+    sequences = torch.randint(0, vocab, (len(PADDED_PROBE), width), generator=g).to(device)
+    mask = torch.zeros_like(sequences, dtype=torch.bool)
+    for i, (left, n, _) in enumerate(PADDED_PROBE):
+        mask[i, left : left + n] = True
+    response_len, prompt_len = 4, width - 4
+    real = mask[:, prompt_len - 1 :]  # (B, R + 1): the positions both forwards read
+
+    def run(packed: bool) -> torch.Tensor:
+        if kind == "logits":
+            logits = policy_logits(model, sequences, mask, response_len, packed)
+            return logits[:, -(response_len + 1) :][real].float()  # (n, V)
+        values = response_values(model, sequences, mask, prompt_len, packed)  # (B, R)
+        return values[real[:, :-1]].float()
+
+    with eval_mode(inner):
+        padded, packed = run(False), run(True)
+    diff = (packed - padded).abs().max().item()
+    scale = max(1.0, padded.abs().max().item())
+    return diff, TOL_EPS * torch.finfo(torch.float32).eps * scale

@@ -21,7 +21,11 @@ score the token before the final EOS). Hence:
 
 The forward always goes through the model's top-level `forward` (so DDP's gradient hooks
 run); per-token values are read from the head with a forward hook, because HF's
-classification output keeps only the pooled value.
+classification output keeps only the pooled value. The same hook serves packed rows
+(`packed_reward_scores`: several sequences per row, position ids restarting at 0, no
+attention mask): the head runs on every position and each score is read at its sequence's
+last token, on models that keep packed sequences apart (`HeadInputView`, probed by
+`models.probe.packing_error`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
@@ -45,7 +51,7 @@ from rlhfkit.models.load import (
     quiet_progress,
 )
 from rlhfkit.models.lora import AdapterOff
-from rlhfkit.models.wrap import unwrap
+from rlhfkit.models.wrap import eval_mode, unwrap
 
 log = logging.getLogger("rlhfkit")
 
@@ -243,12 +249,10 @@ def _bias_feeding_head(model: PreTrainedModel) -> tuple[str, torch.nn.Parameter]
         )  # fmt: skip
     vocab = int(getattr(model.config.get_text_config(), "vocab_size", 0) or 2)
     ids = (torch.arange(1, 9, device=head.weight.device) % vocab)[None]  # (1, 8)
-    was_training = model.training
-    model.eval()
     try:
-        model(input_ids=ids, use_cache=False)
+        with eval_mode(model):
+            model(input_ids=ids, use_cache=False)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     x = box["x"]
@@ -343,13 +347,19 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _capture_head(model: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+def _capture_head(
+    model: torch.nn.Module, read: str = "output"
+) -> Iterator[dict[str, torch.Tensor]]:
+    """box["v"]: the head's output (B, T, 1), or with read="input" what it reads (B, T, H)."""
     reward_head(model)  # a one-output head, or a clear error
     box: dict[str, torch.Tensor] = {}
     # The module the forward calls: under LoRA, PEFT's wrapper, which returns the output of
     # the trained copy or (adapter off) of the original head.
     slot = _head_slot(model)[1]
-    handle = slot.register_forward_hook(lambda m, i, out: box.__setitem__("v", out))
+    if read == "input":
+        handle = slot.register_forward_pre_hook(lambda m, args: box.__setitem__("v", args[0]))
+    else:
+        handle = slot.register_forward_hook(lambda m, i, out: box.__setitem__("v", out))
     try:
         yield box
     finally:
@@ -396,3 +406,74 @@ def reward_scores(
     values = values_for_tokens(model, input_ids, attention_mask)  # (B, T)
     last = last_token_index(attention_mask)  # (B,)
     return values.gather(1, last[:, None]).squeeze(1)  # (B,)
+
+
+def packed_reward_scores(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    last: torch.Tensor,
+) -> torch.Tensor:
+    """(N,) r(x, y) of N sequences packed into rows (`data.reward_data.pack_sequences`),
+    differentiable: the head's value at each sequence's last token.
+
+    input_ids, position_ids: (R, W) long, positions restarting at 0 per sequence; last: (N,)
+    flat index into the (R * W) positions. No attention mask and no KV cache, so that
+    transformers builds one causal block per sequence. Exact only on models that keep
+    packed sequences apart (probe `HeadInputView(model)`; `reward_scores` elsewhere).
+    """
+    with _capture_head(model) as box:
+        model(input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False)
+    return box["v"].reshape(-1)[last]  # (R, W, 1) -> (N,)
+
+
+def attention_cost(model: torch.nn.Module) -> float:
+    """One (query, key) pair's attention work in units of one token's work in the linear
+    layers, per decoder layer: 2 hidden / (weights per layer) (scores and weighted values
+    take `hidden` multiply-adds each per pair; a linear layer one per weight per token).
+    What `data.reward_data.row_width` weighs packed rows' widths with. Cached per model."""
+    if model not in _ATTENTION_COST:
+        inner = unwrap(model)
+        config = inner.config.get_text_config()
+        embedding = inner.get_input_embeddings().weight.numel()
+        weights = sum(p.numel() for p in inner.parameters()) - embedding
+        per_layer = weights / max(int(getattr(config, "num_hidden_layers", 1) or 1), 1)
+        _ATTENTION_COST[model] = 2.0 * config.hidden_size / max(per_layer, 1.0)
+    return _ATTENTION_COST[model]
+
+
+_ATTENTION_COST: WeakKeyDictionary[torch.nn.Module, float] = WeakKeyDictionary()
+
+
+class HeadInputView(torch.nn.Module):
+    """A reward model seen as a causal LM whose "logits" are what its score head reads
+    (B, T, H): the output `models.probe.packing_error` compares between a packed row and
+    each sequence alone. The head's own output would not do: a fresh RM's zero head scores
+    0 everywhere, packed or not. The view's class carries the RM's class name, which the
+    probe's messages print. Forward goes through the RM's top-level forward."""
+
+    _classes: dict[type, type] = {}
+
+    def __new__(cls, model: torch.nn.Module) -> HeadInputView:
+        if cls is HeadInputView:
+            name = type(unwrap(model)).__name__
+            cls = HeadInputView._classes.setdefault(type(unwrap(model)), type(name, (cls,), {}))
+        return super().__new__(cls)
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.rm = model
+        self.training = model.training  # the probe restores the mode it finds: the RM's
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return unwrap(self.rm).get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **_: Any) -> Any:
+        with _capture_head(self.rm, read="input") as box:
+            self.rm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
+        return SimpleNamespace(logits=box["v"])  # (B, T, H)

@@ -84,7 +84,9 @@ def write_checkpoint(
         torch.save(trainer_state, tmp / ckpt.STATE_PT)
         meta = {"rlhfkit_version": __version__, "roles": list(models), "saved": time.time(),
                 "sharded": True, "world_size": dist.world_size}  # fmt: skip
-        ckpt._write_json(tmp / ckpt.STATE_JSON, {"meta": meta, "state": json.loads(json.dumps(dict(state)))})
+        ckpt._write_json(
+            tmp / ckpt.STATE_JSON, {"meta": meta, "state": json.loads(json.dumps(dict(state)))}
+        )
         (tmp / ckpt.COMPLETE).write_text("")
         commit_dir(tmp, path)
     barrier(dist)
@@ -107,12 +109,16 @@ def read_checkpoint(
                 f"{root} was written without --strategy fsdp2: resume it with --strategy ddp"
             )
         plain = {role: unwrap(m) for role, m in models.items()}
-        return ckpt.load_checkpoint(root, models=plain, optimizers=optimizers, schedulers=schedulers)
+        return ckpt.load_checkpoint(
+            root, models=plain, optimizers=optimizers, schedulers=schedulers
+        )
     if not (root / ckpt.COMPLETE).is_file():
         raise UserError(f"{root} is not a complete rlhfkit checkpoint")
     meta = json.loads((root / ckpt.STATE_JSON).read_text())
     if sorted(meta["meta"]["roles"]) != sorted(models):
-        raise UserError(f"{root} holds roles {meta['meta']['roles']}, this run has {sorted(models)}")
+        raise UserError(
+            f"{root} holds roles {meta['meta']['roles']}, this run has {sorted(models)}"
+        )
     target = _dcp_state(models, optimizers)
     dcp.load(target, checkpoint_id=str(root / DCP_DIR))
     for role, model in models.items():

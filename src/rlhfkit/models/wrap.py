@@ -104,15 +104,27 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     non-reentrant, which works under DDP and FSDP2)."""
     module = unwrap(model)
     if not getattr(module, "supports_gradient_checkpointing", False):
-        raise UserError(
-            f"{type(module).__name__} does not support --gradient-checkpointing"
-        )
+        raise UserError(f"{type(module).__name__} does not support --gradient-checkpointing")
     module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether `model` holds only its shard of the parameters (FSDP2)."""
     return isinstance(unwrap(model), FSDPModule)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """`model` in eval mode (no dropout) for the block, then every submodule back in the
+    mode it was in (not `model.train(flag)`, which would set all of them to the wrapper's
+    flag: a fresh wrapper around an eval-mode model is in train mode)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

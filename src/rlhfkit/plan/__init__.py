@@ -32,7 +32,6 @@ layer) plus one layer's activations during its recompute. LM logits: tokens * vo
 * seq * kv * A. Per stage, the peak of its phases (ppo: rollout, policy step, value step).
 """
 
-
 from rlhfkit.plan.command import format_plan, make_plan, parse_bytes, run_plan
 
 __all__ = ["format_plan", "make_plan", "parse_bytes", "run_plan"]

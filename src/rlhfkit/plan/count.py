@@ -191,5 +191,3 @@ def gathered(s: Shape, trained: bool, bf16: bool) -> int:
     root = s.n_params - s.layers * s.layer_params
     unsharded = (root + 2 * s.layer_params) * (2 if bf16 else FP32)
     return unsharded + (s.layer_params * FP32 if trained else 0)
-
-

@@ -29,6 +29,12 @@ was not trained on: use `--missing-eos-penalty` in PPO, and RS drops such sample
 treat them on purpose). Before this rule the two paths disagreed on such responses by up
 to 3.5 on a tiny random-head RM (now < 1e-6).
 
+Padding-free: where an RM keeps packed sequences apart (probed once per model,
+`models.probe.packing_error` on `HeadInputView`), its forwards run on packed rows
+(`data.reward_data.pack_sequences`) and each score is read at its sequence's last token;
+elsewhere (OPT, Falcon, Bloom ...) on padded batches, with a one-line note. Scores agree
+to float rounding (tests/loops/test_rm_packed.py).
+
 The combined score is computed over the call's batch (`combine.py`; whitening is over
 it); `ScoreResult.unwhitened` keeps it before whitening.
 """
@@ -36,18 +42,30 @@ it); `ScoreResult.unwhitened` keeps it before whitening.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 
 from rlhfkit.combine import Combiner, batch_whiten, split_whitening
 from rlhfkit.config.base import parse_rm_spec
-from rlhfkit.data.reward_data import Prompt, encode_responses, pad_right
+from rlhfkit.data.reward_data import Prompt, encode_responses, pack_sequences, pad_right
 from rlhfkit.errors import UserError
-from rlhfkit.models.reward import load_reward_model, reward_scores
+from rlhfkit.models.probe import packing_error
+from rlhfkit.models.reward import (
+    HeadInputView,
+    attention_cost,
+    load_reward_model,
+    packed_reward_scores,
+    reward_scores,
+)
+from rlhfkit.models.wrap import eval_mode
+
+log = logging.getLogger("rlhfkit")
 
 RM_INFO = "rlhfkit_reward.json"  # written beside a trained RM: tokenization settings
 
@@ -56,24 +74,53 @@ RM_INFO = "rlhfkit_reward.json"  # written beside a trained RM: tokenization set
 # ---------------------------------------------------------------------------------------
 
 
+def packs_exactly(model: torch.nn.Module) -> bool:
+    """Whether reward model `model` keeps packed sequences apart (probed once per model;
+    a one-line note when it does not: its scores then use padded batches)."""
+    if model not in _PACKS:
+        diff, tol = packing_error(HeadInputView(model))
+        _PACKS[model] = diff <= tol
+        if not _PACKS[model]:
+            log.info(
+                "scoring: %s mixes packed sequences: padded batches instead",
+                type(HeadInputView(model)).__name__,
+            )
+    return _PACKS[model]
+
+
+_PACKS: WeakKeyDictionary[torch.nn.Module, bool] = WeakKeyDictionary()
+
+
 @torch.no_grad()
 def score_sequences(
     model: torch.nn.Module,
     sequences: Sequence[Sequence[int]],
     pad_id: int,
     batch_size: int = 32,
+    packing: bool = False,
 ) -> torch.Tensor:
-    """(N,) float32 CPU scores of token sequences, batched by similar length (less padding)."""
+    """(N,) float32 CPU scores of token sequences, batched by similar length (less padding);
+    with `packing` each batch is packed rows instead (no padding; for RMs that keep packed
+    sequences apart, `packs_exactly`)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    out = torch.empty(len(sequences), dtype=torch.float32)
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
-        ids, mask = pad_right([sequences[j] for j in idx], pad_id)
-        out[idx] = reward_scores(model, ids.to(device), mask.to(device)).float().cpu()
-    model.train(was_training)
+    with eval_mode(model):  # each submodule back in its own mode after
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out = torch.empty(len(sequences), dtype=torch.float32)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            chunk = [sequences[j] for j in idx]
+            if packing:
+                rows = pack_sequences(chunk, pad_id, attention_cost=attention_cost(model))
+                scores = packed_reward_scores(
+                    model,
+                    rows.input_ids.to(device),
+                    rows.position_ids.to(device),
+                    rows.last.to(device),
+                )
+            else:
+                ids, mask = pad_right(chunk, pad_id)
+                scores = reward_scores(model, ids.to(device), mask.to(device))
+            out[idx] = scores.float().cpu()
     return out
 
 
@@ -86,13 +133,15 @@ def score_texts(
     max_len: int = 1024,
     batch_size: int = 32,
     ended: Sequence[bool] | None = None,
+    packing: bool = False,
 ) -> torch.Tensor:
     """(N,) raw RM scores r(prompt_i, response_i) (float32, CPU), in input order; a prompt
-    is a string or a list of messages (`encode_responses`). `ended[i]` False scores response i without EOS (module docstring); None: all ended."""
+    is a string or a list of messages (`encode_responses`). `ended[i]` False scores response
+    i without EOS (module docstring); None: all ended. `packing`: see `score_sequences`."""
     if not prompts:
         return torch.zeros(0)
     sequences, _ = encode_responses(tokenizer, prompts, responses, max_len, ended)
-    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
+    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, packing)
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,7 +207,9 @@ class RewardScorer:
         result = scorer.score(prompts, responses, safety)   # result.scores: (B,)
 
     Models are frozen (eval mode, no gradients). `combine_options` go to the combiner
-    (e.g. {"threshold": 0.2, "whiten": False}); see `rlhfkit.combine`.
+    (e.g. {"threshold": 0.2, "whiten": False}); see `rlhfkit.combine`. `packing`: None
+    (default) scores on packed rows each RM that keeps packed sequences apart
+    (`packs_exactly`), False always on padded batches.
     """
 
     def __init__(
@@ -167,6 +218,7 @@ class RewardScorer:
         combine: str = "single",
         combine_options: Mapping[str, Any] | None = None,
         batch_size: int = 32,
+        packing: bool | None = None,
     ):
         if not models:
             raise UserError("a RewardScorer needs at least one reward model")
@@ -179,7 +231,12 @@ class RewardScorer:
         except ValueError as e:
             raise UserError(str(e)) from e
         self.batch_size = batch_size
+        self.packing = packing
         self._shared: dict[tuple[int, str], bool] = {}
+
+    def packs(self, name: str) -> bool:
+        """Whether RM `name`'s forwards run on packed rows (module docstring)."""
+        return self.packing is not False and packs_exactly(self.models[name].model)
 
     @classmethod
     def from_specs(
@@ -239,6 +296,7 @@ class RewardScorer:
                 max_len=rm.max_len,
                 batch_size=self.batch_size,
                 ended=finished,
+                packing=self.packs(name),
             )
             for name, rm in self.models.items()
         }
@@ -274,7 +332,7 @@ class RewardScorer:
         texts: tuple[list[Prompt], list[str]] | None = None
         for name, rm in self.models.items():
             if self.shares_tokenizer(name, policy_tokenizer):
-                per_rm[name] = self._score_ids(rm.model, ids, mask).to(out_device)
+                per_rm[name] = self._score_ids(name, ids, mask).to(out_device)
                 continue
             if texts is None:
                 texts = _decode(
@@ -285,12 +343,19 @@ class RewardScorer:
             per_rm[name] = score_texts(
                 rm.model, rm.tokenizer, *texts, max_len=rm.max_len, batch_size=self.batch_size,
                 ended=ends_with_eos(response_ids, response_mask, policy_tokenizer.eos_token_id),
+                packing=self.packs(name),
             ).to(out_device)  # fmt: skip
         return self._combine(per_rm, flags.to(out_device))
 
-    def _score_ids(
-        self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+    def _score_ids(self, name: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) scores of (B, T) ids with a bool mask in any padding layout (left-padded
+        prompt + right-padded response): packed rows of the real tokens, or as given."""
+        rm = self.models[name]
+        if self.packs(name):
+            sequences = [row[m].tolist() for row, m in zip(ids.cpu(), mask.cpu(), strict=True)]
+            pad_id = rm.tokenizer.pad_token_id
+            return score_sequences(rm.model, sequences, pad_id, self.batch_size, packing=True)
+        model = rm.model
         device = next(model.parameters()).device
         parts = [
             reward_scores(

@@ -147,4 +147,3 @@ def _scored_samples(prompts: list[str], samples: list[list[str]]) -> list[dict]:
             }
         )
     return rows
-

@@ -68,7 +68,7 @@ from rlhfkit.logging import (
 )
 from rlhfkit.loops.common import build_optimizer, build_scheduler, epoch_order
 from rlhfkit.loops.ppo.metrics import mean_kl, rollout_metrics, sample_table
-from rlhfkit.loops.ppo.roles import build_roles, shard_frozen, value_source
+from rlhfkit.loops.ppo.roles import build_roles, packed_roles, shard_frozen, value_source
 from rlhfkit.loops.ppo.rollout import RolloutSettings, check_unfiltered, collect_rollout
 from rlhfkit.loops.ppo.update import (
     PtxBatches,
@@ -307,10 +307,16 @@ def build_run(
     trainables = _trainables(cfg, policy, value_model, d, device)
     if cfg.strategy == "fsdp2" and d.enabled:  # frozen roles sharded too: four models fit
         shard_frozen(reference, scorer, device, bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
+    packed = packed_roles(cfg.packing, {
+        "policy": (trainables.policy, "logits"), "reference": (reference, "logits"),
+        "value": (trainables.value_model, "values"),
+    }, d.rank)  # fmt: skip
+    settings = replace(settings, packed=packed & {"policy", "reference"})
+    update_settings = replace(UpdateSettings.from_config(cfg), packed=packed & {"policy", "value"})
     return PPORun(
         trainables, make_generator(trainables.policy, tokenizer, cfg), reference, scorer,
         tokenizer, list(prompts), encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
-        settings, UpdateSettings.from_config(cfg), kl_ctl, d, device, ptx,
+        settings, update_settings, kl_ctl, d, device, ptx,
         eval_prompts=list(eval_prompts or []), eval_scorer=unwhitened(scorer, cfg),
         eval_settings=replace(
             settings, temperature=cfg.eval_temperature, score_norm="none", stop_at_eos=True

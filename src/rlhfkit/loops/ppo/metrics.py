@@ -16,7 +16,9 @@ from rlhfkit.types import Rollout
 def mean_kl(rollout: Rollout) -> float:
     """The batch's KL over all processes: the mean over sequences of the summed per-token
     estimator, the quantity the KL penalty and the adaptive controller use."""
-    sums = torch.stack([rollout.kl.sum(1).sum().double(), torch.tensor(float(len(rollout))).double()])
+    sums = torch.stack(
+        [rollout.kl.sum(1).sum().double(), torch.tensor(float(len(rollout))).double()]
+    )
     total, n = all_reduce(sums.to(rollout.device)).tolist()
     return total / n
 
@@ -76,8 +78,8 @@ def rollout_metrics(rollout: Rollout) -> dict[str, Any]:
         metrics.pop("kl_k3")
     for i, name in enumerate(names):
         metrics[f"score/{name}"] = s[12 + i] / n
-    for k, v in rollout.timings.items():  # seconds per phase; "engine/..." stats as they are
-        metrics[k if "/" in k else f"time/{k}"] = v
+    metrics.update({f"time/{k}": v for k, v in rollout.timings.items()})  # s per phase
+    metrics.update(rollout.engine_stats)
     return metrics
 
 

@@ -88,6 +88,7 @@ class RolloutSettings:
     bf16: bool = False
     stop_at_eos: bool = True  # False: exactly max_new_tokens per row (EOS is a token)
     engine_logprobs: bool = False  # --vllm-logprobs: keep the engine's (off-policy by the gap)
+    packed: frozenset[str] = frozenset()  # roles ("policy", "reference") run padding-free
 
     @property
     def logprob_temperature(self) -> float:
@@ -165,7 +166,9 @@ def behaviour_logprobs(
         return sampled, {}
     mask, seq = gen.response_mask, gen.sequences
     with autocast_context(mask.device, settings.bf16):
-        logits = policy_logits(generator.model, seq, gen.attention_mask, mask.shape[1])
+        logits = policy_logits(
+            generator.model, seq, gen.attention_mask, mask.shape[1], "policy" in settings.packed
+        )
     trainer = response_logprobs(
         logits, seq, gen.prompt_ids.shape[1], settings.logprob_temperature
     ).masked_fill(~mask, 0.0)
@@ -214,7 +217,9 @@ def collect_rollout(
 
     mask, seq = gen.response_mask, gen.sequences
     with autocast_context(device, settings.bf16):
-        ref_logits = policy_logits(reference, seq, gen.attention_mask, mask.shape[1])
+        ref_logits = policy_logits(
+            reference, seq, gen.attention_mask, mask.shape[1], "reference" in settings.packed
+        )
     ref_logprobs = response_logprobs(
         ref_logits, seq, gen.prompt_ids.shape[1], settings.logprob_temperature
     ).masked_fill(~mask, 0.0)
@@ -242,6 +247,6 @@ def collect_rollout(
         per_rm=result.per_rm,
         kl_coef=float(kl_coef),
         kl_estimator=settings.kl_estimator,
-        # the engine's gap stats ride along with the timings (metrics.rollout_metrics)
-        timings={"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2, **engine_stats},
+        timings={"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},
+        engine_stats=engine_stats,
     )

@@ -61,6 +61,7 @@ class UpdateSettings:
     ptx_coef: float = 0.0
     bf16: bool = False
     seed: int = 0
+    packed: frozenset[str] = frozenset()  # roles ("policy", "value") run padding-free
 
     @classmethod
     def from_config(cls, cfg: Any) -> UpdateSettings:
@@ -147,7 +148,10 @@ def add_advantages(value_model: torch.nn.Module, rollout: Rollout, s: UpdateSett
     keep_graph = reuses_value_forward(s, len(rollout))
     with torch.set_grad_enabled(keep_graph), autocast_context(rollout.device, s.bf16):
         model = value_model if keep_graph else unwrap(value_model)  # DDP hooks only if trained
-        graph = response_values(model, rollout.sequences, rollout.attention_mask, rollout.prompt_len)
+        graph = response_values(
+            model, rollout.sequences, rollout.attention_mask, rollout.prompt_len,
+            packed="value" in s.packed,
+        )  # fmt: skip
     mask = rollout.response_mask
     values = graph.detach().masked_fill(~mask, 0.0)
     rewards = rollout.rewards
@@ -269,7 +273,7 @@ def _policy_backward(
     P, R = mb["prompt_ids"].shape[1], mb["response_ids"].shape[1]
     device = seq.device
     with autocast_context(device, s.bf16):
-        logits = policy_logits(policy, seq, attn, R)
+        logits = policy_logits(policy, seq, attn, R, packed="policy" in s.packed)
     logprobs = response_logprobs(logits, seq, P, s.temperature)  # (b, R)
     loss, stats = ppo_policy_loss(
         logprobs, mb["logprobs"], mb["advantages"], mb["response_mask"], s.clip_eps
@@ -310,7 +314,9 @@ def _value_backward(
         seq = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1)
         attn = torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
         with autocast_context(seq.device, s.bf16):
-            values = response_values(value_model, seq, attn, mb["prompt_ids"].shape[1])
+            values = response_values(
+                value_model, seq, attn, mb["prompt_ids"].shape[1], packed="value" in s.packed
+            )
     loss, stats = ppo_value_loss(
         values, mb["values"], mb["returns"], mb["response_mask"], s.value_clip
     )

@@ -27,8 +27,14 @@ from rlhfkit.files import write_json
 from rlhfkit.loops.common import rank_micro_batches
 from rlhfkit.losses import kwise_ranking_loss
 from rlhfkit.models.load import autocast_context
-from rlhfkit.models.reward import load_reward_model, reward_scores
+from rlhfkit.models.reward import (
+    attention_cost,
+    load_reward_model,
+    packed_reward_scores,
+    reward_scores,
+)
 from rlhfkit.scoring import saved_max_len
+from rlhfkit.scoring.rm import packs_exactly
 
 # ---------------------------------------------------------------------------------------
 # The loss of one batch
@@ -38,11 +44,17 @@ from rlhfkit.scoring import saved_max_len
 def ranking_batch_loss(
     model: torch.nn.Module, batch: RankingBatch, bf16: bool = False
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """(loss, stats, scores (N,)): one forward over all N responses, then the K-wise loss."""
+    """(loss, stats, scores (N,)): one forward over all N responses (right-padded rows, or
+    packed ones: `collate_rankings(..., packing=True)`), then the K-wise loss."""
     device = batch.input_ids.device
     with autocast_context(device, bf16):
-        scores = reward_scores(model, batch.input_ids, batch.attention_mask)  # (N,)
-    loss, stats = kwise_ranking_loss(scores.float(), batch.pairs, batch.margins, batch.pair_prompt)
+        if batch.packed:
+            scores = packed_reward_scores(model, batch.input_ids, batch.position_ids, batch.last)
+        else:
+            scores = reward_scores(model, batch.input_ids, batch.attention_mask)  # (N,)
+    # At least float32 (bf16 autocast scores are cast up); a float64 model stays float64.
+    scores_hp = scores.to(torch.promote_types(scores.dtype, torch.float32))  # (N,)
+    loss, stats = kwise_ranking_loss(scores_hp, batch.pairs, batch.margins, batch.pair_prompt)
     return loss, stats, scores
 
 
@@ -148,15 +160,18 @@ def evaluate_rm(
     device: torch.device = torch.device("cpu"),
     dist: Dist | None = None,
     bf16: bool = False,
+    packing: bool = False,
 ) -> dict[str, Any]:
     """Ranking loss (training's formula), pairwise accuracy overall and per strength
-    bucket, mean score gap s_w - s_l, prompt and pair counts; over all ranks."""
+    bucket, mean score gap s_w - s_l, prompt and pair counts; over all ranks. `packing`:
+    padding-free rows (only for a model that keeps packed sequences apart)."""
     d = dist or Dist()
     was_training = model.training
     model.eval()
     totals = EvalTotals()
+    cost = attention_cost(model) if packing else None  # packed rows' width
     for idx in rank_micro_batches(range(len(examples)), d, batch_size):
-        batch = collate_rankings([examples[i] for i in idx], pad_id).to(device)
+        batch = collate_rankings([examples[i] for i in idx], pad_id, packing, cost).to(device)
         loss, _, scores = ranking_batch_loss(model, batch, bf16)
         totals.add(loss, scores, batch)
     model.train(was_training)
@@ -206,8 +221,9 @@ def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     max_len = cfg.max_len or saved_max_len(Path(cfg.model), model)
     examples, _ = encode_rankings(records, tokenizer, max_len, margin_table)
     metrics = evaluate_rm(
-        model, examples, tokenizer.pad_token_id, batch_size=cfg.batch_size, device=device
-    )
+        model, examples, tokenizer.pad_token_id, batch_size=cfg.batch_size, device=device,
+        packing=packs_exactly(model),  # padding-free where the RM keeps sequences apart
+    )  # fmt: skip
     result = {"model": cfg.model, "data": list(cfg.data), "margin": cfg.margin, **metrics}
     print(format_eval(metrics))
     if cfg.out:

@@ -12,7 +12,9 @@ Algorithm:
      every dropout probability set to 0, in its config too (N+ details; SFT keeps its own);
   4. one optimizer step = `batch_size * grad_accum * world_size` PROMPTS in a seeded order;
      a prompt's K responses always travel together, each through ONE forward pass (K
-     passes per prompt, not one per pair: InstructGPT's speed and regularity);
+     passes per prompt, not one per pair: InstructGPT's speed and regularity), in
+     padding-free packed rows where the model keeps packed sequences apart (probed at
+     start-up, `resolve_packing`; --packing / --no-packing), else right-padded;
   5. loss per prompt = mean over its pairs of -log sigmoid(r_w - r_l - m), loss of the
      step = mean over its prompts (`losses.kwise_ranking_loss`); micro-batches and ranks
      are weighted by their prompt counts, so accumulation and DDP change nothing;
@@ -59,6 +61,7 @@ from rlhfkit.distributed import (
 from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import disable_dropout, seed_everything
+from rlhfkit.loops.lm import choose_packing
 from rlhfkit.loops.reward.eval import (
     evaluate_rm,
     flat_eval,
@@ -78,7 +81,12 @@ from rlhfkit.models.checkpoint import (
 )
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
-from rlhfkit.models.reward import ensure_distinct_pad, init_reward_model
+from rlhfkit.models.reward import (
+    HeadInputView,
+    attention_cost,
+    ensure_distinct_pad,
+    init_reward_model,
+)
 from rlhfkit.models.rm_tokenizer import set_scoring_template
 from rlhfkit.models.wrap import no_sync, unwrap
 from rlhfkit.scoring import RM_INFO
@@ -101,6 +109,14 @@ class RMRun:
     device: torch.device = torch.device("cpu")
     info: dict[str, Any] = field(default_factory=dict)  # written as RM_INFO beside the RM
     normalize: NormalizeData | None = None  # --normalize-with: centre the final RM on these
+    # Resolved: padded unless told (`train_rm` probes the model, `resolve_packing`).
+    packing: bool = False
+
+
+def resolve_packing(model: torch.nn.Module, packing: bool | None, rank: int = 0) -> bool:
+    """--packing (None = auto) for reward model `model`: SFT's probe and rule
+    (`loops.lm.choose_packing`) applied to what the score head reads (`HeadInputView`)."""
+    return choose_packing(HeadInputView(model), packing, "rm", rank=rank)
 
 
 def accumulate_gradients(
@@ -120,7 +136,9 @@ def accumulate_gradients(
     d = run.dist
     sums = {"loss": 0.0, "correct": 0.0, "pairs": 0.0, "gap": 0.0}
     for k, examples in enumerate(micro):
-        batch = collate_rankings(examples, run.tokenizer.pad_token_id).to(run.device)
+        cost = attention_cost(model) if run.packing else None  # packed rows' width
+        batch = collate_rankings(examples, run.tokenizer.pad_token_id, run.packing, cost)
+        batch = batch.to(run.device)
         with no_sync(model, sync=k == len(micro) - 1):
             loss, _, scores = ranking_batch_loss(model, batch, bf16)
             # DDP averages gradients over ranks, hence * world_size.
@@ -150,6 +168,7 @@ def _end_epoch(t: Trainer, run: RMRun, opts: RMConfig, epoch: int) -> None:
             device=run.device,
             dist=run.dist,
             bf16=opts.bf16,
+            packing=run.packing,
         )
     row = t.record_epoch(epoch, train_accuracy=train_accuracy, eval=metrics)
     line = f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}"
@@ -210,6 +229,7 @@ def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
         "prompts_per_s": round(prompts_seen / max(wall, 1e-9), 2),
         "world_size": d.world_size,
         "device": str(run.device),
+        "packing": run.packing,
         "normalization": normalization,
     }
     t.write_summary(summary)
@@ -290,6 +310,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     if dropped:
         rank0_print(f"rm: dropout set to 0 (was {', '.join(dropped)})", rank=d.rank)
     use_onednn_linears(model)  # large fp32 CPU linear layers: oneDNN (models/fast_linear.py)
+    packing = resolve_packing(model, cfg.packing, rank=d.rank)  # before any training
     n_pairs = sum(len(ex.pairs) for ex in train)
     rank0_print(
         f"rm: {len(train)} prompts ({n_pairs} comparisons), {len(held_out)} held out, "
@@ -302,7 +323,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         "margin_table": margin_table,
         "sequence": "[bos?] + prompt + response + [eos]",
     }
-    run = RMRun(model, tokenizer, train, held_out, out, d, device, info, normalize)
+    run = RMRun(model, tokenizer, train, held_out, out, d, device, info, normalize, packing)
     summary = fit_rm(run, cfg)
     rank0_print(
         f"reward model: {out} (AutoModelForSequenceClassification, num_labels=1)", rank=d.rank
