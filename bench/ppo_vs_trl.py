@@ -302,8 +302,8 @@ def run_trl(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> li
     roles["reward"] = reward
     data = Dataset.from_dict({"input_ids": spec["prompt_ids"]})
     minibatches = spec["num_mini_batches"]
-    args = PPOConfig(  # TRL's batch = per-device batch x grad. accumulation x minibatches
-        output_dir=str(out_dir), per_device_train_batch_size=batch // minibatches,
+    args = PPOConfig(  # TRL 1.12: batch = per-device batch x grad. accumulation, then split
+        output_dir=str(out_dir), per_device_train_batch_size=batch,  # into the minibatches
         gradient_accumulation_steps=1, num_mini_batches=minibatches,
         num_ppo_epochs=spec["ppo_epochs"], total_episodes=batch * (warmup + steps),
         response_length=new, stop_token=None if fixed else "eos",
