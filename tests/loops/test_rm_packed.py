@@ -27,13 +27,8 @@ from rlhfkit.loops.reward.eval import evaluate_rm, ranking_batch_loss
 from rlhfkit.loops.reward.train import resolve_packing, train_rm
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.probe import TOL_EPS
-from rlhfkit.models.reward import (
-    HeadInputView,
-    attention_cost,
-    init_reward_model,
-    packed_reward_scores,
-    reward_scores,
-)
+from rlhfkit.models.reward import init_reward_model, reward_scores
+from rlhfkit.models.reward_packed import HeadInputView, attention_cost, packed_reward_scores
 from tests.loops.helpers import CHAIN_ARCH, TINY_ARCH, assert_same_training, make_base_model
 from tests.loops.helpers import write_jsonl as _write
 from tests.loops.test_reward_loop import keyword_rankings, records_of

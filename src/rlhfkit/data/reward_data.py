@@ -168,7 +168,7 @@ def row_width(lengths: Sequence[int], attention_cost: float | None) -> int:
     Wider rows leave fewer unused cells (each costs every linear layer) but attention
     costs the square of a row's width (sdpa computes every key of a masked row).
     `attention_cost` is one row position pair's attention work in units of one cell's
-    linear work (`models.reward.attention_cost`: 2 hidden / weights per layer); None:
+    linear work (`models.reward_packed.attention_cost`: 2 hidden / weights per layer); None:
     the longest sequence, whose rows never cost more attention than the padded batch.
     Short sequences then share wide rows; long ones keep rows of their own length.
     """

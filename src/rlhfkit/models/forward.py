@@ -18,8 +18,7 @@ from contextlib import contextmanager
 import torch
 
 from rlhfkit.models.packing import pack
-from rlhfkit.models.reward import _capture_head as capture_head  # noqa: PLC2701
-from rlhfkit.models.reward import values_for_tokens
+from rlhfkit.models.reward import capture_head, values_for_tokens
 from rlhfkit.models.wrap import unwrap
 from rlhfkit.ops.masking import position_ids_from_mask
 

@@ -56,13 +56,8 @@ from rlhfkit.config.base import parse_rm_spec
 from rlhfkit.data.reward_data import Prompt, encode_responses, pack_sequences, pad_right
 from rlhfkit.errors import UserError
 from rlhfkit.models.probe import packing_error
-from rlhfkit.models.reward import (
-    HeadInputView,
-    attention_cost,
-    load_reward_model,
-    packed_reward_scores,
-    reward_scores,
-)
+from rlhfkit.models.reward import load_reward_model, reward_scores
+from rlhfkit.models.reward_packed import HeadInputView, attention_cost, packed_reward_scores
 from rlhfkit.models.wrap import eval_mode
 
 log = logging.getLogger("rlhfkit")

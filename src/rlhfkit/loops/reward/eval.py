@@ -27,12 +27,8 @@ from rlhfkit.files import write_json
 from rlhfkit.loops.common import rank_micro_batches
 from rlhfkit.losses import kwise_ranking_loss
 from rlhfkit.models.load import autocast_context
-from rlhfkit.models.reward import (
-    attention_cost,
-    load_reward_model,
-    packed_reward_scores,
-    reward_scores,
-)
+from rlhfkit.models.reward import load_reward_model, reward_scores
+from rlhfkit.models.reward_packed import attention_cost, packed_reward_scores
 from rlhfkit.scoring import saved_max_len
 from rlhfkit.scoring.rm import packs_exactly
 

@@ -81,12 +81,8 @@ from rlhfkit.models.checkpoint import (
 )
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
-from rlhfkit.models.reward import (
-    HeadInputView,
-    attention_cost,
-    ensure_distinct_pad,
-    init_reward_model,
-)
+from rlhfkit.models.reward import ensure_distinct_pad, init_reward_model
+from rlhfkit.models.reward_packed import HeadInputView, attention_cost
 from rlhfkit.models.rm_tokenizer import set_scoring_template
 from rlhfkit.models.wrap import no_sync, unwrap
 from rlhfkit.scoring import RM_INFO
