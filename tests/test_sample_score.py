@@ -168,6 +168,36 @@ def test_sequence_logprobs_match_the_samplers(model, tiny_tokenizer, ids):
     torch.testing.assert_close(sequence_logprobs(model, gen), gen.logprobs, atol=1e-4, rtol=0)
 
 
+def test_logprob_is_the_untempered_sum_over_each_response(model, tiny_tokenizer, ids):
+    """`logprob_model`: log pi(y|x) summed over the response, EOS included, at temperature
+    1 whatever the sampling temperature. Checked against the sampler's own per-token
+    log-probs (KV-cached decoding, a separate computation) at temperature 1, and against a
+    naive per-sequence forward at temperature 0.7."""
+    gen = make_generator(model, tiny_tokenizer)
+    at_1 = GenerationSettings(max_new_tokens=6)
+    r = sample_and_score(gen, PROMPTS, ids, at_1, torch.Generator().manual_seed(5), n=2,
+                         logprob_model=model)  # fmt: skip
+    direct = gen.generate([i for i in ids for _ in range(2)], at_1, torch.Generator().manual_seed(5))
+    assert r.texts == direct.texts
+    torch.testing.assert_close(r.logprob, direct.logprobs.sum(-1), atol=1e-4, rtol=0)
+
+    hot = GenerationSettings(max_new_tokens=6, temperature=0.7)
+    r = sample_and_score(gen, PROMPTS, ids, hot, torch.Generator().manual_seed(6), n=2,
+                         logprob_model=model)  # fmt: skip
+    g = gen.generate([i for i in ids for _ in range(2)], hot, torch.Generator().manual_seed(6))
+    for row in range(len(r.texts)):  # naive: one sequence at a time, no padding
+        prompt = g.prompt_ids[row][g.prompt_mask[row]].tolist()
+        response = g.response_ids[row][g.response_mask[row]].tolist()
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + response])).logits[0].float()
+        want = sum(
+            torch.log_softmax(logits[len(prompt) - 1 + t], -1)[tok].item()
+            for t, tok in enumerate(response)
+        )
+        assert abs(r.logprob[row].item() - want) < 1e-4, (row, r.logprob[row], want)
+    assert sample_and_score(gen, PROMPTS, ids, hot, None).logprob is None
+
+
 @pytest.fixture(scope="module")
 def world_prompts(tmp_path_factory):
     from rlhfkit.data.records import read_prompts

@@ -56,6 +56,7 @@ class Samples:
     per_rm: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,) raw score
     kl: torch.Tensor | None = None  # (N,) float32: sum over response tokens of k1
     kl_k3: torch.Tensor | None = None  # (N,) float32: sum over response tokens of k3 (>= 0)
+    logprob: torch.Tensor | None = None  # (N,) float32: log pi(response | prompt), EOS included
 
 
 @torch.no_grad()
@@ -72,6 +73,7 @@ def sample_and_score(
     tokenizer: Any = None,
     reference: torch.nn.Module | None = None,
     policy: torch.nn.Module | None = None,
+    logprob_model: torch.nn.Module | None = None,
 ) -> Samples:
     """`n` responses to each prompt (`prompt_ids` its token ids), sampled by `generator`
     with `settings` in batches of `batch_size` sequences (None: one batch), every batch
@@ -82,7 +84,10 @@ def sample_and_score(
       log-probs against one reference forward (`sequence_logprobs`); with `policy` too, from
       a forward of `policy` instead of the sampler's, so that a model against itself gives
       exactly 0 whatever the kernels' rounding. Log-probs at the sampling temperature
-      (1 when greedy).
+      (1 when greedy);
+    - with `logprob_model`: each response's log-probability under it at temperature 1
+      (the untempered model, whatever the sampling temperature), summed over the response
+      tokens, EOS included (one forward; rejection sampling's `--kl-coef`).
     """
     if len(prompts) != len(prompt_ids):
         raise ValueError(f"{len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
@@ -99,8 +104,12 @@ def sample_and_score(
             part.scores, part.per_rm = _score(scorer, gen, flat[lo : lo + step], tokenizer)
         if reference is not None:
             part.kl, part.kl_k3 = sequence_kl(gen, reference, policy, settings)
+        if logprob_model is not None:
+            part.logprob = sequence_logprobs(logprob_model, gen, 1.0, settings.bf16).sum(-1).cpu()
         parts.append(part)
-    return _concat(parts, scored=scorer is not None, kl=reference is not None)
+    return _concat(
+        parts, scored=scorer is not None, kl=reference is not None, lp=logprob_model is not None
+    )
 
 
 def _score(
@@ -113,7 +122,7 @@ def _score(
     return r.scores.cpu(), {name: v.cpu() for name, v in r.per_rm.items()}
 
 
-def _concat(parts: list[Samples], *, scored: bool, kl: bool) -> Samples:
+def _concat(parts: list[Samples], *, scored: bool, kl: bool, lp: bool = False) -> Samples:
     """One `Samples` of the batches' in order."""
 
     def cat(xs: list[torch.Tensor]) -> torch.Tensor:
@@ -130,6 +139,8 @@ def _concat(parts: list[Samples], *, scored: bool, kl: bool) -> Samples:
         out.per_rm = {name: cat([p.per_rm[name] for p in parts]) for name in names}
     if kl:
         out.kl, out.kl_k3 = cat([p.kl for p in parts]), cat([p.kl_k3 for p in parts])
+    if lp:
+        out.logprob = cat([p.logprob for p in parts])
     return out
 
 

@@ -30,7 +30,9 @@ from rlhfkit.loops.rejection.keep import (
     keep_best,
     keep_best_of_all_rounds,
     max_median_curve,
+    ranking_values,
     round_stats,
+    with_greedy,
 )
 from rlhfkit.loops.rejection.samples import SampleRecord, SamplingSettings, sample_batch
 from rlhfkit.models.checkpoint import save_hf
@@ -131,6 +133,61 @@ def test_gap_is_the_best_minus_the_median_of_its_pool_and_min_gap_filters_on_it(
     assert kept[1].to_json()["gap"] == 6.0
     with pytest.raises(ValueError, match="min_gap"):
         confident(kept, -1.0)
+
+
+def test_kl_coef_ranks_by_reward_plus_beta_logprob_against_a_naive_loop():
+    """--kl-coef beta: argmax of r + beta log pi over the candidates (first on ties), in
+    both rules; the kept record keeps its reward as `score` and its log-prob."""
+    rng = random.Random(2)
+    for _ in range(40):
+        k, beta = rng.randint(1, 6), rng.choice([0.0, 0.05, 0.5, 2.0])
+        hist = []
+        for _ in range(rng.randint(1, 3)):
+            rnd = []
+            for p in range(4):
+                rec = _rec(f"p{p}", [float(rng.randint(0, 3)) / 4 for _ in range(k)])
+                rec.logprobs = [-float(rng.randint(1, 8)) / 2 for _ in range(k)]
+                rnd.append(rec)
+            hist.append(rnd)
+        for rule, pools in ((keep_best, lambda p: [(len(hist), i) for i in range(k)]),
+                            (keep_best_of_all_rounds,
+                             lambda p: [(r + 1, i) for r in range(len(hist)) for i in range(k)])):  # fmt: skip
+            for p, got in enumerate(rule(hist, beta)):
+                best, best_v = None, None
+                for r, i in pools(p):  # naive: strictly greater replaces
+                    rec = hist[r - 1][p]
+                    v = rec.scores[i] + beta * rec.logprobs[i]
+                    if best_v is None or v > best_v:
+                        best, best_v = (r, i), v
+                assert (got.round, got.index) == best
+                rec = hist[best[0] - 1][p]
+                assert got.score == rec.scores[best[1]] and got.logprob == rec.logprobs[best[1]]
+    # by hand: rewards tie at 0.5, the likelier one wins; a big enough reward gap still wins
+    rec = _rec("q", [0.5, 0.5, 0.9])
+    rec.logprobs = [-3.0, -1.0, -6.0]
+    assert ranking_values(rec, 0.1) == pytest.approx([0.2, 0.4, 0.3])
+    assert keep_best([[rec]], 0.0)[0].index == 2  # Llama 2: the highest reward
+    assert keep_best([[rec]], 0.1)[0].index == 1  # 0.4 > 0.3 > 0.2
+    assert keep_best([[rec]], 0.01)[0].index == 2  # 0.84 > 0.49
+    assert keep_best([[rec]], 0.1)[0].to_json()["logprob"] == -1.0
+    with pytest.raises(ValueError, match="log-prob"):
+        keep_best([[_rec("q", [1.0, 2.0])]], 0.1)
+
+
+def test_with_greedy_appends_the_greedy_response_as_candidate_k():
+    a = _rec("a", [1.0, 2.0])
+    a.logprobs, a.ended, a.response_tokens = [-2.0, -3.0], [True, True], [3, 4]
+    a.per_rm = {"h": [1.0, 2.0]}
+    g = SampleRecord("a", ["a-greedy"], [5.0], 0, logprobs=[-0.5], ended=[True],
+                     response_tokens=[2], per_rm={"h": [5.0]})  # fmt: skip
+    (m,) = with_greedy([a], [g])
+    assert m.responses == ["a-r0", "a-r1", "a-greedy"] and m.scores == [1.0, 2.0, 5.0]
+    assert m.logprobs == [-2.0, -3.0, -0.5] and m.response_tokens == [3, 4, 2]
+    assert m.per_rm == {"h": [1.0, 2.0, 5.0]} and m.best == 2 and m.ended == [True] * 3
+    assert (keep_best([[m]])[0].index, keep_best([[m]])[0].completion) == (2, "a-greedy")
+    assert a.responses == ["a-r0", "a-r1"]  # the round's own record is unchanged
+    with pytest.raises(ValueError, match="does not match"):
+        with_greedy([a], [SampleRecord("b", ["x"], [0.0], 0)])
 
 
 def test_best_of_all_rounds_refuses_rounds_with_other_prompts():
@@ -447,6 +504,61 @@ def test_min_gap_fine_tunes_only_on_confident_prompts(files, tmp_path, capsys):
     argv = _args(files, tmp_path / "none", "--rule-reward", "count:e", "--min-gap", "1000")
     assert cli.main(argv) == 2
     assert "--min-gap 1000" in capsys.readouterr().err
+
+
+def test_kl_coef_and_add_greedy_keep_the_likeliest_top_candidate(files, tmp_path, capsys):
+    """--kl-coef with --add-greedy: round-N/greedy.jsonl holds the policy's greedy response
+    (temperature 0: the same as a fresh greedy call); every sample and the greedy one carry
+    log pi(y|x); kept.jsonl is the naive argmax of reward + beta log pi over the K + 1
+    candidates, recomputed from the files; samples drawn without log-probs are refused
+    on resume."""
+    out = tmp_path / "rs"
+    argv = _args(files, out, "--rule-reward", "count:e", "--rounds", "1", "--kl-coef", "0.5",
+                 "--add-greedy", "--max-prompts", "16")  # fmt: skip
+    assert cli.main(argv) == 0
+    rdir = out / "round-1"
+    samples = _rows(rdir / "samples.jsonl")
+    greedy = _rows(rdir / "greedy.jsonl")
+    kept = _rows(rdir / "kept.jsonl")
+    assert len(samples) == len(greedy) == len(kept) == 16
+    prompts = read_prompts(files["prompts"])[:16]
+    tok = load_tokenizer(files["base"])
+    fresh = sample_batch(
+        make_generator(load_causal_lm(files["base"]), tok), tok, prompts,
+        encode_prompts(prompts, tok, 128), rule_scorer("count:e"),
+        SamplingSettings(k=1, temperature=0.0, max_new_tokens=8), None,
+    )  # fmt: skip
+    assert [g["responses"] for g in greedy] == [f.responses for f in fresh]
+    n_greedy = 0
+    for s, g, k in zip(samples, greedy, kept, strict=True):
+        assert len(s["logprobs"]) == 4 and len(g["logprobs"]) == 1
+        assert all(lp < 0 for lp in s["logprobs"] + g["logprobs"])
+        cands = list(zip(s["responses"] + g["responses"], s["scores"] + g["scores"],
+                         s["logprobs"] + g["logprobs"], strict=True))  # fmt: skip
+        values = [r + 0.5 * lp for _, r, lp in cands]
+        i = values.index(max(values))
+        assert (k["index"], k["completion"], k["score"]) == (i, cands[i][0], cands[i][1])
+        n_greedy += i == 4
+    stats = json.loads((rdir / "stats.json").read_text())
+    assert stats["kept_greedy"] == n_greedy and "mean_reward_greedy" in stats
+    assert f"({n_greedy} of them the greedy response)" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["kl_coef"], summary["add_greedy"]) == (0.5, True)
+    # resume with --kl-coef over samples drawn without log-probs: exit 2, no traceback
+    plain = tmp_path / "plain"
+    base_args = _args(files, plain, "--rule-reward", "count:e", "--rounds", "2",
+                      "--max-prompts", "8")  # fmt: skip
+    assert cli.main([*base_args, "--max-steps", "1"]) == 0
+    (plain / "round-2" / "stats.json").unlink()
+    for f in (plain / "round-2").glob("*.jsonl"):
+        f.unlink()
+    (plain / "round-2" / "samples.jsonl").write_text(
+        (plain / "round-1" / "samples.jsonl").read_text()
+    )
+    capsys.readouterr()
+    assert cli.main([*base_args, "--resume", "--kl-coef", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "without log-probs" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------

@@ -244,6 +244,10 @@ class RSConfig(TrainOptions, RLOptions):
     """'best': each prompt's best sample of this round; 'best-of-all-rounds': the best sample of any round so far (Llama 2)."""
     min_gap: NonNegative[float] = 0.0
     """Fine-tune only on prompts whose best sample beats the median of its samples by at least this reward (0: every prompt, as Llama 2)."""
+    kl_coef: NonNegative[float] = 0.0
+    """Keep the sample with the highest reward + beta x log pi(y|x) (pi: the policy that drew it) instead of the highest reward: the most likely one under the KL-regularised optimum pi x exp(r / beta), so that where the reward cannot tell samples apart the policy's own belief decides (0: the highest reward, as Llama 2)."""
+    add_greedy: bool = False
+    """Add the policy's greedy response to each prompt's K samples as one more candidate for keeping (saved in round-N/greedy.jsonl)."""
     keep_truncated: bool = False
     """Also fine-tune on kept samples cut at --max-new-tokens before EOS, trained WITHOUT EOS (default: drop those prompts for the round, counted as truncated_dropped in stats.json)."""
     sample_batch_size: Positive[int] = 64

@@ -7,6 +7,15 @@ Keep rules, picked by name from KEEP_RULES:
   the earliest round, then the lowest index). Earlier rounds' samples keep the scores
   they were drawn with: the reward is fixed and never whitened, so they compare as they are.
 
+With `kl_coef` (--kl-coef, beta > 0) both rules rank the candidates by
+r(x, y) + beta log pi(y | x) instead of r(x, y): the candidate most likely under the
+KL-regularised optimum pi*(y | x) ~ pi(y | x) exp(r(x, y) / beta) (the policy PPO's
+objective r - beta KL aims at, Korbak et al. 2022), with pi the policy that drew it. Where
+the reward cannot tell candidates apart (a small RM scores " 5" and " 4" alike), the one
+the policy believes wins, instead of a random one; where it can (a refusal, filler), the
+reward still decides. `add_greedy` adds the policy's greedy response to the candidates
+(`with_greedy`; its index among them is K).
+
 Either rule records each kept sample's `gap`: its reward minus the median reward of the
 samples it was chosen from. `min_gap` filters on it (`--min-gap`): where the K samples
 score within noise of each other the "best" is a random sample, and fine-tuning on it
@@ -24,6 +33,7 @@ With `--keep-truncated` they are kept and trained WITHOUT EOS (`loop.encode_kept
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import fmean, median
@@ -47,6 +57,7 @@ class Kept:
     gap: float = 0.0  # score minus the median score of the samples it was chosen from
     ended: bool = True  # the response produced EOS (False: cut at --max-new-tokens)
     prompt_messages: list[dict[str, str]] | None = None  # a conversational prompt's messages
+    logprob: float | None = None  # log pi(y|x) under the policy that drew it (--kl-coef)
 
     @property
     def messages(self) -> list[dict[str, str]] | None:
@@ -72,6 +83,7 @@ class Kept:
             "safety": self.safety,
             "gap": self.gap,
             "ended": self.ended,
+            **({} if self.logprob is None else {"logprob": self.logprob}),
         }
 
 
@@ -84,42 +96,89 @@ def _ended(rec: Any, i: int) -> bool:
 def _kept(rec: Any, round_index: int, i: int, pool: Sequence[float]) -> Kept:
     tokens = rec.response_tokens[i] if rec.response_tokens else 0
     gap = rec.scores[i] - median(pool)
+    logprobs = getattr(rec, "logprobs", None)
     return Kept(
         rec.prompt, rec.responses[i], rec.scores[i], round_index, i, rec.safety, tokens, gap,
-        _ended(rec, i), getattr(rec, "messages", None),
+        _ended(rec, i), getattr(rec, "messages", None), logprobs[i] if logprobs else None,
     )  # fmt: skip
 
 
-def keep_best(history: Sequence[Sequence[Any]]) -> list[Kept]:
-    """Per prompt, the best sample of the latest round (ties: the lowest index).
+def ranking_values(rec: Any, kl_coef: float = 0.0) -> list[float]:
+    """What the keep rules maximise over a record's candidates: r(x, y), or with
+    `kl_coef` beta > 0, r(x, y) + beta log pi(y | x) (module docstring)."""
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    if kl_coef == 0:
+        return list(rec.scores)
+    logprobs = getattr(rec, "logprobs", None)
+    if not logprobs or len(logprobs) != len(rec.scores):
+        raise ValueError(f"kl_coef > 0 needs every candidate's log-prob ({rec.prompt[:40]!r})")
+    return [r + kl_coef * lp for r, lp in zip(rec.scores, logprobs, strict=True)]
+
+
+def keep_best(history: Sequence[Sequence[Any]], kl_coef: float = 0.0) -> list[Kept]:
+    """Per prompt, the best candidate of the latest round by `ranking_values` (ties: the
+    lowest index).
 
     `history[r][p]`: round r+1's `SampleRecord` of prompt p (same prompts every round).
     """
     r = len(history)
-    return [_kept(rec, r, best_of_k(rec.scores), rec.scores) for rec in history[-1]]
+    return [
+        _kept(rec, r, best_of_k(ranking_values(rec, kl_coef)), rec.scores) for rec in history[-1]
+    ]
 
 
-def keep_best_of_all_rounds(history: Sequence[Sequence[Any]]) -> list[Kept]:
-    """Per prompt, the best sample of every round so far (Llama 2); ties: the earliest
-    round, then the lowest index. Earlier rounds keep the scores they were drawn with."""
+def keep_best_of_all_rounds(history: Sequence[Sequence[Any]], kl_coef: float = 0.0) -> list[Kept]:
+    """Per prompt, the best candidate of every round so far by `ranking_values` (Llama 2);
+    ties: the earliest round, then the lowest index. Earlier rounds keep the scores (and
+    log-probs) they were drawn with."""
     out = []
     for p, rec in enumerate(history[-1]):
         # round-major order, so best_of_k's lowest-index tie rule means "earliest round"
         pool = [(r + 1, i) for r, rnd in enumerate(history) for i in range(len(rnd[p].scores))]
         if any(rnd[p].prompt != rec.prompt for rnd in history):
             raise ValueError(f"prompt {p} differs between rounds")
+        values = [v for rnd in history for v in ranking_values(rnd[p], kl_coef)]
         scores = [history[r - 1][p].scores[i] for r, i in pool]
-        r, i = pool[best_of_k(scores)]
+        r, i = pool[best_of_k(values)]
         out.append(_kept(history[r - 1][p], r, i, scores))
+    return out
+
+
+def _joined(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
+    """Two per-response lists end to end ([] if either is missing)."""
+    return [*a, *b] if a and b else []
+
+
+def with_greedy(records: Sequence[Any], greedy: Sequence[Any]) -> list[Any]:
+    """Each prompt's candidates: its K samples, then its greedy response (index K), as
+    records of the same type (`greedy`: one record of one response per prompt)."""
+    if len(records) != len(greedy):
+        raise ValueError(f"{len(records)} sample records but {len(greedy)} greedy ones")
+    out = []
+    for rec, g in zip(records, greedy, strict=True):
+        if g.prompt != rec.prompt or len(g.responses) != 1:
+            raise ValueError(f"the greedy record of {rec.prompt[:40]!r} does not match it")
+        merged = dataclasses.replace(
+            rec,
+            responses=rec.responses + g.responses,
+            scores=rec.scores + g.scores,
+            response_tokens=_joined(rec.response_tokens, g.response_tokens),
+            per_rm={n: v + g.per_rm[n] for n, v in rec.per_rm.items() if n in g.per_rm},
+            ended=_joined(rec.ended, g.ended),
+            logprobs=_joined(rec.logprobs, g.logprobs),
+        )
+        out.append(dataclasses.replace(merged, best=best_of_k(merged.scores)))
     return out
 
 
 def confident(kept: Sequence[Kept], min_gap: float) -> list[Kept]:
     """The kept samples whose reward beats their pool's median by at least `min_gap`
-    (module docstring); `min_gap` 0 keeps all of them."""
+    (module docstring); `min_gap` 0 keeps all of them (with --kl-coef a kept sample's
+    reward can be below its pool's median)."""
     if min_gap < 0:
         raise ValueError(f"min_gap must be >= 0, got {min_gap}")
-    return [k for k in kept if k.gap >= min_gap]
+    return list(kept) if min_gap == 0 else [k for k in kept if k.gap >= min_gap]
 
 
 def drop_truncated(kept: Sequence[Kept]) -> list[Kept]:
@@ -128,10 +187,28 @@ def drop_truncated(kept: Sequence[Kept]) -> list[Kept]:
     return [k for k in kept if k.ended]
 
 
-KEEP_RULES: dict[str, Callable[[Sequence[Sequence[Any]]], list[Kept]]] = {
+KEEP_RULES: dict[str, Callable[[Sequence[Sequence[Any]], float], list[Kept]]] = {
     "best": keep_best,
     "best-of-all-rounds": keep_best_of_all_rounds,
 }
+
+
+def greedy_stats(greedy: Sequence[Any], kept: Sequence[Kept], k: int) -> dict[str, Any]:
+    """With --add-greedy: how many kept responses are the greedy one (index `k`), the
+    greedy responses' mean reward, and their gold metrics on the world's prompts."""
+    stats: dict[str, Any] = {
+        "kept_greedy": sum(x.index == k for x in kept),
+        "mean_reward_greedy": fmean(g.scores[0] for g in greedy),
+    }
+    gold = gold_metrics(
+        [g.prompt for g in greedy],
+        [g.responses[0] for g in greedy],
+        [g.safety for g in greedy],
+        [g.response_tokens[0] if g.response_tokens else 0 for g in greedy],
+    )
+    if gold:
+        stats["gold_greedy"] = gold
+    return stats
 
 
 def max_median_curve(records: Sequence[Any]) -> list[dict[str, float]]:

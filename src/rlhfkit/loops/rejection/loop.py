@@ -6,6 +6,8 @@ Each round r = 1 .. --rounds:
   2. score them with the reward (RMs combined by --combine, or a rule), in batches;
   3. keep, per prompt, the highest-reward response (ties: the lowest index), or with
      --keep best-of-all-rounds the best response of any round so far (ties: the earliest);
+     with --kl-coef beta, the highest r + beta log pi(y|x), and with --add-greedy the
+     policy's greedy response competes too (`keep.py`);
      a kept response cut at --max-new-tokens before EOS is dropped (--keep-truncated:
      trained without EOS), and with --min-gap one too close to its samples' median;
   4. fine-tune the current policy on the kept set with the SFT loss, prompt tokens masked
@@ -63,7 +65,9 @@ from rlhfkit.loops.rejection.keep import (
     Kept,
     confident,
     drop_truncated,
+    greedy_stats,
     round_stats,
+    with_greedy,
 )
 from rlhfkit.loops.rejection.samples import (
     SampleRecord,
@@ -80,7 +84,7 @@ from rlhfkit.scoring.build import build_scorer, check_reward
 from rlhfkit.scoring.rules import check_rule_prompts
 
 RS_INFO = "rlhfkit_rs.json"
-SAMPLES, KEPT, STATS = "samples.jsonl", "kept.jsonl", "stats.json"
+SAMPLES, GREEDY, KEPT, STATS = "samples.jsonl", "greedy.jsonl", "kept.jsonl", "stats.json"
 PLOT = "rs_max_median.png"
 
 
@@ -222,6 +226,8 @@ def _info(cfg: RSConfig, n_prompts: int) -> dict[str, Any]:
         "k": cfg.k,
         "keep": cfg.keep,
         "min_gap": cfg.min_gap,
+        "kl_coef": cfg.kl_coef,
+        "add_greedy": cfg.add_greedy,
         "keep_truncated": cfg.keep_truncated,
         "prompts": n_prompts,
         "reward": cfg.rule_reward or list(cfg.rm),
@@ -238,8 +244,9 @@ def _summary(
 ) -> dict[str, Any]:
     keys = ("round", "temperature", "mean_reward_all", "mean_reward_kept",
             "mean_reward_best_of_round", "kept_prompts", "kept_from_earlier_rounds",
-            "truncated_rate_all", "truncated_dropped", "kept_truncated",
-            "max_median_at_k", "gold_all", "gold_kept", "train", "eval")  # fmt: skip
+            "truncated_rate_all", "truncated_dropped", "kept_truncated", "kept_greedy",
+            "mean_reward_greedy", "max_median_at_k", "gold_all", "gold_kept", "gold_greedy",
+            "train", "eval")  # fmt: skip
     return {
         **_info(cfg, rounds[0]["prompts"]),
         "rounds": [{k: st[k] for k in keys if k in st} for st in rounds],
@@ -304,6 +311,7 @@ class RSRun:
             seed=c.seed,
             bf16=c.bf16,
             engine=c,
+            logprobs=c.kl_coef > 0,
         )
 
     def policy(self) -> torch.nn.Module:
@@ -343,9 +351,12 @@ class RSRun:
         """Take a round finished earlier as it is: its samples (for best-of-all-rounds) and
         its policy (where the next round starts). Returns its stats."""
         rdir = self.out / f"round-{r}"
-        self.history.append(
-            read_samples(rdir / SAMPLES, self.prompts, self.cfg.k, self.cfg.max_new_tokens)
-        )
+        s = self.settings(1.0)
+        records = read_samples(rdir / SAMPLES, self.prompts, s.k, s.max_new_tokens, s.logprobs)
+        if self.cfg.add_greedy:
+            greedy = read_samples(rdir / GREEDY, self.prompts, 1, s.max_new_tokens, s.logprobs)
+            records = with_greedy(records, greedy)
+        self.history.append(records)
         prune_training_checkpoints(rdir)  # in case a kill came between stats and pruning
         self.policy_path, self.model = rdir, None
         print(f"round {r}: finished earlier, skipped", flush=True)
@@ -360,8 +371,9 @@ class RSRun:
             model, self.tokenizer, self.prompts, self.prompt_ids, self.scorer,
             self.settings(temperature), round_index=r, path=rdir / SAMPLES,
         )  # fmt: skip
-        self.history.append(records)
-        best = KEEP_RULES[self.cfg.keep](self.history)
+        greedy = self.greedy(model, r) if self.cfg.add_greedy else None
+        self.history.append(records if greedy is None else with_greedy(records, greedy))
+        best = KEEP_RULES[self.cfg.keep](self.history, self.cfg.kl_coef)
         ended = best if self.cfg.keep_truncated else drop_truncated(best)
         kept = confident(ended, self.cfg.min_gap)
         write_jsonl(rdir / KEPT, [k.to_json() for k in kept])
@@ -375,11 +387,14 @@ class RSRun:
         stats = {"round": r, "temperature": temperature, **round_stats(records, kept, r)}
         stats["kept_prompts"] = len(kept)
         stats["truncated_dropped"] = len(best) - len(ended)
+        if greedy is not None:
+            stats.update(greedy_stats(greedy, kept, self.cfg.k))
         print(
             f"round {r}: mean reward of all samples {stats['mean_reward_all']:.4f}, of the "
             f"kept {stats['mean_reward_kept']:.4f} (best of {self.cfg.k}: "
             f"{stats['mean_reward_best_of_round']:.4f}); fine-tuning on {len(kept)} of "
-            f"{len(best)} prompts",
+            f"{len(best)} prompts"
+            + (f" ({stats['kept_greedy']} of them the greedy response)" if greedy else ""),
             flush=True,
         )
         stats["train"] = self.finetune(model, kept, rdir, r)
@@ -391,6 +406,17 @@ class RSRun:
         prune_training_checkpoints(rdir)
         self.policy_path = rdir
         return stats
+
+    def greedy(self, model: torch.nn.Module, r: int) -> list[SampleRecord]:
+        """Round r's greedy response to every prompt (--add-greedy), scored like the
+        samples and saved in round-N/greedy.jsonl."""
+        s = dataclasses.replace(
+            self.settings(0.0), k=1, prompts_per_batch=self.cfg.sample_batch_size
+        )
+        return sample_round(
+            model, self.tokenizer, self.prompts, self.prompt_ids, self.scorer, s,
+            round_index=r, path=self.out / f"round-{r}" / GREEDY, what="greedy",
+        )  # fmt: skip
 
     def finetune(
         self, model: torch.nn.Module, kept: list[Kept], rdir: Path, r: int

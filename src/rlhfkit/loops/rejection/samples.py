@@ -2,10 +2,14 @@
 scored by the reward, saved as `round-N/samples.jsonl`.
 
 One record per prompt: {"prompt", "safety", "responses": [K], "scores": [K], "best": index,
-"response_tokens": [K], "ended": [K], "per_rm": {name: [K]}} ("per_rm" only with reward
-models; "ended": whether each response produced EOS within --max-new-tokens, absent from
-files written before it existed: read back, it is inferred from "response_tokens" when the
-reader knows max_new_tokens, else taken as True).
+"response_tokens": [K], "ended": [K], "per_rm": {name: [K]}, "logprobs": [K]} ("per_rm"
+only with reward models; "logprobs", log pi(y | x) under the policy that drew them, at
+temperature 1, EOS included, only with --kl-coef; "ended": whether each response produced
+EOS within --max-new-tokens, absent from files written before it existed: read back, it is
+inferred from "response_tokens" when the reader knows max_new_tokens, else taken as True).
+
+With --add-greedy, the policy's greedy response to every prompt is drawn too and saved
+the same way as `round-N/greedy.jsonl` (K = 1): one more candidate for the keep rule.
 
 Resumable without redrawing: prompts are sampled in batches of `prompts_per_batch`, each
 batch with its own generator seeded by (seed, round, batch), and every finished batch is
@@ -49,6 +53,7 @@ class SampleRecord:
     per_rm: dict[str, list[float]] = field(default_factory=dict)  # raw score of each RM
     ended: list[bool] = field(default_factory=list)  # per response: produced EOS ([]: unknown)
     messages: list[dict[str, str]] | None = None  # a conversational prompt's messages
+    logprobs: list[float] = field(default_factory=list)  # per response: log pi(y|x) ([]: none)
 
     def response_ended(self, i: int) -> bool:
         """Whether response i produced EOS (unknown, as in old files: True)."""
@@ -69,6 +74,8 @@ class SampleRecord:
             row["messages"] = self.messages
         if self.per_rm:
             row["per_rm"] = self.per_rm
+        if self.logprobs:
+            row["logprobs"] = self.logprobs
         return row
 
     @classmethod
@@ -90,6 +97,7 @@ class SampleRecord:
             per_rm={k: [float(s) for s in v] for k, v in (row.get("per_rm") or {}).items()},
             ended=ended,
             messages=row.get("messages"),
+            logprobs=[float(x) for x in row.get("logprobs", [])],
         )
 
 
@@ -106,6 +114,7 @@ class SamplingSettings:
     seed: int = 0
     bf16: bool = False
     engine: Any = "hf"  # --generator and --vllm-* (generation.EngineSettings.of)
+    logprobs: bool = False  # also each response's log pi(y|x) under the sampling policy
 
     def generation(self) -> GenerationSettings:
         """The same sampling, as the generation seam takes it (stops at EOS)."""
@@ -127,13 +136,19 @@ def sample_batch(
     scorer: Any,
     s: SamplingSettings,
     rng: torch.Generator | None,
+    policy: torch.nn.Module | None = None,
 ) -> list[SampleRecord]:
-    """K samples of each prompt in one generation batch, scored in one scorer call."""
+    """K samples of each prompt in one generation batch, scored in one scorer call (with
+    `s.logprobs`, also their log-probs under `policy`, the module `generator` samples)."""
     k = s.k
+    if s.logprobs and policy is None:
+        raise ValueError("s.logprobs needs the policy module")
     r = sample_and_score(
-        generator, prompts, prompt_ids, s.generation(), rng, n=k, scorer=scorer, tokenizer=tokenizer
-    )
+        generator, prompts, prompt_ids, s.generation(), rng, n=k, scorer=scorer,
+        tokenizer=tokenizer, logprob_model=policy if s.logprobs else None,
+    )  # fmt: skip
     texts, scores_l, tokens = r.texts, r.scores.tolist(), r.tokens
+    logprobs = r.logprob.tolist() if r.logprob is not None else []
     per = {name: v.tolist() for name, v in r.per_rm.items()}
     out = []
     for i, p in enumerate(prompts):
@@ -151,6 +166,7 @@ def sample_batch(
                 per_rm={name: v[lo:hi] for name, v in per.items()},
                 ended=r.ended[lo:hi],
                 messages=p.messages,
+                logprobs=logprobs[lo:hi],
             )
         )
     return out
@@ -161,20 +177,32 @@ def sample_batch(
 # ---------------------------------------------------------------------------------------
 
 
-def _check_record(rec: SampleRecord, prompt: PromptRecord, k: int, where: str) -> None:
+def _check_record(
+    rec: SampleRecord, prompt: PromptRecord, k: int, where: str, logprobs: bool = False
+) -> None:
     same_prompt = rec.prompt == prompt.prompt and rec.messages == prompt.messages
     if not same_prompt or len(rec.responses) != k or len(rec.scores) != k:
         raise UserError(
             f"{where}: drawn for other prompts or another --k than this run's; resume with "
             "the same options, or start again with --overwrite"
         )
+    if logprobs and len(rec.logprobs) != k:
+        raise UserError(
+            f"{where}: drawn without log-probs, which --kl-coef needs; resume with the "
+            "same options, or start again with --overwrite"
+        )
 
 
 def read_samples(
-    path: Path, prompts: Sequence[PromptRecord], k: int, max_new_tokens: int | None = None
+    path: Path,
+    prompts: Sequence[PromptRecord],
+    k: int,
+    max_new_tokens: int | None = None,
+    logprobs: bool = False,
 ) -> list[SampleRecord]:
-    """A finished round's samples, checked against this run's prompts and K
-    (`max_new_tokens`: to tell which responses ended in files without "ended")."""
+    """A finished round's samples, checked against this run's prompts and K (and that they
+    have log-probs, with `logprobs`); `max_new_tokens`: to tell which responses ended in
+    files without "ended"."""
     lines = path.read_text(encoding="utf-8").splitlines()
     if len(lines) != len(prompts):
         raise UserError(
@@ -184,7 +212,7 @@ def read_samples(
     out = []
     for i, (line, prompt) in enumerate(zip(lines, prompts, strict=True)):
         rec = SampleRecord.from_json(json.loads(line), max_new_tokens)
-        _check_record(rec, prompt, k, f"{path}:{i + 1}")
+        _check_record(rec, prompt, k, f"{path}:{i + 1}", logprobs)
         out.append(rec)
     return out
 
@@ -203,7 +231,7 @@ def _read_partial(
             rec = SampleRecord.from_json(json.loads(line), s.max_new_tokens)
         except (ValueError, KeyError, TypeError):
             break  # the line being written when the run was killed
-        _check_record(rec, prompts[i], s.k, f"{partial}:{i + 1}")
+        _check_record(rec, prompts[i], s.k, f"{partial}:{i + 1}", s.logprobs)
         done.append(rec)
     if len(done) < len(prompts):
         done = done[: len(done) // s.prompts_per_batch * s.prompts_per_batch]
@@ -221,22 +249,24 @@ def sample_round(
     *,
     round_index: int,
     path: Path,
+    what: str = "sample",
 ) -> list[SampleRecord]:
     """Every prompt's K samples for round `round_index`, written to `path` (read back if it
-    exists; continued from its `.partial` file if a run was killed while sampling)."""
+    exists; continued from its `.partial` file if a run was killed while sampling); `what`
+    names them on the progress bar."""
     if path.exists():
-        return read_samples(path, prompts, s.k, s.max_new_tokens)
+        return read_samples(path, prompts, s.k, s.max_new_tokens, s.logprobs)
     partial = path.with_name(f".{path.name}.partial")
     done = _read_partial(partial, prompts, s)
     n, per = len(prompts), s.prompts_per_batch
-    bar = progress(n, desc=f"round {round_index} sample", initial=len(done))
+    bar = progress(n, desc=f"round {round_index} {what}", initial=len(done))
     generator = make_generator(model, tokenizer, s.engine)
     with partial.open("a", encoding="utf-8") as f:
         for b in range(math.ceil(len(done) / per), math.ceil(n / per)):
             lo, hi = b * per, min(n, (b + 1) * per)
             rng = batch_generator(s.seed, round_index, b)
             recs = sample_batch(
-                generator, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, s, rng
+                generator, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, s, rng, model
             )
             f.writelines(json.dumps(r.to_json()) + "\n" for r in recs)
             f.flush()
