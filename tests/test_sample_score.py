@@ -177,7 +177,9 @@ def test_logprob_is_the_untempered_sum_over_each_response(model, tiny_tokenizer,
     at_1 = GenerationSettings(max_new_tokens=6)
     r = sample_and_score(gen, PROMPTS, ids, at_1, torch.Generator().manual_seed(5), n=2,
                          logprob_model=model)  # fmt: skip
-    direct = gen.generate([i for i in ids for _ in range(2)], at_1, torch.Generator().manual_seed(5))
+    direct = gen.generate(
+        [i for i in ids for _ in range(2)], at_1, torch.Generator().manual_seed(5)
+    )
     assert r.texts == direct.texts
     torch.testing.assert_close(r.logprob, direct.logprobs.sum(-1), atol=1e-4, rtol=0)
 

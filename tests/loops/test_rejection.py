@@ -514,7 +514,7 @@ def test_kl_coef_and_add_greedy_keep_the_likeliest_top_candidate(files, tmp_path
     on resume."""
     out = tmp_path / "rs"
     argv = _args(files, out, "--rule-reward", "count:e", "--rounds", "1", "--kl-coef", "0.5",
-                 "--add-greedy", "--max-prompts", "16")  # fmt: skip
+                 "--add-greedy", "--max-prompts", "16", "--eval-prompts", str(files["eval"]))  # fmt: skip
     assert cli.main(argv) == 0
     rdir = out / "round-1"
     samples = _rows(rdir / "samples.jsonl")

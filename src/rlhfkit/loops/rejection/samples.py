@@ -299,7 +299,8 @@ def evaluate_policy(
     """Mean reward of one response per held-out prompt (greedy at temperature 0), and the
     world's gold metrics when the prompts are its. Same seed every call: comparable.
     `s.k` is ignored (one response each); `s.prompts_per_batch` prompts per batch."""
-    one, generator = replace(s, k=1), make_generator(model, tokenizer, s.engine)
+    one = replace(s, k=1, logprobs=False)  # (no use for log-probs here)
+    generator = make_generator(model, tokenizer, s.engine)
     recs: list[SampleRecord] = []
     rng = torch.Generator().manual_seed(s.seed + 12_345)
     for lo in range(0, len(prompts), s.prompts_per_batch):
