@@ -52,7 +52,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             save_every=3,
             eval_every=3,
         ),
-        "rs": dict(k=4, rounds=1, max_prompts=40, max_new_tokens=24, epochs=1),
+        "rs": dict(
+            k=4, rounds=1, max_prompts=40, max_new_tokens=24, epochs=1, kl_coef=0.1,
+            add_greedy=True,
+        ),
         "eval": dict(max_new_tokens=24),
     },
     "default": {
@@ -79,11 +82,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             eval_every=10,
         ),
         # One round: a second one over-optimised these small RMs (seed 0: gold 0.42 after
-        # round 1, 0.34 after round 2, false refusals 0.03 -> 0.27).
-        # Every training prompt, but fine-tune only where the best of 8 beats the median
-        # sample by 0.1 (about a third of them): where the RMs score all 8 alike, the "best"
-        # is a random sample, and training on those lost helpfulness on one seed in three.
-        "rs": dict(k=8, rounds=1, max_prompts=None, max_new_tokens=32, epochs=1),
+        # round 1, 0.34 after round 2, false refusals 0.03 -> 0.27). Keep the candidate
+        # with the highest r + 0.1 log pi, the greedy response among them, and fine-tune at
+        # lr 1e-5 (where SFT's schedule ended, and PPO's): the small RMs score wrong and
+        # right numbers alike, and Llama 2's plain best of 8 at lr 1e-4 trained on random
+        # wrong ones (README, "Measured"; tuning seeds 6-8, helpfulness on safe prompts
+        # +0.006 / -0.022 / +0.003 -> +0.023 / +0.027 / +0.042 over SFT).
+        "rs": dict(
+            k=8, rounds=1, max_prompts=None, max_new_tokens=32, epochs=1, kl_coef=0.1,
+            add_greedy=True, lr=1e-5,
+        ),
         "eval": dict(max_new_tokens=32),
     },
 }
