@@ -53,7 +53,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             eval_every=3,
         ),
         "rs": dict(
-            k=4, rounds=1, max_prompts=40, max_new_tokens=24, epochs=1, kl_coef=0.1,
+            k=4,
+            rounds=1,
+            max_prompts=40,
+            max_new_tokens=24,
+            epochs=1,
+            kl_coef=0.1,
             add_greedy=True,
         ),
         "eval": dict(max_new_tokens=24),
@@ -89,8 +94,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # wrong ones (README, "Measured"; tuning seeds 6-8, helpfulness on safe prompts
         # +0.006 / -0.022 / +0.003 -> +0.023 / +0.027 / +0.042 over SFT).
         "rs": dict(
-            k=8, rounds=1, max_prompts=None, max_new_tokens=32, epochs=1, kl_coef=0.1,
-            add_greedy=True, lr=1e-5,
+            k=8,
+            rounds=1,
+            max_prompts=None,
+            max_new_tokens=32,
+            epochs=1,
+            kl_coef=0.1,
+            add_greedy=True,
+            lr=1e-5,
         ),
         "eval": dict(max_new_tokens=32),
     },
