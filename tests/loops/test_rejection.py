@@ -149,12 +149,12 @@ def test_kl_coef_ranks_by_reward_plus_beta_logprob_against_a_naive_loop():
                 rec.logprobs = [-float(rng.randint(1, 8)) / 2 for _ in range(k)]
                 rnd.append(rec)
             hist.append(rnd)
-        for rule, pools in ((keep_best, lambda p: [(len(hist), i) for i in range(k)]),
-                            (keep_best_of_all_rounds,
-                             lambda p: [(r + 1, i) for r in range(len(hist)) for i in range(k)])):  # fmt: skip
+        last = [(len(hist), i) for i in range(k)]
+        every = [(r + 1, i) for r in range(len(hist)) for i in range(k)]
+        for rule, pool in ((keep_best, last), (keep_best_of_all_rounds, every)):
             for p, got in enumerate(rule(hist, beta)):
                 best, best_v = None, None
-                for r, i in pools(p):  # naive: strictly greater replaces
+                for r, i in pool:  # naive: strictly greater replaces
                     rec = hist[r - 1][p]
                     v = rec.scores[i] + beta * rec.logprobs[i]
                     if best_v is None or v > best_v:
