@@ -112,8 +112,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--threads",
         default="1,2",
-        help="torch intra-op thread counts to compare (default 1,2; the table's slowdown\n"
-        "and speedup columns assume 1 and 2)",
+        help="torch intra-op thread counts to compare, and 'auto' for rlhfkit's default\n"
+        "(no OMP_NUM_THREADS: rlhfkit.threads governs the count, checked before every unit\n"
+        "as the progress bars do) (default 1,2; the slowdown and speedup columns assume\n"
+        "1 and 2)",
     )
     p.add_argument(
         "--wait-policy-passive",
@@ -194,9 +196,12 @@ def _timed(unit, warmup: int, units: int, cap: float) -> tuple[float, float, int
     wall seconds have passed (at least one), and that count."""
     for _ in range(warmup):
         unit()
+    from rlhfkit import threads
+
     w0, c0 = time.perf_counter(), time.process_time()
     done = 0
     while done < units:
+        threads.check()  # what every progress bar update does (nothing unless 'auto')
         unit()
         done += 1
         if cap and time.perf_counter() - w0 > cap:
@@ -376,8 +381,12 @@ def run_stage(
 def worker_main(args) -> None:
     import torch
 
-    threads = int(args.threads)
-    torch.set_num_threads(threads)
+    if args.threads == "auto":
+        from rlhfkit import threads as governor
+
+        governor.start()  # as the command line does
+    else:
+        torch.set_num_threads(int(args.threads))
     work = Path(args.work)
     spec = json.loads((work / "spec.json").read_text())
     wall, cpu, done = run_stage(
@@ -398,10 +407,12 @@ def worker_main(args) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _env(threads: int, passive: bool) -> dict:
+def _env(threads: int | str, passive: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_", "GOMP_"))}
     env.update(BASE_ENV)
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env.pop("RLHFKIT_THREADS", None)
+    if threads != "auto":
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     return env
@@ -411,7 +422,12 @@ def _conditions(thread_counts: list[int], passive: bool) -> list[tuple[str, int,
     """(load, threads, passive): quiet-1, quiet-2, busy-1, busy-2 [, quiet-2p, busy-2p]."""
     out = [(load, t, False) for load in ("quiet", "busy") for t in thread_counts]
     if passive:
-        out += [(load, t, True) for load in ("quiet", "busy") for t in thread_counts if t > 1]
+        out += [
+            (load, t, True)
+            for load in ("quiet", "busy")
+            for t in thread_counts
+            if t != "auto" and t > 1
+        ]
     return out
 
 
@@ -450,7 +466,7 @@ def _measure(args, stage: str, preset: str, cond, units: int) -> dict:
             f"worker {stage}/{preset} {_label(cond)} failed (rc {proc.returncode}):\n{tail}"
         )
     out = json.loads(lines[-1][len(MARK) :])
-    if out["torch_threads"] != threads:
+    if threads != "auto" and out["torch_threads"] != threads:
         raise SystemExit(f"worker ran {out['torch_threads']} threads, asked for {threads}")
     out["process_s"] = time.perf_counter() - t0
     return out
@@ -518,11 +534,15 @@ def report(rows: list[dict], stages, presets, conds, spec: dict) -> dict:
         extra.append(("busy/quiet 2t", "busy-2", "quiet-2"))
     if "quiet-2p" in labels and "busy-2p" in labels:
         extra.append(("busy/quiet 2tp", "busy-2p", "quiet-2p"))
+    if "quiet-auto" in labels and "busy-auto" in labels:
+        extra.append(("busy/quiet auto", "busy-auto", "quiet-auto"))
+    if "quiet-2" in labels and "busy-auto" in labels:
+        extra.append(("busy-auto/quiet-2", "busy-auto", "quiet-2"))
     if "quiet-1" in labels and "quiet-2" in labels:
         extra.append(("2t speedup", "quiet-1", "quiet-2"))
     print("\nwall s per unit (median over rounds); 'p' = OMP_WAIT_POLICY=PASSIVE")
-    head = f"{'stage':<9}{'preset':<7}{'units':>6}" + "".join(f"{lab:>10}" for lab in labels)
-    head += "".join(f"{name:>15}" for name, _, _ in extra)
+    head = f"{'stage':<9}{'preset':<7}{'units':>6}" + "".join(f"{lab:>12}" for lab in labels)
+    head += "".join(f"{name:>19}" for name, _, _ in extra)
     print(head)
     summary = {}
     for stage in stages:
@@ -530,11 +550,11 @@ def report(rows: list[dict], stages, presets, conds, spec: dict) -> dict:
             units = spec["units"][f"{stage}/{preset}"]
             line = f"{stage:<9}{preset:<7}{units:>6}"
             line += "".join(
-                f"{med[stage, preset, lab]:>9.3f}{'*' if (stage, preset, lab) in cut else ' '}"
+                f"{med[stage, preset, lab]:>11.3f}{'*' if (stage, preset, lab) in cut else ' '}"
                 for lab in labels
             )
             ratios = {name: med[stage, preset, a] / med[stage, preset, b] for name, a, b in extra}
-            line += "".join(f"{ratios[name]:>14.2f}x" for name, _, _ in extra)
+            line += "".join(f"{ratios[name]:>18.2f}x" for name, _, _ in extra)
             print(line)
             summary[f"{stage}/{preset}"] = {
                 "units": units,
@@ -546,11 +566,11 @@ def report(rows: list[dict], stages, presets, conds, spec: dict) -> dict:
     if cut:
         print("* fewer units than 'units' in some round (--cap-seconds)")
     print("\nprocess CPU s per unit (all threads; median):")
-    print(f"{'stage':<9}{'preset':<7}{'':>6}" + "".join(f"{lab:>10}" for lab in labels))
+    print(f"{'stage':<9}{'preset':<7}{'':>6}" + "".join(f"{lab:>12}" for lab in labels))
     for stage in stages:
         for preset in presets:
             line = f"{stage:<9}{preset:<7}{'':>6}"
-            print(line + "".join(f"{med_cpu[stage, preset, lab]:>10.3f}" for lab in labels))
+            print(line + "".join(f"{med_cpu[stage, preset, lab]:>12.3f}" for lab in labels))
     return summary
 
 
@@ -558,7 +578,7 @@ def driver(args) -> None:
     t_start = time.perf_counter()
     stages = args.stages.split(",")
     presets = args.preset.split(",")
-    thread_counts = [int(t) for t in args.threads.split(",")]
+    thread_counts = [t if t == "auto" else int(t) for t in args.threads.split(",")]
     for s in stages:
         if s not in STAGES:
             raise SystemExit(f"unknown stage {s!r}: choose from {', '.join(STAGES)}")

@@ -224,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rlhfkit.validate import validate
 
         validate(cfg)
+        from rlhfkit import threads
+
+        threads.start()  # before torch loads: the thread count (rlhfkit/threads.py)
         result = _load(COMMANDS[name].run)(cfg)
     except UserError as e:
         # Bad input is the user's to fix: say what and where, no traceback.

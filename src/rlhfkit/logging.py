@@ -207,10 +207,18 @@ class MetricsLogger:
 
 
 def progress(total: int | None, *, desc: str, enabled: bool = True, initial: int = 0):
-    """A tqdm bar on stderr (disabled off rank 0 or when asked)."""
+    """A tqdm bar on stderr (disabled off rank 0 or when asked). Its updates also re-check
+    torch's thread count against the other processes' load (`rlhfkit.threads.check`)."""
     from tqdm.auto import tqdm
 
-    return tqdm(
+    from rlhfkit import threads
+
+    class Bar(tqdm):
+        def update(self, n: float | None = 1) -> bool | None:
+            threads.check()
+            return super().update(n)
+
+    return Bar(
         total=total,
         desc=desc,
         initial=initial,
