@@ -40,7 +40,7 @@ from rlhfkit.losses import sft_nll
 from rlhfkit.models.checkpoint import epoch_dir
 from rlhfkit.models.load import autocast_context
 from rlhfkit.models.probe import packing_error
-from rlhfkit.models.wrap import no_sync, unwrap
+from rlhfkit.models.wrap import eval_mode, no_sync, unwrap
 from rlhfkit.types import IGNORE_INDEX
 
 
@@ -161,14 +161,10 @@ def head_rows_work(model: torch.nn.Module) -> bool:
             ids = (torch.arange(3, 11, device=device) % vocab)[None]  # (1, 8)
             keep = torch.zeros_like(ids, dtype=torch.bool)
             keep[0, [1, 4, 6]] = True
-            was_training = inner.training
-            inner.eval()
-            try:
+            with eval_mode(inner):
                 full = inner(input_ids=ids, use_cache=False).logits[keep]  # (3, V)
                 with _head_on_rows(inner, keep):
                     rows = inner(input_ids=ids, use_cache=False).logits
-            finally:
-                inner.train(was_training)
             ok = rows.shape == full.shape and torch.allclose(rows, full, rtol=1e-4, atol=1e-5)
         except (AttributeError, TypeError, IndexError, RuntimeError, ValueError):
             ok = False
