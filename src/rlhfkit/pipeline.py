@@ -32,8 +32,8 @@ from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.files import write_json
 from rlhfkit.report import render_report
 
-# Per-stage option values of each preset. `quick` is a smoke run (under 2 minutes on two
-# CPU cores); `default` is what the README's numbers come from (238 s alone on two cores).
+# Per-stage option values of each preset. `quick` is a smoke run (2 min 25 s on two quiet
+# AVX2 cores); `default` is what the README's numbers come from (680 s of stages there).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "world": dict(corpus_docs=5000, sft=600, train_prompts=200, eval_prompts=80),
