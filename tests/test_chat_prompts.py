@@ -457,7 +457,7 @@ def test_rs_keeps_conversational_samples_as_sft_messages(tmp_path, tiny_tokenize
     `rlhfkit sft`) and fine-tuned on through the chat template; a cut one without EOS."""
     from rlhfkit.config import RSConfig
     from rlhfkit.loops.rejection.keep import keep_best
-    from rlhfkit.loops.rejection.loop import encode_kept
+    from rlhfkit.loops.rejection.rounds import encode_kept
     from rlhfkit.loops.rejection.samples import SampleRecord
 
     tok = copy.deepcopy(tiny_tokenizer)  # encode_kept marks it: not the session's

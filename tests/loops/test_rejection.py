@@ -591,7 +591,7 @@ def test_truncated_kept_samples_are_dropped_and_counted_old_files_still_read():
 def test_encode_kept_trains_a_truncated_sample_without_eos(tiny_tokenizer):
     from rlhfkit.config import RSConfig
     from rlhfkit.loops.rejection.keep import Kept
-    from rlhfkit.loops.rejection.loop import encode_kept
+    from rlhfkit.loops.rejection.rounds import encode_kept
 
     cfg = RSConfig(max_len=64)
     done = Kept("Q: what is the cat\nA:", " the cat sat", 1.0, 1, 0, ended=True)

@@ -1,6 +1,6 @@
 """`rlhfkit rs`: rejection sampling fine-tuning (Llama 2, section 3.2.3).
 
-Each round r = 1 .. --rounds:
+Each round r = 1 .. --rounds (`rounds.RSRun.round`):
   1. sample K responses per prompt from the current policy (the previous round's output;
      round 1: --policy), at the round's temperature, with seeded generators;
   2. score them with the reward (RMs combined by --combine, or a rule), in batches;
@@ -39,52 +39,23 @@ weights as an uninterrupted one. One process only (not under torchrun).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rlhfkit.config import RSConfig, save_config
-from rlhfkit.data.records import PromptRecord, SFTRecord, read_prompts
-from rlhfkit.data.tokenize import EncodedExample, EncodeStats, encode_sft, mark_trained_on_chat
-from rlhfkit.distributed import pick_device
+from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.errors import UserError
-from rlhfkit.files import write_json, write_jsonl
+from rlhfkit.files import write_json
 from rlhfkit.logging import MetricsLogger
-from rlhfkit.loops.common import seed_everything
-from rlhfkit.loops.lm import LMRun, choose_packing, fit_lm
-from rlhfkit.loops.rejection.keep import (
-    KEEP_RULES,
-    Kept,
-    confident,
-    drop_truncated,
-    greedy_stats,
-    round_stats,
-    with_greedy,
-)
-from rlhfkit.loops.rejection.samples import (
-    SampleRecord,
-    SamplingSettings,
-    evaluate_policy,
-    read_samples,
-    sample_round,
-)
-from rlhfkit.models.checkpoint import export_hf, prepare_output_dir
-from rlhfkit.models.load import load_causal_lm, load_tokenizer
+from rlhfkit.loops.rejection.keep import KEEP_RULES
+from rlhfkit.loops.rejection.rounds import RS_INFO, RSRun
+from rlhfkit.models.checkpoint import prepare_output_dir
 from rlhfkit.report_plots import plot_max_median
-from rlhfkit.sample_score import encode_prompts
-from rlhfkit.scoring.build import build_scorer, check_reward
+from rlhfkit.scoring.build import check_reward
 from rlhfkit.scoring.rules import check_rule_prompts
 
-RS_INFO = "rlhfkit_rs.json"
-SAMPLES, GREEDY, KEPT, STATS = "samples.jsonl", "greedy.jsonl", "kept.jsonl", "stats.json"
 PLOT = "rs_max_median.png"
 
 
@@ -130,43 +101,6 @@ def _read_inputs(cfg: RSConfig) -> tuple[list[PromptRecord], list[PromptRecord]]
         eval_prompts = eval_prompts[: cfg.eval_max_prompts]
     check_rule_prompts(cfg.rule_reward, [*prompts, *eval_prompts])
     return prompts, eval_prompts
-
-
-def encode_kept(
-    kept: Sequence[Kept], tokenizer: Any, cfg: RSConfig, source: str
-) -> list[EncodedExample]:
-    """The kept set as SFT examples: [bos?] + prompt + response + EOS, prompt masked (a
-    conversational prompt: its messages + the response as the assistant turn, through the
-    chat template); a response cut before EOS (kept with --keep-truncated) without the
-    EOS it never had (nor what a template puts after it). With conversational prompts the
-    tokenizer, saved with the round's policy, is marked as trained on chat."""
-    stats = EncodeStats()
-    examples = []
-    eos = tokenizer.eos_token_id
-    if any(k.messages is not None for k in kept):
-        mark_trained_on_chat(tokenizer)  # the policy saved after this round expects chat
-    for line, k in enumerate(kept, start=1):
-        rec = SFTRecord(k.prompt, k.completion, k.messages, line=line, source=source)
-        ex = encode_sft(rec, tokenizer, cfg.max_len, overlong=cfg.overlong, stats=stats)
-        if ex is not None and not k.ended and not ex.truncated:  # (a cut one lost its EOS)
-            end = len(ex.input_ids) - 1 - ex.input_ids[::-1].index(eos)  # the last EOS
-            ex = EncodedExample(ex.input_ids[:end], ex.labels[:end])
-        if ex is not None:
-            examples.append(ex)
-    if stats.truncated or stats.dropped:
-        print(f"{source}: {stats} (--max-len {cfg.max_len}, --overlong {cfg.overlong})")
-    if not examples:
-        raise UserError(f"{source}: no usable examples after tokenization")
-    return examples
-
-
-def prune_training_checkpoints(round_dir: Path) -> None:
-    """A finished round's policy is `round-N/` itself: its resumable training checkpoints
-    (weights + optimizer state, per epoch) are not needed any more."""
-    train = round_dir / "train"
-    for p in [*train.glob("epoch-*"), train / "checkpoints"]:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
 
 
 def train_rs(cfg: RSConfig) -> dict[str, Any]:
@@ -255,194 +189,3 @@ def _summary(
         "policy": str(out),
         "plot": str(out / PLOT),
     }
-
-
-# ---------------------------------------------------------------------------------------
-# The rounds
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class RSRun:
-    """The state of a run between rounds: the roles, the prompts, every round's samples,
-    and where the current policy is (in memory after training, else a folder)."""
-
-    cfg: RSConfig
-    out: Path
-    device: torch.device
-    tokenizer: Any
-    scorer: Any
-    prompts: list[PromptRecord]
-    prompt_ids: list[list[int]]
-    eval_prompts: list[PromptRecord]
-    eval_ids: list[list[int]]
-    policy_path: Path
-    model: torch.nn.Module | None = None
-    history: list[list[SampleRecord]] = field(default_factory=list)
-
-    @classmethod
-    def build(
-        cls, cfg: RSConfig, prompts: list[PromptRecord], eval_prompts: list[PromptRecord]
-    ) -> RSRun:
-        device = pick_device(cfg.device)
-        tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
-        return cls(
-            cfg=cfg,
-            out=Path(cfg.out),
-            device=device,
-            tokenizer=tokenizer,
-            scorer=build_scorer(cfg, device, whiten=False),
-            prompts=prompts,
-            prompt_ids=encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
-            eval_prompts=eval_prompts,
-            eval_ids=encode_prompts(eval_prompts, tokenizer, cfg.max_prompt_len),
-            policy_path=Path(cfg.policy),
-        )
-
-    def settings(self, temperature: float) -> SamplingSettings:
-        c = self.cfg
-        return SamplingSettings(
-            k=c.k,
-            temperature=temperature,
-            top_k=c.top_k,
-            top_p=c.top_p,
-            max_new_tokens=c.max_new_tokens,
-            prompts_per_batch=max(1, c.sample_batch_size // c.k),
-            seed=c.seed,
-            bf16=c.bf16,
-            engine=c,
-            logprobs=c.kl_coef > 0,
-        )
-
-    def policy(self) -> torch.nn.Module:
-        if self.model is None:
-            self.model = load_causal_lm(
-                self.policy_path, self.device, trust_remote_code=self.cfg.trust_remote_code
-            )
-        return self.model
-
-    def evaluate(self) -> dict[str, Any]:
-        s = dataclasses.replace(
-            self.settings(self.cfg.eval_temperature),
-            k=1,
-            prompts_per_batch=self.cfg.sample_batch_size,
-        )
-        return evaluate_policy(
-            self.policy(), self.tokenizer, self.eval_prompts, self.eval_ids, self.scorer, s
-        )
-
-    def initial_eval(self) -> dict[str, Any] | None:
-        """The starting policy on --eval-prompts (computed once, kept in eval_initial.json)."""
-        if not self.eval_prompts:
-            return None
-        path = self.out / "eval_initial.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        result = self.evaluate()
-        write_json(path, result)
-        print(_eval_line("initial policy", result), flush=True)
-        return result
-
-    def finished(self, r: int) -> bool:
-        """Round r wrote its stats.json: its policy and samples are complete."""
-        return (self.out / f"round-{r}" / STATS).is_file()
-
-    def skip(self, r: int) -> dict[str, Any]:
-        """Take a round finished earlier as it is: its samples (for best-of-all-rounds) and
-        its policy (where the next round starts). Returns its stats."""
-        rdir = self.out / f"round-{r}"
-        s = self.settings(1.0)
-        records = read_samples(rdir / SAMPLES, self.prompts, s.k, s.max_new_tokens, s.logprobs)
-        if self.cfg.add_greedy:
-            greedy = read_samples(rdir / GREEDY, self.prompts, 1, s.max_new_tokens, s.logprobs)
-            records = with_greedy(records, greedy)
-        self.history.append(records)
-        prune_training_checkpoints(rdir)  # in case a kill came between stats and pruning
-        self.policy_path, self.model = rdir, None
-        print(f"round {r}: finished earlier, skipped", flush=True)
-        return json.loads((rdir / STATS).read_text())
-
-    def round(self, r: int, temperature: float) -> dict[str, Any]:
-        """Round r (1-based): sample, keep, fine-tune, write round-N/. Returns its stats."""
-        rdir = self.out / f"round-{r}"
-        rdir.mkdir(parents=True, exist_ok=True)
-        model = self.policy()
-        records = sample_round(
-            model, self.tokenizer, self.prompts, self.prompt_ids, self.scorer,
-            self.settings(temperature), round_index=r, path=rdir / SAMPLES,
-        )  # fmt: skip
-        greedy = self.greedy(model, r) if self.cfg.add_greedy else None
-        self.history.append(records if greedy is None else with_greedy(records, greedy))
-        best = KEEP_RULES[self.cfg.keep](self.history, self.cfg.kl_coef)
-        ended = best if self.cfg.keep_truncated else drop_truncated(best)
-        kept = confident(ended, self.cfg.min_gap)
-        write_jsonl(rdir / KEPT, [k.to_json() for k in kept])
-        if not kept:
-            raise UserError(
-                f"rs: round {r}: no prompt kept: {len(best) - len(ended)} of {len(best)} best "
-                f"samples hit --max-new-tokens {self.cfg.max_new_tokens} before EOS (raise it, "
-                f"or --keep-truncated), the others beat the median of their samples by less "
-                f"than --min-gap {self.cfg.min_gap} (lower it, or raise --k)"
-            )
-        stats = {"round": r, "temperature": temperature, **round_stats(records, kept, r)}
-        stats["kept_prompts"] = len(kept)
-        stats["truncated_dropped"] = len(best) - len(ended)
-        if greedy is not None:
-            stats.update(greedy_stats(greedy, kept, self.cfg.k))
-        print(
-            f"round {r}: mean reward of all samples {stats['mean_reward_all']:.4f}, of the "
-            f"kept {stats['mean_reward_kept']:.4f} (best of {self.cfg.k}: "
-            f"{stats['mean_reward_best_of_round']:.4f}); fine-tuning on {len(kept)} of "
-            f"{len(best)} prompts"
-            + (f" ({stats['kept_greedy']} of them the greedy response)" if greedy else ""),
-            flush=True,
-        )
-        stats["train"] = self.finetune(model, kept, rdir, r)
-        export_hf(model, self.tokenizer, rdir, extra_json={RS_INFO: {"round": r}})
-        if self.eval_prompts:
-            stats["eval"] = self.evaluate()
-            print(_eval_line(f"after round {r}", stats["eval"]), flush=True)
-        write_json(rdir / STATS, stats)  # the round is finished
-        prune_training_checkpoints(rdir)
-        self.policy_path = rdir
-        return stats
-
-    def greedy(self, model: torch.nn.Module, r: int) -> list[SampleRecord]:
-        """Round r's greedy response to every prompt (--add-greedy), scored like the
-        samples and saved in round-N/greedy.jsonl."""
-        s = dataclasses.replace(
-            self.settings(0.0), k=1, prompts_per_batch=self.cfg.sample_batch_size
-        )
-        return sample_round(
-            model, self.tokenizer, self.prompts, self.prompt_ids, self.scorer, s,
-            round_index=r, path=self.out / f"round-{r}" / GREEDY, what="greedy",
-        )  # fmt: skip
-
-    def finetune(
-        self, model: torch.nn.Module, kept: list[Kept], rdir: Path, r: int
-    ) -> dict[str, Any]:
-        """SFT of `model` on the kept set with the shared LM loop; resumes in round-N/train."""
-        examples = encode_kept(kept, self.tokenizer, self.cfg, str(rdir / KEPT))
-        train_dir = rdir / "train"
-        opts = dataclasses.replace(self.cfg, out=str(train_dir), resume=True)
-        seed_everything(self.cfg.seed + r)  # dropout, if any (a resume restores the RNG)
-        lm_run = LMRun(
-            model=model, tokenizer=self.tokenizer, train=examples, out=train_dir,
-            device=self.device, packing=choose_packing(model, self.cfg.packing, "rs"),
-            row_tokens=self.cfg.max_len,
-            epoch_checkpoints=True,
-            desc=f"round {r} train",
-        )  # fmt: skip
-        summary = fit_lm(lm_run, opts)
-        keys = ("final_loss", "steps", "train_tokens", "wall_time_s", "tokens_per_s")
-        return {k: summary.get(k) for k in keys}
-
-    def export_final(self, out: Path, extra_json: dict[str, Any]) -> None:
-        export_hf(self.policy(), self.tokenizer, out, extra_json=extra_json)
-
-
-def _eval_line(what: str, r: dict[str, Any]) -> str:
-    parts = [f"eval ({what}): reward {r['score']:.4f}"]
-    if r.get("gold_score") is not None:
-        parts.append(f"gold {r['gold_score']:.4f}")
-    return ", ".join(parts)
