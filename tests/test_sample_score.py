@@ -170,9 +170,9 @@ def test_sequence_logprobs_match_the_samplers(model, tiny_tokenizer, ids):
 
 def test_logprob_is_the_untempered_sum_over_each_response(model, tiny_tokenizer, ids):
     """`logprob_model`: log pi(y|x) summed over the response, EOS included, at temperature
-    1 whatever the sampling temperature. Checked against the sampler's own per-token
-    log-probs (KV-cached decoding, a separate computation) at temperature 1, and against a
-    naive per-sequence forward at temperature 0.7."""
+    1 whatever the sampling temperature (at 1 and greedy, the sampler's own log-probs; at
+    0.7, a forward). Checked against the sampler's per-token log-probs at temperature 1,
+    and at every temperature against a naive per-sequence forward."""
     gen = make_generator(model, tiny_tokenizer)
     at_1 = GenerationSettings(max_new_tokens=6)
     r = sample_and_score(gen, PROMPTS, ids, at_1, torch.Generator().manual_seed(5), n=2,
@@ -182,12 +182,21 @@ def test_logprob_is_the_untempered_sum_over_each_response(model, tiny_tokenizer,
     )
     assert r.texts == direct.texts
     torch.testing.assert_close(r.logprob, direct.logprobs.sum(-1), atol=1e-4, rtol=0)
+    _naive_logprobs_match(model, direct, r.logprob)
 
-    hot = GenerationSettings(max_new_tokens=6, temperature=0.7)
-    r = sample_and_score(gen, PROMPTS, ids, hot, torch.Generator().manual_seed(6), n=2,
-                         logprob_model=model)  # fmt: skip
-    g = gen.generate([i for i in ids for _ in range(2)], hot, torch.Generator().manual_seed(6))
-    for row in range(len(r.texts)):  # naive: one sequence at a time, no padding
+    for temperature, seed in ((0.7, 6), (0.0, 7)):
+        s = GenerationSettings(max_new_tokens=6, temperature=temperature)
+        r = sample_and_score(gen, PROMPTS, ids, s, torch.Generator().manual_seed(seed), n=2,
+                             logprob_model=model)  # fmt: skip
+        g = gen.generate([i for i in ids for _ in range(2)], s, torch.Generator().manual_seed(seed))
+        assert r.texts == g.texts
+        _naive_logprobs_match(model, g, r.logprob)
+    assert sample_and_score(gen, PROMPTS, ids, s, None).logprob is None
+
+
+def _naive_logprobs_match(model, g, got) -> None:
+    """`got` (B,) against one sequence at a time, no padding, log softmax at temperature 1."""
+    for row in range(g.response_ids.shape[0]):  # naive: one sequence at a time, no padding
         prompt = g.prompt_ids[row][g.prompt_mask[row]].tolist()
         response = g.response_ids[row][g.response_mask[row]].tolist()
         with torch.no_grad():
@@ -196,8 +205,7 @@ def test_logprob_is_the_untempered_sum_over_each_response(model, tiny_tokenizer,
             torch.log_softmax(logits[len(prompt) - 1 + t], -1)[tok].item()
             for t, tok in enumerate(response)
         )
-        assert abs(r.logprob[row].item() - want) < 1e-4, (row, r.logprob[row], want)
-    assert sample_and_score(gen, PROMPTS, ids, hot, None).logprob is None
+        assert abs(got[row].item() - want) < 1e-4, (row, got[row], want)
 
 
 @pytest.fixture(scope="module")

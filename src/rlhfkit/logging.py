@@ -16,6 +16,7 @@ mlflow-skinny; `pip install trackio`): one asked for but not installed is a one-
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -206,9 +207,10 @@ class MetricsLogger:
         self.trackers = {}
 
 
-def progress(total: int | None, *, desc: str, enabled: bool = True, initial: int = 0):
-    """A tqdm bar on stderr (disabled off rank 0 or when asked). Its updates also re-check
-    torch's thread count against the other processes' load (`rlhfkit.threads.check`)."""
+@functools.cache
+def _bar_class() -> type:
+    """tqdm whose `update` first calls `rlhfkit.threads.check` (built once, on first use:
+    tqdm is imported only when a bar is needed)."""
     from tqdm.auto import tqdm
 
     from rlhfkit import threads
@@ -218,7 +220,13 @@ def progress(total: int | None, *, desc: str, enabled: bool = True, initial: int
             threads.check()
             return super().update(n)
 
-    return Bar(
+    return Bar
+
+
+def progress(total: int | None, *, desc: str, enabled: bool = True, initial: int = 0):
+    """A tqdm bar on stderr (disabled off rank 0 or when asked). Its updates also re-check
+    torch's thread count against the other processes' load (`rlhfkit.threads.check`)."""
+    return _bar_class()(
         total=total,
         desc=desc,
         initial=initial,

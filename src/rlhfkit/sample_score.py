@@ -87,7 +87,7 @@ def sample_and_score(
       (1 when greedy);
     - with `logprob_model`: each response's log-probability under it at temperature 1
       (the untempered model, whatever the sampling temperature), summed over the response
-      tokens, EOS included (one forward; rejection sampling's `--kl-coef`).
+      tokens, EOS included (`response_logprob`; rejection sampling's `--kl-coef`).
     """
     if len(prompts) != len(prompt_ids):
         raise ValueError(f"{len(prompts)} prompts but {len(prompt_ids)} prompt_ids")
@@ -105,7 +105,7 @@ def sample_and_score(
         if reference is not None:
             part.kl, part.kl_k3 = sequence_kl(gen, reference, policy, settings)
         if logprob_model is not None:
-            part.logprob = sequence_logprobs(logprob_model, gen, 1.0, settings.bf16).sum(-1).cpu()
+            part.logprob = response_logprob(generator, logprob_model, gen, settings)
         parts.append(part)
     return _concat(
         parts, scored=scorer is not None, kl=reference is not None, lp=logprob_model is not None
@@ -275,6 +275,21 @@ def sequence_logprobs(
         model.train(was_training)
     logprobs = response_logprobs(logits, seq, P, temperature).float()  # (B, R)
     return logprobs.masked_fill(~g.response_mask, 0.0).to(gen.response_ids.device)
+
+
+def response_logprob(
+    generator: ResponseGenerator,
+    model: torch.nn.Module,
+    gen: Generation,
+    settings: GenerationSettings,
+) -> torch.Tensor:
+    """(B,) log pi(y | x) on the CPU, summed over each response's tokens (EOS included), at
+    temperature 1: the sampler's own log-probs where they are exactly that (our decoding
+    path, `exact_logprobs`, at temperature 1 or greedy: log softmax over the full
+    vocabulary, `models.generate`), else one forward of `model` (`sequence_logprobs`)."""
+    if getattr(generator, "exact_logprobs", False) and settings.temperature in (0.0, 1.0):
+        return gen.logprobs.float().sum(-1).cpu()
+    return sequence_logprobs(model, gen, 1.0, settings.bf16).sum(-1).cpu()
 
 
 def sequence_kl(

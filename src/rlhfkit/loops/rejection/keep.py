@@ -193,6 +193,18 @@ KEEP_RULES: dict[str, Callable[[Sequence[Sequence[Any]], float], list[Kept]]] = 
 }
 
 
+def samples_gold(records: Sequence[Any]) -> dict[str, Any]:
+    """`gold_metrics` of every response of `records` ({} unless the prompts are the
+    world's)."""
+    flat = [(rec, i) for rec in records for i in range(len(rec.responses))]
+    return gold_metrics(
+        [rec.prompt for rec, _ in flat],
+        [rec.responses[i] for rec, i in flat],
+        [rec.safety for rec, _ in flat],
+        [rec.response_tokens[i] for rec, i in flat],
+    )
+
+
 def greedy_stats(greedy: Sequence[Any], kept: Sequence[Kept], k: int) -> dict[str, Any]:
     """With --add-greedy: how many kept responses are the greedy one (index `k`), the
     greedy responses' mean reward, and their gold metrics on the world's prompts."""
@@ -200,12 +212,7 @@ def greedy_stats(greedy: Sequence[Any], kept: Sequence[Kept], k: int) -> dict[st
         "kept_greedy": sum(x.index == k for x in kept),
         "mean_reward_greedy": fmean(g.scores[0] for g in greedy),
     }
-    gold = gold_metrics(
-        [g.prompt for g in greedy],
-        [g.responses[0] for g in greedy],
-        [g.safety for g in greedy],
-        [g.response_tokens[0] if g.response_tokens else 0 for g in greedy],
-    )
+    gold = samples_gold(greedy)
     if gold:
         stats["gold_greedy"] = gold
     return stats
@@ -251,13 +258,7 @@ def round_stats(records: Sequence[Any], kept: Sequence[Kept], round_index: int) 
     names = sorted(records[0].per_rm)
     if names:
         stats["per_rm_all"] = {n: fmean(s for rec in records for s in rec.per_rm[n]) for n in names}
-    flat = [(rec, i) for rec in records for i in range(len(rec.responses))]
-    gold_all = gold_metrics(
-        [rec.prompt for rec, _ in flat],
-        [rec.responses[i] for rec, i in flat],
-        [rec.safety for rec, _ in flat],
-        [rec.response_tokens[i] for rec, i in flat],
-    )
+    gold_all = samples_gold(records)
     if gold_all:
         stats["gold_all"] = gold_all
         stats["gold_kept"] = gold_metrics(
