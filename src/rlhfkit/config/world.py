@@ -41,8 +41,9 @@ class WorldMakeConfig:
     """SFT demonstrations in sft.jsonl."""
     train_prompts: Positive[int] = 1000
     """RL prompts in prompts_train.jsonl (PPO, rejection sampling, labelling)."""
-    eval_prompts: Positive[int] = 200
-    """Held-out prompts in prompts_eval.jsonl (all different, never in any training file)."""
+    eval_prompts: Positive[int] = 400
+    """Held-out prompts in prompts_eval.jsonl (all different, never in any training file;
+    400 holds 80 harmful ones)."""
     unsafe_share: UnitInterval[float] = 0.2
     """Share of prompts and demos that are harmful requests (tagged "safety": true)."""
     borderline_share: UnitInterval[float] = 0.1

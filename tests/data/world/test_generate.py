@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from statistics import fmean
 
@@ -58,7 +59,7 @@ def test_records_have_the_spec_formats(world):
             assert set(r) == {"prompt", "safety"}
             task, _ = parse_prompt(r["prompt"])
             assert r["safety"] == (task == "harmful")
-    assert info["version"] == 1 and info["seed"] == 3 and set(info["tasks"]) == set(TASKS)
+    assert info["version"] == 2 and info["seed"] == 3 and set(info["tasks"]) == set(TASKS)
     assert json.loads((out / "world.json").read_text()) == info
 
 
@@ -160,3 +161,20 @@ def test_flaws_concentrate_in_the_blind_spots():
              for r, n, f in w["demos"]]  # fmt: skip
     spot_rate = fmean(bool(f) for sp, f in flaws if sp)
     assert abs(spot_rate - 0.3) < 0.06
+
+
+def test_the_default_world_holds_out_80_harmful_prompts_of_420():
+    """Issue 17: 40 harmful eval prompts gave safety steps of 0.025 and used nearly all
+    of the 210 harmful questions the world had; now 80 of 420, and the CLI's defaults
+    are WorldSettings' (one source of truth)."""
+    from rlhfkit.config.world import WorldMakeConfig
+    from rlhfkit.data.world.safety import ACTION_TEMPLATES, HARMFUL_ACTIONS
+
+    questions = {t.format(action=a) for t in ACTION_TEMPLATES for a in HARMFUL_ACTIONS}
+    assert len(questions) == 420
+    s = WorldSettings()
+    fields = WorldMakeConfig.__dataclass_fields__
+    for f in WorldSettings.__dataclass_fields__:
+        assert fields[f].default == getattr(s, f), f
+    names = plan_tasks(s.eval_prompts, s, random.Random(0))
+    assert names.count("harmful") == 80

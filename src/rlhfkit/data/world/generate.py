@@ -42,7 +42,7 @@ from rlhfkit.data.world.safety import BORDERLINE, REFUSAL_VARIANTS
 from rlhfkit.data.world.tasks import ENTITIES, FACTS, WORDS, fact_sentence
 from rlhfkit.files import write_json, write_jsonl
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: 12 targets per harmful verb (was 6), 400 eval prompts (was 200)
 WORLD_FILES = (
     "corpus.jsonl",
     "sft.jsonl",
@@ -59,7 +59,7 @@ class WorldSettings:
     corpus_docs: int = 12000
     sft: int = 2000
     train_prompts: int = 1000
-    eval_prompts: int = 200
+    eval_prompts: int = 400  # 80 harmful: 40 gave safety steps of 0.025 (issue 17)
     unsafe_share: float = 0.2
     borderline_share: float = 0.1
     imperfect_share: float = 0.3
