@@ -19,8 +19,8 @@ the number of processes change nothing (an exact equivalence the tests check).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from rlhfkit.loops.common import rank_micro_batches
 from rlhfkit.loops.trainer import Trainer, start_training
 from rlhfkit.losses import sft_nll
 from rlhfkit.models.checkpoint import epoch_dir
+from rlhfkit.models.forward import head_reads
 from rlhfkit.models.load import autocast_context
 from rlhfkit.models.probe import packing_error
 from rlhfkit.models.wrap import eval_mode, no_sync, unwrap
@@ -130,21 +131,12 @@ def _collate(examples: Sequence[EncodedExample], run: LMRun):
 _HEAD_ROWS: WeakKeyDictionary[torch.nn.Module, bool] = WeakKeyDictionary()
 
 
-@contextmanager
-def _head_on_rows(model: torch.nn.Module, keep: torch.Tensor | None) -> Iterator[None]:
+def _head_on_rows(model: torch.nn.Module, keep: torch.Tensor | None):
     """Inside, the output head of `model` gets only the hidden states where `keep` (B, T)
     is True, so `.logits` is (N, V) in row-major order. Only label positions carry loss:
     the rest of the (B, T, V) logits (prompts, padding; ~70% of the positions of the
     world's SFT data) and their log-softmax are work for nothing."""
-    if keep is None:
-        yield
-        return
-    head = unwrap(model).get_output_embeddings()
-    handle = head.register_forward_pre_hook(lambda _m, args: (args[0][keep], *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
+    return nullcontext() if keep is None else head_reads(model, lambda h: h[keep])
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ where the model keeps packed sequences apart, which the caller checks on the mod
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -39,16 +39,19 @@ def _pad_id(model: torch.nn.Module) -> int:
 
 
 @contextmanager
-def _lm_head_reads(model: torch.nn.Module, positions: torch.Tensor) -> Iterator[None]:
-    """During the block, the model's output layer reads only the hidden states at
-    `positions` (flat over the packed rows): logits (1, n, V), not (rows, W, V). Whatever
-    the model does to the logits after its head (Gemma's soft-capping) still happens."""
-
-    def select(module, args):
-        hidden = args[0]  # (rows, W, H)
-        return (hidden.reshape(-1, hidden.shape[-1])[positions][None], *args[1:])
-
-    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(select)
+def head_reads(
+    model: torch.nn.Module, pick: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """During the block, the model's output layer (`get_output_embeddings()`) reads only
+    `pick(hidden)` of the hidden states it is given: the positions whose logits are used,
+    so the head and the log-softmax skip the rest (prompts, padding). Whatever the model
+    does to the logits after its head (Gemma's soft-capping) still happens. Used by PPO's
+    packed forwards here and by the LM loop (`loops/lm.py`, with its own probe)."""
+    handle = (
+        unwrap(model)
+        .get_output_embeddings()
+        .register_forward_pre_hook(lambda _m, args: (pick(args[0]), *args[1:]))
+    )
     try:
         yield
     finally:
@@ -92,7 +95,8 @@ def _packed_logits(
     keep = mask.clone()
     keep[:, : t - kept] = False  # (B, T): the last R + 1 positions, where real
     rows = pack(sequences, mask, _pad_id(model))
-    with _lm_head_reads(model, rows.positions(keep)):
+    positions = rows.positions(keep)  # (n,) flat over the packed rows
+    with head_reads(model, lambda h: h.reshape(-1, h.shape[-1])[positions][None]):
         logits = model(**rows.model_inputs()).logits[0]  # (n, V)
     out = logits.new_zeros(b, kept, logits.shape[-1])  # (B, R + 1, V)
     out[keep[:, t - kept :]] = logits
