@@ -40,7 +40,7 @@ from rlhfkit.losses import sft_nll
 from rlhfkit.models.checkpoint import epoch_dir
 from rlhfkit.models.forward import head_reads
 from rlhfkit.models.load import autocast_context
-from rlhfkit.models.probe import packing_error
+from rlhfkit.models.probe import packed_forward_error, packing_error
 from rlhfkit.models.wrap import eval_mode, no_sync, unwrap
 from rlhfkit.types import IGNORE_INDEX
 
@@ -64,37 +64,48 @@ class LMRun:
     on_epoch_end: Callable[[int, dict], None] | None = None
 
 
-# Probe results per loaded model: rejection sampling fine-tunes one model over many rounds.
-_PROBED: WeakKeyDictionary[torch.nn.Module, tuple[float, float]] = WeakKeyDictionary()
+# Probe results per loaded model and probe kind: rejection sampling fine-tunes one model
+# over many rounds.
+_PROBED: WeakKeyDictionary[torch.nn.Module, dict[str, tuple[float, float]]] = WeakKeyDictionary()
 
 
 def choose_packing(
-    model: torch.nn.Module, packing: bool | None, command: str, rank: int = 0
+    model: torch.nn.Module,
+    packing: bool | None,
+    command: str,
+    rank: int = 0,
+    *,
+    kind: str = "lm",
+    what: str | None = None,
 ) -> bool:
-    """Resolve --packing (None = auto) for `model` by probing it (`models/probe.py`).
+    """Resolve --packing (None = auto) for `model` by probing it (`models/probe.py`): kind
+    "lm" probes the LM loop's packed rows (`packing_error`), "logits" or "values" a PPO
+    role's packed forward (`packed_forward_error`). `what` names the model in messages
+    (default: its class).
 
-    Auto packs where packed examples stay apart and otherwise falls back to padded batches
+    Auto packs where packed sequences stay apart and otherwise falls back to padded batches
     with a one-line note; --packing forced on a model that mixes them is a UserError (before
     any training). --no-packing skips the probe.
     """
     if packing is False:
         return False
-    first = model not in _PROBED
+    probes = _PROBED.setdefault(model, {})
+    first = kind not in probes
     if first:
-        _PROBED[model] = packing_error(model)
-    diff, tol = _PROBED[model]
+        probes[kind] = packing_error(model) if kind == "lm" else packed_forward_error(model, kind)
+    diff, tol = probes[kind]
     if diff <= tol:
         return True
-    name = type(unwrap(model)).__name__
+    what = what or type(unwrap(model)).__name__
+    noun = "examples" if kind == "lm" else "sequences"
     if packing:
         raise UserError(
-            f"{command}: --packing: {name} mixes packed examples (later examples in a row "
-            f"attend to earlier ones: logits differ by {diff:.2g}); drop --packing or pass "
-            "--no-packing"
+            f"{command}: --packing: {what} mixes packed {noun} (later ones in a row attend to "
+            f"earlier ones: outputs differ by {diff:.2g}); drop --packing or pass --no-packing"
         )
     if first:
         rank0_print(
-            f"{command}: {name} mixes packed examples: padded batches instead (--no-packing)",
+            f"{command}: {what} mixes packed {noun}: padded batches instead (--no-packing)",
             rank=rank,
         )
     return False

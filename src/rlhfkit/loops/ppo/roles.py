@@ -13,10 +13,10 @@ import torch
 from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UserError
 from rlhfkit.loops.common import disable_dropout, seed_everything
+from rlhfkit.loops.lm import choose_packing
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import freeze, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import AdapterOff
-from rlhfkit.models.probe import packed_forward_error
 from rlhfkit.models.reward import init_reward_model, load_reward_model
 from rlhfkit.models.wrap import shard, unwrap
 from rlhfkit.scoring import RewardScorer
@@ -30,29 +30,20 @@ def packed_roles(
 ) -> frozenset[str]:
     """The names of the roles whose forwards run padding-free (`models/packing.py`).
 
-    roles: name -> (model, "logits" | "values"). --no-packing (False): none, no probe.
-    Auto (None): each model whose packed forward equals its padded one on a probe
-    (`packed_forward_error`), a one-line note for the others (OPT, Falcon, Bloom: later
-    sequences of a row attend to earlier ones); --packing (True) on such a model is a
-    UserError, before any training.
+    roles: name -> (model, "logits" | "values"). Each is resolved as the LM loop resolves
+    --packing (`loops/lm.choose_packing`) with this role's probe (`packed_forward_error`):
+    --no-packing none; auto each model whose packed forward equals its padded one, a
+    one-line note for the others (OPT, Falcon, Bloom: later sequences of a row attend to
+    earlier ones); --packing on such a model is a UserError, before any training.
     """
-    if packing is False:
-        return frozenset()
-    chosen = set()
-    for name, (model, kind) in roles.items():
-        diff, tol = packed_forward_error(model, kind)
-        if diff <= tol:
-            chosen.add(name)
-            continue
-        arch = type(unwrap(model)).__name__
-        if packing:
-            raise UserError(
-                f"ppo: --packing: the {name} model ({arch}) mixes packed sequences (outputs "
-                f"differ by {diff:.2g} from padded ones); drop --packing or pass --no-packing"
-            )
-        if rank == 0:
-            print(f"ppo: the {name} model ({arch}) mixes packed sequences: padded forwards")
-    return frozenset(chosen)
+    return frozenset(
+        name
+        for name, (model, kind) in roles.items()
+        if choose_packing(
+            model, packing, "ppo", rank, kind=kind,
+            what=f"the {name} model ({type(unwrap(model)).__name__})",
+        )
+    )  # fmt: skip
 
 
 def value_source(cfg: Any) -> str:
