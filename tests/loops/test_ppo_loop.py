@@ -296,7 +296,7 @@ def test_every_role_runs_without_dropout_and_says_so_in_its_config(tmp_path, tin
 
 def test_adam_eps_defaults_to_1e_5_for_policy_and_value(tiny_tokenizer):
     from rlhfkit.distributed import Dist
-    from rlhfkit.loops.ppo.loop import _trainables
+    from rlhfkit.loops.ppo.run import _trainables
 
     assert PPOConfig().adam_eps == 1e-5  # N+ details, not PyTorch's 1e-8
     assert cli.parse("ppo", ["--policy", "p", "--prompts", "q", "--out", "o", "--rm", "r",

@@ -90,7 +90,7 @@ def test_sft_out_holds_the_final_model_beside_the_epoch_folders(base, tmp_path, 
     from transformers import AutoModelForCausalLM, pipeline
 
     from rlhfkit.loops.select import find_candidates
-    from rlhfkit.models.checkpoint import latest_checkpoint
+    from rlhfkit.models.resume import latest_checkpoint
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
     out = tmp_path / "sft"

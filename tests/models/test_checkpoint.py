@@ -11,18 +11,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhfkit import files
 from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.files import atomic_dir
-from rlhfkit.models.checkpoint import (
+from rlhfkit.models.checkpoint import export_hf, save_checkpoint, save_hf
+from rlhfkit.models.presets import build_model
+from rlhfkit.models.resume import (
     epoch_dir,
-    export_hf,
     latest_checkpoint,
     load_checkpoint,
     prepare_output_dir,
     prune_checkpoints,
-    save_checkpoint,
-    save_hf,
     step_dir,
 )
-from rlhfkit.models.presets import build_model
 
 
 def _ids(tokenizer, text="The cat sat on the mat."):

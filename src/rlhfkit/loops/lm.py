@@ -37,10 +37,10 @@ from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import rank_micro_batches
 from rlhfkit.loops.trainer import Trainer, start_training
 from rlhfkit.losses import sft_nll
-from rlhfkit.models.checkpoint import epoch_dir
 from rlhfkit.models.forward import head_reads
 from rlhfkit.models.load import autocast_context
 from rlhfkit.models.probe import packed_forward_error, packing_error
+from rlhfkit.models.resume import epoch_dir
 from rlhfkit.models.wrap import eval_mode, no_sync, unwrap
 from rlhfkit.types import IGNORE_INDEX
 

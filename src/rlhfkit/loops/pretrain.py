@@ -22,10 +22,10 @@ from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, fit_lm
-from rlhfkit.models.checkpoint import prepare_output_dir
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
 from rlhfkit.models.presets import build_model, count_parameters, train_tokenizer
+from rlhfkit.models.resume import prepare_output_dir
 
 
 def train_pretrain(cfg: PretrainConfig) -> dict:

@@ -26,9 +26,9 @@ from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import seed_everything
 from rlhfkit.loops.lm import LMRun, choose_packing, fit_lm
-from rlhfkit.models.checkpoint import prepare_output_dir
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
+from rlhfkit.models.resume import prepare_output_dir
 
 
 def encode_records(records, tokenizer, cfg: SFTConfig, source: str):

@@ -41,7 +41,7 @@ from rlhfkit.loops.common import (
     optimizer_step,
     rank_micro_batches,
 )
-from rlhfkit.models.checkpoint import latest_checkpoint, prune_checkpoints, step_dir
+from rlhfkit.models.resume import latest_checkpoint, prune_checkpoints, step_dir
 from rlhfkit.models.sharded import export_model, read_checkpoint, write_checkpoint
 from rlhfkit.models.wrap import enable_gradient_checkpointing, wrap_for_training
 

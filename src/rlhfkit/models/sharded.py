@@ -2,7 +2,7 @@
 
 `write_checkpoint` / `read_checkpoint` are called by ALL processes of a run:
 - no model sharded (one process, DDP): rank 0 writes `checkpoint.save_checkpoint`'s folder
-  (the others wait); every process reads it;
+  (the others wait); every process reads it (`resume.load_checkpoint`);
 - a model sharded (FSDP2): model and optimizer states go through
   `torch.distributed.checkpoint` (DCP) into `dcp/`, each process writing its own shards;
   each process's RNG state into `rng-rank<R>.pt`; rank 0 adds what users read, a plain
@@ -32,6 +32,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.files import commit_dir, start_dir
 from rlhfkit.models import checkpoint as ckpt
 from rlhfkit.models.lora import has_lora, save_adapter
+from rlhfkit.models.resume import _set_rng_state, load_checkpoint
 from rlhfkit.models.wrap import full_state_dict, is_sharded, unwrap
 
 DCP_DIR = "dcp"
@@ -109,9 +110,7 @@ def read_checkpoint(
                 f"{root} was written without --strategy fsdp2: resume it with --strategy ddp"
             )
         plain = {role: unwrap(m) for role, m in models.items()}
-        return ckpt.load_checkpoint(
-            root, models=plain, optimizers=optimizers, schedulers=schedulers
-        )
+        return load_checkpoint(root, models=plain, optimizers=optimizers, schedulers=schedulers)
     if not (root / ckpt.COMPLETE).is_file():
         raise UserError(f"{root} is not a complete rlhfkit checkpoint")
     meta = json.loads((root / ckpt.STATE_JSON).read_text())
@@ -132,7 +131,7 @@ def read_checkpoint(
         sched.load_state_dict(trainer_state["schedulers"][name])
     own = root / f"rng-rank{dist.rank}.pt"
     rng = torch.load(own, weights_only=True) if own.is_file() else trainer_state["rng"]
-    ckpt._set_rng_state(rng)
+    _set_rng_state(rng)
     return meta["state"]
 
 

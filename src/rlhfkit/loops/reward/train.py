@@ -75,12 +75,9 @@ from rlhfkit.loops.reward.normalize import (
     read_normalize_file,
 )
 from rlhfkit.loops.trainer import Trainer, start_training
-from rlhfkit.models.checkpoint import (
-    epoch_dir,
-    prepare_output_dir,
-)
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
+from rlhfkit.models.resume import epoch_dir, prepare_output_dir
 from rlhfkit.models.reward import ensure_distinct_pad, init_reward_model
 from rlhfkit.models.reward_packed import HeadInputView, attention_cost
 from rlhfkit.models.rm_tokenizer import set_scoring_template

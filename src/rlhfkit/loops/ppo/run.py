@@ -1,0 +1,197 @@
+"""The `PPORun` of `rlhfkit ppo` (`loop.py`) and what happens to it outside one iteration:
+`build_run` makes it from the roles (training wrappers, optimizers and schedules, the KL
+controller, the generator, encoded prompts and ptx blocks), `resume` and `save` read and
+write its checkpoints, and `evaluate` scores the policy on held-out prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import PPOConfig
+from rlhfkit.data.records import PromptRecord
+from rlhfkit.data.tokenize import pack_corpus
+from rlhfkit.distributed import Dist, barrier
+from rlhfkit.generation import ResponseGenerator, make_generator
+from rlhfkit.logging import MetricsLogger, rank0_print
+from rlhfkit.loops.common import build_optimizer, build_scheduler
+from rlhfkit.loops.ppo.roles import packed_roles, shard_frozen
+from rlhfkit.loops.ppo.rollout import RolloutSettings
+from rlhfkit.loops.ppo.update import PtxBatches, Trainables, UpdateSettings
+from rlhfkit.models.resume import latest_checkpoint, prune_checkpoints, step_dir
+from rlhfkit.models.sharded import read_checkpoint, write_checkpoint
+from rlhfkit.models.wrap import enable_gradient_checkpointing, is_sharded, wrap_for_training
+from rlhfkit.ops.kl import AdaptiveKLController, FixedKLController
+from rlhfkit.sample_score import encode_prompts, evaluate_policy
+from rlhfkit.scoring.build import unwhitened
+
+# ---------------------------------------------------------------------------------------
+# The run, built from its roles
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPORun:
+    """Everything one PPO iteration needs besides the options (built by `build_run`)."""
+
+    trainables: Trainables
+    generator: ResponseGenerator
+    reference: torch.nn.Module
+    scorer: Any
+    tokenizer: Any
+    prompts: list[PromptRecord]
+    prompt_ids: list[list[int]]
+    rollout_settings: RolloutSettings
+    update_settings: UpdateSettings
+    kl_controller: FixedKLController | AdaptiveKLController
+    dist: Dist
+    device: torch.device
+    ptx: PtxBatches | None = None
+    policy_steps: int = 0
+    eval_prompts: list[PromptRecord] = field(default_factory=list)
+    eval_scorer: Any = None
+    eval_settings: RolloutSettings | None = None
+
+
+def build_run(
+    cfg: PPOConfig,
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    value_model: torch.nn.Module,
+    scorer: Any,
+    tokenizer: Any,
+    prompts: list[PromptRecord],
+    ptx_corpus: list[str] | None = None,
+    d: Dist | None = None,
+    device: torch.device | None = None,
+    eval_prompts: list[PromptRecord] | None = None,
+) -> PPORun:
+    """A `PPORun` from roles already built: optimizers (AdamW, decay on matrices only),
+    schedules, the KL controller, training wrappers, the generator, encoded prompts and
+    ptx blocks, and the evaluation's unwhitened scorer and settings."""
+    d = d or Dist()
+    device = device or next(policy.parameters()).device
+    ptx = None
+    if ptx_corpus is not None and cfg.ptx_coef > 0:
+        blocks = pack_corpus(ptx_corpus, tokenizer, cfg.ptx_seq_len)
+        ptx = PtxBatches(blocks, cfg.ptx_batch_size, cfg.seed)
+    settings = RolloutSettings.from_config(cfg)
+    kl_ctl = (
+        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        if cfg.kl_target is not None
+        else FixedKLController(cfg.kl_coef)
+    )
+    trainables = _trainables(cfg, policy, value_model, d, device)
+    if cfg.strategy == "fsdp2" and d.enabled:  # frozen roles sharded too: four models fit
+        shard_frozen(reference, scorer, device, bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
+    packed = packed_roles(cfg.packing, {
+        "policy": (trainables.policy, "logits"), "reference": (reference, "logits"),
+        "value": (trainables.value_model, "values"),
+    }, d.rank)  # fmt: skip
+    settings = replace(settings, packed=packed & {"policy", "reference"})
+    update_settings = replace(UpdateSettings.from_config(cfg), packed=packed & {"policy", "value"})
+    return PPORun(
+        trainables, make_generator(trainables.policy, tokenizer, cfg), reference, scorer,
+        tokenizer, list(prompts), encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
+        settings, update_settings, kl_ctl, d, device, ptx,
+        eval_prompts=list(eval_prompts or []), eval_scorer=unwhitened(scorer, cfg),
+        eval_settings=replace(
+            settings, temperature=cfg.eval_temperature, score_norm="none", stop_at_eos=True
+        ),
+    )  # fmt: skip
+
+
+def _trainables(
+    cfg: PPOConfig, policy: torch.nn.Module, value_model: torch.nn.Module, d: Dist, device
+) -> Trainables:
+    """The policy and value model wrapped for training (--strategy), then AdamW over the
+    wrapped parameters (FSDP2's are shards) and their schedules."""
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+        enable_gradient_checkpointing(value_model)
+    scale = dict(bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
+    policy = wrap_for_training(policy, d, device, cfg.strategy, lora=cfg, **scale)
+    value_model = wrap_for_training(value_model, d, device, cfg.strategy, lora=cfg, **scale)
+    betas = (cfg.adam_beta1, cfg.adam_beta2)  # eps: 1e-5 by default (N+ details)
+    adam = dict(weight_decay=cfg.weight_decay, betas=betas, eps=cfg.adam_eps)
+    p_opt = build_optimizer(policy, lr=cfg.lr, **adam)
+    v_opt = build_optimizer(value_model, lr=cfg.value_lr or cfg.lr, **adam)
+    total = cfg.steps * cfg.ppo_epochs * cfg.num_mini_batches
+    sched = dict(
+        schedule=cfg.schedule, warmup=cfg.warmup_steps, total=total, min_ratio=cfg.min_lr_ratio
+    )
+    return Trainables(
+        policy,
+        value_model,
+        p_opt,
+        v_opt,
+        build_scheduler(p_opt, **sched),
+        build_scheduler(v_opt, **sched),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints and evaluation
+# ---------------------------------------------------------------------------------------
+
+
+def _checkpoint_parts(run: PPORun) -> dict[str, dict[str, Any]]:
+    t = run.trainables
+    return {
+        "models": {"policy": t.policy, "value": t.value_model},
+        "optimizers": {"policy": t.policy_optimizer, "value": t.value_optimizer},
+        "schedulers": {"policy": t.policy_scheduler, "value": t.value_scheduler},
+    }
+
+
+def resume(run: PPORun, out: Path) -> dict[str, Any] | None:
+    """The loop state of the latest checkpoint in `out`, loaded into `run` (None if none)."""
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None
+    state = read_checkpoint(ckpt, dist=run.dist, **_checkpoint_parts(run))
+    run.kl_controller.load_state_dict(state["kl_controller"])
+    run.policy_steps = state["policy_steps"]
+    run.generator.sync_weights()
+    rank0_print(f"resuming from {ckpt} at step {state['step']}", rank=run.dist.rank)
+    return state
+
+
+def save(run: PPORun, state: dict[str, Any], out: Path, keep: int | None) -> None:
+    """A resumable checkpoint at `out/checkpoints/step-N` (every process calls)."""
+    state.update(policy_steps=run.policy_steps, kl_controller=run.kl_controller.state_dict())
+    path = step_dir(out, state["step"])
+    write_checkpoint(
+        path, tokenizer=run.tokenizer, state=dict(state), dist=run.dist, **_checkpoint_parts(run)
+    )
+    if run.dist.is_main:
+        prune_checkpoints(out, keep)
+    barrier(run.dist)
+
+
+def evaluate(run: PPORun, state: dict[str, Any], logger: MetricsLogger, cfg: PPOConfig) -> None:
+    """Reward, KL and (world prompts) gold metrics on the held-out prompts, on rank 0; on
+    every process (the same work) when the roles are sharded, since their forwards are
+    collective."""
+    everyone = is_sharded(run.trainables.policy)
+    if (run.dist.is_main or everyone) and run.eval_prompts:
+        result = evaluate_policy(
+            run.generator, run.reference, run.eval_scorer, run.eval_prompts,
+            tokenizer=run.tokenizer, settings=run.eval_settings.generation,
+            max_prompt_len=run.eval_settings.max_prompt_len, batch_size=cfg.eval_batch_size,
+            seed=cfg.seed, device=run.device,
+        )  # fmt: skip
+        logger.log(state["step"], {f"eval/{k}": v for k, v in result.items() if k != "samples"})
+        state["evals"].append({"step": state["step"], **result})
+        rank0_print(_eval_line(state["step"], result), rank=run.dist.rank)
+    barrier(run.dist)
+
+
+def _eval_line(step: int, r: dict[str, Any]) -> str:
+    parts = [f"eval @ step {step}: score {r['score']:.4f}", f"kl {r['kl']:.4f}"]
+    if r.get("gold_score") is not None:
+        parts.append(f"gold {r['gold_score']:.4f}")
+    return ", ".join(parts)
