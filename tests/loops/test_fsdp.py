@@ -154,6 +154,11 @@ def test_fsdp2_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_proces
     out = tmp_path / "killed"
     _kill_when(_cli("sft", *opts, "--out", str(out), procs=2), out / "checkpoints" / "step-000004")
     assert not (out / "epoch-2").exists(), "killed too late to test anything"
+    # Kept for the one-process resume below: the resumed run prunes it (--keep-checkpoints).
+    one = tmp_path / "one"
+    (one / "checkpoints").mkdir(parents=True)
+    shutil.copy(out / "run.json", one / "run.json")
+    shutil.copytree(out / "checkpoints" / "step-000004", one / "checkpoints" / "step-000004")
 
     _run(_cli("sft", *opts, "--out", str(out), "--resume", procs=2))
     for epoch in (1, 2):
@@ -163,10 +168,6 @@ def test_fsdp2_killed_and_resumed_equals_uninterrupted_and_resumes_in_one_proces
             assert torch.equal(a[k], b[k]), (epoch, k)
 
     # The sharded checkpoint of step 4 continues in ONE process (DCP re-shards on load).
-    one = tmp_path / "one"
-    (one / "checkpoints").mkdir(parents=True)
-    shutil.copy(out / "run.json", one / "run.json")
-    shutil.copytree(out / "checkpoints" / "step-000004", one / "checkpoints" / "step-000004")
     opts1 = [o for o in opts if o not in ("--strategy", "fsdp2")]
     r = subprocess.run(
         _cli("sft", *opts1, "--out", str(one), "--resume", "--batch-size", "8"),
