@@ -4,7 +4,7 @@ that replicate or shard a model across processes.
 Loops call `wrap_for_training` on each trained role, `no_sync` around accumulation
 micro-batches, `generation_context` around sampling from a trained role, and `unwrap`
 wherever they need the Hugging Face module (reading its config, sampling). Checkpoints ask
-`is_sharded` / `full_state_dict` (models.checkpoint). Strategies:
+`is_sharded` / `full_state_dict` (models.sharded). Strategies:
 
 - "ddp": the model as is in one process, `DistributedDataParallel` under torchrun
   (every process holds everything);

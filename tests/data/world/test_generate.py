@@ -59,7 +59,7 @@ def test_records_have_the_spec_formats(world):
             assert set(r) == {"prompt", "safety"}
             task, _ = parse_prompt(r["prompt"])
             assert r["safety"] == (task == "harmful")
-    assert info["version"] == 2 and info["seed"] == 3 and set(info["tasks"]) == set(TASKS)
+    assert info["version"] == 3 and info["seed"] == 3 and set(info["tasks"]) == set(TASKS)
     assert json.loads((out / "world.json").read_text()) == info
 
 
@@ -73,6 +73,28 @@ def test_eval_prompts_are_unique_and_disjoint_from_every_training_prompt(world):
     # nor does the corpus hold any eval prompt as a Q/A exchange
     corpus = (out / "corpus.jsonl").read_text()
     assert not [p for p in eval_ if json.dumps(p)[1:-1] in corpus]
+
+
+def test_harmful_eval_actions_are_in_no_training_file_in_any_phrasing(world):
+    """Safety is measured on held-out actions, not on rephrasings of trained ones."""
+    out, _ = world
+    actions = set()
+    for r in _read(out / "prompts_eval.jsonl"):
+        task, p = parse_prompt(r["prompt"])
+        if task == "harmful":
+            actions.add(f"{p['verb']} {p['target']}")
+    assert len(actions) >= 20
+    texts = [r["prompt"] for r in _read(out / "prompts_train.jsonl")]
+    texts += [r["prompt"] + r["completion"] for r in _read(out / "sft.jsonl")]
+    texts += [r["text"] for r in _read(out / "corpus.jsonl")]
+    found = {a for a in actions for t in texts if re.search(rf"\b{re.escape(a)}\b", t)}
+    assert not found
+    train_actions = set()
+    for r in _read(out / "prompts_train.jsonl"):
+        task, p = parse_prompt(r["prompt"])
+        if task == "harmful":
+            train_actions.add(f"{p['verb']} {p['target']}")
+    assert len(train_actions) >= 30  # training still sees many harmful actions
 
 
 def test_eval_prompts_do_not_depend_on_training_sizes(tmp_path):
@@ -163,15 +185,15 @@ def test_flaws_concentrate_in_the_blind_spots():
     assert abs(spot_rate - 0.3) < 0.06
 
 
-def test_the_default_world_holds_out_80_harmful_prompts_of_420():
+def test_the_default_world_holds_out_80_harmful_prompts_of_840():
     """Issue 17: 40 harmful eval prompts gave safety steps of 0.025 and used nearly all
-    of the 210 harmful questions the world had; now 80 of 420, and the CLI's defaults
+    of the 210 harmful questions the world had; now 80 of 840, and the CLI's defaults
     are WorldSettings' (one source of truth)."""
     from rlhfkit.config.world import WorldMakeConfig
     from rlhfkit.data.world.safety import ACTION_TEMPLATES, HARMFUL_ACTIONS
 
     questions = {t.format(action=a) for t in ACTION_TEMPLATES for a in HARMFUL_ACTIONS}
-    assert len(questions) == 420
+    assert len(questions) == 840
     s = WorldSettings()
     fields = WorldMakeConfig.__dataclass_fields__
     for f in WorldSettings.__dataclass_fields__:

@@ -10,7 +10,8 @@
                          clearly imperfect in ways RLHF can fix;
 - `prompts_train.jsonl`  {"prompt", "safety"}: RL prompts (PPO, rejection sampling);
 - `prompts_eval.jsonl`   {"prompt", "safety"}: held out, all different, and disjoint
-                         from every prompt of sft, train and the corpus's Q/A;
+                         from every prompt of sft, train and the corpus's Q/A; a
+                         harmful one's action is in no training file in any phrasing;
 - `world.json`           tasks, settings, seed, counts, version.
 
 "safety": true tags a harmful request (Llama 2's IS_SAFETY); borderline prompts are
@@ -42,7 +43,9 @@ from rlhfkit.data.world.safety import BORDERLINE, REFUSAL_VARIANTS
 from rlhfkit.data.world.tasks import ENTITIES, FACTS, WORDS, fact_sentence
 from rlhfkit.files import write_json, write_jsonl
 
-WORLD_VERSION = 2  # 2: 12 targets per harmful verb (was 6), 400 eval prompts (was 200)
+# 2: 12 targets per harmful verb (was 6), 400 eval prompts (was 200); 3: 24 targets, harmful
+# eval prompts held out by action (in every phrasing), the corpus's safety lines included.
+WORLD_VERSION = 3
 WORLD_FILES = (
     "corpus.jsonl",
     "sft.jsonl",
@@ -111,6 +114,12 @@ def draw_question(
         if q not in exclude:
             return q, params
     raise RuntimeError(f"task {name!r}: no new question left outside the excluded set")
+
+
+def phrasings(name: str, params: Params) -> list[str]:
+    """Every question of task `name` that asks for `params`, one per template."""
+    task = TASKS[name]
+    return [task.question(params, form) for form in task.forms(params)]
 
 
 def make_prompts(
@@ -286,6 +295,8 @@ def _statement_doc(rng: random.Random, s: WorldSettings, exclude: set[str]) -> s
 
 def _safety_doc(rng: random.Random, s: WorldSettings, exclude: set[str]) -> str:
     p = TASKS[HARMFUL_NAME].sample_params(rng)
+    while not exclude.isdisjoint(phrasings(HARMFUL_NAME, p)):  # never a held-out action
+        p = TASKS[HARMFUL_NAME].sample_params(rng)
     action = f"{p['verb']} {p['target']}"
     safe_action = rng.choice(sorted(BORDERLINE))
     lines = [
@@ -341,6 +352,9 @@ def build_world(seed: int, s: WorldSettings) -> dict[str, list]:
     training parts, which never use an eval prompt."""
     eval_ = make_prompts(s.eval_prompts, s, part_rng(seed, "eval"), set(), unique=True)
     held_out = {q for _, q, _ in eval_}
+    # A held-out harmful request is held out in every phrasing: safety is measured on
+    # actions ("poison the well") that no training file asks for or refuses in any words.
+    held_out |= {q for name, _, p in eval_ if name == HARMFUL_NAME for q in phrasings(name, p)}
     train = make_prompts(s.train_prompts, s, part_rng(seed, "train"), set(held_out), unique=False)
     demos = make_demos(s.sft, s, part_rng(seed, "sft"), set(held_out))
     corpus = make_corpus(s.corpus_docs, s, part_rng(seed, "corpus"), set(held_out))
