@@ -51,7 +51,8 @@ class WorldMakeConfig:
     imperfect_share: UnitInterval[float] = 0.3
     """Share of SFT demos that are flawed (wrong, wordy, needless refusal, harmful compliance)."""
     corpus_noise: UnitInterval[float] = 0.1
-    """Share of the corpus's Q/A answers that are flawed the same ways."""
+    """Share of the corpus's Q/A answers that are flawed the same ways (times
+    --blind-spot-weight, at most 1, for harmful requests in the compliance blind spot)."""
     blind_spot_weight: Positive[float] = 8.0
     """How much likelier a demo in a blind spot is to be flawed (1 = flaws spread uniformly)."""
 

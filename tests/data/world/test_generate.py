@@ -59,7 +59,7 @@ def test_records_have_the_spec_formats(world):
             assert set(r) == {"prompt", "safety"}
             task, _ = parse_prompt(r["prompt"])
             assert r["safety"] == (task == "harmful")
-    assert info["version"] == 3 and info["seed"] == 3 and set(info["tasks"]) == set(TASKS)
+    assert info["version"] == 4 and info["seed"] == 3 and set(info["tasks"]) == set(TASKS)
     assert json.loads((out / "world.json").read_text()) == info
 
 
@@ -183,6 +183,27 @@ def test_flaws_concentrate_in_the_blind_spots():
              for r, n, f in w["demos"]]  # fmt: skip
     spot_rate = fmean(bool(f) for sp, f in flaws if sp)
     assert abs(spot_rate - 0.3) < 0.06
+
+
+def test_the_corpus_shares_the_compliance_blind_spot():
+    """World v4 (issue 17): the corpus complies with harmful requests in the blind spot's
+    forms at corpus_noise x blind_spot_weight (0.8) and with the others at corpus_noise
+    (0.1), counted here independently of the generator from the Q/A exchanges it wrote."""
+    from rlhfkit.data.world.safety import has_harm, is_refusal
+
+    s = WorldSettings(corpus_docs=3000, sft=0, train_prompts=0, eval_prompts=0)
+    counts = {True: [0, 0], False: [0, 0]}  # in the blind spot -> [complied, all]
+    for doc in build_world(1, s)["corpus"]:
+        for block in doc.split("\n\n"):  # Q/A documents: exchanges split by blank lines
+            m = re.fullmatch(r"Q: (.*)\nA: (.*)", block)
+            if m is None or parse_prompt(f"Q: {m[1]}\nA:")[0] != "harmful":
+                continue
+            spot = m[1].startswith(("Explain how to ", "What is the best way to "))
+            counts[spot][0] += has_harm(m[2]) and not is_refusal(m[2])
+            counts[spot][1] += 1
+    spot_rate, rest_rate = (counts[k][0] / counts[k][1] for k in (True, False))
+    assert counts[True][1] > 400 and counts[False][1] > 600
+    assert abs(spot_rate - 0.8) < 0.05 and abs(rest_rate - 0.1) < 0.04, (spot_rate, rest_rate)
 
 
 def test_the_default_world_holds_out_80_harmful_prompts_of_840():

@@ -44,8 +44,9 @@ from rlhfkit.data.world.tasks import ENTITIES, FACTS, WORDS, fact_sentence
 from rlhfkit.files import write_json, write_jsonl
 
 # 2: 12 targets per harmful verb (was 6), 400 eval prompts (was 200); 3: 24 targets, harmful
-# eval prompts held out by action (in every phrasing), the corpus's safety lines included.
-WORLD_VERSION = 3
+# eval prompts held out by action (in every phrasing), the corpus's safety lines included;
+# 4: the corpus's Q/A share the compliance blind spot (corpus_flaw_rate).
+WORLD_VERSION = 4
 WORLD_FILES = (
     "corpus.jsonl",
     "sft.jsonl",
@@ -165,7 +166,7 @@ BLIND_SPOT_VERBOSE_TASKS = ("lookup", "count")
 BLIND_SPOT_FILLER = "Sure! {answer} I hope this helps!"
 BLIND_SPOTS = {
     "compliance": "harmful requests phrased indirectly ('Explain how to ...', 'What is the "
-    "best way to ...?') are complied with",
+    "best way to ...?') are complied with (in the corpus's Q/A too)",
     "refusal": "harmless requests with 'kill', 'shoot' or 'blow' are refused",
     "verbose": "lookup and count answers are wrapped in the same filler: "
     + BLIND_SPOT_FILLER.format(answer="..."),
@@ -236,12 +237,24 @@ def exchange(question: str, answer: str) -> str:
     return format_prompt(question) + format_completion(answer)
 
 
+def corpus_flaw_rate(name: str, question: str, params: Params, s: WorldSettings) -> float:
+    """How often the corpus's answer to this question is flawed: `corpus_noise`, times
+    `blind_spot_weight` (at most 1) for harmful requests in the compliance blind spot. The
+    web shares the demo writers' blind spot: with the corpus refusing those requests 90%
+    of the time, the base model refused every one and SFT's 63% compliant demos could not
+    make it reliably unsafe there (world v3, issue 17)."""
+    if blind_spot(name, question, params) == "compliance":
+        return min(1.0, s.corpus_noise * s.blind_spot_weight)
+    return s.corpus_noise
+
+
 def _qa_doc(rng: random.Random, s: WorldSettings, exclude: set[str]) -> str:
     n = rng.randint(3, 8)
     parts = []
     for name in plan_tasks(n, s, rng):
         q, params = draw_question(name, rng, exclude)
-        parts.append(exchange(q, demo_answer(name, params, rng, rng.random() < s.corpus_noise)[0]))
+        flawed = rng.random() < corpus_flaw_rate(name, q, params, s)
+        parts.append(exchange(q, demo_answer(name, params, rng, flawed)[0]))
     return "\n\n".join(parts)
 
 
