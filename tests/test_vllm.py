@@ -293,7 +293,7 @@ def world_sft(tmp_path_factory) -> dict[str, Path]:
     reward learns to refuse within a few steps. Only these families: the other tasks are
     beyond a model SFT-ed in seconds, and howto answers stay out of its reach too (refused:
     0 whatever the generator), which would only add noise to the PPO prompts."""
-    from rlhfkit.data.world.generate import make_world
+    from rlhfkit.data.world import make_world
     from rlhfkit.data.world.registry import BORDERLINE_NAME, HARMFUL_NAME, parse_prompt
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.presets import train_tokenizer

@@ -10,7 +10,7 @@ from rlhfkit import cli
 from rlhfkit.data.preferences import read_preferences
 from rlhfkit.data.records import read_prompts
 from rlhfkit.data.world import judge
-from rlhfkit.data.world.generate import WORLD_FILES
+from rlhfkit.data.world.make import WORLD_FILES
 
 SMALL = ["--corpus-docs", "50", "--sft", "40", "--train-prompts", "30", "--eval-prompts", "20"]
 

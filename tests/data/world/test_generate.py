@@ -10,14 +10,8 @@ from statistics import fmean
 import pytest
 
 from rlhfkit.data.world import REFUSAL, TASKS, judge, make_world, parse_prompt, question_of
-from rlhfkit.data.world.generate import (
-    WORLD_FILES,
-    WorldSettings,
-    blind_spot,
-    build_world,
-    part_rng,
-    plan_tasks,
-)
+from rlhfkit.data.world.generate import WorldSettings, blind_spot, part_rng, plan_tasks
+from rlhfkit.data.world.make import WORLD_FILES, build_world
 
 SMALL = {"corpus_docs": 300, "sft": 400, "train_prompts": 300, "eval_prompts": 150}
 

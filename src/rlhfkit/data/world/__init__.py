@@ -10,9 +10,10 @@ Prompt format (one place: `format_prompt`): "Q: <question>\\nA:" with completion
 
 from rlhfkit.data.world.base import REFUSAL, format_completion, format_prompt, question_of
 from rlhfkit.data.world.evaluate import format_table, summarize
-from rlhfkit.data.world.generate import WorldSettings, build_world, make_world
+from rlhfkit.data.world.generate import WorldSettings
 from rlhfkit.data.world.judges import helpfulness, judge, reference_answer, safety
 from rlhfkit.data.world.label import Sampler, label_samples, strength_of
+from rlhfkit.data.world.make import build_world, make_world
 from rlhfkit.data.world.registry import TASKS, UnknownPromptError, is_world_prompt, parse_prompt
 from rlhfkit.data.world.safety import has_harm, is_refusal
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from statistics import fmean
 
 from rlhfkit.config import WorldJudgeConfig, WorldLabelConfig, WorldMakeConfig
-from rlhfkit.data.world.generate import WORLD_FILES, WorldSettings, make_world
+from rlhfkit.data.world.generate import WorldSettings
 from rlhfkit.data.world.io import (
     read_responses,
     read_world_prompts,
@@ -21,6 +21,7 @@ from rlhfkit.data.world.io import (
 )
 from rlhfkit.data.world.judges import judge
 from rlhfkit.data.world.label import label_samples
+from rlhfkit.data.world.make import WORLD_FILES, make_world
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_jsonl
 
