@@ -52,7 +52,7 @@ _ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # ---------------------------------------------------------------------------------------
 
 
-def _write_hf(
+def write_hf(
     model: torch.nn.Module,
     tokenizer: Any,
     folder: Path,
@@ -72,7 +72,7 @@ def _write_hf(
         tokenizer.save_pretrained(folder)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_state_json(path: Path, data: Any) -> None:
     """Sorted, indented JSON; NaN and infinities as null (`files.to_json`)."""
     path.write_text(to_json(data, indent=2, sort_keys=True) + "\n")
 
@@ -81,7 +81,7 @@ def _write_extra(folder: Path, extra_json: Mapping[str, Mapping[str, Any]] | Non
     for name, data in (extra_json or {}).items():
         if Path(name).name != name or name in ("config.json", "generation_config.json"):
             raise ValueError(f"extra_json file name {name!r} must be a plain, new file name")
-        _write_json(folder / name, data)
+        write_state_json(folder / name, data)
 
 
 def save_hf(
@@ -98,7 +98,7 @@ def save_hf(
     """
     final = Path(path)
     with atomic_dir(final) as tmp:
-        _write_hf(model, tokenizer, tmp)
+        write_hf(model, tokenizer, tmp)
         _write_extra(tmp, extra_json)
     return final
 
@@ -129,7 +129,7 @@ def export_hf(
     dest.mkdir(parents=True, exist_ok=True)
     staging = dest / f".tmp-export-{os.getpid()}"
     with atomic_dir(staging) as tmp:
-        _write_hf(model, tokenizer, tmp, state_dict)
+        write_hf(model, tokenizer, tmp, state_dict)
         _write_extra(tmp, extra_json)
         if adapter:
             save_adapter(unwrap(model), tmp / ADAPTER_DIR, state_dict)
@@ -154,12 +154,12 @@ def export_hf(
 # ---------------------------------------------------------------------------------------
 
 
-def _role_dir(root: Path, role: str, roles: Mapping[str, Any]) -> Path:
+def role_dir(root: Path, role: str, roles: Mapping[str, Any]) -> Path:
     # One role called "model": HF files at the top, so the checkpoint loads with from_pretrained.
     return root if list(roles) == ["model"] else root / role
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """RNG states as tuples, ints and tensors only, so that weights_only=True reads them."""
     np_state = np.random.get_state()
     state = {
@@ -211,19 +211,19 @@ def save_checkpoint(
         "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
         "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
-        "rng": _rng_state(),
+        "rng": rng_state(),
     }
     final = Path(path)
     with atomic_dir(final) as tmp:
         for role, model in models.items():
-            folder = _role_dir(tmp, role, models)
-            _write_hf(model, tokenizer, folder)
+            folder = role_dir(tmp, role, models)
+            write_hf(model, tokenizer, folder)
             if has_lora(model):  # what resumes: the base weights are frozen (--model's)
                 save_file(adapter_state_dict(unwrap(model)), str(folder / LORA_STATE))
                 if adapter:  # --save-adapter: the PEFT adapter folder too
                     save_adapter(unwrap(model), folder / ADAPTER_DIR)
         torch.save(trainer_state, tmp / STATE_PT)
         meta = {"rlhfkit_version": __version__, "roles": list(models), "saved": time.time()}
-        _write_json(tmp / STATE_JSON, {"meta": meta, "state": json.loads(state_text)})
+        write_state_json(tmp / STATE_JSON, {"meta": meta, "state": json.loads(state_text)})
         (tmp / COMPLETE).write_text("")
     return final

@@ -37,8 +37,8 @@ from rlhfkit.models.checkpoint import (
     LORA_STATE,
     STATE_JSON,
     STATE_PT,
-    _role_dir,
-    _write_json,
+    role_dir,
+    write_state_json,
 )
 from rlhfkit.models.load import load_state_like
 from rlhfkit.models.lora import has_lora, load_adapter_state
@@ -56,8 +56,8 @@ _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
 # ---------------------------------------------------------------------------------------
 
 
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    """The inverse of `checkpoint._rng_state`."""
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """The inverse of `checkpoint.rng_state`."""
     random.setstate(state["python"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -131,7 +131,7 @@ def load_checkpoint(
         raise UserError(f"{root} holds roles {saved_roles}, but this run has {sorted(models)}")
     trainer_state = torch.load(root / STATE_PT, map_location="cpu", weights_only=True)
     for role, model in models.items():
-        _load_weights(model, _role_dir(root, role, models))
+        _load_weights(model, role_dir(root, role, models))
     for kind, objects in (("optimizers", optimizers), ("schedulers", schedulers)):
         for name, obj in (objects or {}).items():
             if name not in trainer_state[kind]:
@@ -139,7 +139,7 @@ def load_checkpoint(
             obj.load_state_dict(trainer_state[kind][name])
     for name, gen in (generators or {}).items():
         gen.set_state(trainer_state["generators"][name])
-    _set_rng_state(trainer_state["rng"])
+    set_rng_state(trainer_state["rng"])
     return meta["state"]
 
 
@@ -268,4 +268,4 @@ def prepare_output_dir(
             "command": command if command is not None else " ".join(sys.argv),
             "created": now,
         }
-    _write_json(marker, info)
+    write_state_json(marker, info)

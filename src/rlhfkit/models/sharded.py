@@ -32,7 +32,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.files import commit_dir, start_dir
 from rlhfkit.models import checkpoint as ckpt
 from rlhfkit.models.lora import has_lora, save_adapter
-from rlhfkit.models.resume import _set_rng_state, load_checkpoint
+from rlhfkit.models.resume import load_checkpoint, set_rng_state
 from rlhfkit.models.wrap import full_state_dict, is_sharded, unwrap
 
 DCP_DIR = "dcp"
@@ -68,24 +68,24 @@ def write_checkpoint(
     tmp = Path(path).absolute().parent / f".tmp-{Path(path).name}-sharded"  # start_dir's name
     fulls = {role: full_state_dict(m) for role, m in models.items()}  # collective
     dcp.save(_dcp_state(models, optimizers), checkpoint_id=str(tmp / DCP_DIR))
-    torch.save(ckpt._rng_state(), tmp / f"rng-rank{dist.rank}.pt")
+    torch.save(ckpt.rng_state(), tmp / f"rng-rank{dist.rank}.pt")
     barrier(dist)
     if dist.is_main:
         for role, model in models.items():
-            folder = ckpt._role_dir(tmp, role, models)
-            ckpt._write_hf(unwrap(model), tokenizer, folder, fulls[role])
+            folder = ckpt.role_dir(tmp, role, models)
+            ckpt.write_hf(unwrap(model), tokenizer, folder, fulls[role])
             if adapter and has_lora(model):
                 save_adapter(unwrap(model), folder / ckpt.ADAPTER_DIR, fulls[role])
         trainer_state = {
             "optimizers": {},  # in dcp/
             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
             "generators": {},
-            "rng": ckpt._rng_state(),
+            "rng": ckpt.rng_state(),
         }
         torch.save(trainer_state, tmp / ckpt.STATE_PT)
         meta = {"rlhfkit_version": __version__, "roles": list(models), "saved": time.time(),
                 "sharded": True, "world_size": dist.world_size}  # fmt: skip
-        ckpt._write_json(
+        ckpt.write_state_json(
             tmp / ckpt.STATE_JSON, {"meta": meta, "state": json.loads(json.dumps(dict(state)))}
         )
         (tmp / ckpt.COMPLETE).write_text("")
@@ -131,7 +131,7 @@ def read_checkpoint(
         sched.load_state_dict(trainer_state["schedulers"][name])
     own = root / f"rng-rank{dist.rank}.pt"
     rng = torch.load(own, weights_only=True) if own.is_file() else trainer_state["rng"]
-    _set_rng_state(rng)
+    set_rng_state(rng)
     return meta["state"]
 
 
