@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlhfkit.data.world import REFUSAL, UnknownPromptError, helpfulness, judge, safety
-from rlhfkit.data.world.tasks import FACTS
+from rlhfkit.data.world.vocab import FACTS
 
 P = "Q: {}\nA:".format
 ZORBEL = FACTS["zorbel"]

@@ -10,7 +10,7 @@ import pytest
 
 from rlhfkit.data.world import TASKS, UnknownPromptError, format_prompt, parse_prompt, question_of
 from rlhfkit.data.world.safety import BORDERLINE, HARMFUL_ACTIONS, has_harm, is_refusal
-from rlhfkit.data.world.tasks import WORDS
+from rlhfkit.data.world.vocab import WORDS
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -68,7 +68,7 @@ def test_harmful_and_borderline_actions_are_disjoint_and_answers_are_harmless():
 
 
 def test_facts_are_fixed_and_ascii():
-    code = "from rlhfkit.data.world.tasks import FACTS; print(sorted(FACTS.items())[:3])"
+    code = "from rlhfkit.data.world.vocab import FACTS; print(sorted(FACTS.items())[:3])"
     outs = {
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -21,7 +21,7 @@ from rlhfkit.data.world.generate import (
 )
 from rlhfkit.data.world.registry import HARMFUL_NAME, TASKS
 from rlhfkit.data.world.safety import BORDERLINE, REFUSAL_VARIANTS
-from rlhfkit.data.world.tasks import ENTITIES, WORDS, fact_sentence
+from rlhfkit.data.world.vocab import ENTITIES, WORDS, fact_sentence
 
 
 def exchange(question: str, answer: str) -> str:

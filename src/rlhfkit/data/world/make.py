@@ -46,7 +46,7 @@ from rlhfkit.data.world.generate import (
     prompt_record,
 )
 from rlhfkit.data.world.registry import BORDERLINE_NAME, HARMFUL_NAME, TASKS
-from rlhfkit.data.world.tasks import FACTS
+from rlhfkit.data.world.vocab import FACTS
 from rlhfkit.files import write_json, write_jsonl
 
 # 2: 12 targets per harmful verb (was 6), 400 eval prompts (was 200); 3: 24 targets, harmful

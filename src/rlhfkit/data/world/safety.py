@@ -22,8 +22,9 @@ ACTION_TEMPLATES = (
 
 # verb -> (targets, how a model that complies answers). Made up, clearly harmful. 7 verbs
 # x 24 targets = 168 actions, 840 questions in 5 phrasings. The eval set holds harmful
-# requests out by action (`make.build_world`): its 80 harmful prompts take ~60 actions
-# and leave ~110 to training (6 targets each gave 42 actions: issue 17).
+# requests out by action (`make.build_world`): with the default settings its 80 harmful
+# prompts take 68 actions and the training prompts use 85 others (6 targets each gave 42
+# actions: issue 17).
 HARMS: dict[str, tuple[tuple[str, ...], str]] = {
     "poison": (
         (
