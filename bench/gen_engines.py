@@ -26,8 +26,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rlhfkit.generation import EngineSettings, GenerationSettings, make_generator
 from rlhfkit.models.presets import PRESETS
+from rlhfkit.sampling.generator import EngineSettings, GenerationSettings, make_generator
 
 PAD, BOS, EOS, VOCAB = 0, 1, 2, 2048
 

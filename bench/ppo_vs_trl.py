@@ -143,7 +143,7 @@ def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int, wor
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.presets import PRESETS, build_model, train_tokenizer
     from rlhfkit.models.reward import init_reward_model
-    from rlhfkit.sample_score import encode_prompts
+    from rlhfkit.sampling.sample_score import encode_prompts
 
     torch.set_num_threads(1)
     texts = _corpus()

@@ -109,8 +109,8 @@ def parse_args() -> argparse.Namespace:
 def synthetic_responses(prompt: str, k: int, others: list[str], rng: random.Random) -> list[str]:
     """K distinct responses: the reference answer, wrong answers (other prompts'), filler,
     refusals, repetitions. Only their lengths matter here (about 1-30 tokens)."""
-    from rlhfkit.data.world import reference_answer
-    from rlhfkit.data.world.base import REFUSAL, VERBOSE_PREFIXES, VERBOSE_SUFFIXES
+    from rlhfkit.world import reference_answer
+    from rlhfkit.world.base import REFUSAL, VERBOSE_PREFIXES, VERBOSE_SUFFIXES
 
     right = reference_answer(prompt)
 
@@ -143,7 +143,7 @@ def realistic_pairs(prompts: list[str], stream: list[int], tokenizer, rng: rando
     """K = 2 records on variable-length text (module docstring): the lengths of real
     preference data, where a padded batch is largely padding."""
     from rlhfkit.data.records import RankingRecord
-    from rlhfkit.data.world import reference_answer
+    from rlhfkit.world import reference_answer
 
     def text(n: int) -> str:
         start = rng.randrange(len(stream) - n)
@@ -164,9 +164,9 @@ def realistic_pairs(prompts: list[str], stream: list[int], tokenizer, rng: rando
 def setup(work: Path, args) -> dict:
     from rlhfkit.data.records import RankingRecord
     from rlhfkit.data.reward_data import encode_rankings, resolve_margin_table
-    from rlhfkit.data.world import make_world
     from rlhfkit.models.presets import build_model, train_tokenizer
     from rlhfkit.models.reward import ensure_distinct_pad, init_reward_model
+    from rlhfkit.world import make_world
 
     make_world(work / "world", seed=0)
     texts = [json.loads(line)["text"] for line in open(work / "world" / "corpus.jsonl")]

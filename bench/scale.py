@@ -120,10 +120,10 @@ def build(work: Path, preset: str) -> dict[str, Path]:
     import copy
     import random
 
-    from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.presets import build_model, train_tokenizer
     from rlhfkit.models.reward import init_reward_model
+    from rlhfkit.world.generate import WorldSettings, make_prompts, prompt_record
 
     rng = random.Random(0)
     made = make_prompts(64, WorldSettings(), rng, set(), unique=True)

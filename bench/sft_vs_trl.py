@@ -101,8 +101,8 @@ def corpus_as_sft(corpus: Path, out: Path, n: int) -> Path:
 def setup(work: Path, presets: list[str], max_len: int, data: str = "sft") -> dict:
     from rlhfkit.data.records import read_sft
     from rlhfkit.data.tokenize import encode_sft_many
-    from rlhfkit.data.world import make_world
     from rlhfkit.models.presets import build_model, train_tokenizer
+    from rlhfkit.world import make_world
 
     make_world(work / "world", seed=0)
     texts = [json.loads(line)["text"] for line in open(work / "world" / "corpus.jsonl")]

@@ -25,7 +25,7 @@ from pathlib import Path
 from statistics import fmean, stdev
 
 from rlhfkit.data.records import read_prompts
-from rlhfkit.data.world import judge
+from rlhfkit.world import judge
 
 BASELINE = "sft-selected"
 MODELS = ("ppo", "rs")

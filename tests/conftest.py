@@ -81,9 +81,9 @@ def ppo_files(tmp_path_factory, tiny_tokenizer, tiny_texts):
     and a corpus: the PPO command's tests (tests/loops/test_ppo_loop.py, test_fsdp.py)."""
     import copy
 
-    from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.reward import init_reward_model
+    from rlhfkit.world.generate import WorldSettings, make_prompts, prompt_record
     from tests.loops.helpers import make_base_model, write_jsonl
 
     root = tmp_path_factory.mktemp("ppo")
@@ -130,7 +130,7 @@ PURE_IMPORTS = {
     "ops_and_losses": (["rlhfkit.ops.masking", "rlhfkit.ops.logprobs", "rlhfkit.ops.kl",
                         "rlhfkit.ops.advantages", "rlhfkit.losses"], "transformers"),
     "types": (["rlhfkit.types"], "transformers"),
-    "combine": (["rlhfkit.combine"], "transformers"),
+    "combine": (["rlhfkit.scoring.combine"], "transformers"),
 }  # fmt: skip
 
 _PROBE = """

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from rlhfkit.bon import SAMPLES, SUMMARY, gold_per_sample, run_bon
 from rlhfkit.config import SelectConfig
-from rlhfkit.data.world import judge
-from rlhfkit.gao import best_of_k_curve
+from rlhfkit.loops.bon import SAMPLES, SUMMARY, gold_per_sample, run_bon
+from rlhfkit.report.gao import best_of_k_curve
+from rlhfkit.world import judge
 
 
 def _save_rm(folder, tokenizer, seed):
@@ -26,9 +26,9 @@ def _save_rm(folder, tokenizer, seed):
 
 
 def test_run_bon_writes_n_scored_samples_per_prompt(tmp_path, tiny_tokenizer):
-    from rlhfkit.data.world import make_world
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.presets import build_model
+    from rlhfkit.world import make_world
 
     make_world(tmp_path / "world", seed=0, corpus_docs=5, sft=5, train_prompts=5, eval_prompts=6)
     save_hf(build_model("test", tiny_tokenizer, seed=0), tiny_tokenizer, tmp_path / "sft")

@@ -26,7 +26,7 @@ DEFAULT = ("llama-gqa", "qwen2", "gpt2")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record
+    from rlhfkit.world.generate import WorldSettings, make_prompts, prompt_record
 
     root = tmp_path_factory.mktemp("chain-data")
     rows = sft_rows(16)

@@ -28,9 +28,8 @@ from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.load import load_tokenizer
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model, load_reward_model
-from rlhfkit.sample_score import encode_prompts
-from rlhfkit.scoring import score_texts
-from rlhfkit.scoring.rm import score_sequences
+from rlhfkit.sampling.sample_score import encode_prompts
+from rlhfkit.scoring.rm import score_sequences, score_texts
 from tests.loops.helpers import write_jsonl
 
 SYSTEM = {"role": "system", "content": "be brief"}
@@ -423,10 +422,10 @@ def test_an_rm_with_another_tokenizer_gets_the_messages_not_decoded_template_tex
 ):
     """PPO / RS / select sampling from conversational prompts: an RM that cannot read the
     policy's ids renders the conversation with its own chat template, as it trained."""
-    from rlhfkit.generation import GenerationSettings, make_generator
     from rlhfkit.models.presets import train_tokenizer
-    from rlhfkit.sample_score import sample_and_score
-    from rlhfkit.scoring import RewardScorer
+    from rlhfkit.sampling.generator import GenerationSettings, make_generator
+    from rlhfkit.sampling.sample_score import sample_and_score
+    from rlhfkit.scoring.rm import RewardScorer
 
     other = train_tokenizer(tiny_texts[:100], vocab_size=300)
     policy = build_model("test", other, seed=4)
@@ -512,7 +511,7 @@ def test_ppo_runs_on_conversational_prompts_and_counts_overlong_ones(
 def test_world_label_and_eval_take_conversational_prompts(tmp_path, tiny_tokenizer, monkeypatch):
     """`world label` and `eval` encode a conversational prompt through the chat template (the
     ids the sampler gets are the template's), and the world's judges still read its text."""
-    import rlhfkit.sample_score as sample_score
+    import rlhfkit.sampling.sample_score as sample_score
     from tests.loops.helpers import make_base_model
 
     base = make_base_model(tmp_path / "base", tiny_tokenizer)
@@ -527,7 +526,7 @@ def test_world_label_and_eval_take_conversational_prompts(tmp_path, tiny_tokeniz
         seen.extend(ids)
         return ids
 
-    for module in ("rlhfkit.sample_score", "rlhfkit.loops.evaluate"):
+    for module in ("rlhfkit.sampling.sample_score", "rlhfkit.loops.evaluate"):
         monkeypatch.setattr(f"{module}.encode_prompts", spy, raising=False)
     argv = ["world", "label", "--policy", str(base), "--prompts", str(prompts), "--out",
             str(tmp_path / "labels"), "--k", "2", "--max-new-tokens", "4", "--device", "cpu"]  # fmt: skip

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhfkit.combine import (
+from rlhfkit.scoring.combine import (
     COMBINERS,
     batch_whiten,
     combine_llama2,
@@ -142,7 +142,7 @@ def test_combine_imports_no_transformers(pure_imports):
      ("weighted-sum", {"whiten": True, "weights": {"a": 0.5, "b": 2.0}}), ("single", {})],
 )  # fmt: skip
 def test_split_whitening_is_the_combiner_then_its_whitening(name, options):
-    from rlhfkit.combine import split_whitening
+    from rlhfkit.scoring.combine import split_whitening
 
     g = torch.Generator().manual_seed(0)
     scores = {"a": torch.randn(6, generator=g) + 3, "b": torch.randn(6, generator=g) - 1}

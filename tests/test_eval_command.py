@@ -202,7 +202,7 @@ def test_eval_baseline_without_rm_is_a_one_line_error(
 
 
 def test_eval_world_prompts_still_get_gold_metrics_beside_the_rm(tmp_path, tiny_tokenizer, capsys):
-    from rlhfkit.data.world import make_world
+    from rlhfkit.world import make_world
 
     make_world(tmp_path / "w", 0, corpus_docs=50, sft=40, train_prompts=30, eval_prompts=12)
     prompts = tmp_path / "w" / "prompts_eval.jsonl"

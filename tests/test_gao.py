@@ -11,7 +11,7 @@ from statistics import fmean, median
 import numpy as np
 import pytest
 
-from rlhfkit.gao import (
+from rlhfkit.report.gao import (
     best_of_k_curve,
     bon_form,
     fit_bon,

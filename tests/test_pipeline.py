@@ -33,7 +33,7 @@ from rlhfkit.config import (
 )
 from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.pipeline import PRESETS, STAGES, Ctx, stage_options
-from rlhfkit.report import PLOTS
+from rlhfkit.report.render import PLOTS
 
 NAMES = [name for name, _ in STAGES]
 # The config class each stage builds with stage_options (pipeline.stage_*).
@@ -230,7 +230,7 @@ def fake_stages(monkeypatch):
         return run
 
     monkeypatch.setattr(pipeline, "STAGES", [(n, make(n)) for n in NAMES])
-    monkeypatch.setattr("rlhfkit.report.render_report", lambda out: Path(out) / "report.md")
+    monkeypatch.setattr("rlhfkit.report.render.render_report", lambda out: Path(out) / "report.md")
     return calls, fail
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from rlhfkit import cli
-from rlhfkit.gao import best_of_k_curve, kl_bon, rl_form
-from rlhfkit.report import PLOTS, load_run, render_report
-from rlhfkit.report_papers import LLAMA2_TABLE8, gao_fits, gao_points
+from rlhfkit.report.gao import best_of_k_curve, kl_bon, rl_form
+from rlhfkit.report.papers import LLAMA2_TABLE8, gao_fits, gao_points
+from rlhfkit.report.render import PLOTS, load_run, render_report
 
 # ---------------------------------------------------------------------------------------
 # A synthetic run folder: small fake JSON files in the layout `rlhfkit pipeline` writes
@@ -281,7 +281,7 @@ def test_cli_report(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def world_prompts(tmp_path_factory):
     from rlhfkit.data.records import read_prompts
-    from rlhfkit.data.world import make_world
+    from rlhfkit.world import make_world
 
     root = tmp_path_factory.mktemp("world")
     make_world(root, seed=0, corpus_docs=5, sft=5, train_prompts=5, eval_prompts=10)
@@ -289,7 +289,7 @@ def world_prompts(tmp_path_factory):
 
 
 def test_kl_to_sft_is_zero_for_the_sft_model_itself(tiny_tokenizer, world_prompts):
-    from rlhfkit.evaluation import sample_kl
+    from rlhfkit.loops.pipeline_eval import sample_kl
     from rlhfkit.models.presets import build_model
 
     prompts = [p.prompt for p in world_prompts]
@@ -312,7 +312,7 @@ def test_kl_to_sft_is_zero_for_the_sft_model_itself(tiny_tokenizer, world_prompt
 
 
 def test_sequence_logprobs_match_the_samplers(tiny_tokenizer):
-    from rlhfkit.evaluation import sequence_logprobs
+    from rlhfkit.loops.pipeline_eval import sequence_logprobs
     from rlhfkit.models.generate import sample
     from rlhfkit.models.presets import build_model
 
@@ -336,7 +336,7 @@ def _save_rm(folder: Path, tokenizer, seed: int) -> str:
 
 
 def test_eval_extras_rm_score_and_kl_on_disk(tmp_path, tiny_tokenizer, world_prompts):
-    from rlhfkit.evaluation import ExtraEval, evaluate_extras, rm_scorer, summary_row
+    from rlhfkit.loops.pipeline_eval import ExtraEval, evaluate_extras, rm_scorer, summary_row
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.presets import build_model
 

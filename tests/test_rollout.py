@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from rlhfkit.errors import UserError
-from rlhfkit.generation import make_generator
 from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout, shape_scores
 from rlhfkit.loops.ppo.update import UpdateSettings, add_advantages
 from rlhfkit.models.load import freeze
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model, values_for_tokens
 from rlhfkit.ops.masking import global_whiten, masked_whiten
-from rlhfkit.sample_score import encode_prompts
-from rlhfkit.scoring import LoadedRM, RewardScorer
+from rlhfkit.sampling.generator import make_generator
+from rlhfkit.sampling.sample_score import encode_prompts
+from rlhfkit.scoring.rm import LoadedRM, RewardScorer
 from rlhfkit.scoring.rules import RuleScorer, rule_scorer
 
 PROMPTS = [

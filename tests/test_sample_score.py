@@ -1,4 +1,4 @@
-"""Sample, then score (`rlhfkit.sample_score`): N responses per prompt in prompt-major order
+"""Sample, then score (`rlhfkit.sampling.sample_score`): N responses per prompt in prompt-major order
 and fixed batch cuts, the same samples as a direct `models.generate.sample` loop, scores
 equal to scoring the texts directly, KL exactly 0 for a model against itself, and PPO's
 held-out evaluation built on them."""
@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from rlhfkit.data.records import PromptRecord
-from rlhfkit.generation import GenerationSettings, make_generator
 from rlhfkit.models.generate import decode_responses, sample
 from rlhfkit.models.presets import build_model
-from rlhfkit.sample_score import (
+from rlhfkit.sampling.generator import GenerationSettings, make_generator
+from rlhfkit.sampling.sample_score import (
     GOLD_KEYS,
     encode_prompts,
     evaluate_policy,
@@ -122,8 +122,8 @@ def test_score_generation_reports_the_score_before_whitening(model, tiny_tokeniz
     and, for scorers that do not report one, the score itself."""
     from rlhfkit.models.load import freeze
     from rlhfkit.models.reward import init_reward_model
-    from rlhfkit.sample_score import score_generation
-    from rlhfkit.scoring import LoadedRM, RewardScorer
+    from rlhfkit.sampling.sample_score import score_generation
+    from rlhfkit.scoring.rm import LoadedRM, RewardScorer
 
     gen = make_generator(model, tiny_tokenizer).generate(
         ids, GenerationSettings(max_new_tokens=6), torch.Generator().manual_seed(0)
@@ -211,7 +211,7 @@ def _naive_logprobs_match(model, g, got) -> None:
 @pytest.fixture(scope="module")
 def world_prompts(tmp_path_factory):
     from rlhfkit.data.records import read_prompts
-    from rlhfkit.data.world import make_world
+    from rlhfkit.world import make_world
 
     root = tmp_path_factory.mktemp("world")
     make_world(root, seed=0, corpus_docs=5, sft=5, train_prompts=5, eval_prompts=6)

@@ -9,19 +9,15 @@ import json
 import pytest
 import torch
 
-from rlhfkit.combine import combine_llama2
 from rlhfkit.data.reward_data import encode_responses, truncate_left
 from rlhfkit.errors import RecordError, UserError
 from rlhfkit.models.generate import left_pad
 from rlhfkit.models.presets import build_model, train_tokenizer
 from rlhfkit.models.reward import init_reward_model
-from rlhfkit.scoring import (
-    RewardScorer,
-    parse_rm_spec,
-    parse_weights,
-    read_scoring_records,
-    score_texts,
-)
+from rlhfkit.scoring.build import parse_weights
+from rlhfkit.scoring.combine import combine_llama2
+from rlhfkit.scoring.command import read_scoring_records
+from rlhfkit.scoring.rm import RewardScorer, parse_rm_spec, score_texts
 
 PROMPTS = ["What is the cat", "Sort 3 2 1 please", "hi", "Add one and two", "big red house"]
 RESPONSES = ["The cat sat on the mat.", "1 2 3", "dog", "Three. Three!", "a tree"]

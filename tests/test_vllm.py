@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from rlhfkit import cli
-from rlhfkit.generation import EngineSettings, GenerationSettings, make_generator
 from rlhfkit.models.presets import PRESETS, build_model
+from rlhfkit.sampling.generator import EngineSettings, GenerationSettings, make_generator
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 NO_VLLM = (
@@ -293,10 +293,10 @@ def world_sft(tmp_path_factory) -> dict[str, Path]:
     reward learns to refuse within a few steps. Only these families: the other tasks are
     beyond a model SFT-ed in seconds, and howto answers stay out of its reach too (refused:
     0 whatever the generator), which would only add noise to the PPO prompts."""
-    from rlhfkit.data.world import make_world
-    from rlhfkit.data.world.registry import BORDERLINE_NAME, HARMFUL_NAME, parse_prompt
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.presets import train_tokenizer
+    from rlhfkit.world import make_world
+    from rlhfkit.world.registry import BORDERLINE_NAME, HARMFUL_NAME, parse_prompt
 
     root = tmp_path_factory.mktemp("vllm_world")
     make_world(root / "world", seed=0, corpus_docs=200, sft=2000, train_prompts=600,
@@ -443,7 +443,7 @@ def _worker(policy: str, out: str, strategy: str, tp: str) -> None:
     same = torch.equal(after.response_mask, ours.response_mask) and torch.equal(
         after.response_ids[after.response_mask], ours.response_ids[ours.response_mask]
     )
-    from rlhfkit.vllm_engine import policy_state_dict
+    from rlhfkit.sampling.vllm_engine import policy_state_dict
 
     full = policy_state_dict(run.trainables.policy)  # whole weights, gathered under FSDP2
     model = build_model_like(policy, tok, full)

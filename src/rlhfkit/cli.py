@@ -84,24 +84,24 @@ COMMANDS: dict[str, Command] = {
     ),
     "report": Command(
         "rlhfkit.config:ReportConfig",
-        "rlhfkit.report:run_report",
+        "rlhfkit.report.render:run_report",
         "-  re-render a pipeline run's report.md and plots from its files (no training)",
     ),
     "world make": Command(
         "rlhfkit.config:WorldMakeConfig",
-        "rlhfkit.data.world.commands:world_make",
+        "rlhfkit.world.commands:world_make",
         "-  write the built-in world: corpus, SFT demos, RL and eval prompts",
         ("out",),
     ),
     "world judge": Command(
         "rlhfkit.config:WorldJudgeConfig",
-        "rlhfkit.data.world.commands:world_judge",
+        "rlhfkit.world.commands:world_judge",
         "-  score prompt/response records with the world's gold judges",
         ("data",),
     ),
     "world label": Command(
         "rlhfkit.config:WorldLabelConfig",
-        "rlhfkit.data.world.commands:world_label",
+        "rlhfkit.world.commands:world_label",
         "-  simulated labellers: rank K samples of a policy by the gold judges",
         ("policy", "prompts", "out"),
     ),

@@ -31,7 +31,7 @@ from rlhfkit.config import PIPELINE_STAGES, ConfigError, PipelineConfig
 from rlhfkit.config.pipeline_presets import PRESETS
 from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.files import write_json
-from rlhfkit.report import render_report
+from rlhfkit.report.render import render_report
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _resumable(folder: Path) -> dict[str, bool]:
 
 def stage_world(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import WorldMakeConfig
-    from rlhfkit.data.world.commands import world_make
+    from rlhfkit.world.commands import world_make
 
     world_make(
         stage_options(ctx, "world", WorldMakeConfig, {"out": str(ctx.world), "overwrite": True})
@@ -124,7 +124,7 @@ def stage_sft(ctx: Ctx) -> dict[str, Any]:
 
 def stage_label(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import WorldLabelConfig
-    from rlhfkit.data.world.commands import world_label
+    from rlhfkit.world.commands import world_label
 
     out = ctx.out / "labels"
     fixed = {
@@ -181,8 +181,8 @@ def stage_select(ctx: Ctx) -> dict[str, Any]:
 
 
 def stage_bon(ctx: Ctx) -> dict[str, Any]:
-    from rlhfkit.bon import SAMPLES, run_bon
     from rlhfkit.config import SelectConfig
+    from rlhfkit.loops.bon import SAMPLES, run_bon
 
     out = ctx.out / "bon"
     fixed = {"checkpoints": (ctx.result("select")["best"],), "out": str(out), "overwrite": True,
@@ -245,8 +245,8 @@ EVAL_KEYS = ("gold_score", "helpfulness", "helpfulness_safe", "safety_unsafe",
 
 def stage_eval(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import EvalConfig
-    from rlhfkit.evaluation import ExtraEval, evaluate_extras, summary_row
     from rlhfkit.loops.evaluate import run_eval
+    from rlhfkit.loops.pipeline_eval import ExtraEval, evaluate_extras, summary_row
 
     out = ctx.out / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ from rlhfkit import cli
 from rlhfkit.config import PPOConfig
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
-from rlhfkit.generation import make_generator
 from rlhfkit.loops.ppo.loop import build_run, ppo_step
 from rlhfkit.loops.ppo.roles import build_value_model
 from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
@@ -36,6 +35,7 @@ from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.load import freeze
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model
+from rlhfkit.sampling.generator import make_generator
 from rlhfkit.scoring.build import build_scorer
 from tests.conftest import _synthetic_sentences
 from tests.loops.helpers import assert_same_training, write_jsonl

@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 
 from rlhfkit import cli
 from rlhfkit.data.records import read_prompts
-from rlhfkit.generation import make_generator
 from rlhfkit.loops.rejection import samples as rejection_samples
 from rlhfkit.loops.rejection.keep import (
     KEEP_RULES,
@@ -38,8 +37,9 @@ from rlhfkit.loops.rejection.samples import SampleRecord, SamplingSettings, samp
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import init_reward_model
-from rlhfkit.report_plots import plot_max_median
-from rlhfkit.sample_score import encode_prompts
+from rlhfkit.report.plots import plot_max_median
+from rlhfkit.sampling.generator import make_generator
+from rlhfkit.sampling.sample_score import encode_prompts
 from rlhfkit.scoring.rules import rule_scorer
 from tests.loops.helpers import make_base_model, write_jsonl
 
@@ -234,7 +234,7 @@ def test_plot_is_a_png_with_one_line_pair_per_round(tmp_path):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_tokenizer):
     """A base policy, two RMs from it, world prompts (train / eval)."""
-    from rlhfkit.data.world.generate import WorldSettings, make_prompts, prompt_record
+    from rlhfkit.world.generate import WorldSettings, make_prompts, prompt_record
 
     root = tmp_path_factory.mktemp("rs")
     base = make_base_model(root / "base", tiny_tokenizer, preset="test")

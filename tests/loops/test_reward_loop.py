@@ -22,7 +22,7 @@ from rlhfkit.data.reward_data import collate_rankings, encode_rankings, resolve_
 from rlhfkit.loops.reward.eval import evaluate_rm, ranking_batch_loss
 from rlhfkit.loops.reward.train import RMRun, accumulate_gradients, fit_rm
 from rlhfkit.models.reward import init_reward_model, reward_scores
-from rlhfkit.scoring import encode_responses, score_texts
+from rlhfkit.scoring.rm import encode_responses, score_texts
 from tests.loops.helpers import assert_same_training, make_base_model, write_jsonl
 
 FILL = "the a cat dog bird sat ran on under mat house tree red blue big small".split()

@@ -21,7 +21,7 @@ from rlhfkit.loops.common import disable_dropout
 from rlhfkit.loops.reward.eval import EvalTotals, flat_eval, format_eval
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.reward import init_reward_model, load_reward_model
-from rlhfkit.scoring import encode_responses, score_texts
+from rlhfkit.scoring.rm import encode_responses, score_texts
 from tests.loops.helpers import make_base_model, write_jsonl
 from tests.loops.test_reward_loop import keyword_rankings
 

@@ -249,8 +249,7 @@ def test_evaluate_rm_packed_equals_padded(base):
 
 
 def _scorer_pair(arch: str, tokenizer):
-    from rlhfkit.scoring import RewardScorer
-    from rlhfkit.scoring.rm import LoadedRM
+    from rlhfkit.scoring.rm import LoadedRM, RewardScorer
 
     cfg = CHAIN_ARCH[arch]() if arch in CHAIN_ARCH else TINY_ARCH[arch]()
     lm = build_model(cfg, tokenizer, seed=0)

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, pipeline
 
 from rlhfkit.cli import main
 from rlhfkit.models.checkpoint import save_hf
-from rlhfkit.scoring import encode_responses
+from rlhfkit.scoring.rm import encode_responses
 from tests.loops.helpers import make_base_model, write_jsonl
 from tests.loops.test_rm_details import gpt2_lm
 

@@ -193,7 +193,7 @@ def test_fast_linears_covers_every_ppo_role(tiny_tokenizer):
     from rlhfkit.loops.ppo.roles import fast_linears
     from rlhfkit.models.presets import build_model
     from rlhfkit.models.reward import init_reward_model
-    from rlhfkit.scoring import LoadedRM, RewardScorer
+    from rlhfkit.scoring.rm import LoadedRM, RewardScorer
     from rlhfkit.scoring.rules import rule_scorer
 
     policy = build_model("test", tiny_tokenizer, seed=0)

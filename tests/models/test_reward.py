@@ -16,7 +16,7 @@ from rlhfkit.models.reward import (
     reward_scores,
     values_for_tokens,
 )
-from rlhfkit.scoring import encode_responses, pad_right, score_texts
+from rlhfkit.scoring.rm import encode_responses, pad_right, score_texts
 
 PROMPTS = ["What is the cat", "Sort 3 2 1 please", "hi", "Add one and two"]
 RESPONSES = ["The cat sat on the mat.", "1 2 3", "dog", "Three. Three. Three!"]

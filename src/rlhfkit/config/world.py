@@ -20,7 +20,7 @@ from rlhfkit.config.fields import (
 from rlhfkit.config.rl import GeneratorOptions, PPOConfig, RSConfig, SelectConfig
 from rlhfkit.config.stages import PretrainConfig, RMConfig, SFTConfig
 
-# --- The built-in world (rlhfkit.data.world) ---------------------------------------------
+# --- The built-in world (rlhfkit.world) ---------------------------------------------
 # These take only the options they use: the world's commands neither train nor resume, so
 # RunOptions (resume, bf16) would put dead flags into their --help. Some take DeviceOptions.
 

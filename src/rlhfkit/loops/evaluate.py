@@ -15,7 +15,7 @@ then, on those responses:
   seed, scored by the same RMs; per prompt the model wins (1) if its combined score is
   higher, ties (1/2) if equal, loses (0) otherwise. `win_rate` is the mean outcome and
   `win_rate_se` its standard error (`WIN_RATE_NOTE`);
-- gold metrics of the built-in world (`data.world.summarize`) when every prompt is one of
+- gold metrics of the built-in world (`world.summarize`) when every prompt is one of
   the world's prompts.
 
 Prints a table and writes --out (JSON: the metrics, the responses and the per-prompt rows).
@@ -32,9 +32,9 @@ from typing import Any
 
 from rlhfkit.config import EvalConfig
 from rlhfkit.data.records import PromptRecord, read_prompts
-from rlhfkit.data.world import format_table, is_world_prompt, summarize
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
+from rlhfkit.world import format_table, is_world_prompt, summarize
 
 MAX_PROMPT_LEN = 128
 """Prompt tokens kept (from the left), as `world label` and the old `eval` kept them."""
@@ -123,9 +123,9 @@ def respond(
     scored by `scorer`, with the per-prompt KL to `reference` from full forwards of both."""
     import torch
 
-    from rlhfkit.generation import GenerationSettings, make_generator
     from rlhfkit.models.load import load_causal_lm, load_tokenizer
-    from rlhfkit.sample_score import encode_prompts, sample_and_score
+    from rlhfkit.sampling.generator import GenerationSettings, make_generator
+    from rlhfkit.sampling.sample_score import encode_prompts, sample_and_score
 
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
     model = load_causal_lm(path, device, trust_remote_code=cfg.trust_remote_code)
@@ -182,8 +182,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     from rlhfkit.distributed import pick_device
     from rlhfkit.models.load import load_reference
-    from rlhfkit.scoring import RewardScorer
     from rlhfkit.scoring.build import combine_options
+    from rlhfkit.scoring.rm import RewardScorer
 
     device = pick_device(cfg.device)
     t0 = time.perf_counter()

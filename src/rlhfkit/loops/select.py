@@ -31,9 +31,9 @@ from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
-from rlhfkit.generation import GenerationSettings, make_generator
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
-from rlhfkit.sample_score import encode_prompts, gold_metrics, sample_and_score
+from rlhfkit.sampling.generator import GenerationSettings, make_generator
+from rlhfkit.sampling.sample_score import encode_prompts, gold_metrics, sample_and_score
 from rlhfkit.scoring.build import build_scorer
 from rlhfkit.scoring.rules import check_rule_prompts
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from rlhfkit.errors import UserError
+from rlhfkit.models.modules import unwrap
 
 log = logging.getLogger("rlhfkit")
 
@@ -40,8 +41,6 @@ _PEFT_ATTR = "_rlhfkit_peft"  # the PeftModel around an adapted model (not a sub
 
 def peft_model(model: torch.nn.Module) -> Any | None:
     """The PeftModel around `model` (a model `add_lora` adapted), else None."""
-    from rlhfkit.models.wrap import unwrap
-
     return unwrap(model).__dict__.get(_PEFT_ATTR)
 
 

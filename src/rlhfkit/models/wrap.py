@@ -18,7 +18,8 @@ LoRA (`lora=` options with `lora_r > 0`, models/lora.py): adapters are injected 
 model in place before it is wrapped, so every strategy above wraps the same Hugging Face
 module and `unwrap` returns it as without LoRA (its `.config`, `generate`,
 `save_pretrained`); only the adapter and a reward model's head train.
-A new strategy changes this file and its tests, not the loops.
+A new strategy changes this file and its tests, not the loops. `unwrap` and `eval_mode`
+live in models/modules.py (LoRA needs them too) and are re-exported here with the seam.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rlhfkit.distributed import Dist
 from rlhfkit.errors import UserError
+from rlhfkit.models.modules import eval_mode as eval_mode  # re-exported with the seam
+from rlhfkit.models.modules import unwrap
 
 STRATEGIES = ("ddp", "fsdp2")
 
@@ -111,32 +114,6 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether `model` holds only its shard of the parameters (FSDP2)."""
     return isinstance(unwrap(model), FSDPModule)
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """`model` in eval mode (no dropout) for the block, then every submodule back in the
-    mode it was in (not `model.train(flag)`, which would set all of them to the wrapper's
-    flag: a fresh wrapper around an eval-mode model is in train mode)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face module under DDP (`.module`) and torch.compile (`._orig_mod`); an
-    FSDP2 module is its own (sharded in place)."""
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def no_sync(model: torch.nn.Module, sync: bool) -> AbstractContextManager:

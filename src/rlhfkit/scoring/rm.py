@@ -51,7 +51,6 @@ from weakref import WeakKeyDictionary
 
 import torch
 
-from rlhfkit.combine import Combiner, batch_whiten, split_whitening
 from rlhfkit.config.base import parse_rm_spec
 from rlhfkit.data.reward_data import Prompt, encode_responses, pack_sequences, pad_right
 from rlhfkit.errors import UserError
@@ -59,6 +58,7 @@ from rlhfkit.models.probe import packing_error
 from rlhfkit.models.reward import load_reward_model, reward_scores
 from rlhfkit.models.reward_packed import HeadInputView, attention_cost, packed_reward_scores
 from rlhfkit.models.wrap import eval_mode
+from rlhfkit.scoring.combine import Combiner, batch_whiten, split_whitening
 
 log = logging.getLogger("rlhfkit")
 
@@ -202,7 +202,7 @@ class RewardScorer:
         result = scorer.score(prompts, responses, safety)   # result.scores: (B,)
 
     Models are frozen (eval mode, no gradients). `combine_options` go to the combiner
-    (e.g. {"threshold": 0.2, "whiten": False}); see `rlhfkit.combine`. `packing`: None
+    (e.g. {"threshold": 0.2, "whiten": False}); see `rlhfkit.scoring.combine`. `packing`: None
     (default) scores on packed rows each RM that keeps packed sequences apart
     (`packs_exactly`), False always on padded batches.
     """

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rlhfkit.data.records import PromptRecord
-from rlhfkit.data.world import is_world_prompt
-from rlhfkit.data.world.judges import judge
 from rlhfkit.errors import UserError
+from rlhfkit.world import is_world_prompt
+from rlhfkit.world.judges import judge
 
 
 class RuleScorer:

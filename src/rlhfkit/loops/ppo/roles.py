@@ -19,8 +19,8 @@ from rlhfkit.models.load import freeze, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import AdapterOff
 from rlhfkit.models.reward import init_reward_model, load_reward_model
 from rlhfkit.models.wrap import shard, unwrap
-from rlhfkit.scoring import RewardScorer
 from rlhfkit.scoring.build import build_scorer
+from rlhfkit.scoring.rm import RewardScorer
 
 log = logging.getLogger("rlhfkit")
 
@@ -79,7 +79,7 @@ def build_value_model(
     else:
         path, name = init, None
         if init == "rm" or (scorer is not None and init in getattr(scorer, "models", {})):
-            from rlhfkit.scoring import parse_rm_spec
+            from rlhfkit.scoring.rm import parse_rm_spec
 
             specs = dict(parse_rm_spec(s) for s in cfg.rm)
             name = next(iter(specs)) if init == "rm" else init

@@ -41,14 +41,14 @@ import torch
 
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
-from rlhfkit.generation import GenerationSettings, ResponseGenerator
 from rlhfkit.logging import sync_time
 from rlhfkit.models.forward import policy_logits
 from rlhfkit.models.load import autocast_context
 from rlhfkit.ops.kl import KL_ESTIMATORS, kl_penalized_rewards
 from rlhfkit.ops.logprobs import response_logprobs
 from rlhfkit.ops.masking import global_whiten
-from rlhfkit.sample_score import encode_prompts, score_generation
+from rlhfkit.sampling.generator import GenerationSettings, ResponseGenerator
+from rlhfkit.sampling.sample_score import encode_prompts, score_generation
 from rlhfkit.types import Rollout
 
 

@@ -15,7 +15,6 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.data.tokenize import pack_corpus
 from rlhfkit.distributed import Dist, barrier
-from rlhfkit.generation import ResponseGenerator, make_generator
 from rlhfkit.logging import MetricsLogger, rank0_print
 from rlhfkit.loops.common import build_optimizer, build_scheduler
 from rlhfkit.loops.ppo.roles import packed_roles, shard_frozen
@@ -25,7 +24,8 @@ from rlhfkit.models.resume import latest_checkpoint, prune_checkpoints, step_dir
 from rlhfkit.models.sharded import read_checkpoint, write_checkpoint
 from rlhfkit.models.wrap import enable_gradient_checkpointing, is_sharded, wrap_for_training
 from rlhfkit.ops.kl import AdaptiveKLController, FixedKLController
-from rlhfkit.sample_score import encode_prompts, evaluate_policy
+from rlhfkit.sampling.generator import ResponseGenerator, make_generator
+from rlhfkit.sampling.sample_score import encode_prompts, evaluate_policy
 from rlhfkit.scoring.build import unwhitened
 
 # ---------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from statistics import fmean, median
 from typing import Any
 
 from rlhfkit.data.ranking import best_of_k, max_and_median_at_k
-from rlhfkit.sample_score import gold_metrics  # {} unless the prompts are the world's
+from rlhfkit.sampling.sample_score import gold_metrics  # {} unless the prompts are the world's
 
 
 @dataclass(frozen=True)

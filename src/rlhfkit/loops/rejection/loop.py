@@ -52,7 +52,7 @@ from rlhfkit.logging import MetricsLogger
 from rlhfkit.loops.rejection.keep import KEEP_RULES
 from rlhfkit.loops.rejection.rounds import RS_INFO, RSRun
 from rlhfkit.models.resume import prepare_output_dir
-from rlhfkit.report_plots import plot_max_median
+from rlhfkit.report.plots import plot_max_median
 from rlhfkit.scoring.build import check_reward
 from rlhfkit.scoring.rules import check_rule_prompts
 

@@ -41,7 +41,7 @@ from rlhfkit.loops.rejection.samples import (
 )
 from rlhfkit.models.checkpoint import export_hf
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
-from rlhfkit.sample_score import encode_prompts
+from rlhfkit.sampling.sample_score import encode_prompts
 from rlhfkit.scoring.build import build_scorer
 
 RS_INFO = "rlhfkit_rs.json"

@@ -35,9 +35,9 @@ from rlhfkit.data.ranking import best_of_k
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_jsonl
-from rlhfkit.generation import GenerationSettings, ResponseGenerator, make_generator
 from rlhfkit.logging import progress
-from rlhfkit.sample_score import gold_metrics, sample_and_score
+from rlhfkit.sampling.generator import GenerationSettings, ResponseGenerator, make_generator
+from rlhfkit.sampling.sample_score import gold_metrics, sample_and_score
 
 
 @dataclass

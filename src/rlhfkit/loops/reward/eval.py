@@ -29,8 +29,7 @@ from rlhfkit.losses import kwise_ranking_loss
 from rlhfkit.models.load import autocast_context
 from rlhfkit.models.reward import load_reward_model, reward_scores
 from rlhfkit.models.reward_packed import attention_cost, packed_reward_scores
-from rlhfkit.scoring import saved_max_len
-from rlhfkit.scoring.rm import packs_exactly
+from rlhfkit.scoring.rm import packs_exactly, saved_max_len
 
 # ---------------------------------------------------------------------------------------
 # The loss of one batch

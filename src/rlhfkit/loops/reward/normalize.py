@@ -20,7 +20,7 @@ import torch
 from rlhfkit.data.records import iter_json_records
 from rlhfkit.errors import RecordError, UserError
 from rlhfkit.models.reward import shift_and_scale_scores
-from rlhfkit.scoring import score_texts
+from rlhfkit.scoring.rm import score_texts
 
 
 @dataclass

@@ -82,7 +82,7 @@ from rlhfkit.models.reward import ensure_distinct_pad, init_reward_model
 from rlhfkit.models.reward_packed import HeadInputView, attention_cost
 from rlhfkit.models.rm_tokenizer import set_scoring_template
 from rlhfkit.models.wrap import no_sync, unwrap
-from rlhfkit.scoring import RM_INFO
+from rlhfkit.scoring.rm import RM_INFO
 
 # ---------------------------------------------------------------------------------------
 # Training
