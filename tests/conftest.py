@@ -78,13 +78,13 @@ def tiny_model(tiny_tokenizer):
 @pytest.fixture(scope="session")
 def ppo_files(tmp_path_factory, tiny_tokenizer, tiny_texts):
     """A base policy ('test' preset), a reward model from it, world prompts (train / eval)
-    and a corpus: the PPO command's tests (tests/loops/test_ppo_loop.py, test_fsdp.py)."""
+    and a corpus: the PPO command's tests (tests/loops/ppo/test_loop.py, test_fsdp.py)."""
     import copy
 
     from rlhfkit.models.checkpoint import save_hf
     from rlhfkit.models.reward import init_reward_model
     from rlhfkit.world.generate import WorldSettings, make_prompts, prompt_record
-    from tests.loops.helpers import make_base_model, write_jsonl
+    from tests.helpers import make_base_model, write_jsonl
 
     root = tmp_path_factory.mktemp("ppo")
     base = make_base_model(root / "base", tiny_tokenizer, preset="test")
@@ -108,10 +108,10 @@ SFT_2PROC_OPTS = ["--epochs", "1", "--lr", "1e-2", "--schedule", "constant", "--
 @pytest.fixture(scope="session")
 def sft_one_process(tmp_path_factory, tiny_tokenizer):
     """The 1-process `sft` (batch 8, in this process) that the 2-process runs (batch 4 per
-    process) are compared with: DDP in tests/loops/test_resume_ddp.py, FSDP2 in test_fsdp.py.
+    process) are compared with: DDP in tests/models/test_resume.py, FSDP2 in test_fsdp.py.
     Its base model ('test' preset), data (8 records) and `sft` options are theirs too."""
     from rlhfkit import cli
-    from tests.loops.helpers import make_base_model, sft_rows, write_jsonl
+    from tests.helpers import make_base_model, sft_rows, write_jsonl
 
     root = tmp_path_factory.mktemp("sft_one_process")
     base = make_base_model(root / "base", tiny_tokenizer)

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit import cli
-from tests.loops.helpers import CHAIN_ARCH, make_base_model, sft_rows, write_jsonl
+from tests.helpers import CHAIN_ARCH, make_base_model, sft_rows, write_jsonl
 
 DEFAULT = ("llama-gqa", "qwen2", "gpt2")
 

@@ -30,7 +30,7 @@ from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model, load_reward_model
 from rlhfkit.sampling.sample_score import encode_prompts
 from rlhfkit.scoring.rm import score_sequences, score_texts
-from tests.loops.helpers import write_jsonl
+from tests.helpers import write_jsonl
 
 SYSTEM = {"role": "system", "content": "be brief"}
 
@@ -199,7 +199,7 @@ def test_the_chat_mark_is_saved_with_the_tokenizer(tmp_path, chat_tokenizer, tin
 def test_sft_on_messages_saves_a_chat_model_and_on_pairs_does_not(tmp_path, tiny_tokenizer):
     """`rlhfkit sft` marks the tokenizer it saves when it trained on `messages` records, so
     the RL stages can warn about plain prompts; prompt/completion data leaves no mark."""
-    from tests.loops.helpers import make_base_model
+    from tests.helpers import make_base_model
 
     base = make_base_model(tmp_path / "base", tiny_tokenizer)
     chat = [{"messages": [user(f"say {i}"), assistant(f"{i} said")]} for i in range(4)]
@@ -512,7 +512,7 @@ def test_world_label_and_eval_take_conversational_prompts(tmp_path, tiny_tokeniz
     """`world label` and `eval` encode a conversational prompt through the chat template (the
     ids the sampler gets are the template's), and the world's judges still read its text."""
     import rlhfkit.sampling.sample_score as sample_score
-    from tests.loops.helpers import make_base_model
+    from tests.helpers import make_base_model
 
     base = make_base_model(tmp_path / "base", tiny_tokenizer)
     world = ["Q: What is 1 plus 2?\nA:", "Q: What is 2 plus 2?\nA:"]

@@ -15,7 +15,7 @@ from rlhfkit.loops.select import find_candidates
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model
-from tests.loops.helpers import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def repeating_model(tokenizer, token_id: int, seed: int = 0):

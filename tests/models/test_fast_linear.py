@@ -159,8 +159,8 @@ def test_swap_keeps_state_dict_and_saved_folder(tmp_path, tiny_tokenizer, monkey
 
 
 def test_a_ppo_step_is_the_same_with_onednn(calls, tiny_tokenizer):
-    from tests.loops.helpers import assert_same_training
-    from tests.loops.test_ppo_loop import TokenSetReward, _params, _prompts, _roles
+    from tests.helpers import assert_same_training
+    from tests.loops.ppo.test_loop import TokenSetReward, _params, _prompts, _roles
 
     from rlhfkit.config import PPOConfig
     from rlhfkit.loops.ppo.loop import build_run, ppo_step

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.loops.helpers import TINY_ARCH, make_base_model, sft_rows, write_jsonl
+from tests.helpers import TINY_ARCH, make_base_model, sft_rows, write_jsonl
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -225,7 +225,7 @@ def test_lora_sft_resumes_from_its_checkpoint(tmp_path, tiny_tokenizer):
 def test_lora_rm_command_keeps_the_head_trainable_and_exports_a_classifier(
     tmp_path, tiny_tokenizer
 ):
-    from tests.loops.test_reward_loop import keyword_rankings
+    from tests.loops.reward.test_train import keyword_rankings
 
     base = make_base_model(tmp_path / "base", tiny_tokenizer)
     data = write_jsonl(tmp_path / "r.jsonl", keyword_rankings(16, 3, seed=0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.loops.helpers import TINY_ARCH
+from tests.helpers import TINY_ARCH
 
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.probe import packing_error, packing_is_exact

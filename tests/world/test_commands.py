@@ -102,7 +102,7 @@ BAD_PROMPTS = [
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_tokenizer):
     """A real (tiny) model folder: the folder checks pass, so the prompts file is what fails."""
-    from tests.loops.helpers import make_base_model
+    from tests.helpers import make_base_model
 
     return make_base_model(tmp_path_factory.mktemp("world-cmd") / "model", tiny_tokenizer)
 
@@ -127,7 +127,7 @@ def test_label_and_eval_malformed_prompts_name_file_and_line(
         "eval": ["eval", "--model", str(model_dir), "--device", "cpu"],
     }[command]
     if command == "eval" and "built-in world" in message:
-        # eval takes any prompts (tests/test_eval_command.py): no gold metrics, no error
+        # eval takes any prompts (tests/loops/test_evaluate.py): no gold metrics, no error
         assert cli.main([*args, "--prompts", str(data), "--max-new-tokens", "2"]) == 0
         assert "built-in world" not in capsys.readouterr().err
         return

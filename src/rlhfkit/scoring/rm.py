@@ -33,7 +33,7 @@ Padding-free: where an RM keeps packed sequences apart (probed once per model,
 `models.probe.packing_error` on `HeadInputView`), its forwards run on packed rows
 (`data.reward_data.pack_sequences`) and each score is read at its sequence's last token;
 elsewhere (OPT, Falcon, Bloom ...) on padded batches, with a one-line note. Scores agree
-to float rounding (tests/loops/test_rm_packed.py).
+to float rounding (tests/models/test_reward_packed.py).
 
 The combined score is computed over the call's batch (`combine.py`; whitening is over
 it); `ScoreResult.unwhitened` keeps it before whitening.

@@ -11,6 +11,9 @@ import random
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.helpers import CHAIN_ARCH, TINY_ARCH, assert_same_training, make_base_model
+from tests.helpers import write_jsonl as _write
+from tests.loops.reward.test_train import keyword_rankings, records_of
 
 from rlhfkit.config import RMConfig
 from rlhfkit.data.reward_data import (
@@ -29,9 +32,6 @@ from rlhfkit.models.presets import build_model
 from rlhfkit.models.probe import TOL_EPS
 from rlhfkit.models.reward import init_reward_model, reward_scores
 from rlhfkit.models.reward_packed import HeadInputView, attention_cost, packed_reward_scores
-from tests.loops.helpers import CHAIN_ARCH, TINY_ARCH, assert_same_training, make_base_model
-from tests.loops.helpers import write_jsonl as _write
-from tests.loops.test_reward_loop import keyword_rankings, records_of
 
 # ---------------------------------------------------------------- the packed layout
 
@@ -291,7 +291,7 @@ def encode_responses_for(tok, prompts, responses):
 
 
 def test_packed_training_gives_each_response_one_forward_pass(base, tmp_path):
-    # As tests/loops/test_reward_loop.py counts rows of padded batches: here the sequences
+    # As tests/loops/reward/test_train.py counts rows of padded batches: here the sequences
     # in packed rows (segments starting at position 0 on a real token), one forward call.
     from rlhfkit.loops.reward.train import RMRun, fit_rm
 

@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.helpers import make_base_model, write_jsonl
+from tests.loops.reward.test_rm_details import gpt2_lm
 from transformers import AutoTokenizer, pipeline
 
 from rlhfkit.cli import main
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.scoring.rm import encode_responses
-from tests.loops.helpers import make_base_model, write_jsonl
-from tests.loops.test_rm_details import gpt2_lm
 
 WORDS = ["red", "blue", "big", "small", "on the mat", "under the tree", "not red", "one"]
 PAIRS = [

@@ -18,6 +18,7 @@ from statistics import fmean
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.helpers import make_base_model, write_jsonl
 
 from rlhfkit import cli
 from rlhfkit.data.records import read_prompts
@@ -41,9 +42,8 @@ from rlhfkit.report.plots import plot_max_median
 from rlhfkit.sampling.generator import make_generator
 from rlhfkit.sampling.sample_score import encode_prompts
 from rlhfkit.scoring.rules import rule_scorer
-from tests.loops.helpers import make_base_model, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _rec(prompt: str, scores: list[float]) -> SampleRecord:

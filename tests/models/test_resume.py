@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.helpers import assert_same_training, make_base_model, sft_rows, write_jsonl
 
 from rlhfkit import cli
-from tests.loops.helpers import assert_same_training, make_base_model, sft_rows, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 

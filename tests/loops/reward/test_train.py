@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tests.helpers import assert_same_training, make_base_model, write_jsonl
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.cli import main
@@ -23,7 +24,6 @@ from rlhfkit.loops.reward.eval import evaluate_rm, ranking_batch_loss
 from rlhfkit.loops.reward.train import RMRun, accumulate_gradients, fit_rm
 from rlhfkit.models.reward import init_reward_model, reward_scores
 from rlhfkit.scoring.rm import encode_responses, score_texts
-from tests.loops.helpers import assert_same_training, make_base_model, write_jsonl
 
 FILL = "the a cat dog bird sat ran on under mat house tree red blue big small".split()
 
@@ -418,7 +418,7 @@ def test_two_processes_step_like_one_with_twice_the_prompts(base, tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", PYTHONPATH=str(root / "src"))  # fmt: skip
     # uneven K (2..5) per prompt: ranks see different numbers of responses and pairs

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers import make_base_model, write_jsonl
+from tests.loops.reward.test_train import keyword_rankings
 from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 from rlhfkit import cli
@@ -22,8 +24,6 @@ from rlhfkit.loops.reward.eval import EvalTotals, flat_eval, format_eval
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.reward import init_reward_model, load_reward_model
 from rlhfkit.scoring.rm import encode_responses, score_texts
-from tests.loops.helpers import make_base_model, write_jsonl
-from tests.loops.test_reward_loop import keyword_rankings
 
 PDROP = ("attn_pdrop", "embd_pdrop", "resid_pdrop")
 

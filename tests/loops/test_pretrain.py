@@ -7,7 +7,7 @@ import json
 import torch
 
 from rlhfkit import cli
-from tests.loops.helpers import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def _corpus(n: int) -> list[dict]:

@@ -11,7 +11,7 @@ from rlhfkit import cli
 from rlhfkit.config import SFTConfig
 from rlhfkit.errors import UserError
 from rlhfkit.loops.sft import train_sft
-from tests.loops.helpers import (
+from tests.helpers import (
     TINY_ARCH,
     assert_same_training,
     make_base_model,

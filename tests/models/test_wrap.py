@@ -20,15 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from tests.loops.helpers import (
+from tests.helpers import (
     CHAIN_ARCH,
     assert_same_training,
     make_base_model,
     sft_rows,
     write_jsonl,
 )
-from tests.loops.test_ppo_loop import _args, files  # noqa: F401 (a fixture)
+from tests.loops.ppo.test_loop import _args, files  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
@@ -117,11 +116,12 @@ def test_fsdp2_sft_steps_like_one_process(arch, lora, tmp_path, tiny_tokenizer):
     _assert_fsdp2_sft_steps_like_one_process(tmp_path / "one", tmp_path / "two", base)
 
 
-@pytest.mark.slow  # as the DDP one (tests/loops/test_reward_loop.py)
+@pytest.mark.slow  # as the DDP one (tests/loops/reward/test_train.py)
 @pytest.mark.timeout(300)
 def test_fsdp2_rm_steps_like_one_process(tmp_path, tiny_tokenizer):
+    from tests.loops.reward.test_train import keyword_rankings
+
     from rlhfkit.models.reward import init_reward_model
-    from tests.loops.test_reward_loop import keyword_rankings
 
     base = make_base_model(tmp_path / "base", tiny_tokenizer)
     rows = [keyword_rankings(1, 2 + i % 4, seed=i)[0] for i in range(16)]  # uneven K

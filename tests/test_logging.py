@@ -202,7 +202,7 @@ def test_trackio_wiring_with_a_stand_in_module(tmp_path, monkeypatch):
 
 def test_sft_report_to_reaches_the_logger(tmp_path, tiny_tokenizer, capsys):
     from rlhfkit import cli
-    from tests.loops.helpers import make_base_model, sft_rows, write_jsonl
+    from tests.helpers import make_base_model, sft_rows, write_jsonl
 
     base = make_base_model(tmp_path / "base", tiny_tokenizer)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))

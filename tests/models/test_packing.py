@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.loops.helpers import CHAIN_ARCH
+from tests.helpers import CHAIN_ARCH
 
 from rlhfkit.errors import UserError
 from rlhfkit.models.forward import policy_logits, response_values

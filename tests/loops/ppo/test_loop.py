@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import _synthetic_sentences
+from tests.helpers import assert_same_training, write_jsonl
 
 from rlhfkit import cli
 from rlhfkit.config import PPOConfig
@@ -37,10 +39,8 @@ from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model
 from rlhfkit.sampling.generator import make_generator
 from rlhfkit.scoring.build import build_scorer
-from tests.conftest import _synthetic_sentences
-from tests.loops.helpers import assert_same_training, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class TokenSetReward:
