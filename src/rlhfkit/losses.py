@@ -85,7 +85,7 @@ def kwise_ranking_loss(
         loss_p = 1/|P_p| * sum_{(w, l) in P_p} -log sigmoid(s_w - s_l - m_wl)
         loss   = mean_p loss_p
 
-    which is SPEC's -1/C(K,2) E[log sigmoid(r_w - r_l)] per prompt, each prompt
+    which is InstructGPT's -1/C(K,2) E[log sigmoid(r_w - r_l)] per prompt, each prompt
     weighted the same whatever its K. Stats: loss, accuracy (fraction of pairs with
     s_w > s_l, margins aside), score_gap (mean s_w - s_l), n_prompts, n_pairs.
     """

@@ -1,6 +1,6 @@
 """Record schemas and validation of the data files, before any training starts.
 
-Formats (SPEC "Data formats"), one JSON object a line (or a Parquet file, or a folder
+Formats (docs: data formats), one JSON object a line (or a Parquet file, or a folder
 written by `datasets.Dataset.save_to_disk`, where "line" means row index + 1):
 
 - corpus:   {"text": ...}, or a plain .txt file whose documents are separated by blank lines

@@ -88,7 +88,7 @@ def ranking_record(
     rng: random.Random,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
 ) -> dict:
-    """A SPEC ranking record {"prompt", "responses", "ranking", "strengths"}."""
+    """A ranking record {"prompt", "responses", "ranking", "strengths"}."""
     order = noisy_order(scores, noise, rng)
     strengths = [
         strength_of(scores[a] - scores[b], thresholds) if scores[a] > scores[b] else STRENGTHS[-1]

@@ -1,7 +1,7 @@
 """PPO steps 2-3: sample a response to each prompt, score it, and turn the scores into
 per-token rewards with a KL penalty to the frozen reference.
 
-The roles are separate objects passed in (DESIGN "roles are separate objects"): a
+The roles are separate objects passed in (each can move to another device or process): a
 `generation.ResponseGenerator` samples from the policy, the frozen reference gives
 `ref_logprobs`, and a scorer (`scoring`) gives one score per response. Values, advantages
 and returns are the next step's (`update.add_advantages`).
