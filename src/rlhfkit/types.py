@@ -140,7 +140,7 @@ class _PromptResponse:
 
 @dataclass
 class Generation(_PromptResponse):
-    """One batch of sampled responses, as every generation engine returns it (`generation`).
+    """One batch of sampled responses, as every generation engine returns it (`sampling.generator`).
     Masks are bool, True = real token."""
 
     prompt_ids: torch.Tensor  # (B, P) long, left-padded with pad_token_id

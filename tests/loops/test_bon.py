@@ -1,4 +1,4 @@
-"""The pipeline's `bon` stage (`bon.run_bon`) on tiny saved models: N samples per world
+"""The pipeline's `bon` stage (`loops.bon.run_bon`) on tiny saved models: N samples per world
 prompt, each with its proxy (combined RM) score and its gold score (`judge`)."""
 
 from __future__ import annotations

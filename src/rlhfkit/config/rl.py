@@ -41,7 +41,7 @@ class LengthOptions:
 
 @dataclass(kw_only=True)
 class GeneratorOptions:
-    """Which engine samples responses (`generation.ENGINES`) and how vLLM is set up."""
+    """Which engine samples responses (`sampling.generator.ENGINES`) and how vLLM is set up."""
 
     generator: Literal["hf", "vllm"] = "hf"
     """Generation engine: 'hf' (our KV-cached decoding path on the live policy) or 'vllm' (vLLM in this process, weights pushed in place after every update; `make install-vllm`)."""

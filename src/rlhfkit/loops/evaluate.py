@@ -119,7 +119,7 @@ def respond(
     scorer: Any = None,
     reference: Any = None,
 ) -> Any:
-    """One response per prompt from the causal LM at `path` (`sample_score.Samples`):
+    """One response per prompt from the causal LM at `path` (`sampling.sample_score.Samples`):
     scored by `scorer`, with the per-prompt KL to `reference` from full forwards of both."""
     import torch
 

@@ -83,7 +83,7 @@ def sample_kl(
 ) -> SampledKL:
     """Sample one response per prompt from `policy` at temperature 1 (seeded: every model
     gets the same random numbers) and estimate KL(policy || reference) on it, with full
-    forwards of both models (`sample_score.sequence_kl` with `policy` given)."""
+    forwards of both models (`sampling.sample_score.sequence_kl` with `policy` given)."""
     device = next(policy.parameters()).device
     r = sample_and_score(
         make_generator(policy, tokenizer), prompts,

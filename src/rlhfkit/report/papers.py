@@ -8,7 +8,7 @@
   forms R_bon(d) = d (a - b d) on best-of-n and R_RL(d) = d (a - b log d) on PPO's held-out
   evaluations, d = sqrt(KL), with a, b and R^2 (`gao`).
 
-`report.render_report` calls the `section_*` functions; each returns markdown lines and
+`report.render.render_report` calls the `section_*` functions; each returns markdown lines and
 draws its plot into the report's folder, or gives a note when its stage left nothing.
 """
 

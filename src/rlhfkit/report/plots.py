@@ -1,6 +1,6 @@
 """The PNG plots of `rlhfkit report` (matplotlib, no pyplot: no global backend state).
 
-Each function draws one figure from plain data (lists and dicts read by `report.py`) and
+Each function draws one figure from plain data (lists and dicts read by `report.run`) and
 returns the path it wrote, or None when it has nothing to draw. Every axis has a title,
 labels with units, and a legend where it holds more than one series.
 """

@@ -1,6 +1,6 @@
 """Sample, then score: the one path by which responses are drawn from a policy and scored,
 shared by PPO's evaluation, rejection sampling, `select`, `eval` and `world label`.
-Generation goes through the `generation` seam; scoring through a scorer (`scoring`).
+Generation goes through the `sampling.generator` seam; scoring through a scorer (`scoring`).
 
 `sample_and_score` is the one loop: N responses per prompt, sampled in batches of
 sequences with one seeded `torch.Generator` (one `generate` call per batch, in order, so

@@ -1,4 +1,4 @@
-"""vLLM as a generation engine (`generation.ENGINES["vllm"]`): colocated, in this process,
+"""vLLM as a generation engine (`sampling.generator.ENGINES["vllm"]`): colocated, in this process,
 with the policy's weights pushed into it in place after every update.
 
 Why in process: vLLM's in-process mode (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, the "uni"

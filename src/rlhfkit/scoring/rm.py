@@ -35,7 +35,7 @@ Padding-free: where an RM keeps packed sequences apart (probed once per model,
 elsewhere (OPT, Falcon, Bloom ...) on padded batches, with a one-line note. Scores agree
 to float rounding (tests/models/test_reward_packed.py).
 
-The combined score is computed over the call's batch (`combine.py`; whitening is over
+The combined score is computed over the call's batch (`scoring.combine`; whitening is over
 it); `ScoreResult.unwhitened` keeps it before whitening.
 """
 

@@ -2,7 +2,7 @@
 step 3, Llama 2 section 3.2.3).
 
 Roles (separate objects, `roles.py`): the policy (trained; sampled through a
-`generation.ResponseGenerator`), the reference (a frozen copy of the starting policy; with
+`sampling.settings.ResponseGenerator`), the reference (a frozen copy of the starting policy; with
 --lora-r the policy itself with its LoRA adapter switched off), the
 value model (a scalar-head model, started from the reward model as in InstructGPT, or from
 the policy with a zero head), and the reward (one RM, several combined by `--combine`, or a

@@ -2,7 +2,7 @@
 per-token rewards with a KL penalty to the frozen reference.
 
 The roles are separate objects passed in (each can move to another device or process): a
-`generation.ResponseGenerator` samples from the policy, the frozen reference gives
+`sampling.settings.ResponseGenerator` samples from the policy, the frozen reference gives
 `ref_logprobs`, and a scorer (`scoring`) gives one score per response. Values, advantages
 and returns are the next step's (`update.add_advantages`).
 
