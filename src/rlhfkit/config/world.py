@@ -161,7 +161,7 @@ class PipelineConfig(DeviceOptions):
     out: str = "runs/demo"
     """Output folder of the whole run."""
     preset: Literal["quick", "default"] = "default"
-    """Sizes of every stage: 'quick' (a smoke run, about 2.5 minutes on 2 CPU cores) or 'default' (about 11 minutes alone on 2 CPU cores; the numbers in the README)."""
+    """Sizes of every stage: 'quick' (a smoke run, about 2.5 minutes on 2 CPU cores) or 'default' (about 11 minutes alone on 2 CPU cores; the numbers in docs/results.md)."""
     seed: int = 0
     """Seed of the world and of every stage."""
     bf16: bool = False
