@@ -101,3 +101,25 @@ CHAIN_ARCH = {
         **_small(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
     ),
 }  # fmt: skip
+
+
+# An instruct model's own chat template, in the tiny tokenizer's tokens: ChatML-like (as
+# SmolLM2's and Qwen2.5's) with a default system turn, each turn closed by EOS + newline.
+INSTRUCT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|system|>\nYou are helpful.<|eos|>\n{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|eos|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def as_instruct(tokenizer, template: str = INSTRUCT_TEMPLATE):
+    """A copy of `tokenizer` as an instruct checkpoint ships it: a chat template of its own
+    and no rlhfkit mark (`data.chat`), so the auto rule makes it chat."""
+    import copy
+
+    from rlhfkit.data.chat import CHAT_FORMAT
+
+    tok = copy.deepcopy(tokenizer)
+    tok.init_kwargs.pop(CHAT_FORMAT, None)
+    tok.chat_template = template
+    return tok

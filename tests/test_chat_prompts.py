@@ -1,7 +1,8 @@
 """Chat from SFT through RL: conversational prompt records ({"messages"} / {"prompt": [...]})
 are encoded through the chat template with the generation prompt, exactly as
-`apply_chat_template` renders them; plain prompts for a chat-trained model get one
-warning, conversational ones without a template an error; overlong prompts are counted
+`apply_chat_template` renders them; plain prompts for a chat-trained model go through the
+template as one user turn (tests/test_chat_format.py has the format rule itself),
+conversational ones without a template are an error; overlong prompts are counted
 in one note; `rlhfkit score` and `rlhfkit select` run on conversational prompts."""
 
 from __future__ import annotations
@@ -155,20 +156,17 @@ def test_conversational_prompts_encode_as_the_chat_template_renders_them(tmp_pat
     )
 
 
-def test_a_chat_trained_model_with_plain_prompts_warns_once(tmp_path, chat_tokenizer, capsys):
+def test_a_chat_trained_model_reads_plain_prompts_as_one_user_turn(
+    tmp_path, chat_tokenizer, capsys
+):
+    """A model marked chat (an SFT on `messages`) gets a plain prompt as the user turn of
+    its template, the same ids as the conversational record; nothing to warn about."""
     f = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "The cat"}, {"prompt": "hi"}])
-    prompts = read_prompts(f)
-    encode_prompts(prompts, chat_tokenizer, 64)
-    encode_prompts(prompts, chat_tokenizer, 64)  # PPO re-encodes eval prompts: said once
-    out = capsys.readouterr().out
-    assert out == (
-        f"warning: {f}: plain-string prompts for a model fine-tuned on chat messages are "
-        'encoded without its chat template; give them as {"messages": [{"role": "user", '
-        '"content": ...}]}\n'
-    )
-    # conversational prompts for the same model: no warning
     g = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user("The cat")]}])
-    encode_prompts(read_prompts(g), chat_tokenizer, 64)
+    plain = encode_prompts(read_prompts(f), chat_tokenizer, 64)
+    assert plain == [template_ids(chat_tokenizer, [user("The cat")]),
+                     template_ids(chat_tokenizer, [user("hi")])]  # fmt: skip
+    assert encode_prompts(read_prompts(g), chat_tokenizer, 64)[0] == plain[0]
     assert capsys.readouterr().out == ""
 
 
@@ -365,7 +363,7 @@ def test_rlhfkit_select_samples_conversational_prompts_through_the_template(
     tmp_path, tiny_tokenizer, chat_tokenizer, rm_dir, monkeypatch, capsys
 ):
     """A real command on conversational prompts: `select` samples from the chat-rendered
-    prompt ids; the same chat-trained checkpoint with plain prompts warns once."""
+    prompt ids; the same chat-trained checkpoint renders plain prompts as user turns."""
     import rlhfkit.loops.select as select
 
     seen = []
@@ -397,8 +395,8 @@ def test_rlhfkit_select_samples_conversational_prompts_through_the_template(
     assert seen[-1] == [template_ids(tiny_tokenizer, m) for m in convo]
     assert "warning" not in printed
     printed = run(plain, "b")
-    assert printed.count("warning:") == 1
-    assert f"warning: {plain}: plain-string prompts for a model fine-tuned on chat" in printed
+    assert "warning" not in printed
+    assert seen[-1] == [template_ids(tiny_tokenizer, [user(f"count to {i}")]) for i in range(3)]
     result = json.loads((tmp_path / "a" / "select.json").read_text())
     assert result["checkpoints"][0]["n"] == 3
 
@@ -459,7 +457,7 @@ def test_rs_keeps_conversational_samples_as_sft_messages(tmp_path, tiny_tokenize
     from rlhfkit.loops.rejection.rounds import encode_kept
     from rlhfkit.loops.rejection.samples import SampleRecord
 
-    tok = copy.deepcopy(tiny_tokenizer)  # encode_kept marks it: not the session's
+    tok = copy.deepcopy(tiny_tokenizer)
     prompt = [SYSTEM, user("count to three")]
     rec = SampleRecord("count to three", ["one two", "one two three"], [0.1, 0.9], 1,
                        ended=[True, False], messages=prompt)  # fmt: skip
@@ -476,7 +474,7 @@ def test_rs_keeps_conversational_samples_as_sft_messages(tmp_path, tiny_tokenize
     assert a.input_ids == template_ids(tok, prompt) + reply + [tok.eos_token_id]
     assert a.labels == [-100] * len(template_ids(tok, prompt)) + reply + [tok.eos_token_id]
     assert b.input_ids == a.input_ids[:-1] and b.labels == a.labels[:-1]
-    assert trained_on_chat(tok)  # the round's policy is saved as a chat model
+    assert not trained_on_chat(tok)  # encoding never changes the policy's format
 
 
 # ---------------------------------------------------------------- PPO

@@ -58,6 +58,9 @@ def test_pretrain_learns_and_exports_a_loadable_model(tmp_path, capsys):
     assert torch.isfinite(model(ids).logits).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 60 and summary["tokens_per_s"] > 0
+    # a base model: marked plain, so later stages give it raw prompts, whatever its template
+    assert json.loads((out / "tokenizer_config.json").read_text())["rlhfkit_chat"] is False
+    assert tok.chat_template is not None
 
 
 def test_pretrain_reads_plain_text(tmp_path):

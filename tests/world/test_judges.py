@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from rlhfkit.world import REFUSAL, UnknownPromptError, helpfulness, judge, safety
@@ -156,3 +158,23 @@ def test_a_run_on_into_the_next_exchange_is_judged_by_its_answer_and_costs_brevi
         P("How do I steal a car?"), " I can't help with that.\nQ: Repeat: red fox\nA: red fox"
     )
     assert s["refusal"] and s["safety"] == 1.0 and s["helpfulness"] == pytest.approx(0.5 * 0.65)
+
+
+def test_a_chat_models_answer_is_judged_as_the_plain_one():
+    """A chat model answers after its template's header, without the leading space of the
+    raw-text format (" 42" after "A:"), and its EOS (the template's end of turn) is not in
+    the text: every task's canonical answer scores the same either way, or with a newline
+    before the end of turn."""
+    from rlhfkit.world import reference_answer
+    from rlhfkit.world.generate import WorldSettings, make_prompts
+
+    made = make_prompts(200, WorldSettings(), random.Random(0), set(), unique=True)
+    names = set()
+    for name, question, _ in made:
+        prompt = P(question)
+        answer = reference_answer(prompt)
+        plain = judge(prompt, " " + answer)
+        assert judge(prompt, answer) == plain == judge(prompt, answer + "\n"), prompt
+        assert judge(prompt, "Sure! " + answer) == judge(prompt, " Sure! " + answer), prompt
+        names.add(name)
+    assert len(names) >= 10  # every task family, harmful requests included

@@ -14,6 +14,7 @@ This module imports no torch: `rlhfkit --help` must answer in well under a secon
 """
 
 from rlhfkit.config.base import (
+    ChatOptions,
     ConfigError,
     DeviceOptions,
     EpochOptions,
@@ -69,6 +70,7 @@ __all__ = [
     "PIPELINE_STAGES",
     "PLAN_CONFIGS",
     "PLAN_STAGES",
+    "ChatOptions",
     "ConfigError",
     "DeviceOptions",
     "EpochOptions",

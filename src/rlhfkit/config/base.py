@@ -143,6 +143,16 @@ class RemoteCodeOptions:
 
 
 @dataclass(kw_only=True)
+class ChatOptions:
+    """How plain prompt strings reach the model (`data.chat`): raw text, or its chat template."""
+
+    chat: Annotated[
+        bool | None, tyro.conf.DisallowNone, tyro.conf.arg(help_behavior_hint="(default: auto)")
+    ] = None
+    """Encode plain {"prompt"} strings through the model's chat template: the prompt as one user turn with the generation prompt, the completion or response as the assistant turn it closes (--no-chat: raw text). Default auto: chat when the tokenizer has its own chat template (an instruct model), plain for a base model that `rlhfkit pretrain` wrote; a model saved by an earlier rlhfkit stage follows the format that stage used (marked in its tokenizer_config.json as rlhfkit_chat). Conversational {"messages"} records always use the template."""
+
+
+@dataclass(kw_only=True)
 class RewardOptions:
     """Which reward models score a response, and how several become one reward (the same
     options for `score`, `select`, `ppo` and `rs`, read by one scorer builder)."""

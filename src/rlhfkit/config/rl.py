@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import tyro
 
 from rlhfkit.config.base import (
+    ChatOptions,
     DeviceOptions,
     LoraOptions,
     OptimizerOptions,
@@ -77,7 +78,7 @@ class ScorerOptions(RemoteCodeOptions, RewardOptions):
 
 
 @dataclass(kw_only=True)
-class RLOptions(GeneratorOptions, SamplingOptions, ScorerOptions):
+class RLOptions(ChatOptions, GeneratorOptions, SamplingOptions, ScorerOptions):
     """What the RL stages (`ppo`, `rs`) share: the starting policy, how it samples, its reward,
     and how the held-out evaluation samples."""
 
@@ -196,7 +197,7 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
 
 
 @dataclass(kw_only=True)
-class SelectConfig(DeviceOptions, GeneratorOptions, LengthOptions, ScorerOptions):
+class SelectConfig(ChatOptions, DeviceOptions, GeneratorOptions, LengthOptions, ScorerOptions):
     """Pick the SFT checkpoint whose samples the reward model(s) score highest (InstructGPT's pi^SFT)."""
 
     checkpoints: Input[Annotated[tuple[str, ...], tyro.conf.UseAppendAction]] = ()

@@ -7,7 +7,13 @@ from typing import Annotated, Literal
 
 import tyro
 
-from rlhfkit.config.base import DeviceOptions, RemoteCodeOptions, RewardOptions, TrainOptions
+from rlhfkit.config.base import (
+    ChatOptions,
+    DeviceOptions,
+    RemoteCodeOptions,
+    RewardOptions,
+    TrainOptions,
+)
 from rlhfkit.config.fields import (
     AnyModelFolder,
     CausalLMFolder,
@@ -48,7 +54,7 @@ class PretrainConfig(TrainOptions):
 
 
 @dataclass(kw_only=True)
-class SFTConfig(RemoteCodeOptions, TrainOptions):
+class SFTConfig(ChatOptions, RemoteCodeOptions, TrainOptions):
     """Supervised fine-tuning on prompt + completion pairs; a checkpoint per epoch."""
 
     model: CausalLMFolder[str] = ""
@@ -75,7 +81,7 @@ class SFTConfig(RemoteCodeOptions, TrainOptions):
 
 
 @dataclass(kw_only=True)
-class RMConfig(RemoteCodeOptions, TrainOptions):
+class RMConfig(ChatOptions, RemoteCodeOptions, TrainOptions):
     """Train a reward model from K-wise rankings and graded pairwise preferences (InstructGPT + Llama 2)."""
 
     model: AnyModelFolder[str] = ""
@@ -109,7 +115,7 @@ class RMConfig(RemoteCodeOptions, TrainOptions):
 
 
 @dataclass(kw_only=True)
-class RMEvalConfig(RemoteCodeOptions, DeviceOptions):
+class RMEvalConfig(ChatOptions, RemoteCodeOptions, DeviceOptions):
     """Evaluate a reward model on rankings: loss, pairwise accuracy overall and per strength, score gap."""
 
     model: RewardFolder[str] = ""
@@ -129,7 +135,7 @@ class RMEvalConfig(RemoteCodeOptions, DeviceOptions):
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(DeviceOptions, RewardOptions):
+class ScoreConfig(ChatOptions, DeviceOptions, RewardOptions):
     """Score {"prompt","response","safety"?} records with one or several reward models, combined."""
 
     data: Input[str] = ""

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import tyro
 
-from rlhfkit.config.base import DeviceOptions, RemoteCodeOptions, RewardOptions
+from rlhfkit.config.base import ChatOptions, DeviceOptions, RemoteCodeOptions, RewardOptions
 from rlhfkit.config.fields import (
     AtLeastTwo,
     CausalLMFolder,
@@ -70,7 +70,7 @@ class WorldJudgeConfig:
 
 
 @dataclass(kw_only=True)
-class WorldLabelConfig(GeneratorOptions, DeviceOptions):
+class WorldLabelConfig(ChatOptions, GeneratorOptions, DeviceOptions):
     """Simulated labellers: rank K samples of a policy per prompt by the gold judges plus noise."""
 
     policy: CausalLMFolder[str] = ""
@@ -104,7 +104,7 @@ class WorldLabelConfig(GeneratorOptions, DeviceOptions):
 
 
 @dataclass(kw_only=True)
-class EvalConfig(GeneratorOptions, DeviceOptions, RemoteCodeOptions, RewardOptions):
+class EvalConfig(ChatOptions, GeneratorOptions, DeviceOptions, RemoteCodeOptions, RewardOptions):
     """Evaluate a model on prompts: reward-model score (--rm), KL to --reference, response length, EOS rate, win rate over --baseline; gold helpfulness, safety and false refusals when the prompts are the built-in world's."""
 
     model: CausalLMFolder[str] = ""

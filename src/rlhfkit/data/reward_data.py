@@ -9,6 +9,10 @@ its EOS out, so that the RM reads what the policy produced, as it does on the po
 token ids (`scoring.rm`). A sequence over `max_len` keeps its END: the oldest prompt
 tokens are dropped (after a leading BOS).
 
+In chat format (`data.chat`: an instruct model's template, or a model marked chat) a plain
+prompt is one user turn and each response its assistant turn, encoded as the
+conversational records below (`data.tokenize.as_chat_record`).
+
 A conversational ranking record (`RankingRecord.prompt_messages`, TRL's message lists) is
 encoded like an SFT `messages` record: the whole conversation, prompt messages + the
 response's assistant turn(s), rendered once by the tokenizer's chat template; the response
@@ -33,6 +37,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit.data.chat import has_template
 from rlhfkit.data.collate import collate_right
 from rlhfkit.data.ranking import (
     STRENGTHS,
@@ -44,6 +49,7 @@ from rlhfkit.data.ranking import resolve_margins as _resolve
 from rlhfkit.data.records import RankingRecord, SFTRecord
 from rlhfkit.data.tokenize import (
     EncodedExample,
+    as_chat_record,
     encode_sft_many,
     prompt_ids,
     resolve_bos,
@@ -68,23 +74,25 @@ def encode_responses(
     """`[bos?] + prompt + response + [eos]` per pair (SFT's encoding), left-truncated to
     max_len. A conversational prompt (a list of messages) is encoded as the RM trained on
     it: the messages + the response as an assistant turn, through the chat template
-    (`_as_sft`). `ended[i]` False (a sampled response cut at max_new_tokens) leaves that
-    pair's EOS out (for a conversation: the prompt rendered with the generation prompt,
-    then the response, what the policy produced); None: every response is complete.
-    Returns (ids per pair, number truncated)."""
+    (`_as_sft`); so is a plain one in chat format (one user turn). `ended[i]` False (a
+    sampled response cut at max_new_tokens) leaves that pair's EOS out (for a chat: the
+    prompt rendered with the generation prompt, then the response, what the policy
+    produced); None: every response is complete. Returns (ids per pair, number truncated)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if ended is not None and len(ended) != len(responses):
         raise ValueError(f"{len(ended)} ended flags for {len(responses)} responses")
     records = [_pair_record(p, r) for p, r in zip(prompts, responses, strict=True)]
+    records = [as_chat_record(r, tokenizer) for r in records]
     full = _encode_full(records, tokenizer)
     for i, finished in enumerate(ended if ended is not None else []):
         if finished:
             continue
-        if isinstance(prompts[i], str):  # the EOS encode_sft appended is the last id
+        if records[i].messages is None:  # the EOS encode_sft appended is the last id
             full[i] = full[i][:-1]
-        else:
-            cut_off = tokenizer(responses[i], add_special_tokens=False)["input_ids"]
+        else:  # the assistant turn's text, as `as_turns` puts it (no leading whitespace)
+            text = responses[i] if isinstance(prompts[i], list) else responses[i].lstrip()
+            cut_off = tokenizer(text, add_special_tokens=False)["input_ids"]
             full[i] = prompt_ids(prompts[i], tokenizer) + cut_off
     bos = resolve_bos(tokenizer)
     out = [truncate_left(ids, max_len, bos) for ids in full]
@@ -101,6 +109,7 @@ def _pair_record(prompt: Prompt, response: str) -> SFTRecord:
 def _encode_full(records: Sequence[SFTRecord], tokenizer: Any) -> list[list[int]]:
     """SFT's encoding of every record (prompt + completion, or chat messages), uncut; a
     chat sequence ends at its last EOS (what a template writes after it is dropped)."""
+    records = [as_chat_record(r, tokenizer) for r in records]
     # max_len far above any length: encode_sft_many then never drops; callers cut.
     examples, _ = encode_sft_many(records, tokenizer, max_len=1 << 30, loss_on_prompt=True)
     eos = tokenizer.eos_token_id
@@ -264,7 +273,7 @@ def encode_rankings(
     the record's file and line.
     """
     chat = next((r for r in records if r.prompt_messages is not None), None)
-    if chat is not None and getattr(tokenizer, "chat_template", None) is None:
+    if chat is not None and not has_template(tokenizer):
         raise RecordError(
             chat.source,
             chat.line or None,

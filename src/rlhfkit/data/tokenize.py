@@ -8,6 +8,11 @@ always tokenized with `add_special_tokens=False` and the specials are placed by 
 where the prompt ends and the completion starts is exact, whatever the tokenizer's
 post-processor does.
 
+Chat format (`data.chat`): for a tokenizer whose model reads prompts through its chat
+template, a plain prompt is one user turn and a completion the assistant turn, encoded as
+`{"messages"}` records are (`as_chat_record`); every function here reads the format off
+the tokenizer it is given.
+
 Labels use -100 where no loss is taken; label 0 of an example is always -100 because
 position 0 is never a prediction target under the one-position shift (it also keeps
 packed examples from predicting across their boundary).
@@ -23,6 +28,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rlhfkit.data.chat import (
+    CHAT_FORMAT,
+    LEGACY_CHAT_MARK,
+    as_turns,
+    chat_format,
+    has_template,
+    render,
+    set_chat_format,
+)
 from rlhfkit.data.records import SFTRecord
 from rlhfkit.errors import RecordError, UserError
 from rlhfkit.types import IGNORE_INDEX
@@ -96,7 +110,8 @@ def encode_sft(
 
     Prompt/completion: `[bos?] + prompt + completion + [eos]`, prompt and completion
     tokenized separately; labels -100 on bos and prompt unless `loss_on_prompt`.
-    `messages`: see `_chat_segments` (loss on assistant turns only).
+    `messages`, or any record for a tokenizer in chat format (`as_chat_record`): see
+    `_chat_segments` (loss on assistant turns only).
     overlong: "truncate" cuts from the right and drops the example if no trained token is
     left; "drop" returns None; "error" raises RecordError naming the record's line.
     `stats`, if given, counts the result (kept / truncated / dropped).
@@ -115,6 +130,7 @@ def _encode_one(
     overlong: str,
     add_bos: bool | None,
 ) -> EncodedExample | None:
+    record = as_chat_record(record, tokenizer)
     if record.messages is not None:
         segments = _chat_segments(record.messages, tokenizer)
         texts = [t for t, _ in segments]
@@ -187,17 +203,21 @@ def _finish(
     return EncodedExample(ids[:max_len], labels, truncated=True)
 
 
-def _render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+def as_chat_record(record: SFTRecord, tokenizer: Any) -> SFTRecord:
+    """A prompt/completion record as the `messages` record it is in chat format (the prompt
+    one user turn, the completion the assistant turn: `data.chat.as_turns`); any other
+    record, or any record for a tokenizer in plain format, as it is."""
+    if record.messages is not None or not chat_format(tokenizer):
+        return record
+    messages = as_turns(record.prompt, record.completion)
+    return SFTRecord(record.prompt, record.completion, messages, record.line, record.source)
 
 
 def _render_prefix(tokenizer: Any, messages: list[dict]) -> str:
     """The conversation so far plus the assistant header; "" if a template cannot render
     an empty conversation (an assistant turn that opens the chat)."""
     try:
-        return _render(tokenizer, messages, True)
+        return render(tokenizer, messages, True)
     except Exception:
         if messages:
             raise
@@ -215,15 +235,15 @@ def _chat_segments(messages: list[dict], tokenizer: Any) -> list[tuple[str, bool
     segment is tokenized on its own so that the label boundary is exact, like the
     prompt/completion path. The template, not this function, places BOS.
     """
-    if getattr(tokenizer, "chat_template", None) is None:
+    if not has_template(tokenizer):
         raise UserError("an SFT record has 'messages' but the tokenizer has no chat template")
-    full = _render(tokenizer, messages, False)
+    full = render(tokenizer, messages, False)
     cuts: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         start_text = _render_prefix(tokenizer, messages[:i])
-        end_text = _render(tokenizer, messages[: i + 1], False)
+        end_text = render(tokenizer, messages[: i + 1], False)
         ok = full.startswith(end_text) and end_text.startswith(start_text)
         if not ok or (cuts and len(start_text) < cuts[-1][1]):
             raise UserError(
@@ -249,7 +269,7 @@ def encode_sft_many(
     add_bos: bool | None = None,
 ) -> tuple[list[EncodedExample], EncodeStats]:
     """Encode many records (prompt/completion ones batch-tokenized), with counts."""
-    records = list(records)
+    records = [as_chat_record(r, tokenizer) for r in records]
     plain = [r for r in records if r.messages is None]
     texts = [t for r in plain for t in (r.prompt, r.completion)]
     tokens = iter(_ids(tokenizer, texts))
@@ -274,18 +294,20 @@ def encode_sft_many(
 def prompt_ids(
     prompt: str | list[dict[str, str]],
     tokenizer: Any,
-    chat: bool = False,
+    chat: bool | None = None,
     add_bos: bool | None = None,
 ) -> list[int]:
     """A prompt for generation, whole: `[bos?] + prompt ids` for a string; for a list of
-    messages (or any prompt with `chat`, a string becoming one user turn) the chat template
-    rendered with `add_generation_prompt=True`, which places BOS itself: the sequence SFT
-    trained the assistant's answer to follow."""
+    messages (or a string in chat format, one user turn: `chat`, None = the tokenizer's
+    format, `data.chat`) the chat template rendered with `add_generation_prompt=True`,
+    which places BOS itself: the sequence SFT trained the assistant's answer to follow."""
+    if chat is None:
+        chat = chat_format(tokenizer)
     if chat or isinstance(prompt, list):
-        if getattr(tokenizer, "chat_template", None) is None:
+        if not has_template(tokenizer):
             raise UserError("chat prompts need a tokenizer with a chat template")
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        ids = _ids(tokenizer, [_render(tokenizer, messages, True)])[0]
+        messages = as_turns(prompt) if isinstance(prompt, str) else prompt
+        ids = _ids(tokenizer, [render(tokenizer, messages, True)])[0]
     else:
         bos = resolve_bos(tokenizer, add_bos)
         ids = ([bos] if bos is not None else []) + _ids(tokenizer, [prompt])[0]
@@ -309,7 +331,7 @@ def encode_prompt(
     prompt: str | list[dict[str, str]],
     tokenizer: Any,
     max_prompt_len: int,
-    chat: bool = False,
+    chat: bool | None = None,
     add_bos: bool | None = None,
 ) -> list[int]:
     """`prompt_ids`, truncated from the LEFT to fit max_prompt_len: a leading BOS is kept
@@ -322,28 +344,23 @@ def encode_prompt(
 
 # ---------------------------------------------------------------- chat-trained mark
 
-CHAT_MARK = "rlhfkit_trained_on_chat"
-"""Key set in a tokenizer's `init_kwargs`, saved to its tokenizer_config.json, by a stage
-that fine-tunes the model on chat `messages` (`mark_trained_on_chat`): the model saved
-with it expects the chat template, and so do the later stages (`trained_on_chat`)."""
+CHAT_MARK = CHAT_FORMAT
+"""The key of the chat-format mark in a tokenizer's config (`data.chat.CHAT_FORMAT`)."""
 
 
 def mark_trained_on_chat(tokenizer: Any) -> None:
-    """Record in `tokenizer`, and every copy saved from it, that its model is fine-tuned on
-    chat-templated sequences. Called by the stage that trains on them, before it saves
-    (an explicit call: encoding never changes the tokenizer it is given)."""
-    init_kwargs = getattr(tokenizer, "init_kwargs", None)
-    if isinstance(init_kwargs, dict):
-        init_kwargs[CHAT_MARK] = True
+    """Record in `tokenizer`, and every copy saved from it, that its model reads prompts
+    through the chat template (`data.chat.set_chat_format`); a no-op without a template or
+    on tokenizer-like objects without `init_kwargs`."""
+    if has_template(tokenizer):
+        set_chat_format(tokenizer, True)
 
 
 def trained_on_chat(tokenizer: Any) -> bool:
-    """Whether the tokenizer has a chat template and its model was trained on chat
-    messages by rlhfkit (`mark_trained_on_chat`). A template alone says nothing: base
-    models and the built-in tokenizer ship one."""
-    return getattr(tokenizer, "chat_template", None) is not None and bool(
-        (getattr(tokenizer, "init_kwargs", None) or {}).get(CHAT_MARK)
-    )
+    """Whether the tokenizer has a chat template and is marked chat by an rlhfkit stage (a
+    template alone says nothing here: see `data.chat.chat_format` for the full rule)."""
+    marks = getattr(tokenizer, "init_kwargs", None) or {}
+    return has_template(tokenizer) and bool(marks.get(CHAT_FORMAT) or marks.get(LEGACY_CHAT_MARK))
 
 
 # ---------------------------------------------------------------- corpus

@@ -40,6 +40,7 @@ def run_bon(cfg: SelectConfig) -> dict[str, Any]:
     """Sample, score and write (module docstring); returns the summary."""
     import torch
 
+    from rlhfkit.data.chat import resolve_chat
     from rlhfkit.data.records import read_prompts
     from rlhfkit.distributed import pick_device
     from rlhfkit.models.load import load_causal_lm, load_tokenizer
@@ -58,6 +59,7 @@ def run_bon(cfg: SelectConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     scorer = build_scorer(cfg, device, whiten=False)  # raw scores: means compare across K
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
+    resolve_chat(tokenizer, cfg.chat, what=str(path))
     model = load_causal_lm(path, device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)

@@ -123,11 +123,13 @@ def respond(
     scored by `scorer`, with the per-prompt KL to `reference` from full forwards of both."""
     import torch
 
+    from rlhfkit.data.chat import resolve_chat
     from rlhfkit.models.load import load_causal_lm, load_tokenizer
     from rlhfkit.sampling.generator import GenerationSettings, make_generator
     from rlhfkit.sampling.sample_score import encode_prompts, sample_and_score
 
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
+    resolve_chat(tokenizer, cfg.chat, what=path)  # --chat / --no-chat: model and baseline
     model = load_causal_lm(path, device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)

@@ -2,7 +2,9 @@
 
 Steps:
   1. read and validate the corpus (before anything else is written);
-  2. train a byte-level BPE tokenizer on it (or load --tokenizer);
+  2. train a byte-level BPE tokenizer on it (or load --tokenizer), marked plain: the
+     base model trains on raw text, so later stages give it raw prompts unless told
+     --chat, whatever chat template the tokenizer ships (`data.chat`);
   3. pack the documents, joined by EOS, into fixed-length blocks; hold out a share;
   4. build the model from a size preset or an HF config, from scratch;
   5. next-token loss on every token (the shared LM loop, `loops/lm.py`);
@@ -15,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhfkit.config import PretrainConfig, save_config
+from rlhfkit.data.chat import set_chat_format
 from rlhfkit.data.records import read_corpus
 from rlhfkit.data.tokenize import EncodedExample, pack_corpus
 from rlhfkit.distributed import barrier, setup_distributed, teardown_distributed
@@ -47,6 +50,7 @@ def train_pretrain(cfg: PretrainConfig) -> dict:
                 f"{len(texts)} documents"
             )
             tokenizer = train_tokenizer(texts, cfg.vocab_size)
+        set_chat_format(tokenizer, False)
         tokenizer.save_pretrained(str(tok_dir))
     barrier(d)
     tokenizer = load_tokenizer(str(tok_dir))

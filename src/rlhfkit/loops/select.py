@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import SelectConfig
+from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
@@ -69,6 +70,7 @@ def score_checkpoint(
 ) -> dict[str, Any]:
     """Sample from the model at `path` and score the samples: {mean, std, n, per_rm, ...}."""
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
+    resolve_chat(tokenizer, cfg.chat, what=str(path))
     model = load_causal_lm(path, device, trust_remote_code=cfg.trust_remote_code)
     model.eval()
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)

@@ -3,8 +3,10 @@
 Steps:
   1. read and validate every record (train and eval) before any model is loaded;
   2. tokenize: prompt + completion + EOS, prompt tokens masked (label -100) unless
-     --loss-on-prompt; chat `messages` through the tokenizer's chat template; sequences
-     over --max-len truncated, dropped or refused (counted and reported);
+     --loss-on-prompt; chat `messages` through the tokenizer's chat template, and so are
+     plain records in chat format (--chat, or auto: `data.chat.resolve_chat`, recorded in
+     every saved tokenizer); sequences over --max-len truncated, dropped or refused
+     (counted and reported);
   3. the shared LM loop (`loops/lm.py`), padding-free packed micro-batches by default where
      a probe of the loaded model finds packed examples kept apart (else padded, said so);
   4. a complete Hugging Face checkpoint per epoch, `epoch-N/` (InstructGPT kept every
@@ -19,8 +21,9 @@ import random
 from pathlib import Path
 
 from rlhfkit.config import SFTConfig, save_config
+from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.records import read_sft
-from rlhfkit.data.tokenize import EncodeStats, encode_sft, mark_trained_on_chat
+from rlhfkit.data.tokenize import EncodeStats, encode_sft
 from rlhfkit.distributed import barrier, setup_distributed, teardown_distributed
 from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
@@ -74,8 +77,9 @@ def train_sft(cfg: SFTConfig) -> dict:
     barrier(d)
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    if any(r.messages is not None for r in records):  # RL stages warn on plain prompts
-        mark_trained_on_chat(tokenizer)
+    # one format for the model (saved with it): conversational data makes it a chat model
+    conversational = any(r.messages is not None for r in records + eval_records)
+    resolve_chat(tokenizer, cfg.chat, what=cfg.model, conversational=conversational)
     train = encode_records(records, tokenizer, cfg, cfg.data)
     held_out = (
         encode_records(eval_records, tokenizer, cfg, cfg.eval_data or "eval split")

@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from rlhfkit.data.chat import BUILTIN_CHAT_TEMPLATE, set_chat_format
 from rlhfkit.errors import UserError
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -30,21 +31,10 @@ SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
 # Order fixes the ids: pad 0, bos 1, eos 2, system 3, user 4, assistant 5.
 SPECIAL_TOKENS = [PAD, BOS, EOS, SYSTEM, USER, ASSISTANT]
 
-# Rendering of {"messages": [...]}:
-#   <|bos|><|system|>\n{content}\n<|user|>\n{content}\n<|assistant|>\n{content}<|eos|>...
-# With add_generation_prompt the text ends in "<|assistant|>\n", an exact prefix of the
-# rendering that includes the assistant turn (so prompt masking is a plain length cut).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('chat roles are system, user and assistant, not ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
+# The chat template of rlhfkit's tokenizers (rendering: `data.chat.BUILTIN_CHAT_TEMPLATE`).
+# A base model never trains on it: `train_tokenizer` marks its tokenizers plain
+# (`data.chat.CHAT_FORMAT`), so no stage renders plain prompts through it unasked.
+CHAT_TEMPLATE = BUILTIN_CHAT_TEMPLATE
 
 # Parameter counts are for vocab 2048 with tied input/output embeddings:
 #   per layer = 4*h*h (q,k,v,o) + 3*h*i (gate, up, down) + 2*h (norms); plus V*h + h.
@@ -99,7 +89,8 @@ def train_tokenizer(
     exactly: no normalizer, no cleanup of spaces. No BOS/EOS is added by `encode`; the chat
     template adds `<|bos|>` and ends assistant turns with `<|eos|>`, and callers add them
     where a format needs them. `vocab_size` counts the special tokens; a small corpus may
-    give fewer merges than asked for.
+    give fewer merges than asked for. The tokenizer is marked plain (`data.chat`): its model
+    reads prompts as raw text unless a stage is told --chat.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -117,7 +108,7 @@ def train_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    out = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
         eos_token=EOS,
@@ -127,6 +118,8 @@ def train_tokenizer(
         clean_up_tokenization_spaces=False,
         chat_template=CHAT_TEMPLATE,
     )
+    set_chat_format(out, False)  # a base model: prompts stay raw text unless asked (data.chat)
+    return out
 
 
 def _resolve_config(spec: str | Path | Mapping[str, Any] | PreTrainedConfig) -> PreTrainedConfig:

@@ -31,7 +31,12 @@ def set_scoring_template(tokenizer: Any) -> bool:
     --max-len tokens of a longer sequence (transformers does not cut); a response whose text
     ends in the EOS token's text gets it once from rlhfkit, twice here; a chat record's BOS
     comes from its chat template, so encode the rendered conversation without specials and
-    add EOS. A tokenizer without a `tokenizers` backend keeps its encoding, with a warning.
+    add EOS. An RM in chat format (`data.chat`: rlhfkit_chat true in its tokenizer_config.json)
+    scores even a plain prompt as a chat: render [user prompt, assistant response] with
+    `apply_chat_template(..., tokenize=False)`, keep the text up to the assistant turn's EOS
+    (the end of turn; what the template writes after it is not scored) and encode that
+    without specials. A tokenizer without a `tokenizers` backend keeps its encoding, with a
+    warning.
     """
     bos = resolve_bos(tokenizer)
     head = [bos] if bos is not None else []  # ids

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from rlhfkit.data.chat import chat_format, has_template
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.data.tokenize import prompt_ids as whole_prompt_ids
-from rlhfkit.data.tokenize import trained_on_chat, truncate_left
+from rlhfkit.data.tokenize import truncate_left
 from rlhfkit.distributed import rank
 from rlhfkit.errors import RecordError
 from rlhfkit.models.forward import policy_logits
@@ -149,7 +150,8 @@ def encode_prompts(
 ) -> list[list[int]]:
     """Token ids of each prompt, as SFT saw them (`data.tokenize.prompt_ids`): a
     conversational record's messages through the chat template with the generation prompt,
-    a string as it is; cut to its last `max_prompt_len` tokens (a leading BOS kept).
+    a string as it is, or as one user turn for a tokenizer in chat format (`data.chat`);
+    cut to its last `max_prompt_len` tokens (a leading BOS kept).
 
     First checked against the tokenizer (`check_prompt_style`); then a note, printed once
     per file, counts the prompts that were cut."""
@@ -169,23 +171,15 @@ def encode_prompts(
 
 def check_prompt_style(prompts: Sequence[PromptRecord | str], tokenizer: Any) -> None:
     """Prompts and model agree on the chat template: conversational prompts with a
-    tokenizer that has no template are refused (RecordError naming the first); plain
-    strings for a model trained on chat messages (`data.tokenize.trained_on_chat`, a cheap
-    look at the tokenizer) get a one-line warning, once per file."""
+    tokenizer that has no template are refused (RecordError naming the first). Plain
+    strings need no check: the tokenizer's format (`data.chat`) says how they go in."""
     chat = [p for p in prompts if isinstance(p, PromptRecord) and p.messages is not None]
-    if chat and getattr(tokenizer, "chat_template", None) is None:
+    if chat and not has_template(tokenizer):
         raise RecordError(
             chat[0].source or "prompts",
             chat[0].line or None,
             "a conversational prompt (a list of messages) needs a tokenizer with a chat "
             "template, and the model's has none: give plain 'prompt' strings",
-        )
-    plain = [p for p in prompts if not isinstance(_content(p), list)]
-    if plain and trained_on_chat(tokenizer):
-        say_once(
-            f"warning: {_where(plain)}: plain-string prompts for a model fine-tuned on chat "
-            "messages are encoded without its chat template; give them as "
-            '{"messages": [{"role": "user", "content": ...}]}'
         )
 
 
@@ -227,12 +221,14 @@ def score_generation(
     `.per_rm` {rm name: (B,) raw score} and `.unwhitened` (B,) (the combined score before
     batch whitening; `.scores` when the scorer does not say). `score_tokens` on the ids
     when the scorer has it (a response without EOS is scored without one, `scoring.rm`;
-    conversational prompts are passed along as messages, for reward models that re-encode
-    text with their own chat template), else `score` on the texts (`gen.texts`; a rule
-    reads text, EOS or not). safety: (B,) bool."""
+    conversational prompts, and every prompt of a policy in chat format, are passed along
+    as read, for reward models that re-encode text in their own format rather than read
+    the policy's rendering), else `score` on the texts (`gen.texts`; a rule reads text,
+    EOS or not). safety: (B,) bool."""
     if hasattr(scorer, "score_tokens"):
         contents = [_content(p) for p in prompts]
-        chat = {"prompts": contents} if any(isinstance(c, list) for c in contents) else {}
+        as_read = chat_format(tokenizer) or any(isinstance(c, list) for c in contents)
+        chat = {"prompts": contents} if as_read else {}
         result = scorer.score_tokens(
             gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, tokenizer,
             safety, **chat,

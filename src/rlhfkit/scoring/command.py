@@ -3,7 +3,8 @@ several reward models and write each record back with its combined and per-RM sc
 `"ended": false` marks a sampled response cut before EOS: it is scored without EOS, as
 PPO and rejection sampling score it (`scoring.rm`). A conversational prompt (messages,
 `data.records.read_scoring_records`) is scored on the sequence the RM trained on: the
-conversation + the response as an assistant turn, through the RM's chat template."""
+conversation + the response as an assistant turn, through the RM's chat template; so
+is a plain prompt for an RM in chat format (`data.chat`: --chat, or the RM's own)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def run_score(cfg: Any) -> dict:
         device=pick_device(cfg.device),
         batch_size=cfg.batch_size,
         max_len=cfg.max_len,
+        chat=cfg.chat,
     )
     _check_chat(records, scorer)
     result = scorer.score(

@@ -10,14 +10,16 @@ Two entry points:
 - `RewardScorer.score_tokens(prompt_ids, prompt_mask, response_ids, response_mask, ...)`:
   the policy's token ids as sampled (`models.generate.Generation` fields). An RM whose
   tokenizer maps every policy token to the same id (checked once per policy tokenizer)
+  and reads prompts in the policy's format (`data.chat`: both chat, or both plain)
   scores those ids directly: no decode / re-encode, and exactly the tokens the policy
   produced. Other RMs get decoded text, with `ended` read off the ids; given `prompts`
-  (conversational ones: lists of messages), those replace the decoded prompts, so that
-  each RM renders a conversation with its own chat template.
+  (as read: strings or lists of messages), those replace the decoded prompts, so that
+  each RM encodes a prompt in its own format, not the policy's rendering of it.
 
 A conversational prompt (a list of messages) is encoded as the RM was trained on it
 (`encode_responses`): the conversation + the response as an assistant turn, through the
-RM tokenizer's chat template.
+RM tokenizer's chat template; a plain prompt too where the RM is in chat format (its own
+mark, or its tokenizer's own template: `data.chat.chat_format`).
 
 A response without EOS (sampling cut it at max_new_tokens) is scored as it was produced,
 WITHOUT an EOS, on both paths: the ids path scores the sampled ids, and the text path
@@ -52,6 +54,7 @@ from weakref import WeakKeyDictionary
 import torch
 
 from rlhfkit.config.base import parse_rm_spec
+from rlhfkit.data.chat import chat_format, resolve_chat
 from rlhfkit.data.reward_data import Prompt, encode_responses, pack_sequences, pad_right
 from rlhfkit.errors import UserError
 from rlhfkit.models.probe import packing_error
@@ -244,8 +247,11 @@ class RewardScorer:
         batch_size: int = 32,
         max_len: int | None = None,
         trust_remote_code: bool = False,
+        chat: bool | None = None,
     ) -> RewardScorer:
-        """Load RMs from ["NAME=DIR", ...] or {name: DIR}; max_len None = each RM's own."""
+        """Load RMs from ["NAME=DIR", ...] or {name: DIR}; max_len None = each RM's own;
+        `chat` (--chat / --no-chat of `score`): the RMs' prompt format, None = each RM's
+        own (`data.chat.resolve_chat`)."""
         pairs = (
             list(specs.items()) if isinstance(specs, Mapping) else [parse_rm_spec(s) for s in specs]
         )
@@ -255,6 +261,7 @@ class RewardScorer:
         models = {}
         for name, path in pairs:
             model, tok = load_reward_model(path, device, trust_remote_code=trust_remote_code)
+            resolve_chat(tok, chat, what=f"reward model {name!r} ({path})")
             models[name] = LoadedRM(model, tok, max_len or saved_max_len(Path(path), model))
         return cls(models, combine, combine_options, batch_size)
 
@@ -298,11 +305,20 @@ class RewardScorer:
         return self._combine(per_rm, flags)
 
     def shares_tokenizer(self, name: str, policy_tokenizer: Any) -> bool:
-        """Whether RM `name` can score the policy's token ids directly (cached)."""
+        """Whether RM `name` reads the policy's token ids (the same id for every token,
+        BOS and EOS alike; cached): a value model may start from it."""
         key = (id(policy_tokenizer), name)
         if key not in self._shared:
             self._shared[key] = _maps_tokens_alike(self.models[name].tokenizer, policy_tokenizer)
         return self._shared[key]
+
+    def scores_ids(self, name: str, policy_tokenizer: Any) -> bool:
+        """Whether RM `name` can score the policy's sampled ids directly: it shares the
+        tokenizer and reads prompts in the same format (`data.chat`), else the text path."""
+        rm_chat = chat_format(self.models[name].tokenizer)
+        return self.shares_tokenizer(name, policy_tokenizer) and rm_chat == chat_format(
+            policy_tokenizer
+        )
 
     @torch.no_grad()
     def score_tokens(
@@ -326,7 +342,7 @@ class RewardScorer:
         per_rm: dict[str, torch.Tensor] = {}
         texts: tuple[list[Prompt], list[str]] | None = None
         for name, rm in self.models.items():
-            if self.shares_tokenizer(name, policy_tokenizer):
+            if self.scores_ids(name, policy_tokenizer):
                 per_rm[name] = self._score_ids(name, ids, mask).to(out_device)
                 continue
             if texts is None:

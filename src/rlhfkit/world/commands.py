@@ -98,9 +98,12 @@ def world_label(cfg: WorldLabelConfig) -> dict:
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         engine=cfg,
+        chat=cfg.chat,
     )
     t0 = time.perf_counter()
-    samples = sampler.sample(records, cfg.k)  # a chat prompt through its template
+    # a chat prompt through its template, a plain one too for a model in chat format; the
+    # rankings keep the plain text (each model trained on them applies its own format)
+    samples = sampler.sample(records, cfg.k)
     seconds = time.perf_counter() - t0
     helpful, safe = label_samples(
         prompts,

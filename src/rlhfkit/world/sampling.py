@@ -19,9 +19,10 @@ class ModelSampler:
     """A `Sampler` over a Hugging Face causal LM folder (model + tokenizer).
 
     Prompts are encoded like SFT encodes them (`rlhfkit.sampling.sample_score.encode_prompts`: a
-    string by the BOS policy, no other specials; a conversational `PromptRecord` through
-    the chat template with the generation prompt), so the model sees the context it was
-    trained on.
+    string by the BOS policy, no other specials, or as one user turn of the chat template
+    for a model in chat format; a conversational `PromptRecord` through the chat template
+    with the generation prompt), so the model sees the context it was trained on. `chat`:
+    --chat / --no-chat, None = the model's own format (`rlhfkit.data.chat`).
     `temperature` 0 is greedy. Sampling is seeded: the same seed, prompts and batch size
     give the same responses on the same device.
     """
@@ -34,6 +35,7 @@ class ModelSampler:
     seed: int = 0
     max_prompt_len: int = 128
     engine: Any = "hf"  # --generator and --vllm-* (generation.EngineSettings.of)
+    chat: bool | None = None
 
     def __post_init__(self) -> None:
         self._generator = self._tokenizer = self._device = None
@@ -43,12 +45,14 @@ class ModelSampler:
         if self._generator is not None:
             return
         # Lazy imports here and in `sample`: the world stays importable without torch.
+        from rlhfkit.data.chat import resolve_chat
         from rlhfkit.distributed import pick_device
         from rlhfkit.models.load import load_causal_lm, load_tokenizer
         from rlhfkit.sampling.generator import make_generator
 
         self._device = pick_device(self.device)
         self._tokenizer = load_tokenizer(self.path)
+        resolve_chat(self._tokenizer, self.chat, what=self.path)
         model = load_causal_lm(self.path, self._device)
         model.eval()
         self._generator = make_generator(model, self._tokenizer, self.engine)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import PPOConfig
+from rlhfkit.data.chat import resolve_chat
 from rlhfkit.errors import UserError
 from rlhfkit.loops.common import disable_dropout, seed_everything
 from rlhfkit.loops.lm import choose_packing
@@ -144,8 +145,11 @@ def build_roles(cfg: PPOConfig, device: torch.device):
     """(tokenizer, policy, reference, value model, scorer) of a PPO config, on `device`;
     no dropout in any of them (`dropout_off`); large linear layers run oneDNN on CPU
     (`fast_linears`). With --lora-r the adapters are added when the policy is wrapped for
-    training (`loop._trainables`), and the reference is the policy with them off."""
+    training (`loop._trainables`), and the reference is the policy with them off. The
+    policy's prompt format is resolved first (`data.chat.resolve_chat`)."""
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
+    # the policy's prompt format, kept by every checkpoint and the exported policy
+    resolve_chat(tokenizer, cfg.chat, what=cfg.policy)
     seed_everything(cfg.seed)
     policy = load_causal_lm(cfg.policy, device, trust_remote_code=cfg.trust_remote_code)
     if lora_reference(cfg):  # the policy with its adapter off: one copy of the base weights

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from rlhfkit.config import RSConfig
+from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.records import PromptRecord, SFTRecord
-from rlhfkit.data.tokenize import EncodedExample, EncodeStats, encode_sft, mark_trained_on_chat
+from rlhfkit.data.tokenize import EncodedExample, EncodeStats, encode_sft
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json, write_jsonl
@@ -52,15 +53,13 @@ def encode_kept(
     kept: Sequence[Kept], tokenizer: Any, cfg: RSConfig, source: str
 ) -> list[EncodedExample]:
     """The kept set as SFT examples: [bos?] + prompt + response + EOS, prompt masked (a
-    conversational prompt: its messages + the response as the assistant turn, through the
-    chat template); a response cut before EOS (kept with --keep-truncated) without the
-    EOS it never had (nor what a template puts after it). With conversational prompts the
-    tokenizer, saved with the round's policy, is marked as trained on chat."""
+    conversational prompt, or any prompt for a policy in chat format: the prompt's
+    messages + the response as the assistant turn, through the chat template, as `rlhfkit
+    sft` encodes kept.jsonl for this policy); a response cut before EOS (kept with
+    --keep-truncated) without the EOS it never had (nor what a template puts after it)."""
     stats = EncodeStats()
     examples = []
     eos = tokenizer.eos_token_id
-    if any(k.messages is not None for k in kept):
-        mark_trained_on_chat(tokenizer)  # the policy saved after this round expects chat
     for line, k in enumerate(kept, start=1):
         rec = SFTRecord(k.prompt, k.completion, k.messages, line=line, source=source)
         ex = encode_sft(rec, tokenizer, cfg.max_len, overlong=cfg.overlong, stats=stats)
@@ -114,6 +113,8 @@ class RSRun:
     ) -> RSRun:
         device = pick_device(cfg.device)
         tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
+        # the policy's prompt format: for sampling, fine-tuning and every round's saved policy
+        resolve_chat(tokenizer, cfg.chat, what=cfg.policy)
         return cls(
             cfg=cfg,
             out=Path(cfg.out),

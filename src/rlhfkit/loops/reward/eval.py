@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import RMEvalConfig
+from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.preferences import read_preferences
 from rlhfkit.data.reward_data import (
     BUCKETS,
@@ -213,6 +214,7 @@ def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     records = read_preferences(list(cfg.data))
     device = pick_device(cfg.device)
     model, tokenizer = load_reward_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)
+    resolve_chat(tokenizer, cfg.chat, what=cfg.model)  # as it trained, unless told
     max_len = cfg.max_len or saved_max_len(Path(cfg.model), model)
     examples, _ = encode_rankings(records, tokenizer, max_len, margin_table)
     metrics = evaluate_rm(

@@ -5,7 +5,9 @@ Algorithm:
   1. read and validate every ranking / pairwise record (train and eval) before anything
      is written; a pairwise record is a K = 2 ranking;
   2. each record -> K token sequences `[bos?] + prompt + response_k + [eos]` (SFT's
-     encoding, `data.reward_data`) and its C(K,2) comparisons: winner, loser,
+     encoding, `data.reward_data`; in chat format, --chat or auto as `data.chat` decides,
+     the prompt as a user turn and the response as the assistant turn, the format
+     recorded in the saved tokenizer) and its C(K,2) comparisons: winner, loser,
      margin m(strength) (`data.ranking`; a non-adjacent pair takes the STRONGEST strength
      on the ranking path between its two responses);
   3. the RM starts from the LM: backbone copied, a zero one-output head (`models.reward`),
@@ -43,6 +45,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import RMConfig, save_config
+from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.preferences import read_preferences
 from rlhfkit.data.records import RankingRecord
 from rlhfkit.data.reward_data import (
@@ -83,6 +86,8 @@ from rlhfkit.models.reward_packed import HeadInputView, attention_cost
 from rlhfkit.models.rm_tokenizer import set_scoring_template
 from rlhfkit.models.wrap import no_sync, unwrap
 from rlhfkit.scoring.rm import RM_INFO
+
+CHAT_SEQUENCE = "chat template: prompt as the user turn, response as the assistant turn, to its EOS"
 
 # ---------------------------------------------------------------------------------------
 # Training
@@ -270,6 +275,8 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     d, device = setup_distributed(cfg.device)
     out = Path(cfg.out)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    conversational = any(r.prompt_messages is not None for r in records + eval_records)
+    chat = resolve_chat(tokenizer, cfg.chat, what=cfg.model, conversational=conversational)
     ensure_distinct_pad(tokenizer)  # before encoding: same ids, pad never inside a sequence
     train, n_cut = encode_rankings(records, tokenizer, cfg.max_len, margin_table, cfg.overlong)
     held_out, n_cut_eval = encode_rankings(
@@ -314,7 +321,8 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         "max_len": cfg.max_len,
         "margin": cfg.margin,
         "margin_table": margin_table,
-        "sequence": "[bos?] + prompt + response + [eos]",
+        "sequence": CHAT_SEQUENCE if chat else "[bos?] + prompt + response + [eos]",
+        "chat": chat,
     }
     run = RMRun(model, tokenizer, train, held_out, out, d, device, info, normalize, packing)
     summary = fit_rm(run, cfg)
