@@ -48,6 +48,7 @@ from rlhfkit.config.rl import (
     SelectConfig,
 )
 from rlhfkit.config.stages import (
+    DPOConfig,
     PretrainConfig,
     RMConfig,
     RMEvalConfig,
@@ -70,6 +71,7 @@ __all__ = [
     "PLAN_CONFIGS",
     "PLAN_STAGES",
     "ConfigError",
+    "DPOConfig",
     "DeviceOptions",
     "EpochOptions",
     "EvalConfig",
