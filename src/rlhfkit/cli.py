@@ -135,6 +135,7 @@ COMMANDS: dict[str, Command] = {
             ("rm", "RM", ("model",)),
             ("ppo", "PPO", ("policy",)),
             ("rs", "RS", ("policy",)),
+            ("dpo", "DPO", ("model",)),
         )
     },
 }
