@@ -1,6 +1,6 @@
 """losses: DPO and IPO (`dpo_loss`, `ipo_loss`) against an explicit loop over every pair of
-every prompt, hand values, extreme inputs; and ops.logprobs.sequence_logprobs against a
-per-token loop. Equality with TRL 1.16's DPOTrainer: tests/loops/test_dpo_trl.py."""
+every prompt, hand values, extreme inputs. Equality with TRL 1.16's DPOTrainer:
+tests/loops/test_dpo_trl.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from rlhfkit.losses import PREFERENCE_LOSSES, dpo_loss, ipo_loss
-from rlhfkit.ops.logprobs import sequence_logprobs
 
 
 def _groups(ks: tuple[int, ...], seed: int = 0):
@@ -116,18 +115,3 @@ def test_bad_shapes_are_refused() -> None:
         dpo_loss(x, x, torch.ones(3), torch.zeros(0, 2, dtype=torch.long), 0.1)
     with pytest.raises(ValueError, match="alike"):
         ipo_loss(x, torch.zeros(4), torch.ones(3), torch.tensor([[0, 1]]), 0.1)
-
-
-def test_sequence_logprobs_match_a_per_token_loop() -> None:
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(11, 7, generator=gen, dtype=torch.float64)
-    targets = torch.randint(0, 7, (11,), generator=gen)
-    owner = torch.tensor([2, 0, 0, 2, 1, 1, 1, 2, 0, 4, 4])  # sequence 3 has no token
-    out = sequence_logprobs(logits, targets, owner, 5)
-    expected = torch.zeros(5, dtype=torch.float64)
-    for i in range(11):
-        expected[owner[i]] += torch.log_softmax(logits[i], -1)[targets[i]]
-    torch.testing.assert_close(out, expected)
-    assert out[3] == 0
-    with pytest.raises(ValueError):
-        sequence_logprobs(logits, targets[:3], owner, 5)

@@ -157,7 +157,7 @@ def accumulate_gradients(
 
     A micro-batch's loss (the mean over its prompts) is weighted by its share of the
     step's `n_global` prompts (all ranks), so any split into micro-batches or ranks gives
-    the same gradient. Returns the step's SUMS over all ranks (but `cpu_s`, the caller's).
+    the same gradient. Returns this rank's SUMS (the caller adds `cpu_s` and reduces).
     """
     sums = torch.zeros(len(SUMS), dtype=torch.float64)
     for k, examples in enumerate(micro):
@@ -215,7 +215,7 @@ def _reference_logprobs(t: Trainer, run: DPORun, cfg: DPOConfig) -> torch.Tensor
     cached = read_cache(run.out, key)
     if cached is not None:
         rank0_print(f"dpo: reference log-probs read from {run.out}", rank=run.dist.rank)
-        return cached
+        return cached.to(run.device)
     policy, context = unwrap(t.model), nullcontext()
     if run.reference is not None:
         model = run.reference
@@ -235,14 +235,19 @@ def _reference_logprobs(t: Trainer, run: DPORun, cfg: DPOConfig) -> torch.Tensor
     if run.dist.is_main:
         write_cache(run.out, logprobs, key, run.reference_source)
     barrier(run.dist)
-    return logprobs
+    return logprobs.to(run.device)
 
 
 def _end_epoch(t: Trainer, run: DPORun, cfg: DPOConfig, epoch: int, ref: torch.Tensor) -> None:
     """Held-out metrics (printed and logged), the history row, the checkpoint `epoch-N/`."""
     metrics = evaluate_dpo(t.model, run.eval, run, ref, cfg) if run.eval else None
-    row = t.record_epoch(epoch, train_accuracy=t.last.get("accuracy"), eval=metrics)
+    pairs = t.state["epoch_pairs"]
+    train_accuracy = t.state["epoch_correct"] / pairs if pairs else None
+    t.state.update(epoch_correct=0.0, epoch_pairs=0)  # the next epoch counts afresh
+    row = t.record_epoch(epoch, train_accuracy=train_accuracy, eval=metrics)
     line = f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}"
+    if train_accuracy is not None:
+        line += f", accuracy {train_accuracy:.4f}"
     if metrics is not None:
         t.logger.log(t.state["step"], {**{f"eval/{k}": v for k, v in metrics.items()},
                                        "epoch": epoch + 1})  # fmt: skip
@@ -260,9 +265,10 @@ def fit_dpo(run: DPORun, cfg: DPOConfig) -> dict[str, Any]:
     d = run.dist
     cpu_mark = time.process_time() if run.cpu_start is None else run.cpu_start
     # 3. wrap (LoRA, DDP, FSDP2), optimizer, schedule, resume
+    counters = {"cpu_seconds": 0.0, "epoch_correct": 0.0, "epoch_pairs": 0}
     t = start_training(
         run.model, run.tokenizer, len(run.train), out=run.out, dist=d, device=run.device,
-        opts=cfg, desc="dpo", counters={"cpu_seconds": 0.0},
+        opts=cfg, desc="dpo", counters=counters,
     )  # fmt: skip
     # 4. the reference log-probs of every train and eval response, once (cached in --out)
     t_ref = time.perf_counter()
@@ -280,6 +286,8 @@ def fit_dpo(run: DPORun, cfg: DPOConfig) -> dict[str, Any]:
             sums[SUMS.index("cpu_s")], cpu_mark = now - cpu_mark, now
             sums = _reduce(sums, run)
             t.state["cpu_seconds"] += float(sums[SUMS.index("cpu_s")])
+            t.state["epoch_correct"] += float(sums[SUMS.index("correct")])
+            t.state["epoch_pairs"] += int(sums[SUMS.index("pairs")])
             prompts_seen += len(step)
             metrics = {**_means(sums), "lr": t.lr(), "grad_norm": grad_norm,
                        "prompts_per_s": prompts_seen / max(t.elapsed(), 1e-9), "epoch": epoch}  # fmt: skip
