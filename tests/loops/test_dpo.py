@@ -212,19 +212,33 @@ def test_cli_learns_separable_pairs_accuracy_rises_and_loss_falls(base, tiny_tok
 # ---------------------------------------------------------------- families, LoRA
 
 
-@pytest.mark.parametrize("arch", ["llama-gqa", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama-gqa", "qwen2", "gpt2", "opt"])
 def test_families_train_packed_with_the_first_loss_log_2(arch, tiny_tokenizer, tmp_path):
+    """Packed where the probe finds packed sequences kept apart; OPT mixes them: padded."""
     base = make_base_model(tmp_path / "base", tiny_tokenizer, preset=CHAIN_ARCH[arch]())
     data = write_jsonl(tmp_path / "r.jsonl", keyword_rankings(8, 3, seed=4))
     out = tmp_path / "out"
     assert main(_args(base, [data], out, "--max-steps", "2", "--log-every", "1", "--lr",
                       "1e-3", "--batch-size", "4")) == 0  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["packing"] is True and summary["steps"] == 2
-    # dropout off (GPT-2's 0.1 included): at step 1 the policy IS the reference
+    assert summary["packing"] is (arch != "opt") and summary["steps"] == 2
+    # dropout off (GPT-2's and OPT's 0.1 included): at step 1 the policy IS the reference
     assert _logged(out)[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-5)
     w0, w1 = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(not torch.equal(w0[k], w1[k]) for k in w1 if w1[k].dtype.is_floating_point)
+
+
+def test_gradient_checkpointing_changes_nothing_and_bf16_runs(base, tmp_path):
+    data = write_jsonl(tmp_path / "r.jsonl", keyword_rankings(8, 3, seed=7))
+    opts = ["--max-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--log-every", "1"]
+    for name, extra in (("plain", []), ("gc", ["--gradient-checkpointing"]), ("bf16", ["--bf16"])):
+        assert main(_args(base, [data], tmp_path / name, *opts, *extra)) == 0
+    w0 = load_file(str(base / "model.safetensors"))
+    plain, gc = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("plain", "gc"))
+    assert_same_training(plain, gc, {k: w0[k] for k in plain}, rel=1e-3)
+    logged = _logged(tmp_path / "bf16")
+    assert logged[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-2)
+    assert math.isfinite(logged[-1]["train/loss"])
 
 
 def test_lora_reference_is_the_adapter_off_policy_and_exports_merged(base, tmp_path):
