@@ -77,6 +77,12 @@ COMMANDS: dict[str, Command] = {
         "3  rejection sampling: best of K samples by reward, SFT on them, by rounds (Llama 2)",
         ("policy", "prompts", "out"),
     ),
+    "dpo": Command(
+        "rlhfkit.config:DPOConfig",
+        "rlhfkit.loops.dpo:train_dpo",
+        "3  DPO / IPO on rankings and preference pairs against a frozen reference",
+        ("model", "data", "out"),
+    ),
     "pipeline": Command(
         "rlhfkit.config:PipelineConfig",
         "rlhfkit.pipeline:run_pipeline",
@@ -129,6 +135,7 @@ COMMANDS: dict[str, Command] = {
             ("rm", "RM", ("model",)),
             ("ppo", "PPO", ("policy",)),
             ("rs", "RS", ("policy",)),
+            ("dpo", "DPO", ("model",)),
         )
     },
 }

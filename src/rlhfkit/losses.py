@@ -1,4 +1,4 @@
-"""The losses of the pipeline: SFT / ptx, reward-model ranking, PPO policy and value.
+"""The losses of the pipeline: SFT / ptx, reward-model ranking, PPO policy and value, DPO / IPO.
 
 Each returns ``(loss, stats)``: ``loss`` a 0-d tensor to call ``backward`` on, ``stats``
 a dict of detached 0-d tensors for logging. Masks are bool, True = valid token.
@@ -68,6 +68,22 @@ def sft_nll(
 ptx_loss = sft_nll  # PPO-ptx: the same next-token NLL, on pretraining text (see module doc)
 
 
+def _mean_per_prompt(
+    pair_loss: torch.Tensor, pair_prompt: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over prompts of the mean over each prompt's pairs, number of prompts).
+
+    pair_loss: (M,); pair_prompt: (M,) int64 prompt id per pair, None = each pair its own."""
+    if pair_prompt is None:
+        return pair_loss.mean(), torch.tensor(pair_loss.shape[0], device=pair_loss.device)
+    prompt_ids, group = torch.unique(pair_prompt, return_inverse=True)  # group: (M,)
+    n_groups = prompt_ids.shape[0]
+    per_prompt_sum = pair_loss.new_zeros(n_groups).index_add(0, group, pair_loss)
+    per_prompt_count = torch.bincount(group, minlength=n_groups).to(pair_loss.dtype)
+    loss = (per_prompt_sum / per_prompt_count).mean()
+    return loss, torch.tensor(n_groups, device=pair_loss.device)
+
+
 def kwise_ranking_loss(
     scores: torch.Tensor,
     pairs: torch.Tensor,
@@ -101,17 +117,7 @@ def kwise_ranking_loss(
     gap = scores[pairs[:, 0]] - scores[pairs[:, 1]]  # (M,) s_w - s_l
     z = gap if margins is None else gap - margins.to(gap.dtype)
     pair_loss = -F.logsigmoid(z)  # (M,); finite, with a finite gradient, for |z| ~ 1e4
-
-    if pair_prompt is None:
-        loss = pair_loss.mean()
-        n_prompts = torch.tensor(n_pairs, device=scores.device)
-    else:
-        prompt_ids, group = torch.unique(pair_prompt, return_inverse=True)  # group: (M,)
-        n_groups = prompt_ids.shape[0]
-        per_prompt_sum = pair_loss.new_zeros(n_groups).index_add(0, group, pair_loss)
-        per_prompt_count = torch.bincount(group, minlength=n_groups).to(pair_loss.dtype)
-        loss = (per_prompt_sum / per_prompt_count).mean()
-        n_prompts = torch.tensor(n_groups, device=scores.device)
+    loss, n_prompts = _mean_per_prompt(pair_loss, pair_prompt)
 
     with torch.no_grad():
         stats = {
@@ -198,3 +204,114 @@ def ppo_value_loss(
             "value_clipfrac": masked_mean((clipped > unclipped).float(), response_mask),
         }
     return loss, stats
+
+
+# ---------------------------------------------------------------------------------------
+# Direct preference optimisation: DPO and IPO
+# ---------------------------------------------------------------------------------------
+
+
+def _check_preference_inputs(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, lengths: torch.Tensor, pairs: torch.Tensor
+) -> None:
+    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
+        raise ValueError(f"pairs must be a non-empty (M, 2) index tensor, got {tuple(pairs.shape)}")
+    n = logprobs.shape
+    if logprobs.dim() != 1 or ref_logprobs.shape != n or lengths.shape != n:
+        raise ValueError(
+            f"logprobs, ref_logprobs and lengths must be (N,) alike, got {tuple(n)}, "
+            f"{tuple(ref_logprobs.shape)}, {tuple(lengths.shape)}"
+        )
+
+
+def _preference_stats(
+    loss: torch.Tensor,
+    logprobs: torch.Tensor,
+    log_ratios: torch.Tensor,
+    pairs: torch.Tensor,
+    beta: float,
+    n_prompts: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """What TRL's DPOTrainer logs, per pair: implicit rewards beta * (logp - ref) of the
+    chosen and rejected responses, their margin, accuracy (chosen reward strictly above the
+    rejected one: 0 at the start, where every reward is 0), and the summed log-probs."""
+    with torch.no_grad():
+        rewards = beta * log_ratios.detach()  # (N,)
+        chosen, rejected = rewards[pairs[:, 0]], rewards[pairs[:, 1]]  # (M,)
+        return {
+            "loss": loss.detach(),
+            "accuracy": (chosen > rejected).float().mean(),
+            "margin": (chosen - rejected).mean(),
+            "chosen_reward": chosen.mean(),
+            "rejected_reward": rejected.mean(),
+            "chosen_logprob": logprobs.detach()[pairs[:, 0]].mean(),
+            "rejected_logprob": logprobs.detach()[pairs[:, 1]].mean(),
+            "n_prompts": n_prompts,
+            "n_pairs": torch.tensor(pairs.shape[0], device=logprobs.device),
+        }
+
+
+def dpo_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    lengths: torch.Tensor,
+    pairs: torch.Tensor,
+    beta: float,
+    pair_prompt: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO (Rafailov et al. 2023), per prompt over its pairs, then over prompts.
+
+    logprobs: (N,) log pi(y | x) of each response, summed over its response tokens, under
+    the policy being trained; ref_logprobs: (N,) the same under the frozen reference;
+    lengths: (N,) response token counts (unused here: `ipo_loss`'s normaliser; the two
+    share one signature). pairs: (M, 2) int64 rows (winner, loser) into the N responses;
+    pair_prompt: (M,) prompt id of each pair (None: every pair its own prompt). With
+    h_wl = (logp_w - ref_w) - (logp_l - ref_l):
+
+        loss_wl = -log sigmoid(beta * h_wl)
+        loss    = mean_p  1/|P_p| sum_{(w, l) in P_p} loss_wl
+
+    For pairwise data (one pair per prompt) this is TRL 1.16's DPOTrainer loss
+    (loss_type="sigmoid", the mean over the batch's pairs); a K-wise ranking is one prompt
+    with its C(K,2) pairs, weighted as one prompt, as the reward model's loss does.
+    Stats: `_preference_stats`.
+    """
+    _check_preference_inputs(logprobs, ref_logprobs, lengths, pairs)
+    log_ratios = logprobs - ref_logprobs  # (N,)
+    h = log_ratios[pairs[:, 0]] - log_ratios[pairs[:, 1]]  # (M,)
+    pair_loss = -F.logsigmoid(beta * h)  # (M,)
+    loss, n_prompts = _mean_per_prompt(pair_loss, pair_prompt)
+    return loss, _preference_stats(loss, logprobs, log_ratios, pairs, beta, n_prompts)
+
+
+def ipo_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    lengths: torch.Tensor,
+    pairs: torch.Tensor,
+    beta: float,
+    pair_prompt: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """IPO (Azar et al. 2023, eq. 17, tau = beta) as TRL 1.16 computes it.
+
+    Shapes as `dpo_loss`. TRL's DPOTrainer (loss_type="ipo") divides each response's
+    summed log-ratio by its number of response tokens (clamped at 1) before the
+    difference, "confirmed with the IPO authors" (its comment): without it the square
+    grows with the responses' length. So, with n_y = lengths[y]:
+
+        h_wl    = (logp_w - ref_w) / n_w - (logp_l - ref_l) / n_l
+        loss_wl = (h_wl - 1 / (2 beta))^2
+        loss    = mean_p  1/|P_p| sum_{(w, l) in P_p} loss_wl
+
+    The logged rewards stay beta * (logp - ref), unnormalised, as TRL logs them.
+    """
+    _check_preference_inputs(logprobs, ref_logprobs, lengths, pairs)
+    log_ratios = logprobs - ref_logprobs  # (N,)
+    per_token = log_ratios / lengths.to(log_ratios.dtype).clamp_min(1.0)  # (N,)
+    h = per_token[pairs[:, 0]] - per_token[pairs[:, 1]]  # (M,)
+    pair_loss = (h - 1.0 / (2.0 * beta)) ** 2  # (M,)
+    loss, n_prompts = _mean_per_prompt(pair_loss, pair_prompt)
+    return loss, _preference_stats(loss, logprobs, log_ratios, pairs, beta, n_prompts)
+
+
+PREFERENCE_LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss}  # --loss

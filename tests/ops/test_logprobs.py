@@ -1,4 +1,5 @@
-"""ops.logprobs: gathered log-softmax, the one-position shift, response slicing, entropy."""
+"""ops.logprobs: gathered log-softmax, the one-position shift, response slicing, entropy,
+per-sequence sums (DPO)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rlhfkit.ops.logprobs import (
     entropy_from_logits,
     logprobs_from_logits,
     response_logprobs,
+    sequence_logprobs,
     shifted_token_logprobs,
 )
 
@@ -157,3 +159,18 @@ def test_bad_temperature() -> None:
     logits, ids = _random()
     with pytest.raises(ValueError):
         logprobs_from_logits(logits, ids, temperature=0.0)
+
+
+def test_sequence_logprobs_match_a_per_token_loop() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(11, 7, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, 7, (11,), generator=gen)
+    owner = torch.tensor([2, 0, 0, 2, 1, 1, 1, 2, 0, 4, 4])  # sequence 3 has no token
+    out = sequence_logprobs(logits, targets, owner, 5)
+    expected = torch.zeros(5, dtype=torch.float64)
+    for i in range(11):
+        expected[owner[i]] += torch.log_softmax(logits[i], -1)[targets[i]]
+    torch.testing.assert_close(out, expected)
+    assert out[3] == 0
+    with pytest.raises(ValueError):
+        sequence_logprobs(logits, targets[:3], owner, 5)

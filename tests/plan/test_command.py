@@ -168,3 +168,18 @@ def test_json_output(tmp_path, capsys):
     assert cli.main(["plan", "sft", "--model", str(folder), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["fits"] and plan["roles"][0]["role"] == "model"
+
+
+def test_dpo_plans_the_policy_as_sft_and_a_reference_only_when_separate(tmp_path):
+    folder, other = _folder(tmp_path, "llama"), _folder(tmp_path, "gpt2")
+    sft = make_plan(cli.parse("plan sft", ["--model", str(folder)]))["roles"][0]
+    for lora in ([], ["--lora-r", "4"]):
+        plan = make_plan(cli.parse("plan dpo", ["--model", str(folder), *lora]))
+        roles = {r["role"]: r for r in plan["roles"]}
+        assert set(roles) == {"policy", "reference"} and roles["reference"]["total"] == 0
+    full = make_plan(cli.parse("plan dpo", ["--model", str(folder)]))["roles"][0]
+    assert all(full[k] == sft[k] for k in ("weights", "grads", "optimizer", "params"))
+    separate = make_plan(cli.parse("plan dpo", ["--model", str(folder), "--reference", str(other)]))
+    ref = {r["role"]: r for r in separate["roles"]}["reference"]
+    gpt2 = make_plan(cli.parse("plan sft", ["--model", str(other)]))["roles"][0]
+    assert ref["weights"] == gpt2["weights"] and ref["grads"] == ref["optimizer"] == 0

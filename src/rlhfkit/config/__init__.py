@@ -32,6 +32,7 @@ from rlhfkit.config.plan import (
     PLAN_CONFIGS,
     PLAN_STAGES,
     PlanConfig,
+    PlanDPOConfig,
     PlanOptions,
     PlanPPOConfig,
     PlanPretrainConfig,
@@ -49,6 +50,7 @@ from rlhfkit.config.rl import (
     SelectConfig,
 )
 from rlhfkit.config.stages import (
+    DPOConfig,
     PretrainConfig,
     RMConfig,
     RMEvalConfig,
@@ -72,6 +74,7 @@ __all__ = [
     "PLAN_STAGES",
     "ChatOptions",
     "ConfigError",
+    "DPOConfig",
     "DeviceOptions",
     "EpochOptions",
     "EvalConfig",
@@ -80,6 +83,7 @@ __all__ = [
     "PPOConfig",
     "PipelineConfig",
     "PlanConfig",
+    "PlanDPOConfig",
     "PlanOptions",
     "PlanPPOConfig",
     "PlanPretrainConfig",

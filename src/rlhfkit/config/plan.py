@@ -13,9 +13,9 @@ from typing import ClassVar
 import tyro
 
 from rlhfkit.config.rl import PPOConfig, RSConfig
-from rlhfkit.config.stages import PretrainConfig, RMConfig, SFTConfig
+from rlhfkit.config.stages import DPOConfig, PretrainConfig, RMConfig, SFTConfig
 
-PLAN_STAGES = ("pretrain", "sft", "rm", "ppo", "rs")
+PLAN_STAGES = ("pretrain", "sft", "rm", "ppo", "rs", "dpo")
 
 
 @dataclass(kw_only=True)
@@ -39,11 +39,11 @@ class PlanConfig(PlanOptions):
     """Memory per device of a stage, from its models' config.json files alone (no weights read):
     weights, gradients, optimizer states and activations per role, for --strategy, --bf16,
     --lora-r and --nproc. Usage: rlhfkit plan STAGE [the stage's own options] [--nproc N]
-    [--device-memory 80GB] [--json]; STAGE is one of pretrain, sft, rm, ppo, rs
+    [--device-memory 80GB] [--json]; STAGE is one of pretrain, sft, rm, ppo, rs, dpo
     (`rlhfkit plan STAGE --help` lists its options)."""
 
     stage: tyro.conf.Positional[str] = ""
-    """pretrain, sft, rm, ppo or rs."""
+    """pretrain, sft, rm, ppo, rs or dpo."""
 
 
 @dataclass(kw_only=True)
@@ -82,10 +82,19 @@ class PlanRSConfig(PlanOptions, RSConfig):
     stage: ClassVar[str] = "rs"
 
 
+@dataclass(kw_only=True)
+class PlanDPOConfig(PlanOptions, DPOConfig):
+    """Memory per device of `rlhfkit dpo`: the policy and its frozen reference (from their
+    config.json files; no weights or data read)."""
+
+    stage: ClassVar[str] = "dpo"
+
+
 PLAN_CONFIGS: dict[str, type] = {
     "pretrain": PlanPretrainConfig,
     "sft": PlanSFTConfig,
     "rm": PlanRMConfig,
     "ppo": PlanPPOConfig,
     "rs": PlanRSConfig,
+    "dpo": PlanDPOConfig,
 }

@@ -1,4 +1,4 @@
-"""Configs of the supervised stages: pretrain, SFT, reward models, scoring."""
+"""Configs of the supervised stages: pretrain, SFT, reward models, scoring, DPO."""
 
 from __future__ import annotations
 
@@ -150,3 +150,35 @@ class ScoreConfig(ChatOptions, DeviceOptions, RewardOptions):
     """Maximum tokens per sequence (default: each RM's training --max-len)."""
     batch_size: Positive[int] = 32
     """Sequences per forward batch."""
+
+
+@dataclass(kw_only=True)
+class DPOConfig(RemoteCodeOptions, TrainOptions):
+    """Direct preference optimisation (DPO, or IPO with --loss ipo) of a causal LM on rankings and preference pairs, against a frozen reference."""
+
+    model: CausalLMFolder[str] = ""
+    """Hugging Face causal LM folder to start from (the SFT model); also the frozen reference unless --reference is given."""
+    reference: CausalLMFolder[str | None] = None
+    """Frozen reference model (default: --model; with --lora-r, the policy with its adapter off). Its log-probs are computed once, before training."""
+    data: Input[tuple[str, ...]] = ()
+    """Training files (required): ranking {"prompt","responses","ranking"} and/or pairwise {"prompt","chosen","rejected"} records, also TRL's conversational / implicit-prompt records and HH-RLHF transcripts (as `rlhfkit rm` reads them)."""
+    eval_data: Input[tuple[str, ...]] = ()
+    """Held-out files of the same formats: loss, preference accuracy, reward margin and log-probs each epoch."""
+    eval_fraction: Fraction[float] = 0.0
+    """Without --eval-data, hold out this share of the prompts of --data."""
+    loss: Literal["dpo", "ipo"] = "dpo"
+    """'dpo': -log sigmoid(beta * h) (Rafailov et al. 2023); 'ipo': (h' - 1/(2 beta))^2 with per-token log-ratios (Azar et al. 2023, as TRL's loss_type="ipo"); h = the chosen response's log-ratio to the reference minus the rejected one's."""
+    beta: Positive[float] = 0.1
+    """Strength of the tie to the reference: the implicit reward is beta * (log pi - log pi_ref) (TRL's default 0.1)."""
+    max_len: Positive[int] = 256
+    """Maximum tokens of prompt + response + EOS."""
+    overlong: Literal["truncate", "error"] = "truncate"
+    """A longer sequence: 'truncate' drops its oldest prompt tokens (the response stays whole), 'error' stops with file:line."""
+    packing: Annotated[
+        bool | None, tyro.conf.DisallowNone, tyro.conf.arg(help_behavior_hint="(default: auto)")
+    ] = None
+    """Run responses in padding-free packed rows (position ids restarting per response) instead of padded batches; default: on where the model keeps packed sequences apart (checked at start-up)."""
+    batch_size: Positive[int] = 8
+    """PROMPTS per micro-batch; each brings all its K responses (one forward each, whatever the number of pairs)."""
+    lr: Positive[float] = 5e-5
+    warmup_steps: NonNegative[int] = 5

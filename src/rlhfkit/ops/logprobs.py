@@ -124,3 +124,26 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
             logits.shape[:-1], dtype=torch.promote_types(logits.dtype, torch.float32)
         )
     return torch.stack(rows)
+
+
+def sequence_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor, n_sequences: int
+) -> torch.Tensor:
+    """Log-probability of whole sequences, summed over their tokens (DPO's log pi(y | x)).
+
+    logits: (n, V), one row per predicted token (the positions that predict them, in any
+    order; e.g. packed rows flattened); targets: (n,) int64 the predicted tokens;
+    owner: (n,) int64 the sequence (0..S-1) each token belongs to. Returns (S,),
+    float32 or wider:
+
+        out[s] = sum_{i : owner[i] = s} log softmax(logits[i])[targets[i]]
+
+    A sequence with no token gets 0.
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape[:1] or owner.shape != targets.shape:
+        raise ValueError(
+            f"logits (n, V), targets (n,) and owner (n,) expected, got {tuple(logits.shape)}, "
+            f"{tuple(targets.shape)}, {tuple(owner.shape)}"
+        )
+    token_logprobs = logprobs_from_logits(logits[None], targets[None])[0]  # (n,)
+    return token_logprobs.new_zeros(n_sequences).index_add(0, owner, token_logprobs)

@@ -65,6 +65,8 @@ def stage_roles(cfg: Any) -> tuple[list[Role], dict[str, int]]:
         return [Role("reward model", cfg.model, s, True, "head: 1 output")], {"train": act}
     if cfg.stage == "ppo":
         return _ppo_roles(cfg, a, gc, n, trust)
+    if cfg.stage == "dpo":
+        return _dpo_roles(cfg, a, gc, trust)
     raise UserError(f"unknown stage {cfg.stage!r}: choose from {', '.join(PLAN_STAGES)}")
 
 
@@ -126,6 +128,24 @@ def _ppo_roles(
             policy, ptx, cfg.ptx_seq_len, a
         )
     return roles, phases
+
+
+def _dpo_roles(cfg: Any, a: int, gc: bool, trust: bool) -> tuple[list[Role], dict[str, int]]:
+    policy = count_model(read_config(cfg.model, "--model", trust), seq_cls=False,
+                         lora=cfg if cfg.lora_r else None, trust_remote_code=trust)  # fmt: skip
+    roles = [Role("policy", cfg.model, policy, True, f"LoRA r={cfg.lora_r}" if cfg.lora_r else "")]
+    if cfg.reference in (None, "", cfg.model):  # its log-probs come from the starting policy
+        note = "the policy, adapter off" if cfg.lora_r else "the policy before its first step"
+        roles.append(Role("reference", cfg.model, None, False, note))
+    else:  # counted though freed before training: an upper bound
+        ref = count_model(read_config(cfg.reference, "--reference", trust), seq_cls=False,
+                          trust_remote_code=trust)  # fmt: skip
+        roles.append(
+            Role("reference", cfg.reference, ref, False, "one pass, freed before training")
+        )
+    # a prompt brings K responses; counted as a pair (K = 2) per prompt, as the RM's plan
+    b, seq = 2 * cfg.batch_size, cfg.max_len
+    return roles, {"train": layer_act(policy, b, seq, a, gc) + logits_act(policy, b, seq, a)}
 
 
 # --- the plan --------------------------------------------------------------------------------
