@@ -1,5 +1,6 @@
 """The roles of `rlhfkit ppo` (and the reward of `rlhfkit select`), built from a config:
-policy, frozen reference, value model, and the scorer (reward models or a rule)."""
+policy, frozen reference, value model (gae only: the critic-free estimators have none), and
+the scorer (reward models or a rule)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import PPOConfig
+from rlhfkit.config.rl import needs_value_model
 from rlhfkit.errors import UserError
 from rlhfkit.loops.common import disable_dropout, seed_everything
 from rlhfkit.loops.lm import choose_packing
@@ -48,7 +50,10 @@ def packed_roles(
 
 def value_source(cfg: Any) -> str:
     """Where the value model starts: 'policy' (also for a rule reward with the default
-    --value-init rm: there is no RM to copy), else --value-init as given."""
+    --value-init rm: there is no RM to copy), else --value-init as given; 'none' for a
+    critic-free --estimator."""
+    if not needs_value_model(cfg):
+        return "none"
     return (
         "policy"
         if cfg.value_init == "policy" or (cfg.rule_reward and cfg.value_init == "rm")
@@ -144,7 +149,8 @@ def build_roles(cfg: PPOConfig, device: torch.device):
     """(tokenizer, policy, reference, value model, scorer) of a PPO config, on `device`;
     no dropout in any of them (`dropout_off`); large linear layers run oneDNN on CPU
     (`fast_linears`). With --lora-r the adapters are added when the policy is wrapped for
-    training (`loop._trainables`), and the reference is the policy with them off."""
+    training (`loop._trainables`), and the reference is the policy with them off. The
+    value model is None (never built nor loaded) for a critic-free --estimator."""
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     seed_everything(cfg.seed)
     policy = load_causal_lm(cfg.policy, device, trust_remote_code=cfg.trust_remote_code)
@@ -157,7 +163,9 @@ def build_roles(cfg: PPOConfig, device: torch.device):
             )
         )
     scorer = build_scorer(cfg, device, cfg.whiten)
-    value_model = build_value_model(cfg, policy, tokenizer, scorer, device)
+    value_model = None
+    if needs_value_model(cfg):
+        value_model = build_value_model(cfg, policy, tokenizer, scorer, device)
     policy.eval()  # no dropout: sampling and training log-probs agree
     changed = dropout_off(policy, reference, value_model, scorer)
     if changed:
