@@ -232,6 +232,43 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(files, tmp_path, monkey
     assert cli.main(_args(files, cut, "--steps", "6", "--resume")) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigkilled_grpo_run_resumed_equals_uninterrupted(files, tmp_path):
+    """A `rlhfkit ppo --estimator grpo` process killed with SIGKILL, then --resume: the
+    policy checkpoints after the kill equal the uninterrupted run's bit for bit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.loops.ppo.test_loop import _env
+
+    extra = ["--estimator", "grpo", "--samples-per-prompt", "2", "--steps", "6",
+             "--save-every", "2", "--num-mini-batches", "2", "--kl-target", "0.1",
+             "--kl-horizon", "10", "--keep-checkpoints", "0"]  # fmt: skip
+    cmd = [sys.executable, "-m", "rlhfkit.cli"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run([*cmd, *_args(files, full, *extra)], env=_env(), check=True, capture_output=True)
+    proc = subprocess.Popen([*cmd, *_args(files, cut, *extra)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not (cut / "checkpoints" / "step-000002" / "COMPLETE").exists():
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "checkpoints" / "step-000006").exists(), "killed too late"
+    subprocess.run([*cmd, *_args(files, cut, *extra, "--resume")], env=_env(), check=True,
+                   capture_output=True)  # fmt: skip
+    for step in ("step-000004", "step-000006"):
+        a = load_file(str(full / "checkpoints" / step / "policy" / "model.safetensors"))
+        b = load_file(str(cut / "checkpoints" / step / "policy" / "model.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), step
+        assert not (cut / "checkpoints" / step / "value").exists()
+
+
 def test_options_an_estimator_cannot_use_are_refused_before_models_load(
     files, tmp_path, capsys, monkeypatch
 ):
