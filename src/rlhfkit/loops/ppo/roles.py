@@ -149,8 +149,7 @@ def build_roles(cfg: PPOConfig, device: torch.device):
     """(tokenizer, policy, reference, value model, scorer) of a PPO config, on `device`;
     no dropout in any of them (`dropout_off`); large linear layers run oneDNN on CPU
     (`fast_linears`). With --lora-r the adapters are added when the policy is wrapped for
-    training (`loop._trainables`), and the reference is the policy with them off. The
-    value model is None (never built nor loaded) for a critic-free --estimator."""
+    training (`loop._trainables`), and the reference is the policy with them off."""
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     seed_everything(cfg.seed)
     policy = load_causal_lm(cfg.policy, device, trust_remote_code=cfg.trust_remote_code)
@@ -163,7 +162,7 @@ def build_roles(cfg: PPOConfig, device: torch.device):
             )
         )
     scorer = build_scorer(cfg, device, cfg.whiten)
-    value_model = None
+    value_model = None  # a critic-free --estimator: never built nor loaded
     if needs_value_model(cfg):
         value_model = build_value_model(cfg, policy, tokenizer, scorer, device)
     policy.eval()  # no dropout: sampling and training log-probs agree
