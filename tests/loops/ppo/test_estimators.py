@@ -63,6 +63,30 @@ def test_one_critic_free_step_trains_the_policy_alone(tiny_tokenizer, estimator)
     assert all(rollout.prompts[i] == rollout.prompts[i - i % n] for i in range(len(rollout)))
 
 
+@pytest.mark.parametrize(
+    "arch,estimator", [("qwen2", "grpo"), ("gpt2", "rloo"), ("llama-tied", "reinforce++-baseline")]
+)
+def test_a_critic_free_step_on_other_families(tiny_tokenizer, arch, estimator):
+    """Qwen2- and GPT-2-shaped policies (their packing decided by the probe) train alone."""
+    import copy
+
+    from tests.helpers import CHAIN_ARCH
+
+    from rlhfkit.models.load import freeze
+    from rlhfkit.models.presets import build_model
+
+    policy = build_model(CHAIN_ARCH[arch](), tiny_tokenizer, seed=0).eval()
+    reference = freeze(copy.deepcopy(policy))
+    cfg = PPOConfig(batch_size=4, max_new_tokens=8, ppo_epochs=2, num_mini_batches=2, lr=1e-3,
+                    weight_decay=0.0, estimator=estimator)  # fmt: skip
+    run = build_run(cfg, policy, reference, None, TokenSetReward(), tiny_tokenizer, _prompts())
+    before = _params(policy)
+    rollout, metrics = ppo_step(run, 0, cfg.batch_size, cfg.seed)
+    assert len(rollout) == 16 and metrics["kl"] == pytest.approx(0.0, abs=1e-4)
+    for name, p in policy.named_parameters():
+        assert not torch.equal(p, before[name]), f"{arch}: {name} did not change"
+
+
 def test_each_estimator_in_the_loop_is_its_ops_function_on_the_rollout(tiny_tokenizer):
     """The wiring: A from the rollout's own rewards / scores, repeated on every response
     token, 0 at padding; KL in the reward (rloo, reinforce++) or not (grpo, dr-grpo)."""
