@@ -1,4 +1,6 @@
-"""losses: SFT NLL, K-wise ranking loss with margins, PPO policy and value losses."""
+"""losses: SFT NLL, K-wise ranking loss with margins, PPO policy and value losses; the
+policy loss's aggregations (token mean, per-response mean / sum / sum over a constant),
+its k3 KL term and the per-response ratio (RLOO's), each against a naive loop."""
 
 from __future__ import annotations
 
@@ -11,10 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from rlhfkit.losses import (
+    LOSS_AGGREGATIONS,
+    LOSS_UNITS,
+    POLICY_LOSSES,
     kwise_ranking_loss,
     ppo_policy_loss,
     ppo_value_loss,
     ptx_loss,
+    sequence_policy_loss,
     sft_nll,
 )
 
@@ -310,3 +316,133 @@ def test_value_loss_padding_junk_changes_nothing() -> None:
     (g_c,) = torch.autograd.grad(loss_c, v_c)
     (g_d,) = torch.autograd.grad(loss_d, v_d)
     torch.testing.assert_close(g_c, g_d)
+
+
+# ---------------------------------------------------------------- policy loss variants
+
+
+def _naive_token_losses(new, old, adv, mask, eps, ref=None, kl_coef=0.0):
+    """Per valid token: -min(r A, clip(r) A) + kl_coef (exp(d) - d - 1), d = ref - new;
+    {row: [losses of its valid tokens]}."""
+    rows: dict[int, list[float]] = {}
+    for b, t in itertools.product(range(new.shape[0]), range(new.shape[1])):
+        if not mask[b, t]:
+            continue
+        ratio = math.exp(float(new[b, t] - old[b, t]))
+        a = float(adv[b, t])
+        loss = -min(ratio * a, min(max(ratio, 1 - eps), 1 + eps) * a)
+        if ref is not None:
+            d = float(ref[b, t] - new[b, t])
+            loss += kl_coef * (math.exp(d) - d - 1)
+        rows.setdefault(b, []).append(loss)
+    return rows
+
+
+def _naive_aggregate(rows: dict[int, list[float]], batch: int, agg: str, norm: float) -> float:
+    flat = [x for b in range(batch) for x in rows.get(b, [])]
+    per_row = [rows.get(b, []) for b in range(batch)]
+    if agg == "token-mean":
+        return sum(flat) / len(flat)
+    if agg == "seq-mean-token-mean":
+        return sum(sum(r) / len(r) if r else 0.0 for r in per_row) / batch
+    if agg == "seq-mean-token-sum":
+        return sum(sum(r) for r in per_row) / batch
+    return sum(sum(r) for r in per_row) / (batch * norm)  # seq-mean-token-sum-norm
+
+
+@pytest.mark.parametrize("agg", list(LOSS_AGGREGATIONS))
+@pytest.mark.parametrize("kl_coef", [0.0, 0.3])
+def test_policy_loss_aggregations_vs_naive(agg: str, kl_coef: float) -> None:
+    new, old, adv, mask = _ppo_batch(seed=4)
+    ref = old + 0.3 * torch.randn(
+        old.shape, generator=torch.Generator().manual_seed(9), dtype=old.dtype
+    )
+    loss, stats = ppo_policy_loss(
+        new, old, adv, mask, 0.2, agg, ref_logprobs=ref, kl_coef=kl_coef, norm_length=7
+    )
+    rows = _naive_token_losses(new, old, adv, mask, 0.2, ref if kl_coef else None, kl_coef)
+    assert loss.item() == pytest.approx(_naive_aggregate(rows, 3, agg, 7))
+    assert ("kl_loss" in stats) == bool(kl_coef)
+    if kl_coef:  # the mean k3 per token, >= 0
+        d = (ref - new)[mask]
+        assert stats["kl_loss"].item() == pytest.approx((d.exp() - d - 1).mean().item())
+    assert POLICY_LOSSES[agg](new, old, adv, mask, 0.2, ref_logprobs=ref, kl_coef=kl_coef,
+                              norm_length=7)[0].item() == loss.item()  # fmt: skip
+    assert LOSS_UNITS[agg] == ("token" if agg == "token-mean" else "sequence")
+
+
+def test_token_mean_without_kl_is_ppo_default_bit_for_bit() -> None:
+    new, old, adv, mask = _ppo_batch(seed=5)
+    a, _ = ppo_policy_loss(new, old, adv, mask, 0.2)
+    b, _ = ppo_policy_loss(new, old, adv, mask, 0.2, "token-mean", ref_logprobs=old, kl_coef=0.0)
+    assert torch.equal(a, b)
+
+
+def test_dr_grpo_aggregation_needs_its_constant() -> None:
+    new, old, adv, mask = _ppo_batch()
+    with pytest.raises(ValueError, match="norm_length"):
+        ppo_policy_loss(new, old, adv, mask, 0.2, "seq-mean-token-sum-norm")
+
+
+def _row_advantages(seed: int = 6):
+    new, old, _, mask = _ppo_batch(seed=seed)
+    a = torch.tensor([1.5, -0.7, 0.4], dtype=torch.float64)
+    adv = torch.where(mask, a[:, None].expand_as(new), torch.zeros_like(new))
+    return new, old, a, adv, mask
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.2])
+def test_sequence_loss_vs_naive(kl_coef: float) -> None:
+    """One ratio per response: r_i = exp(sum_t (new - old)), clipped as a whole."""
+    new, old, a, adv, mask = _row_advantages()
+    # small per-token changes: some responses' ratios leave [0.8, 1.2], some do not
+    noise = torch.randn(new.shape, generator=torch.Generator().manual_seed(1), dtype=new.dtype)
+    old = new - 0.15 * noise
+    ref = new + 0.2
+    loss, stats = sequence_policy_loss(new, old, adv, mask, 0.2, ref_logprobs=ref, kl_coef=kl_coef)
+    total, clipped = 0.0, 0
+    for b in range(3):
+        n = int(mask[b].sum())
+        ratio = math.exp(sum(float(new[b, t] - old[b, t]) for t in range(n)))
+        surr = min(ratio * float(a[b]), min(max(ratio, 0.8), 1.2) * float(a[b]))
+        clipped += surr != ratio * float(a[b])
+        d = 0.2  # ref - new at every token
+        total += -surr + kl_coef * n * (math.exp(d) - d - 1)
+    assert 0 < clipped < 3  # both cases are exercised
+    assert loss.item() == pytest.approx(total / 3)
+    assert stats["clipfrac"].item() == pytest.approx(clipped / 3)
+    assert POLICY_LOSSES["sequence"] is sequence_policy_loss
+
+
+def test_on_policy_gradient_of_the_response_sum_is_rloo_estimator() -> None:
+    """At ratio 1 both seq-mean-token-sum and the per-response ratio give d loss / d logp_t
+    = -A_i / B on every valid token: REINFORCE with the whole response as one action."""
+    new, _, a, adv, mask = _row_advantages(seed=7)
+    expected = torch.where(mask, -a[:, None].expand_as(new) / 3, torch.zeros_like(new))
+    for fn in (POLICY_LOSSES["seq-mean-token-sum"], sequence_policy_loss):
+        x = new.clone().requires_grad_(True)
+        loss, _ = fn(x, new.detach(), adv, mask, 0.2)
+        assert loss.item() == pytest.approx(-(a * mask.sum(1)).mean().item()
+                                            if fn is not sequence_policy_loss else -a.mean().item())  # fmt: skip
+        (grad,) = torch.autograd.grad(loss, x)
+        torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("agg", list(POLICY_LOSSES))
+def test_every_policy_loss_ignores_padding_junk(agg: str) -> None:
+    new, old, _, adv, mask = _row_advantages(seed=8)
+    ref = old - 0.1
+    clean = new.clone().requires_grad_(True)
+    dirty = torch.where(mask, new, torch.full_like(new, 1e4)).requires_grad_(True)
+    junk = torch.full_like(new, float("nan"))
+    args = dict(kl_coef=0.1, norm_length=5)
+    loss_c, _ = POLICY_LOSSES[agg](clean, old, adv, mask, 0.2, ref_logprobs=ref, **args)
+    loss_d, _ = POLICY_LOSSES[agg](
+        dirty, torch.where(mask, old, junk), torch.where(mask, adv, torch.zeros_like(adv)), mask,
+        0.2, ref_logprobs=torch.where(mask, ref, junk), **args,
+    )  # fmt: skip
+    torch.testing.assert_close(loss_c, loss_d)
+    (g_c,) = torch.autograd.grad(loss_c, clean)
+    (g_d,) = torch.autograd.grad(loss_d, dirty)
+    torch.testing.assert_close(g_c, g_d)
+    assert torch.isfinite(g_d).all()

@@ -1,5 +1,11 @@
 """The losses of the pipeline: SFT / ptx, reward-model ranking, PPO policy and value, DPO / IPO.
 
+The policy loss is PPO's clipped surrogate per token for every estimator of `rlhfkit ppo`
+(GAE, RLOO, GRPO, REINFORCE++; only their advantages differ), optionally plus a k3 KL
+term (GRPO), made one number by one of `LOSS_AGGREGATIONS` (token mean, per-response
+mean or sum, sum over a constant); `sequence_policy_loss` clips one ratio per response
+instead (TRL's RLOOTrainer). `POLICY_LOSSES` maps each `--loss-agg` to its function.
+
 Each returns ``(loss, stats)``: ``loss`` a 0-d tensor to call ``backward`` on, ``stats``
 a dict of detached 0-d tensors for logging. Masks are bool, True = valid token.
 
@@ -12,9 +18,13 @@ the PPO gradient before the one optimizer step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
+from rlhfkit.ops.kl import kl_k3
 from rlhfkit.ops.logprobs import logprobs_from_logits, shifted_token_logprobs
 from rlhfkit.ops.masking import masked_mean, masked_sum
 
@@ -130,24 +140,67 @@ def kwise_ranking_loss(
     return loss, stats
 
 
+def _token_mean(per_token: torch.Tensor, mask: torch.Tensor, norm_length: float | None):
+    """sum over all valid tokens / their number (PPO; TRL GRPO's "dapo" / "bnpo")."""
+    return masked_mean(per_token, mask)
+
+
+def _seq_mean_token_mean(per_token: torch.Tensor, mask: torch.Tensor, norm_length: float | None):
+    """mean over responses of each response's token mean (GRPO; TRL's "grpo")."""
+    return masked_mean(per_token, mask, dim=1).mean()
+
+
+def _seq_mean_token_sum(per_token: torch.Tensor, mask: torch.Tensor, norm_length: float | None):
+    """mean over responses of each response's token sum (RLOO: the response's log-prob)."""
+    return masked_sum(per_token, mask, dim=1).mean()
+
+
+def _seq_mean_token_sum_norm(
+    per_token: torch.Tensor, mask: torch.Tensor, norm_length: float | None
+):
+    """mean over responses of each response's token sum / a constant length (Dr. GRPO;
+    TRL's "dr_grpo" with max_completion_length = norm_length)."""
+    if not norm_length:
+        raise ValueError("seq-mean-token-sum-norm needs norm_length (e.g. max_new_tokens)")
+    return masked_sum(per_token, mask, dim=1).mean() / norm_length
+
+
+LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "token-mean": _token_mean,
+    "seq-mean-token-mean": _seq_mean_token_mean,
+    "seq-mean-token-sum": _seq_mean_token_sum,
+    "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,
+}
+"""(B, R) per-token losses, (B, R) bool mask, norm_length -> the 0-d loss (verl's names)."""
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     clip_eps: float,
+    agg: str = "token-mean",
+    *,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    norm_length: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate (Schulman et al. 2017), token-level masked mean.
+    """PPO clipped surrogate (Schulman et al. 2017) per token, aggregated by `agg`.
 
     logprobs: (B, R) under the policy being trained; old_logprobs: (B, R) from the
-    rollout; advantages: (B, R); response_mask: (B, R) bool. With
-    ratio_t = exp(logprobs_t - old_logprobs_t):
+    rollout; advantages: (B, R) (a per-response estimator repeats A_i on every token);
+    response_mask: (B, R) bool; ref_logprobs: (B, R) under the reference, with kl_coef > 0
+    for GRPO's KL loss term. With ratio_t = exp(logprobs_t - old_logprobs_t):
 
-        loss = masked_mean( -min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t) )
+        l_t  = -min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t)
+               + kl_coef * k3_t,     k3_t = exp(d_t) - d_t - 1,  d_t = ref_logprobs_t - logprobs_t
+        loss = LOSS_AGGREGATIONS[agg](l, response_mask, norm_length)
 
+    The default ("token-mean", no KL term) is masked_mean(l): PPO's token-level mean.
     Stats: policy_loss; approx_kl = masked_mean((ratio - 1) - log ratio) (k3 of
     KL(old || new), >= 0); clipfrac = fraction of tokens where the clipped term is
-    the active one; ratio_mean.
+    the active one; ratio_mean; kl_loss = masked_mean(k3) when the KL term is on.
     """
     zeros = torch.zeros_like(logprobs)
     # Padding -> ratio 1, A 0 before any exp, so junk there cannot reach a gradient.
@@ -156,7 +209,13 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), response_mask)
+    per_token = torch.maximum(unclipped, clipped)
+    kl = None
+    if ref_logprobs is not None and kl_coef:
+        ref = torch.where(response_mask, ref_logprobs, logprobs.detach())  # padding: k3 = 0
+        kl = torch.where(response_mask, kl_k3(logprobs, ref), zeros)
+        per_token = per_token + kl_coef * kl
+    loss = LOSS_AGGREGATIONS[agg](per_token, response_mask, norm_length)
 
     with torch.no_grad():
         stats = {
@@ -165,7 +224,75 @@ def ppo_policy_loss(
             "clipfrac": masked_mean((clipped > unclipped).float(), response_mask),
             "ratio_mean": masked_mean(ratio, response_mask),
         }
+        if kl is not None:
+            stats["kl_loss"] = masked_mean(kl, response_mask)
     return loss, stats
+
+
+def sequence_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float,
+    *,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    norm_length: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped surrogate with one ratio per response: the whole response is one action
+    (Ahmadian et al. 2024's RLOO; TRL 1.16's RLOOTrainer loss).
+
+    Shapes as `ppo_policy_loss`; advantages (B, R) hold one A_i per response, read at its
+    first token. With log r_i = sum_t mask * (logprobs - old_logprobs) over response i:
+
+        loss = mean_i -min(r_i * A_i, clip(r_i, 1 - eps, 1 + eps) * A_i)
+               + kl_coef * mean_i sum_t k3_t                  (KL term only if asked)
+
+    At r = 1 its gradient is -mean_i A_i * grad log pi(y_i | x_i), RLOO's estimator, the
+    same as "seq-mean-token-sum" there; off-policy (later epochs) one response's ratio
+    is the product of its tokens', so it clips sooner. `norm_length` is unused.
+    Stats: policy_loss, approx_kl and ratio_mean (per token, as PPO's, for the logs),
+    clipfrac (the fraction of responses clipped), seq_ratio_mean.
+    """
+    zeros = torch.zeros_like(logprobs)
+    token_log_ratio = torch.where(response_mask, logprobs - old_logprobs, zeros)  # (B, R)
+    log_ratio = token_log_ratio.sum(1)  # (B,)
+    seq_advantages = advantages[:, 0]  # (B,): every token of a response holds its A_i
+    ratio = torch.exp(log_ratio)
+    unclipped = -seq_advantages * ratio
+    clipped = -seq_advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = torch.maximum(unclipped, clipped).mean()
+    kl = None
+    if ref_logprobs is not None and kl_coef:
+        ref = torch.where(response_mask, ref_logprobs, logprobs.detach())
+        kl = torch.where(response_mask, kl_k3(logprobs, ref), zeros)
+        loss = loss + kl_coef * _seq_mean_token_sum(kl, response_mask, None)
+
+    with torch.no_grad():
+        token_ratio = torch.exp(token_log_ratio)
+        stats = {
+            "policy_loss": loss.detach(),
+            "approx_kl": masked_mean((token_ratio - 1) - token_log_ratio, response_mask),
+            "clipfrac": (clipped > unclipped).float().mean(),
+            "ratio_mean": masked_mean(token_ratio, response_mask),
+            "seq_ratio_mean": ratio.mean(),
+        }
+        if kl is not None:
+            stats["kl_loss"] = masked_mean(kl, response_mask)
+    return loss, stats
+
+
+POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {
+    **{agg: partial(ppo_policy_loss, agg=agg) for agg in LOSS_AGGREGATIONS},
+    "sequence": sequence_policy_loss,
+}
+"""`--loss-agg` -> policy loss(logprobs, old_logprobs, advantages, response_mask, clip_eps,
+*, ref_logprobs, kl_coef, norm_length)."""
+
+LOSS_UNITS: dict[str, str] = {agg: "sequence" for agg in POLICY_LOSSES} | {"token-mean": "token"}
+"""What each `--loss-agg` averages over ("token" or "sequence"): a minibatch split into
+micro-batches or processes weights each part's loss by its share of these."""
 
 
 def ppo_value_loss(

@@ -160,10 +160,10 @@ class Rollout(_PromptResponse):
     """One batch of PPO experience, the object that grows through an iteration.
 
     `loops.ppo.rollout.collect_rollout` builds it (sampling, scores, reference log-probs,
-    per-token rewards); `loops.ppo.update.add_advantages` returns a copy that also holds
-    values, advantages and returns. Frozen: no stage edits a field another has read.
-    Masks are bool, True = real token. P: prompt width (left-padded), R: longest response
-    (right-padded); B rows of this process.
+    per-token rewards); the `--estimator`'s function (`loops.ppo.estimators`) returns a copy
+    that also holds advantages and returns (and values: gae). Frozen: no stage edits a
+    field another has read. Masks are bool, True = real token. P: prompt width
+    (left-padded), R: longest response (right-padded); B rows of this process.
     """
 
     prompt_ids: torch.Tensor  # (B, P) long
@@ -175,7 +175,9 @@ class Rollout(_PromptResponse):
     raw_scores: torch.Tensor  # (B,) float32, the combined score before any whitening
     scores: torch.Tensor  # (B,) float32, after EOS penalty / normalisation / clipping
     kl: torch.Tensor  # (B, R) float32, the KL estimator per token; 0 at padding
-    rewards: torch.Tensor  # (B, R) float32, -kl_coef * kl + score at the last token
+    rewards: (
+        torch.Tensor
+    )  # (B, R) float32, -kl_coef * kl (KL in the reward) + score at the last token
     ended: torch.Tensor  # (B,) bool, the response produced EOS
     safety: torch.Tensor  # (B,) bool, prompt tagged possibly unsafe
     prompts: list[str] = field(default_factory=list)  # B prompt texts
@@ -183,13 +185,19 @@ class Rollout(_PromptResponse):
     per_rm: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) raw score
     kl_coef: float = 0.0
     kl_estimator: str = "k1"  # which estimator `kl` holds
+    kl_in: str = "reward"  # "reward": `rewards` carry -kl_coef x kl; "loss": the update adds k3
+    group_size: int = 1  # responses per prompt: rows [g n, (g + 1) n) answer one prompt
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     # the generation engine's own numbers, logged as they are (vLLM: vllm/logprob_gap_*)
     engine_stats: dict[str, float] = field(default_factory=dict)
-    # Added by `add_advantages`:
-    values: torch.Tensor | None = None  # (B, R) float32, V(prompt + response[:t]); 0 at padding
-    advantages: torch.Tensor | None = None  # (B, R) float32, GAE (whitened if asked); 0 at pad
-    returns: torch.Tensor | None = None  # (B, R) float32, advantages + values before whitening
+    # Added by step 4 (`loops.ppo.estimators`):
+    values: torch.Tensor | None = (
+        None  # (B, R) float32, V(prompt + response[:t]); 0 at padding; gae only
+    )
+    advantages: torch.Tensor | None = None  # (B, R) float32, the estimator's; 0 at padding
+    returns: torch.Tensor | None = (
+        None  # (B, R) float32, gae: advantages + values before whitening; else what A is computed from
+    )
     value_graph: torch.Tensor | None = field(default=None, repr=False, compare=False)
     """(B, R) the same values WITH their autograd graph, kept only when the update makes a
     single pass and can reuse this forward for its value loss (`update.reuses_value_forward`)."""

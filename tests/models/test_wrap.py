@@ -1,7 +1,8 @@
 """FSDP2 (`--strategy fsdp2`) under `torchrun --standalone --nproc_per_node 2` (gloo, CPU):
 - sft and rm: 2 sharded processes x batch b step like 1 process x batch 2b;
 - ppo: with every role sharded (policy, value, reference, reward model), 2 processes step
-  like 2 DDP processes, evaluation runs, and uneven response lengths do not hang;
+  like 2 DDP processes, evaluation runs, and uneven response lengths do not hang; the same
+  for a critic-free estimator (grpo: no value model, groups of responses per process);
 - a sharded run killed with SIGKILL and resumed ends bit-identical to an uninterrupted one,
   and its DCP checkpoint also resumes in one process (2 -> 1);
 - what users read stays a plain Hugging Face folder.
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -194,6 +196,28 @@ def test_fsdp2_ppo_steps_like_ddp(tmp_path, files):  # noqa: F811 (the fixture)
     assert set(a) == set(b)
     assert_same_training(a, b, load_file(str(made["base"] / "model.safetensors")), rel=2e-2)
     assert (tmp_path / "fsdp2" / "checkpoints" / "step-000002" / "dcp").is_dir()
+
+
+@pytest.mark.slow  # ~80 s on 2 cores: `make test-slow`
+@pytest.mark.timeout(420)
+def test_fsdp2_critic_free_grpo_steps_like_ddp(tmp_path, files):  # noqa: F811 (the fixture)
+    """--estimator grpo, 2 prompts x 2 responses per process: FSDP2 steps like DDP, and the
+    sharded checkpoint holds the policy alone (no value model anywhere)."""
+    made = files
+    extra = ["--steps", "2", "--estimator", "grpo", "--samples-per-prompt", "2",
+             "--num-mini-batches", "2", "--save-every", "1", "--schedule", "constant",
+             "--warmup-steps", "0"]  # fmt: skip
+    for name, strategy in (("ddp", "ddp"), ("fsdp2", "fsdp2")):
+        _run([*TORCHRUN, "-m", "rlhfkit.cli", *_args(made, tmp_path / name, *extra,
+                                                     "--strategy", strategy)])  # fmt: skip
+    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    b = load_file(str(tmp_path / "fsdp2" / "model.safetensors"))
+    assert set(a) == set(b)
+    assert_same_training(a, b, load_file(str(made["base"] / "model.safetensors")), rel=2e-2)
+    ckpt = tmp_path / "fsdp2" / "checkpoints" / "step-000002"
+    assert (ckpt / "dcp").is_dir() and (ckpt / "policy").is_dir() and not (ckpt / "value").exists()
+    summary = json.loads((tmp_path / "fsdp2" / "summary.json").read_text())
+    assert summary["estimator"] == "grpo" and summary["world_size"] == 2
 
 
 @pytest.mark.slow  # ~150 s on 2 cores: `make test-slow`

@@ -183,3 +183,22 @@ def test_dpo_plans_the_policy_as_sft_and_a_reference_only_when_separate(tmp_path
     ref = {r["role"]: r for r in separate["roles"]}["reference"]
     gpt2 = make_plan(cli.parse("plan sft", ["--model", str(other)]))["roles"][0]
     assert ref["weights"] == gpt2["weights"] and ref["grads"] == ref["optimizer"] == 0
+
+
+def test_critic_free_ppo_plans_no_value_model(tmp_path):
+    """--estimator grpo (or any critic-free one): no value role and no value step; the
+    rollout phase holds --batch-size x --samples-per-prompt rows."""
+    folder = _folder(tmp_path, "llama")
+    base = ["--policy", str(folder), "--rm", f"helpfulness={folder}", "--batch-size", "8"]
+    gae = make_plan(cli.parse("plan ppo", base))
+    grpo = make_plan(cli.parse("plan ppo", [*base, "--estimator", "grpo"]))
+    assert {r["role"] for r in gae["roles"]} == {"policy", "reference", "value", "rm:helpfulness"}
+    assert {r["role"] for r in grpo["roles"]} == {"policy", "reference", "rm:helpfulness"}
+    assert "value step" in gae["activations"] and "value step" not in grpo["activations"]
+    value = next(r for r in gae["roles"] if r["role"] == "value")
+    assert grpo["states"] == gae["states"] - value["total"]
+    # 8 prompts x 4 samples (grpo's default) sample 4x the rows of gae's 8 x 1
+    one = make_plan(
+        cli.parse("plan ppo", [*base, "--estimator", "grpo", "--samples-per-prompt", "1"])
+    )
+    assert grpo["activations"]["rollout"] == 4 * one["activations"]["rollout"]

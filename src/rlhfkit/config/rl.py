@@ -24,6 +24,7 @@ from rlhfkit.config.fields import (
     NonNegative,
     Positive,
     PositiveFraction,
+    Range,
     UnitInterval,
 )
 
@@ -93,9 +94,60 @@ class RLOptions(ChatOptions, GeneratorOptions, SamplingOptions, ScorerOptions):
 # --- RL: PPO and picking the SFT checkpoint (loops/ppo, loops/select.py) ----------------
 
 
+@dataclass(frozen=True)
+class EstimatorDefaults:
+    """What an advantage estimator of `rlhfkit ppo --estimator` uses unless told otherwise."""
+
+    kl_in: Literal["reward", "loss"]
+    """Where the KL to the reference goes: the per-token reward, or a k3 loss term."""
+    loss_agg: str
+    """How the per-token policy loss becomes one number (`losses.POLICY_LOSSES`)."""
+    samples_per_prompt: int
+    """Responses sampled per prompt (the group of the group estimators)."""
+    critic: bool = False
+    """Whether the estimator needs a value model."""
+    group: bool = False
+    """Whether its baseline comes from the other responses to the same prompt (n >= 2)."""
+
+
+ESTIMATOR_DEFAULTS: dict[str, EstimatorDefaults] = {
+    # PPO (InstructGPT): GAE on a learned value model, KL in the reward, token mean
+    "gae": EstimatorDefaults("reward", "token-mean", 1, critic=True),
+    # RLOO (Ahmadian et al. 2024): the response is one action; token sums = its log-prob
+    "rloo": EstimatorDefaults("reward", "seq-mean-token-sum", 4, group=True),
+    # GRPO (Shao et al. 2024): k3 KL loss, each response's mean over its tokens
+    "grpo": EstimatorDefaults("loss", "seq-mean-token-mean", 4, group=True),
+    # Dr. GRPO (Liu et al. 2025): token sums over a constant (--max-new-tokens)
+    "dr-grpo": EstimatorDefaults("loss", "seq-mean-token-sum-norm", 4, group=True),
+    # REINFORCE++ (Hu 2025): PPO's per-token KL reward, returns whitened over the batch
+    "reinforce++": EstimatorDefaults("reward", "token-mean", 1),
+    "reinforce++-baseline": EstimatorDefaults("reward", "token-mean", 4, group=True),
+}
+LOSS_AGGREGATIONS = (
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+    "sequence",
+)
+
+
+def estimator_options(cfg: object) -> tuple[str, str, int]:
+    """(kl_in, loss_agg, samples_per_prompt) of a PPO config: each option as given, else its
+    --estimator's default (`ESTIMATOR_DEFAULTS`)."""
+    d = ESTIMATOR_DEFAULTS[getattr(cfg, "estimator", "gae")]
+    kl_in, agg, n = (getattr(cfg, k, None) for k in ("kl_in", "loss_agg", "samples_per_prompt"))
+    return kl_in or d.kl_in, agg or d.loss_agg, n or d.samples_per_prompt
+
+
+def needs_value_model(cfg: object) -> bool:
+    """Whether a PPO config's --estimator trains a value model (gae only)."""
+    return ESTIMATOR_DEFAULTS[getattr(cfg, "estimator", "gae")].critic
+
+
 @dataclass(kw_only=True)
 class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptions):
-    """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx."""
+    """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx; or with a critic-free estimator (--estimator rloo, grpo, dr-grpo, reinforce++, reinforce++-baseline: no value model)."""
 
     reference: CausalLMFolder[str | None] = None
     """Frozen reference for the KL penalty (default: --policy, as in InstructGPT)."""
@@ -108,7 +160,7 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     steps: Positive[int] = 100
     """PPO iterations (one rollout batch + its update each)."""
     batch_size: Positive[int] = 64
-    """Prompts per rollout, over all processes (split across them under torchrun)."""
+    """Prompts per rollout, over all processes (split across them under torchrun); each gets --samples-per-prompt responses."""
     num_mini_batches: Positive[int] = 1
     """Minibatches per PPO epoch; one policy and one value optimizer step each."""
     micro_batch_size: NonNegative[int] = 0
@@ -126,13 +178,13 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     kl_coef: NonNegative[float] = 0.02
     """beta: KL penalty per token (InstructGPT 0.02; Llama 2 0.01 for 7B/13B); the start value with --kl-target."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token KL estimator in the reward: k1 = log pi - log pi_ref (InstructGPT), k2, k3."""
+    """Per-token KL estimator in the reward (and the logged kl): k1 = log pi - log pi_ref (InstructGPT), k2, k3. --kl-in loss always adds k3."""
     kl_target: Positive[float | None] = None
     """Adaptive KL controller (Ziegler et al. 2019): steer the per-sequence KL to this target."""
     kl_horizon: Positive[float] = 10000.0
     """Adaptive KL controller horizon (in samples)."""
     gamma: UnitInterval[float] = 1.0
-    """GAE discount."""
+    """GAE discount (and REINFORCE++'s, whose returns use no lambda)."""
     lam: UnitInterval[float] = 0.95
     """GAE lambda."""
     clip_eps: Positive[float] = 0.2
@@ -161,6 +213,36 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """Tokens per pretraining block."""
     value_lr: Positive[float | None] = None
     """Value model learning rate (default: --lr)."""
+    estimator: Literal["gae", "rloo", "grpo", "dr-grpo", "reinforce++", "reinforce++-baseline"] = (
+        "gae"
+    )
+    """Advantage estimator (docs/estimators.md). gae: PPO with a value model (GAE; KL in reward; token-mean; 1 sample per prompt). The rest build no value model: rloo (Ahmadian et al. 2024: sequence reward = score - kl_coef x summed KL, minus the mean of the other responses to its prompt; reward; seq-mean-token-sum; 4), grpo (Shao et al. 2024: (score - group mean) / (group std + 1e-4); loss; seq-mean-token-mean; 4), dr-grpo (Liu et al. 2025: score - group mean; loss; seq-mean-token-sum-norm; 4), reinforce++ (Hu 2025: per-token KL reward, returns to go, whitened over the batch; reward; token-mean; 1), reinforce++-baseline (the same after subtracting the group's mean score; reward; token-mean; 4)."""
+    samples_per_prompt: Annotated[
+        int | None,
+        Range(gt=0),
+        tyro.conf.DisallowNone,
+        tyro.conf.arg(help_behavior_hint="(default: per --estimator, 1 or 4; > 0)"),
+    ] = None
+    """Responses sampled per prompt: a step trains on --batch-size x this many. The responses to one prompt stay on one process and in one minibatch (the group estimators' baseline)."""
+    kl_in: Annotated[
+        Literal["reward", "loss"] | None,
+        tyro.conf.DisallowNone,
+        tyro.conf.arg(help_behavior_hint="(default: per --estimator)"),
+    ] = None
+    """Where the KL to the reference goes: 'reward' (-kl_coef x --kl-estimator per token in the reward, InstructGPT) or 'loss' (kl_coef x k3 per token added to the policy loss, GRPO). Default: loss for grpo and dr-grpo, reward for the others."""
+    loss_agg: Annotated[
+        Literal[
+            "token-mean",
+            "seq-mean-token-mean",
+            "seq-mean-token-sum",
+            "seq-mean-token-sum-norm",
+            "sequence",
+        ]
+        | None,
+        tyro.conf.DisallowNone,
+        tyro.conf.arg(help_behavior_hint="(default: per --estimator)"),
+    ] = None
+    """How per-token clipped losses become the minibatch's loss: token-mean (over all tokens: PPO, REINFORCE++; TRL's 'dapo'), seq-mean-token-mean (each response's mean, then the mean over responses: GRPO; TRL's 'grpo'), seq-mean-token-sum (each response's sum: RLOO), seq-mean-token-sum-norm (sums over --max-new-tokens: Dr. GRPO; TRL's 'dr_grpo'), or sequence (one ratio per response, exp of its summed log-ratio, clipped as a whole: TRL's RLOOTrainer; rloo, grpo and dr-grpo only)."""
     # OptimizerOptions with PPO's defaults, and help that says how PPO counts and clips.
     lr: Positive[float] = 1e-5
     """Policy learning rate."""

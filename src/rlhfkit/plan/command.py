@@ -8,6 +8,7 @@ from typing import Any
 
 from rlhfkit.config import PLAN_CONFIGS, PLAN_STAGES
 from rlhfkit.config.base import parse_rm_spec
+from rlhfkit.config.rl import estimator_options, needs_value_model
 from rlhfkit.errors import UserError
 from rlhfkit.plan.count import (
     Role,
@@ -90,6 +91,9 @@ def _ppo_roles(
         )
         for name, path in rms.items()
     }
+    if not needs_value_model(cfg):  # a critic-free --estimator: no value model at all
+        roles += [Role(f"rm:{n}", rms[n], s, False) for n, s in rm_shapes.items()]
+        return roles, _ppo_phases(cfg, policy, None, a, gc, n)
     # With LoRA the value model trains an adapter too; started from an RM it IS that RM
     # (roles.share_reward_base), which then costs nothing more as a reward model.
     init, lora, shared = cfg.value_init, (cfg if cfg.lora_r else None), None
@@ -113,21 +117,28 @@ def _ppo_roles(
         else Role(f"rm:{n}", rms[n], s, False)
         for n, s in rm_shapes.items()
     ]
-    # rollout: batch split over processes; a PPO step: a minibatch or --micro-batch-size
-    rollout = _per_proc(cfg.batch_size, n)
+    return roles, _ppo_phases(cfg, policy, value, a, gc, n)
+
+
+def _ppo_phases(cfg: Any, policy: Any, value: Any, a: int, gc: bool, n: int) -> dict[str, int]:
+    """Activation bytes per phase of a PPO step; no value step without a value model."""
+    # rollout: prompts split over processes, --samples-per-prompt rows each; a PPO step: a
+    # minibatch or --micro-batch-size
+    rollout = _per_proc(cfg.batch_size, n) * estimator_options(cfg)[2]
     micro = cfg.micro_batch_size or _per_proc(rollout, cfg.num_mini_batches)
     seq, resp = cfg.max_prompt_len + cfg.max_new_tokens, cfg.max_new_tokens + 1
     phases = {
         "rollout": kv_cache(policy, rollout, seq, a) + logits_act(policy, rollout, resp, a),
         "policy step": layer_act(policy, micro, seq, a, gc) + logits_act(policy, micro, resp, a),
-        "value step": layer_act(value, micro, seq, a, gc),
     }
+    if value is not None:
+        phases["value step"] = layer_act(value, micro, seq, a, gc)
     if cfg.ptx_coef > 0:
         ptx = _per_proc(cfg.ptx_batch_size, n)
         phases["ptx step"] = layer_act(policy, ptx, cfg.ptx_seq_len, a, gc) + logits_act(
             policy, ptx, cfg.ptx_seq_len, a
         )
-    return roles, phases
+    return phases
 
 
 def _dpo_roles(cfg: Any, a: int, gc: bool, trust: bool) -> tuple[list[Role], dict[str, int]]:

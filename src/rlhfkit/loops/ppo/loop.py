@@ -1,30 +1,36 @@
 """`rlhfkit ppo`: RL fine-tuning with PPO, a per-token KL penalty, and PPO-ptx (InstructGPT
-step 3, Llama 2 section 3.2.3).
+step 3, Llama 2 section 3.2.3); or, with `--estimator`, the same loop with a critic-free
+advantage estimator: RLOO, GRPO, Dr. GRPO, REINFORCE++ (`estimators.py`).
 
 Roles (separate objects, `roles.py`): the policy (trained; sampled through a
 `sampling.settings.ResponseGenerator`), the reference (a frozen copy of the starting policy; with
 --lora-r the policy itself with its LoRA adapter switched off), the
-value model (a scalar-head model, started from the reward model as in InstructGPT, or from
-the policy with a zero head), and the reward (one RM, several combined by `--combine`, or a
-rule).
+value model (gae only: a scalar-head model, started from the reward model as in
+InstructGPT, or from the policy with a zero head), and the reward (one RM, several combined
+by `--combine`, or a rule).
 
 One iteration, `ppo_step` (each numbered step is one call there, in this order):
-  1. take the next `--batch-size` prompts of a seeded order (split across processes);
-  2. the policy samples a response to each (KV cache, stop at EOS); our engine's sampling
+  1. take the next `--batch-size` prompts of a seeded order (split across processes, so
+     the responses to one prompt stay on one process);
+  2. the policy samples `--samples-per-prompt` responses to each, in consecutive rows (KV
+     cache, stop at EOS); our engine's sampling
      log-probs are the behaviour log-probs (no second policy forward); with
      `--generator vllm` one training-side forward gives them and the gap to vLLM's is
      logged (`--vllm-logprobs`: vLLM's, off-policy by that gap)  [rollout.py];
   3. the reward scores prompt + response at its last token (optional penalty for a
      response without EOS, normalisation, clipping); one reference forward gives the
-     per-token KL; rewards_t = -kl_coef * KL_t (k1 by default) + score at the last
-     token  [rollout.py];
-  4. one value forward gives V per response token; GAE (gamma, lam) gives advantages
-     and returns, advantages whitened over the batch  [update.py: add_advantages];
-  5. `--ppo-epochs` passes over `--num-mini-batches` shuffled minibatches: per minibatch
-     one value step (clipped value loss) and one policy step (clipped surrogate, plus
-     ptx_coef x the LM loss of a pretraining batch when PPO-ptx is on: ONE step on the
-     summed gradient), gradient norms clipped to 1; then the generator is given the new
-     weights  [update.py: ppo_update];
+     per-token KL; rewards_t = -kl_coef * KL_t (k1 by default; not with --kl-in loss)
+     + score at the last token  [rollout.py];
+  4. the advantages of `--estimator`: gae: one value forward gives V per response token,
+     GAE (gamma, lam) gives advantages and returns, advantages whitened over the batch;
+     rloo / grpo / dr-grpo: one advantage per response from its group's rewards;
+     reinforce++(-baseline): returns to go, whitened  [estimators.py];
+  5. `--ppo-epochs` passes over `--num-mini-batches` shuffled minibatches of whole
+     groups: per minibatch one value step (gae: clipped value loss) and one policy step
+     (clipped surrogate, aggregated by `--loss-agg`, plus kl_coef x k3 with --kl-in loss,
+     plus ptx_coef x the LM loss of a pretraining batch when PPO-ptx is on: ONE step on
+     the summed gradient), gradient norms clipped to 1; then the generator is given the
+     new weights  [update.py: ppo_update];
   6. the adaptive KL controller (if `--kl-target`) updates kl_coef from the batch's KL.
 Then `train_ppo`'s loop, step 7: log; every `--sample-every` steps a table of samples;
 every `--eval-every` steps an evaluation on held-out prompts (`evaluate`); every
@@ -53,8 +59,15 @@ from typing import Any
 import torch
 
 from rlhfkit.config import PPOConfig, save_config
+from rlhfkit.config.rl import ESTIMATOR_DEFAULTS, estimator_options
 from rlhfkit.data.records import read_corpus, read_prompts
-from rlhfkit.distributed import Dist, barrier, setup_distributed, teardown_distributed
+from rlhfkit.distributed import (
+    Dist,
+    all_reduce_sum,
+    barrier,
+    setup_distributed,
+    teardown_distributed,
+)
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
 from rlhfkit.logging import (
@@ -65,11 +78,12 @@ from rlhfkit.logging import (
     sync_time,
 )
 from rlhfkit.loops.common import epoch_order
+from rlhfkit.loops.ppo.estimators import estimate_advantages
 from rlhfkit.loops.ppo.metrics import mean_kl, rollout_metrics, sample_table
 from rlhfkit.loops.ppo.roles import build_roles, value_source
 from rlhfkit.loops.ppo.rollout import check_unfiltered, collect_rollout
 from rlhfkit.loops.ppo.run import PPORun, build_run, evaluate, resume, save
-from rlhfkit.loops.ppo.update import add_advantages, ppo_update
+from rlhfkit.loops.ppo.update import ppo_update
 from rlhfkit.models.resume import prepare_output_dir
 from rlhfkit.models.sharded import export_model
 from rlhfkit.scoring.build import check_reward
@@ -87,7 +101,7 @@ def ppo_step(run: PPORun, step: int, batch_size: int, seed: int):
     """Steps 1-6 of the module docstring, one call each. Returns (rollout with advantages,
     metrics) for this process; metrics are over all processes."""
     t, d = run.trainables, run.dist
-    t0 = sync_time(run.device)
+    t0, c0 = sync_time(run.device), time.process_time()
     # 1. this step's prompts: this process's share of a seeded global batch
     idx = step_prompts(len(run.prompts), batch_size, seed, step, d)
     # 2-3. sample, score, reference log-probs, KL-penalised per-token rewards
@@ -97,8 +111,8 @@ def ppo_step(run: PPORun, step: int, batch_size: int, seed: int):
         kl_coef=run.kl_controller.value, rng=sampling_generator(seed, step, d.rank, run.device),
         prompt_ids=[run.prompt_ids[i] for i in idx],
     )  # fmt: skip
-    # 4. values, then GAE advantages and returns
-    rollout = add_advantages(t.value_model, rollout, run.update_settings)
+    # 4. the estimator's advantages (gae: values, then GAE advantages and returns)
+    rollout = estimate_advantages(t.value_model, rollout, run.update_settings)
     # 5. PPO epochs over minibatches (value and clipped policy steps, + ptx); new weights out
     t1 = sync_time(run.device)
     stats, run.policy_steps = ppo_update(
@@ -114,6 +128,7 @@ def ppo_step(run: PPORun, step: int, batch_size: int, seed: int):
     metrics["time/update"] = t2 - t1
     metrics["time/step"] = t2 - t0
     metrics["tokens_per_s"] = metrics["response_tokens"] / max(t2 - t0, 1e-9)
+    metrics["cpu_s"] = all_reduce_sum(time.process_time() - c0, d, run.device)  # all processes
     return rollout, metrics
 
 
@@ -140,6 +155,7 @@ def sampling_generator(seed: int, step: int, rank: int, device: torch.device) ->
 
 def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     """Run `rlhfkit ppo` (module docstring). Returns the summary dict."""
+    cpu_start = time.process_time()
     d, device = setup_distributed(cfg.device)
     _check(cfg, d)
     out = Path(cfg.out)
@@ -155,20 +171,28 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     )  # fmt: skip
     state = resume(run, out) if cfg.resume else None
     state = state or {"step": 0, "policy_steps": 0, "evals": [], "first_score": None}
+    state.setdefault("cpu_s", 0.0)  # CPU-seconds of the steps so far, all processes
+    kl_in, loss_agg, n = estimator_options(cfg)
+    has_value = run.trainables.value_model is not None
+    value = f"value model from {value_source(cfg)}" if has_value else "no value model"
     rank0_print(
-        f"ppo: {len(prompts)} prompts, {cfg.steps} steps x {cfg.batch_size} samples, "
-        f"{d.world_size} process(es) on {device}; reward: "
-        f"{cfg.rule_reward or ', '.join(cfg.rm)}; value model from {value_source(cfg)}",
+        f"ppo: {len(prompts)} prompts, {cfg.steps} steps x {cfg.batch_size} prompts x {n} "
+        f"samples, {d.world_size} process(es) on {device}; reward: "
+        f"{cfg.rule_reward or ', '.join(cfg.rm)}; estimator {cfg.estimator} (KL in the "
+        f"{kl_in}, {loss_agg}), {value}",
         rank=d.rank,
     )
     logger = MetricsLogger(out, enabled=d.is_main, report_to=cfg.report_to)
-    if state["step"] == 0:
+    if state["step"] == 0:  # what ran, in metrics.jsonl too (a row of strings: no tracker)
+        logger.log(0, {"run/estimator": cfg.estimator, "run/kl_in": kl_in,
+                       "run/loss_agg": loss_agg, "run/samples_per_prompt": n})  # fmt: skip
         evaluate(run, state, logger, cfg)
     bar = progress(cfg.steps, desc="ppo", enabled=d.is_main, initial=state["step"])
     t_start, totals, last = time.perf_counter(), {}, {}
     while state["step"] < cfg.steps:
         rollout, last = ppo_step(run, state["step"], cfg.batch_size, cfg.seed)  # steps 1-6
         state["step"] += 1
+        state["cpu_s"] += last["cpu_s"]
         step = state["step"]
         # 7. log, samples, evaluate, save
         if state["first_score"] is None:
@@ -191,8 +215,10 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     bar.close()
     logger.close()
     summary = _summary(run, state, last, totals, time.perf_counter() - t_start, out)
+    summary.update(_estimator_summary(cfg, run, state, cpu_start))
     info = {"policy_init": cfg.policy, "reference": cfg.reference or cfg.policy,
-            "steps": state["step"], "reward": cfg.rule_reward or list(cfg.rm)}  # fmt: skip
+            "steps": state["step"], "reward": cfg.rule_reward or list(cfg.rm),
+            "estimator": cfg.estimator}  # fmt: skip
     export_model(
         run.trainables.policy, tokenizer, out, dist=d, extra_json={PPO_INFO: info},
         adapter=cfg.save_adapter,
@@ -214,7 +240,11 @@ def _check(cfg: PPOConfig, d: Dist) -> None:
             f"--batch-size {cfg.batch_size} must divide by the {d.world_size} processes"
         )
     if not 1 <= cfg.num_mini_batches <= cfg.batch_size // d.world_size:
-        raise UserError("--num-mini-batches must be between 1 and the rollout rows per process")
+        raise UserError(
+            "--num-mini-batches must be between 1 and the prompts per process (a minibatch "
+            "holds whole groups of --samples-per-prompt responses)"
+        )
+    check_estimator(cfg)
     if cfg.ptx_coef < 0:
         raise UserError("--ptx-coef must be >= 0")
     if cfg.ptx_coef > 0 and not cfg.ptx_data:
@@ -223,6 +253,22 @@ def _check(cfg: PPOConfig, d: Dist) -> None:
         raise UserError("--kl-target must be > 0")
     if cfg.save_adapter and not cfg.lora_r:
         raise UserError("--save-adapter needs LoRA: pass --lora-r > 0")
+
+
+def check_estimator(cfg: PPOConfig) -> None:
+    """UserError for an --estimator with options it cannot use (before any model loads)."""
+    kl_in, loss_agg, n = estimator_options(cfg)
+    name, spec = cfg.estimator, ESTIMATOR_DEFAULTS[cfg.estimator]
+    if spec.group and n < 2:
+        raise UserError(
+            f"--estimator {name} compares the responses to one prompt: --samples-per-prompt "
+            f"must be >= 2, not {n}"
+        )
+    if loss_agg == "sequence" and name not in ("rloo", "grpo", "dr-grpo"):
+        raise UserError(
+            f"--loss-agg sequence needs one advantage per response (rloo, grpo, dr-grpo); "
+            f"--estimator {name} has one per token"
+        )
 
 
 def _read_inputs(cfg: PPOConfig, d: Dist):
@@ -236,6 +282,24 @@ def _read_inputs(cfg: PPOConfig, d: Dist):
     if cfg.ptx_data and cfg.ptx_coef == 0:
         rank0_print("note: --ptx-coef is 0: --ptx-data is not used (plain PPO)", rank=d.rank)
     return prompts, eval_prompts, corpus
+
+
+def _estimator_summary(cfg: PPOConfig, run: PPORun, state, cpu_start: float) -> dict[str, Any]:
+    """Which estimator ran, with what, and its compute: `cpu_time_s` is the CPU-seconds
+    (process time) of the steps of the whole run, all processes, summed across resumes;
+    `cpu_time_total_s` this invocation's whole process time (loading and evaluation too),
+    all processes."""
+    kl_in, loss_agg, n = estimator_options(cfg)
+    total = all_reduce_sum(time.process_time() - cpu_start, run.dist, run.device)
+    return {
+        "estimator": cfg.estimator,
+        "samples_per_prompt": n,
+        "kl_in": kl_in,
+        "loss_agg": loss_agg,
+        "value_model": ESTIMATOR_DEFAULTS[cfg.estimator].critic,
+        "cpu_time_s": round(state["cpu_s"], 2),
+        "cpu_time_total_s": round(total, 2),
+    }
 
 
 def _summary(run: PPORun, state, last, totals, wall: float, out: Path) -> dict[str, Any]:

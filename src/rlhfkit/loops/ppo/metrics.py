@@ -33,14 +33,20 @@ def rollout_metrics(rollout: Rollout) -> dict[str, Any]:
     score that enters the reward (whitened by the combiner if it whitens, EOS penalty,
     --score-norm, clipping); score/NAME: each RM's raw score.
     kl / kl_k3: per-sequence sums of the per-token estimator, averaged over sequences
-    (`mean_kl`); non_score_reward: the mean summed KL penalty; explained_variance: of the
-    returns by the values.
+    (`mean_kl`); non_score_reward: the mean summed KL penalty (0 with the KL in the loss);
+    explained_variance: of the returns by the values (gae only). With groups
+    (--samples-per-prompt > 1): score/group_std, the mean within-group std of the scores
+    that enter the reward, and groups_without_signal, the share of groups whose scores
+    are all equal (their group advantages are 0).
     """
     mask, returns = rollout.response_mask, rollout.returns
     k3 = masked_sum(kl_k3(rollout.logprobs, rollout.ref_logprobs), mask, dim=1)  # (B,)
     kl_seq = rollout.kl.sum(1)  # (B,), already 0 at padding
-    residual = returns - rollout.values
+    # no value model: residual = returns, so explained_variance is left out below
+    residual = returns - rollout.values if rollout.values is not None else returns
     raw = rollout.raw_scores.float()
+    groups = rollout.scores.float().view(-1, rollout.group_size)  # (G, n)
+    group_std = groups.std(1) if rollout.group_size > 1 else groups.new_zeros(len(groups))
     names = sorted(rollout.per_rm)
     parts = [
         torch.tensor(float(len(rollout))),
@@ -55,6 +61,9 @@ def rollout_metrics(rollout: Rollout) -> dict[str, Any]:
         masked_sum(returns * returns, mask),
         masked_sum(residual, mask),
         masked_sum(residual * residual, mask),
+        torch.tensor(float(len(groups))),
+        group_std.sum(),
+        (group_std == 0).float().sum(),
         *[rollout.per_rm[n].float().sum() for n in names],
     ]
     s = all_reduce(torch.stack([p.double().to(rollout.device) for p in parts])).tolist()
@@ -68,7 +77,7 @@ def rollout_metrics(rollout: Rollout) -> dict[str, Any]:
         "kl": s[4] / n,
         "kl_k3": s[5] / n,
         "kl_coef": rollout.kl_coef,
-        "non_score_reward": -rollout.kl_coef * s[4] / n,
+        "non_score_reward": -rollout.kl_coef * s[4] / n if rollout.kl_in == "reward" else 0.0,
         "response_length": s[6] / n,
         "response_tokens": s[6],
         "eos_rate": s[7] / n,
@@ -76,8 +85,13 @@ def rollout_metrics(rollout: Rollout) -> dict[str, Any]:
     }
     if rollout.kl_estimator == "k3":
         metrics.pop("kl_k3")
+    if rollout.values is None:
+        metrics.pop("explained_variance")
+    if rollout.group_size > 1:
+        metrics["score/group_std"] = s[13] / s[12]
+        metrics["groups_without_signal"] = s[14] / s[12]
     for i, name in enumerate(names):
-        metrics[f"score/{name}"] = s[12 + i] / n
+        metrics[f"score/{name}"] = s[15 + i] / n
     metrics.update({f"time/{k}": v for k, v in rollout.timings.items()})  # s per phase
     metrics.update(rollout.engine_stats)
     return metrics

@@ -1,5 +1,6 @@
 """The roles of `rlhfkit ppo` (and the reward of `rlhfkit select`), built from a config:
-policy, frozen reference, value model, and the scorer (reward models or a rule)."""
+policy, frozen reference, value model (gae only: the critic-free estimators have none), and
+the scorer (reward models or a rule)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import PPOConfig
+from rlhfkit.config.rl import needs_value_model
 from rlhfkit.data.chat import resolve_chat
 from rlhfkit.errors import UserError
 from rlhfkit.loops.common import disable_dropout, seed_everything
@@ -49,7 +51,10 @@ def packed_roles(
 
 def value_source(cfg: Any) -> str:
     """Where the value model starts: 'policy' (also for a rule reward with the default
-    --value-init rm: there is no RM to copy), else --value-init as given."""
+    --value-init rm: there is no RM to copy), else --value-init as given; 'none' for a
+    critic-free --estimator."""
+    if not needs_value_model(cfg):
+        return "none"
     return (
         "policy"
         if cfg.value_init == "policy" or (cfg.rule_reward and cfg.value_init == "rm")
@@ -161,7 +166,9 @@ def build_roles(cfg: PPOConfig, device: torch.device):
             )
         )
     scorer = build_scorer(cfg, device, cfg.whiten)
-    value_model = build_value_model(cfg, policy, tokenizer, scorer, device)
+    value_model = None  # a critic-free --estimator: never built nor loaded
+    if needs_value_model(cfg):
+        value_model = build_value_model(cfg, policy, tokenizer, scorer, device)
     policy.eval()  # no dropout: sampling and training log-probs agree
     changed = dropout_off(policy, reference, value_model, scorer)
     if changed:

@@ -1,5 +1,6 @@
-"""PPO steps 2-3: sample a response to each prompt, score it, and turn the scores into
-per-token rewards with a KL penalty to the frozen reference.
+"""PPO steps 2-3: sample responses to each prompt (`--samples-per-prompt`, consecutive rows),
+score them, and turn the scores into per-token rewards with a KL penalty to the frozen
+reference (or not: `--kl-in loss` puts the KL in the policy loss instead).
 
 The roles are separate objects passed in (each can move to another device or process): a
 `sampling.settings.ResponseGenerator` samples from the policy, the frozen reference gives
@@ -28,7 +29,8 @@ penalty for responses that never produced EOS (subtracted from, or replacing, th
 score), then optional whitening over the batch (over all processes under torchrun),
 then optional clipping to [-c, c]. The KL penalty is per token
 (`ops.kl.kl_penalized_rewards`): rewards_t = -kl_coef * KL_t, plus the score at the last
-response token.
+response token; with `--kl-in loss` the rewards are the score at the last token alone
+(the KL per token is still measured and logged, `kl`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit.config.rl import estimator_options
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
 from rlhfkit.logging import sync_time
@@ -89,6 +92,8 @@ class RolloutSettings:
     stop_at_eos: bool = True  # False: exactly max_new_tokens per row (EOS is a token)
     engine_logprobs: bool = False  # --vllm-logprobs: keep the engine's (off-policy by the gap)
     packed: frozenset[str] = frozenset()  # roles ("policy", "reference") run padding-free
+    kl_in: str = "reward"  # "loss": no KL penalty in the rewards (the update adds k3)
+    samples_per_prompt: int = 1  # responses per prompt, in consecutive rows
 
     @property
     def logprob_temperature(self) -> float:
@@ -105,11 +110,16 @@ class RolloutSettings:
             )
         if self.score_norm not in ("none", "whiten"):
             raise UserError(f"score_norm must be none or whiten, not {self.score_norm!r}")
+        if self.kl_in not in ("reward", "loss"):
+            raise UserError(f"kl_in must be reward or loss, not {self.kl_in!r}")
 
     @classmethod
     def from_config(cls, cfg: Any) -> RolloutSettings:
-        """The rollout options of a `PPOConfig`."""
+        """The rollout options of a `PPOConfig` (estimator defaults resolved)."""
+        kl_in, _, samples_per_prompt = estimator_options(cfg)
         return cls(
+            kl_in=kl_in,
+            samples_per_prompt=samples_per_prompt,
             max_new_tokens=cfg.max_new_tokens,
             max_prompt_len=cfg.max_prompt_len,
             temperature=cfg.temperature,
@@ -193,15 +203,20 @@ def collect_rollout(
     rng: torch.Generator | None = None,
     prompt_ids: Sequence[Sequence[int]] | None = None,
 ) -> Rollout:
-    """Sample a response to each prompt, score it, and compute the reference log-probs and
-    the KL-penalised per-token rewards (module docstring).
+    """Sample `settings.samples_per_prompt` responses to each prompt (consecutive rows),
+    score them, and compute the reference log-probs and the per-token rewards (module
+    docstring).
 
     `prompts`: records (text + safety tag) or plain strings (safety False); `prompt_ids`:
     their token ids if already encoded. Everything returned lives on the policy's device.
     """
-    texts = [p if isinstance(p, str) else p.prompt for p in prompts]
     if prompt_ids is None:
         prompt_ids = encode_prompts(prompts, tokenizer, settings.max_prompt_len)
+    n = settings.samples_per_prompt
+    if n > 1:  # each prompt n times in a row: its group
+        prompts = [p for p in prompts for _ in range(n)]
+        prompt_ids = [ids for ids in prompt_ids for _ in range(n)]
+    texts = [p if isinstance(p, str) else p.prompt for p in prompts]
     t0 = sync_time(generator.device)
     gen = generator.generate(prompt_ids, settings.generation, rng)
     device = gen.response_ids.device
@@ -226,8 +241,9 @@ def collect_rollout(
     del ref_logits
     t3 = sync_time(device)
 
+    penalty = kl_coef if settings.kl_in == "reward" else 0.0
     rewards, kl = kl_penalized_rewards(
-        scores, logprobs, ref_logprobs, mask, kl_coef, settings.kl_estimator
+        scores, logprobs, ref_logprobs, mask, penalty, settings.kl_estimator
     )
     return Rollout(
         prompt_ids=gen.prompt_ids,
@@ -247,6 +263,8 @@ def collect_rollout(
         per_rm=result.per_rm,
         kl_coef=float(kl_coef),
         kl_estimator=settings.kl_estimator,
+        kl_in=settings.kl_in,
+        group_size=n,
         timings={"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},
         engine_stats=engine_stats,
     )

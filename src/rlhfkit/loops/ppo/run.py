@@ -60,7 +60,7 @@ def build_run(
     cfg: PPOConfig,
     policy: torch.nn.Module,
     reference: torch.nn.Module,
-    value_model: torch.nn.Module,
+    value_model: torch.nn.Module | None,
     scorer: Any,
     tokenizer: Any,
     prompts: list[PromptRecord],
@@ -71,7 +71,8 @@ def build_run(
 ) -> PPORun:
     """A `PPORun` from roles already built: optimizers (AdamW, decay on matrices only),
     schedules, the KL controller, training wrappers, the generator, encoded prompts and
-    ptx blocks, and the evaluation's unwhitened scorer and settings."""
+    ptx blocks, and the evaluation's unwhitened scorer and settings. `value_model` is None
+    for a critic-free --estimator."""
     d = d or Dist()
     device = device or next(policy.parameters()).device
     ptx = None
@@ -87,10 +88,10 @@ def build_run(
     trainables = _trainables(cfg, policy, value_model, d, device)
     if cfg.strategy == "fsdp2" and d.enabled:  # frozen roles sharded too: four models fit
         shard_frozen(reference, scorer, device, bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
-    packed = packed_roles(cfg.packing, {
-        "policy": (trainables.policy, "logits"), "reference": (reference, "logits"),
-        "value": (trainables.value_model, "values"),
-    }, d.rank)  # fmt: skip
+    roles = {"policy": (trainables.policy, "logits"), "reference": (reference, "logits")}
+    if trainables.value_model is not None:
+        roles["value"] = (trainables.value_model, "values")
+    packed = packed_roles(cfg.packing, roles, d.rank)
     settings = replace(settings, packed=packed & {"policy", "reference"})
     update_settings = replace(UpdateSettings.from_config(cfg), packed=packed & {"policy", "value"})
     return PPORun(
@@ -105,27 +106,29 @@ def build_run(
 
 
 def _trainables(
-    cfg: PPOConfig, policy: torch.nn.Module, value_model: torch.nn.Module, d: Dist, device
+    cfg: PPOConfig, policy: torch.nn.Module, value_model: torch.nn.Module | None, d: Dist, device
 ) -> Trainables:
-    """The policy and value model wrapped for training (--strategy), then AdamW over the
-    wrapped parameters (FSDP2's are shards) and their schedules."""
+    """The policy and value model (if any) wrapped for training (--strategy), then AdamW
+    over the wrapped parameters (FSDP2's are shards) and their schedules."""
+    trained = [policy] if value_model is None else [policy, value_model]
     if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(policy)
-        enable_gradient_checkpointing(value_model)
+        for model in trained:
+            enable_gradient_checkpointing(model)
     scale = dict(bf16=cfg.bf16, cpu_offload=cfg.cpu_offload)
-    policy = wrap_for_training(policy, d, device, cfg.strategy, lora=cfg, **scale)
-    value_model = wrap_for_training(value_model, d, device, cfg.strategy, lora=cfg, **scale)
+    trained = [wrap_for_training(m, d, device, cfg.strategy, lora=cfg, **scale) for m in trained]
     betas = (cfg.adam_beta1, cfg.adam_beta2)  # eps: 1e-5 by default (N+ details)
     adam = dict(weight_decay=cfg.weight_decay, betas=betas, eps=cfg.adam_eps)
-    p_opt = build_optimizer(policy, lr=cfg.lr, **adam)
-    v_opt = build_optimizer(value_model, lr=cfg.value_lr or cfg.lr, **adam)
     total = cfg.steps * cfg.ppo_epochs * cfg.num_mini_batches
     sched = dict(
         schedule=cfg.schedule, warmup=cfg.warmup_steps, total=total, min_ratio=cfg.min_lr_ratio
     )
+    p_opt = build_optimizer(trained[0], lr=cfg.lr, **adam)
+    if value_model is None:  # a critic-free estimator: the policy alone
+        return Trainables(trained[0], None, p_opt, None, build_scheduler(p_opt, **sched))
+    v_opt = build_optimizer(trained[1], lr=cfg.value_lr or cfg.lr, **adam)
     return Trainables(
-        policy,
-        value_model,
+        trained[0],
+        trained[1],
         p_opt,
         v_opt,
         build_scheduler(p_opt, **sched),
@@ -139,12 +142,17 @@ def _trainables(
 
 
 def _checkpoint_parts(run: PPORun) -> dict[str, dict[str, Any]]:
+    """The roles a checkpoint holds: policy and value model, or the policy alone (a
+    critic-free --estimator: no value/ folder, no value optimizer state)."""
     t = run.trainables
-    return {
+    parts = {
         "models": {"policy": t.policy, "value": t.value_model},
         "optimizers": {"policy": t.policy_optimizer, "value": t.value_optimizer},
         "schedulers": {"policy": t.policy_scheduler, "value": t.value_scheduler},
     }
+    if t.value_model is None:
+        parts = {k: {"policy": v["policy"]} for k, v in parts.items()}
+    return parts
 
 
 def resume(run: PPORun, out: Path) -> dict[str, Any] | None:

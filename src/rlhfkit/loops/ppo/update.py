@@ -1,8 +1,9 @@
 """PPO steps 4-6: values, advantages and returns, then epochs of clipped policy and value
 steps, with the PPO-ptx language-modelling gradient added to every policy step.
 
-`add_advantages` runs the value model over the rollout's sequences, then GAE; it returns
-the rollout grown by `values`, `advantages` and `returns`. When the update makes a single
+`add_advantages` (the `gae` estimator; the critic-free ones are `estimators.py`'s) runs the
+value model over the rollout's sequences, then GAE; it returns the rollout grown by
+`values`, `advantages` and `returns`. When the update makes a single
 pass (one epoch, one minibatch, one micro-batch: `reuses_value_forward`), that value
 forward keeps its autograd graph and the value loss backpropagates through it: one value
 forward per step instead of two (8-9% of such a step, bench/RESULTS.md).
@@ -14,11 +15,13 @@ then clip the global norm, one AdamW step. The value model (its own parameters a
 optimizer) takes one step per minibatch on the clipped value loss, before the policy's
 (the two are independent; first frees a reused value graph before the policy forward).
 
-Losses are token means over the whole minibatch across micro-batches and processes: each
-micro-batch's mean is weighted by its share of the minibatch's tokens (times the world
-size, which DDP's gradient averaging divides back out), so micro-batching and the number
-of processes change nothing but rounding. No Python loop over tokens: every loss is a
-masked tensor expression over (B, R).
+Losses are means over the whole minibatch across micro-batches and processes: each
+micro-batch's mean is weighted by its share of the minibatch's tokens (or responses, for a
+`--loss-agg` that averages over responses: `losses.LOSS_UNITS`), times the world size,
+which DDP's gradient averaging divides back out; so micro-batching and the number of
+processes change nothing but rounding. Minibatches are whole groups (the responses to one
+prompt), shuffled. No Python loop over tokens: every loss is a masked tensor expression
+over (B, R). Without a value model (the critic-free estimators) there is no value step.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from typing import Any
 
 import torch
 
+from rlhfkit.config.rl import estimator_options
 from rlhfkit.distributed import all_reduce, rank, world_size
 from rlhfkit.errors import UserError
 from rlhfkit.logging import sync_time
 from rlhfkit.loops.common import optimizer_step
-from rlhfkit.losses import ppo_policy_loss, ppo_value_loss, sft_nll
+from rlhfkit.losses import LOSS_UNITS, POLICY_LOSSES, ppo_value_loss, sft_nll
 from rlhfkit.models.forward import policy_logits, response_values
 from rlhfkit.models.load import autocast_context
 from rlhfkit.models.wrap import no_sync, unwrap
@@ -62,11 +66,22 @@ class UpdateSettings:
     bf16: bool = False
     seed: int = 0
     packed: frozenset[str] = frozenset()  # roles ("policy", "value") run padding-free
+    estimator: str = "gae"  # `estimators.ESTIMATORS`
+    kl_in: str = "reward"  # "loss": kl_coef x k3 per token in the policy loss (GRPO)
+    loss_agg: str = "token-mean"  # `losses.POLICY_LOSSES`
+    group_size: int = 1  # responses per prompt: consecutive rows, kept in one minibatch
+    norm_length: int | None = None  # seq-mean-token-sum-norm's constant (max_new_tokens)
 
     @classmethod
     def from_config(cls, cfg: Any) -> UpdateSettings:
-        """The update options of a `PPOConfig`."""
+        """The update options of a `PPOConfig` (estimator defaults resolved)."""
+        kl_in, loss_agg, group_size = estimator_options(cfg)
         return cls(
+            estimator=cfg.estimator,
+            kl_in=kl_in,
+            loss_agg=loss_agg,
+            group_size=group_size,
+            norm_length=cfg.max_new_tokens,
             ppo_epochs=cfg.ppo_epochs,
             num_mini_batches=cfg.num_mini_batches,
             micro_batch_size=cfg.micro_batch_size,
@@ -86,12 +101,13 @@ class UpdateSettings:
 
 @dataclass
 class Trainables:
-    """The two trained roles with their optimizers and schedules (models may be DDP-wrapped)."""
+    """The trained roles with their optimizers and schedules (models may be DDP-wrapped);
+    no value model (None) for the critic-free estimators."""
 
     policy: torch.nn.Module
-    value_model: torch.nn.Module
+    value_model: torch.nn.Module | None
     policy_optimizer: torch.optim.Optimizer
-    value_optimizer: torch.optim.Optimizer
+    value_optimizer: torch.optim.Optimizer | None
     policy_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     value_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
@@ -196,30 +212,39 @@ def ppo_update(
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0 * one) + v.detach().float() * weight
 
-    count = 0
+    count, per_token = 0, LOSS_UNITS[s.loss_agg] == "token"
     for epoch in range(s.ppo_epochs):
         for mb_idx in _minibatches(len(rollout), s, step, epoch):
-            n_tokens = all_reduce(rollout.response_mask[mb_idx].sum().float()).clamp_min(1)
             micro = [
                 _trim({k: v[i] for k, v in data.items()})
                 for i in _micro(mb_idx, s.micro_batch_size)
             ]
-            # Each micro-batch's token mean, weighted by its share of the minibatch's tokens
-            # (x world: DDP averages gradients over processes).
-            weights = [mb["response_mask"].sum() * world / n_tokens for mb in micro]
-            graph = None  # one minibatch, one micro-batch: the kept graph's rows and columns
-            if rollout.value_graph is not None:
-                graph = rollout.value_graph[mb_idx, : micro[0]["response_mask"].shape[1]]
-            vnorm = _value_step(t, micro, weights, s, add, graph)
+            # Each micro-batch's mean, weighted by its share of the minibatch's tokens (x world:
+            # DDP averages gradients over processes); a per-response policy loss by its share
+            # of the responses.
+            if per_token or t.value_model is not None:
+                n_tokens = all_reduce(rollout.response_mask[mb_idx].sum().float()).clamp_min(1)
+                token_weights = [mb["response_mask"].sum() * world / n_tokens for mb in micro]
+            weights = token_weights if per_token else _row_weights(micro, len(mb_idx), one)
+            vnorm = None
+            if t.value_model is not None:
+                graph = None  # one minibatch, one micro-batch: the kept graph's rows, columns
+                if rollout.value_graph is not None:
+                    graph = rollout.value_graph[mb_idx, : micro[0]["response_mask"].shape[1]]
+                vnorm = _value_step(t, micro, token_weights, s, add, graph)
             for k, (mb, w) in enumerate(zip(micro, weights, strict=True)):
                 with no_sync(t.policy, sync=k == len(micro) - 1 and not use_ptx):
-                    add(_policy_backward(t.policy, mb, s, w, entropy=epoch == 0), w / world)
+                    stats = _policy_backward(t.policy, mb, s, w, epoch == 0, rollout.kl_coef)
+                    add(stats, w / world)
             if use_ptx:
                 blocks = ptx.batch(policy_steps, rank(), world)
                 add(_ptx_backward(t.policy, blocks, s, rollout.device), one / world)
             norm = optimizer_step(t.policy, t.policy_optimizer, t.policy_scheduler, s.max_grad_norm)
             policy_steps += 1
-            add({"grad_norm": one * norm, "value_grad_norm": one * vnorm}, one / world)
+            norms = {"grad_norm": one * norm}
+            if vnorm is not None:
+                norms["value_grad_norm"] = one * vnorm
+            add(norms, one / world)
             count += 1
     return _mean_stats(sums, count, s, use_ptx), policy_steps
 
@@ -236,6 +261,15 @@ def _mean_stats(
     if use_ptx:
         stats["ptx_loss"] = stats.pop("ptx_nll")
     return stats
+
+
+def _row_weights(
+    micro: list[dict[str, torch.Tensor]], rows: int, one: torch.Tensor
+) -> list[torch.Tensor]:
+    """Each micro-batch's share of the minibatch's responses over all processes, x world."""
+    world = world_size()
+    n_rows = all_reduce(one * rows)
+    return [one * len(mb["response_mask"]) * world / n_rows for mb in micro]
 
 
 def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -256,9 +290,17 @@ def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _minibatches(n: int, s: UpdateSettings, step: int, epoch: int) -> list[torch.Tensor]:
+    """Row indices of each minibatch: whole groups of `s.group_size` consecutive rows (the
+    responses to one prompt), groups in a seeded random order, split into
+    `s.num_mini_batches` parts."""
     g = torch.Generator().manual_seed((s.seed * 1_000_003 + step) * 1009 + epoch)
-    order = torch.randperm(n, generator=g)
-    return [c for c in torch.tensor_split(order, s.num_mini_batches) if c.numel()]
+    order = torch.randperm(n // s.group_size, generator=g)  # (G,) groups
+    parts = torch.tensor_split(order, s.num_mini_batches)
+    if s.group_size > 1:  # each group's rows, together and in order
+        parts = [
+            (p[:, None] * s.group_size + torch.arange(s.group_size)).reshape(-1) for p in parts
+        ]
+    return [c for c in parts if c.numel()]
 
 
 def _micro(idx: torch.Tensor, size: int) -> Sequence[torch.Tensor]:
@@ -266,7 +308,12 @@ def _micro(idx: torch.Tensor, size: int) -> Sequence[torch.Tensor]:
 
 
 def _policy_backward(
-    policy: torch.nn.Module, mb: dict[str, torch.Tensor], s: UpdateSettings, weight, entropy: bool
+    policy: torch.nn.Module,
+    mb: dict[str, torch.Tensor],
+    s: UpdateSettings,
+    weight,
+    entropy: bool,
+    kl_coef: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     seq = torch.cat([mb["prompt_ids"], mb["response_ids"]], 1)
     attn = torch.cat([mb["prompt_mask"], mb["response_mask"]], 1)
@@ -275,9 +322,12 @@ def _policy_backward(
     with autocast_context(device, s.bf16):
         logits = policy_logits(policy, seq, attn, R, packed="policy" in s.packed)
     logprobs = response_logprobs(logits, seq, P, s.temperature)  # (b, R)
-    loss, stats = ppo_policy_loss(
-        logprobs, mb["logprobs"], mb["advantages"], mb["response_mask"], s.clip_eps
-    )
+    kl_loss = s.kl_in == "loss" and kl_coef > 0  # GRPO: kl_coef x k3 per token
+    loss, stats = POLICY_LOSSES[s.loss_agg](
+        logprobs, mb["logprobs"], mb["advantages"], mb["response_mask"], s.clip_eps,
+        ref_logprobs=mb["ref_logprobs"] if kl_loss else None,
+        kl_coef=kl_coef if kl_loss else 0.0, norm_length=s.norm_length,
+    )  # fmt: skip
     (loss * weight).backward()
     if entropy:
         with torch.no_grad():
