@@ -710,12 +710,12 @@ def test_a_failed_start_leaves_no_folder_and_the_corrected_command_runs(
     killed before its first step."""
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"prompt": "Q", "completion": " A" * 40}) + "\n")
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "sft"
     args = ["sft", "--model", str(folders["lm"]), "--data", str(long), "--out", str(out),
             "--epochs", "1", "--batch-size", "1", "--max-len", "16"]  # fmt: skip
     assert cli.main([*args, "--overlong", "error"]) == 2
     assert f"{long}:1:" in capsys.readouterr().err
-    assert not out.exists()
+    assert not (tmp_path / "runs").exists()  # nor the parent made for it
     assert cli.main(args) == 0  # --overlong truncate
     assert (out / "epoch-1" / "COMPLETE").is_file()
 

@@ -109,13 +109,18 @@ def test_a_run_that_never_started_is_reused_without_overwrite(tmp_path, caplog):
 
 
 def test_a_failed_start_leaves_nothing(tmp_path):
-    fresh, empty, trained = tmp_path / "fresh", tmp_path / "empty", tmp_path / "trained"
+    fresh, empty, trained = (
+        tmp_path / "runs" / "a" / "fresh",
+        tmp_path / "empty",
+        tmp_path / "trained",
+    )
     empty.mkdir()  # made by the user: stays, empty
     for out in (fresh, empty, trained):
         _started_only(out)
     (trained / "metrics.jsonl").write_text('{"step": 1}\n')
     assert sorted(discard_unstarted()) == [empty, fresh]
-    assert not fresh.exists() and empty.is_dir() and not any(empty.iterdir())
+    assert not (tmp_path / "runs").exists()  # with the parents made for it
+    assert empty.is_dir() and not any(empty.iterdir())
     assert (trained / "run.json").is_file()  # a run that logged a step is kept
     assert discard_unstarted() == []  # forgotten once handled
 

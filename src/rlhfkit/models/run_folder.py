@@ -204,10 +204,10 @@ def check_output_dir(
     return "overwrite" if non_empty else "new"
 
 
-_PREPARED: dict[Path, tuple[bool, bool]] = {}
-"""Run folders this process prepared for a new run -> (whether the folder was there, empty,
-before; whether its command resumes from checkpoints): what `discard_unstarted` may clean
-up after a failed start."""
+_PREPARED: dict[Path, tuple[Path | None, bool]] = {}
+"""Run folders this process prepared for a new run -> (the outermost folder it made for it,
+None where the user's empty folder was there before; whether its command resumes from
+checkpoints): what `discard_unstarted` may remove after a failed start."""
 
 
 def prepare_output_dir(
@@ -227,7 +227,7 @@ def prepare_output_dir(
     """
     action = check_output_dir(out, resume=resume, overwrite=overwrite, checkpointed=checkpointed)
     folder = Path(out)
-    was_empty = folder.is_dir() and action == "new"
+    made = _outermost_missing(folder) if action == "new" else folder  # reused: ours anyway
     if action == "overwrite":
         shutil.rmtree(folder)
     elif action == "reuse":
@@ -245,7 +245,7 @@ def prepare_output_dir(
             "command": command if command is not None else " ".join(sys.argv),
             "created": now,
         }
-        _PREPARED[folder] = (was_empty, checkpointed)
+        _PREPARED[folder] = (made, checkpointed)
     marker.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
@@ -258,17 +258,33 @@ def _clear(folder: Path) -> None:
 
 def discard_unstarted() -> list[Path]:
     """After a command failed: clear each run folder it prepared where no training state
-    followed (`never_started`), and remove the folder unless it was there before, empty.
-    Returns the folders cleared; forgets every prepared folder either way."""
+    followed (`never_started`), and remove the folders it made for it (parents too), not a
+    folder of the user's that was there, empty, before. Returns the folders cleared;
+    forgets every prepared folder either way."""
     cleared = []
-    for folder, (was_there, _) in _PREPARED.items():
+    for folder, (made, _) in _PREPARED.items():
         if folder.is_dir() and never_started(folder):
             _clear(folder)
-            if not was_there and not any(folder.iterdir()):
-                folder.rmdir()
             cleared.append(folder)
+            if made is not None:
+                for gone in [folder, *folder.parents]:
+                    if any(gone.iterdir()):
+                        break
+                    gone.rmdir()
+                    if gone == made:
+                        break
     _PREPARED.clear()
     return cleared
+
+
+def _outermost_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that does not exist (None: it exists)."""
+    missing = None
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
 
 
 def unresumable() -> list[Path]:
