@@ -302,3 +302,20 @@ def test_every_kind_of_data_file_has_a_reader():
 
     assert set(DATA_READERS) == set(typing.get_args(DataKind))
     assert all(callable(_load(ref)) for ref in DATA_READERS.values())
+
+
+def test_ptx_data_is_read_only_where_ppo_uses_it(tmp_path):
+    """--ptx-data without --ptx-coef is not used (a note says so when ppo starts): a large
+    corpus is not read for nothing; with --ptx-coef its every record is checked."""
+    from rlhfkit.errors import RecordError
+    from rlhfkit.validate import validate
+
+    lm = _lm(tmp_path / "lm", max_position_embeddings=512)
+    prompts, corpus = tmp_path / "p.jsonl", tmp_path / "c.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    corpus.write_text('{"text": "ok"}\n{"txt": "no"}\n')
+    args = ["--policy", str(lm), "--prompts", str(prompts), "--rule-reward", "length",
+            "--out", str(tmp_path / "o"), "--ptx-data", str(corpus)]  # fmt: skip
+    validate(_parsed("ppo", args))
+    with pytest.raises(RecordError, match=f"{corpus}:2: missing field 'text'"):
+        validate(_parsed("ppo", [*args, "--ptx-coef", "1"]))

@@ -95,6 +95,8 @@ def validate(cfg: Any) -> None:
                 continue
             flag = "--" + name.replace("_", "-")
             if phase == (DataFile,):
+                if marker.when and not getattr(cfg, marker.when):  # type: ignore[union-attr]
+                    continue
                 with keep_reads():
                     records[name] = _check_data(marker, getattr(cfg, name))  # type: ignore[arg-type]
             elif phase == (CheckedWith,):

@@ -108,6 +108,9 @@ class DataFile(InputPath):
     imported. What needs the tokenizer (lengths, chat templates) is checked later."""
 
     kind: DataKind
+    when: str | None = None
+    """Read only where this other option is set (non-zero): ppo reads --ptx-data only with
+    --ptx-coef > 0, and a large corpus is not read for nothing."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from rlhfkit.config.fields import (
     CausalLMFolder,
     CheckedBy,
     CheckedWith,
-    CorpusData,
+    DataFile,
     ModelFolder,
     NonNegative,
     OutputPath,
@@ -167,7 +167,7 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """Normalise scores over each rollout batch (all processes) before the KL penalty is added."""
     score_clip: Positive[float | None] = None
     """Clip (normalised) scores to [-c, c]."""
-    ptx_data: CorpusData[str | None] = None
+    ptx_data: Annotated[str | None, DataFile("corpus", when="ptx_coef")] = None
     """Pretraining corpus for PPO-ptx ({"text"} JSONL or .txt)."""
     ptx_coef: Annotated[NonNegative[float], CheckedWith("rlhfkit.config.checks:ptx")] = 0.0
     """gamma of PPO-ptx: weight of the LM loss added to every policy step (InstructGPT 27.8; 0: plain PPO)."""
