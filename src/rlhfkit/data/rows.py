@@ -56,9 +56,9 @@ def forget_reads() -> None:
 
 def reuse_or_read(path: Path, kind: str, read: Callable[[], list[T]]) -> list[T]:
     """`read()`, unless records of this `kind` were kept from this unchanged file: those
-    then, taken once (a shallow copy; the record objects are shared)."""
+    then (a shallow copy; the record objects are shared), until `forget_reads`."""
     key = (str(path.resolve()), kind)
-    kept = _KEPT.pop(key, None)
+    kept = _KEPT.get(key)
     if kept is not None and path.exists() and kept[0] == _stamp(path):
         return list(kept[1])
     out = read()
