@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlhfkit import cli
+from rlhfkit.config.checks import cuda_absent
 from rlhfkit.errors import UserError
 
 
@@ -298,7 +299,10 @@ def test_mistakes_are_reported_before_torch_in_under_a_second(folders, tmp_path,
 
 def test_validate_and_config_import_no_torch():
     code = (
-        "import sys, rlhfkit.validate, rlhfkit.config, rlhfkit.config.fields\n"
+        "import sys, rlhfkit.validate, rlhfkit.config, rlhfkit.config.fields, rlhfkit.cli\n"
+        "import rlhfkit.config.checks, rlhfkit.models.run_folder, rlhfkit.models.folders\n"
+        "import rlhfkit.data.records, rlhfkit.data.preferences, rlhfkit.scoring.rules\n"
+        "import rlhfkit.world.io\n"
         "print(sorted(m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -335,3 +339,408 @@ def test_ranges_are_shown_in_help(capsys):
     assert "(default: 0.02; >= 0)" in text  # --kl-coef
     assert "(default: 64; > 0)" in text  # --batch-size
     assert "(default: 1.0; in (0, 1])" in text  # --top-p
+
+
+# --- Every mistake in a user's own files or options: before torch, nothing left behind --------
+
+
+def _write(path: Path, rows: list) -> str:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bad(folders, tmp_path_factory) -> dict[str, str]:
+    """A bad file of every kind a command reads (the bad record on the line named), and a
+    few other inputs: a file where a folder goes, a folder of no model, a world prompt."""
+    root = tmp_path_factory.mktemp("bad")
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    files = {
+        "sft": _write(root / "sft.jsonl", [{"prompt": "Q", "completion": " A"}, {"prompt": "Q"}]),
+        "json": _write(root / "json.jsonl", ['{"prompt": "Q", ']),
+        "ranking": _write(
+            root / "rank.jsonl", [{"prompt": "Q", "responses": ["a", "b"], "ranking": [0, 0]}]
+        ),  # fmt: skip
+        "pair": _write(
+            root / "pair.jsonl",
+            [{"prompt": "Q", "chosen": "a", "rejected": "b", "strength": "huge"}],
+        ),  # fmt: skip
+        "trl": _write(root / "trl.jsonl", [{"chosen": msgs, "rejected": "b"}]),
+        "hh": _write(
+            root / "hh.jsonl",
+            [
+                {
+                    "chosen": "\n\nHuman: hi\n\nAssistant: x",
+                    "rejected": "\n\nHuman: hi\n\nAssistant: x",
+                }
+            ],
+        ),  # fmt: skip
+        "prompts": _write(root / "prompts.jsonl", [{"prompt": "ok"}, {"prompt": 3}]),
+        "corpus": _write(root / "corpus.jsonl", [{"text": "ok"}, {"txt": "x"}]),
+        "score": _write(root / "score.jsonl", [{"prompt": "Q"}]),
+        "normalize": _write(root / "norm.jsonl", [{"prompt": "Q", "completion": ""}]),
+        "judge": _write(root / "judge.jsonl", [{"prompt": "Q: What is 2 + 3?\nA:"}]),
+        "ranking_ok": _write(
+            root / "rank_ok.jsonl", [{"prompt": "Q", "responses": ["a", "b"], "ranking": [1, 0]}]
+        ),  # fmt: skip
+        "score_ok": _write(root / "score_ok.jsonl", [{"prompt": "Q", "response": "A"}]),
+        "a_file": _write(root / "a_file", ["x"]),
+        "world_prompt": _write(root / "world.jsonl", [{"prompt": "Q: What is 2 + 3?\nA:"}]),
+    }
+    (root / "corpus.txt").write_bytes(b"a document\n\nanother\n\xff\n")
+    files["txt"] = str(root / "corpus.txt")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": ["Q", "Q2"], "completion": [" A", None]}),
+                   root / "sft.parquet")  # fmt: skip
+    files["parquet"] = str(root / "sft.parquet")
+    (root / "no_model").mkdir()
+    (root / "no_model" / "notes.txt").write_text("x")
+    files["no_model"] = str(root / "no_model")
+    return files
+
+
+def _cases(f: dict, b: dict) -> dict[str, tuple[list[str], str]]:
+    """name -> (argv with {out} for the --out of the case, what the one error line says)."""
+    lm, rm, prompts, data = str(f["lm"]), str(f["rm"]), str(f["prompts"]), str(f["data"])
+    sft = ["sft", "--model", lm, "--out", "{out}"]
+    rmc = ["rm", "--model", lm, "--out", "{out}"]
+    ppo = ["ppo", "--policy", lm, "--prompts", prompts, "--out", "{out}"]
+    rs = ["rs", "--policy", lm, "--prompts", prompts, "--out", "{out}"]
+    sel = ["select", "--checkpoints", lm, "--prompts", prompts, "--out", "{out}"]
+    help_ = ["--rm", f"helpfulness={rm}"]
+    length = ["--rule-reward", "length"]
+    cases = {
+        # every data-record error: file:line
+        "sft --data": ([*sft, "--data", b["sft"]], f"{b['sft']}:2: missing field 'completion'"),
+        "sft --data bad JSON": ([*sft, "--data", b["json"]], f"{b['json']}:1: bad JSON"),
+        "sft --data Parquet": ([*sft, "--data", b["parquet"]], f"{b['parquet']}:2: missing field"),
+        "sft --eval-data": ([*sft, "--data", data, "--eval-data", b["sft"]], f"{b['sft']}:2:"),
+        "rm ranking": ([*rmc, "--data", b["ranking"]], f"{b['ranking']}:1: 'ranking' is not a"),
+        "rm pairwise": ([*rmc, "--data", b["pair"]], f"{b['pair']}:1: field 'strength' is 'huge'"),
+        "rm TRL messages": ([*rmc, "--data", b["trl"]], f"{b['trl']}:1: 'chosen' and 'rejected'"),
+        "rm HH-RLHF": ([*rmc, "--data", b["hh"]], f"{b['hh']}:1: 'chosen' and 'rejected' are"),
+        "rm --eval-data": (
+            [*rmc, "--data", b["ranking_ok"], "--eval-data", b["ranking"]],
+            f"{b['ranking']}:1:",
+        ),  # fmt: skip
+        "rm --normalize-with": (
+            [*rmc, "--data", b["ranking_ok"], "--normalize-with", b["normalize"]],
+            f"{b['normalize']}:1: needs a non-empty",
+        ),  # fmt: skip
+        "rm eval --data": (["rm", "eval", "--model", rm, "--data", b["pair"]], f"{b['pair']}:1:"),
+        "score --data": (
+            ["score", "--data", b["score"], *help_, "--out", "{out}"],
+            f"{b['score']}:1: field 'response' is missing",
+        ),  # fmt: skip
+        "select --prompts": (
+            [*sel[:3], "--prompts", b["prompts"], *sel[5:], *length],
+            f"{b['prompts']}:2: field 'prompt' must be a string",
+        ),  # fmt: skip
+        "ppo --prompts": (
+            ["ppo", "--policy", lm, "--prompts", b["prompts"], *help_, "--out", "{out}"],
+            f"{b['prompts']}:2:",
+        ),  # fmt: skip
+        "ppo --eval-prompts": (
+            [*ppo, *help_, "--eval-prompts", b["prompts"]],
+            f"{b['prompts']}:2:",
+        ),
+        "ppo --ptx-data": (
+            [*ppo, *help_, "--ptx-data", b["corpus"], "--ptx-coef", "1"],
+            f"{b['corpus']}:2: missing field 'text'",
+        ),  # fmt: skip
+        "rs --prompts": (
+            ["rs", "--policy", lm, "--prompts", b["prompts"], *length, "--out", "{out}"],
+            f"{b['prompts']}:2:",
+        ),  # fmt: skip
+        "rs --eval-prompts": ([*rs, *length, "--eval-prompts", b["prompts"]], f"{b['prompts']}:2:"),
+        "eval --prompts": (
+            ["eval", "--model", lm, "--prompts", b["prompts"], "--out", "{out}"],
+            f"{b['prompts']}:2:",
+        ),  # fmt: skip
+        "pretrain --data": (
+            ["pretrain", "--data", b["corpus"], "--out", "{out}"],
+            f"{b['corpus']}:2: missing field 'text'",
+        ),  # fmt: skip
+        "pretrain --data .txt": (
+            ["pretrain", "--data", b["txt"], "--out", "{out}"],
+            f"{b['txt']}:4: invalid UTF-8",
+        ),  # fmt: skip
+        "world label --prompts": (
+            ["world", "label", "--policy", lm, "--prompts", prompts, "--out", "{out}"],
+            f"{prompts}:1: not a prompt of the built-in",
+        ),  # fmt: skip
+        "world judge --data": (
+            ["world", "judge", "--data", b["judge"], "--out", "{out}"],
+            f"{b['judge']}:1: missing field 'response'",
+        ),  # fmt: skip
+        "ppo --rule-reward gold": (
+            [*ppo, "--rule-reward", "gold"],
+            f"{prompts}:1: --rule-reward gold needs prompts of the built-in",
+        ),  # fmt: skip
+        # options
+        "rm --margin": (
+            [*rmc, "--data", b["ranking_ok"], "--margin", "better=x"],
+            "--margin better=x: margin for 'better' is not a number: 'x'",
+        ),  # fmt: skip
+        "rm eval --margin": (
+            ["rm", "eval", "--model", rm, "--data", b["ranking_ok"], "--margin", "better=x"],
+            "--margin better=x:",
+        ),  # fmt: skip
+        "ppo --rule-reward foo": (
+            [*ppo, "--rule-reward", "foo"],
+            "--rule-reward foo: no such rule",
+        ),
+        "rs --rule-reward foo": ([*rs, "--rule-reward", "foo"], "--rule-reward foo: no such rule"),
+        "select --rule-reward foo": ([*sel, "--rule-reward", "foo"], "--rule-reward foo: no such"),
+        "ppo no reward": (ppo, "no reward given: pass --rm NAME=DIR"),
+        "rs no reward": (rs, "no reward given"),
+        "select no reward": (sel, "no reward given"),
+        "ppo two rewards": ([*ppo, *help_, *length], "--rm and --rule-reward both given"),
+        "score --weights": (
+            [
+                "score",
+                "--data",
+                b["score_ok"],
+                "--rm",
+                f"h={rm}",
+                "--combine",
+                "weighted-sum",
+                "--weights",
+                "h=0.5,s=0.5",
+                "--out",
+                "{out}",
+            ],
+            "--weights h=0.5,s=0.5: no --rm named 's'",
+        ),  # fmt: skip
+        "ppo --combine llama2": (
+            [*ppo, *help_, "--combine", "llama2"],
+            "--combine llama2 needs a helpfulness and a safety reward model: "
+            "no --rm named 'safety' (--safety-rm)",
+        ),  # fmt: skip
+        "rs --combine llama2": ([*rs, *help_, "--combine", "llama2"], "no --rm named 'safety'"),
+        "score two RMs, single": (
+            [
+                "score",
+                "--data",
+                b["score_ok"],
+                "--rm",
+                f"a={rm}",
+                "--rm",
+                f"b={rm}",
+                "--out",
+                "{out}",
+            ],
+            "--combine single scores with one reward model, got 2 (a, b)",
+        ),  # fmt: skip
+        "ppo --value-init zero": (
+            [*ppo, *help_, "--value-init", "zero"],
+            "--value-init zero: not 'rm', 'policy', the name of an --rm "
+            "(helpfulness) or a model folder (zero does not exist)",
+        ),  # fmt: skip
+        "ppo --top-k": ([*ppo, *length, "--top-k", "5"], "ppo samples from the policy's full"),
+        "ppo --num-mini-batches": (
+            [*ppo, *length, "--batch-size", "2", "--num-mini-batches", "4"],
+            "--num-mini-batches 4 must be between 1 and the prompts per "
+            "process (2: --batch-size 2 over 1 process(es); a minibatch holds whole groups",
+        ),  # fmt: skip
+        "ppo --ptx-coef": ([*ppo, *length, "--ptx-coef", "1"], "--ptx-coef > 0 needs --ptx-data"),
+        "rs --temperature": (
+            [*rs, *length, "--temperature", "1", "1", "1"],
+            "--temperature: give one value or one per round (2), got 3",
+        ),  # fmt: skip
+        "eval --baseline": (
+            ["eval", "--model", lm, "--prompts", prompts, "--baseline", lm],
+            "--baseline needs --rm NAME=DIR",
+        ),  # fmt: skip
+        "select --checkpoints": (
+            [
+                "select",
+                "--checkpoints",
+                b["no_model"],
+                "--prompts",
+                prompts,
+                *length,
+                "--out",
+                "{out}",
+            ],
+            f"--checkpoints: {b['no_model']} holds no epoch-*/ checkpoint",
+        ),  # fmt: skip
+        "sft --save-adapter": (
+            [*sft, "--data", data, "--save-adapter"],
+            "--save-adapter needs LoRA: pass --lora-r > 0",
+        ),  # fmt: skip
+        "rm --normalize-scale": (
+            [*rmc, "--data", b["ranking_ok"], "--normalize-scale"],
+            "--normalize-scale needs --normalize-with FILE",
+        ),  # fmt: skip
+        "pipeline --until": (
+            ["pipeline", "--out", "{out}", "--until", "ppx"],
+            "--until 'ppx': not a stage; stages are world, pretrain",
+        ),  # fmt: skip
+        "sft --device": (
+            [*sft, "--data", data, "--device", "gpu"],
+            "--device gpu: use 'auto', 'cpu', 'cuda' or 'cuda:N'",
+        ),  # fmt: skip
+        # where the outputs go
+        "sft --out a file": ([*sft[:3], "--data", data, "--out", b["a_file"]], "is a file: --out"),
+        "ppo --out a file": ([*ppo[:5], *length, "--out", b["a_file"]], "is a file: --out must"),
+        "world make --out a file": (
+            ["world", "make", "--out", b["a_file"]],
+            f"--out {b['a_file']} is a file: give a folder",
+        ),  # fmt: skip
+        "pipeline --out a file": (["pipeline", "--out", b["a_file"]], "is a file: give a folder"),
+        "score --out a folder": (
+            ["score", "--data", b["score_ok"], *help_, "--out", b["no_model"]],
+            "is a folder: give a file name",
+        ),  # fmt: skip
+        "eval --out a folder": (
+            ["eval", "--model", lm, "--prompts", prompts, "--out", b["no_model"]],
+            "is a folder: give a file name",
+        ),  # fmt: skip
+        "pipeline --out not ours": (
+            ["pipeline", "--out", b["no_model"]],
+            "is not empty and holds no pipeline.json",
+        ),  # fmt: skip
+        # --resume with nothing to resume
+        "sft --resume, mistyped": (
+            [*sft, "--data", data, "--resume"],
+            "does not exist (a mistyped --out?): nothing to resume",
+        ),  # fmt: skip
+        "ppo --resume, mistyped": ([*ppo, *length, "--resume"], "does not exist (a mistyped"),
+        "rs --resume, mistyped": ([*rs, *length, "--resume"], "does not exist (a mistyped"),
+    }
+    if cuda_absent() is not None:  # never refused where CUDA might be
+        cases["sft --device cuda"] = ([*sft, "--data", data, "--device", "cuda"],
+                                      "--device cuda: CUDA is not available (no GPU driver")  # fmt: skip
+        cases["ppo --device cuda:1"] = ([*ppo, *length, "--device", "cuda:1"],
+                                        "--device cuda:1: CUDA is not available")  # fmt: skip
+    return cases
+
+
+_BATCH = """
+import contextlib, io, json, sys, time, traceback
+from pathlib import Path
+from rlhfkit import cli
+cases, found = json.loads(sys.argv[1]), {}
+for name, (argv, out) in cases.items():
+    err, t0 = io.StringIO(), time.process_time()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = cli.main(argv)
+        except BaseException as e:
+            rc = f"raised {type(e).__name__}"
+            traceback.print_exc()
+    found[name] = {"rc": rc, "err": err.getvalue(), "cpu_s": time.process_time() - t0,
+                   "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules,
+                   "left": Path(out).exists()}
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def before_torch(folders, bad, tmp_path_factory) -> dict[str, dict]:
+    """Every case of `_cases`, run one after another by `cli.main` in ONE fresh interpreter
+    (subprocess start-up is paid once): its exit code, stderr, CPU seconds, and whether
+    torch or transformers had been imported by then."""
+    root = tmp_path_factory.mktemp("outs")
+    cases = {}
+    for i, (name, (argv, _)) in enumerate(_cases(folders, bad).items()):
+        out = str(root / f"out{i}")
+        cases[name] = ([a.replace("{out}", out) for a in argv], out)
+    done = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(cases)], capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _case_names() -> list[str]:
+    fake = {k: Path(k) for k in ("lm", "rm", "prompts", "data")}
+    return list(_cases(fake, {k: k for k in _BAD_KEYS}).keys())
+
+
+_BAD_KEYS = ("sft", "json", "ranking", "pair", "trl", "hh", "prompts", "corpus", "score",
+             "normalize", "judge", "ranking_ok", "score_ok", "a_file", "world_prompt", "txt",
+             "parquet", "no_model")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _case_names())
+def test_each_mistake_is_one_line_before_torch_and_leaves_nothing(before_torch, folders, bad, name):
+    """Exit status 2, one line `rlhfkit CMD: error: ...` naming the file:line or the option,
+    no traceback, torch and transformers never imported, no output written, well under a
+    second of CPU (process time: unlike wall time it does not grow on a busy machine)."""
+    result = before_torch[name]
+    argv, message = _cases(folders, bad)[name]
+    command = cli._split_command(argv)[0]
+    lines = result["err"].strip().splitlines()
+    assert result["rc"] == 2 and len(lines) == 1, result["err"]
+    assert "Traceback" not in result["err"]
+    assert lines[0].startswith(f"rlhfkit {command}: error: ") and message in lines[0], lines[0]
+    assert not result["torch"] and not result["transformers"], "torch was imported"
+    assert not result["left"]
+    assert result["cpu_s"] < 1.0, result
+
+
+def test_resume_on_an_empty_or_never_started_folder_is_an_error(folders, tmp_path, capsys):
+    """--resume with nothing to resume names the folder and what is missing; the folder is
+    left as it was."""
+    from rlhfkit.models.run_folder import forget_prepared, prepare_output_dir
+
+    empty, unstarted = tmp_path / "empty", tmp_path / "unstarted"
+    empty.mkdir()
+    prepare_output_dir(unstarted, resume=False, overwrite=False, command="sft")  # then killed
+    forget_prepared()
+    (unstarted / "config.yaml").write_text("lr: 0.1\n")
+    for out, problem in ((empty, "is empty: nothing to resume"),
+                         (unstarted, "holds a run that never started")):  # fmt: skip
+        before = sorted(p.name for p in out.iterdir())
+        assert cli.main([*_sft(folders, out), "--resume"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"rlhfkit sft: error: --resume: {out} {problem}"), err
+        assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_failed_start_leaves_no_folder_and_the_corrected_command_runs(
+    folders, tmp_path, capsys, caplog
+):
+    """A mistake found only once the tokenizer is loaded (a record longer than --max-len
+    with --overlong error) comes after the run folder was made: the failed command removes
+    it, and the corrected command needs no --overwrite. So does a folder left by a command
+    killed before its first step."""
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "Q", "completion": " A" * 40}) + "\n")
+    out = tmp_path / "runs" / "sft"
+    args = ["sft", "--model", str(folders["lm"]), "--data", str(long), "--out", str(out),
+            "--epochs", "1", "--batch-size", "1", "--max-len", "16"]  # fmt: skip
+    assert cli.main([*args, "--overlong", "error"]) == 2
+    assert f"{long}:1:" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nor the parent made for it
+    assert cli.main(args) == 0  # --overlong truncate
+    assert (out / "epoch-1" / "COMPLETE").is_file()
+
+    from rlhfkit.models.run_folder import forget_prepared, prepare_output_dir
+
+    killed = tmp_path / "killed"
+    prepare_output_dir(killed, resume=False, overwrite=False, command="sft")
+    forget_prepared()  # as if the process had died before its first step
+    (killed / "config.yaml").write_text("lr: 0.1\n")
+    (killed / "metrics.jsonl").write_text("")
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        assert cli.main([*args[:6], str(killed), *args[7:]]) == 0
+    assert f"{killed} holds a run that never started: starting it afresh" in caplog.text
+    assert (killed / "epoch-1" / "COMPLETE").is_file()
+
+
+def test_interrupted_before_training_leaves_nothing(folders, tmp_path, capsys, monkeypatch):
+    import rlhfkit.loops.sft as sft
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sft, "load_causal_lm", stop)
+    out = tmp_path / "run"
+    assert cli.main(_sft(folders, out)) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; training had not started: nothing kept in {out}" in err
+    assert not out.exists()

@@ -104,13 +104,23 @@ def test_an_empty_section_means_no_options_and_a_non_mapping_is_an_error():
         stage_options(_ctx(sft=4), "sft", SFTConfig, {"out": "o"})
 
 
-def test_resumable_iff_run_json(tmp_path):
+def test_a_stage_resumes_where_it_can_and_starts_again_where_it_cannot(tmp_path):
+    """A stage's folder from an earlier, interrupted pipeline run: resumed from its
+    checkpoint; started again (--overwrite) where it stopped before its first one; reused
+    as it is where it never started (nothing but its start-up files)."""
     folder = tmp_path / "ppo"
     assert pipeline._resumable(folder) == {"resume": False}  # no folder
     folder.mkdir()
     (folder / "metrics.jsonl").write_text("")
     assert pipeline._resumable(folder) == {"resume": False}
     (folder / "run.json").write_text("{}")
+    assert pipeline._resumable(folder) == {"resume": False}  # never started: reused
+    (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert pipeline._resumable(folder) == {"resume": False, "overwrite": True}
+    assert pipeline._resumable(folder, checkpointed=False) == {"resume": True}  # rs: round-N/
+    (folder / "checkpoints" / "step-000001").mkdir(parents=True)
+    (folder / "checkpoints" / "step-000001" / "COMPLETE").write_text("")
+    (folder / "checkpoints" / "step-000001" / "trainer_state.json").write_text('{"state": {}}')
     assert pipeline._resumable(folder) == {"resume": True}
 
 
@@ -181,11 +191,16 @@ def test_a_bad_section_is_a_cli_error_before_any_work(tmp_path, capsys):
 def test_load_state_refuses_another_preset_or_seed(tmp_path):
     pipeline._load_state(tmp_path, PipelineConfig(out=str(tmp_path), preset="quick"))
     assert json.loads((tmp_path / "pipeline.json").read_text())["preset"] == "quick"
+    # No stage finished and nothing else written: a run that never started, started afresh.
+    state = pipeline._load_state(tmp_path, PipelineConfig(out=str(tmp_path), preset="default"))
+    assert state == {"preset": "default", "seed": 0, "stages": {}}
+    done = {"preset": "quick", "seed": 0, "stages": {"world": {"result": {}, "seconds": 1}}}
+    (tmp_path / "pipeline.json").write_text(json.dumps(done))
     for other in ({"preset": "default"}, {"preset": "quick", "seed": 1}):
         with pytest.raises(UserError, match="--overwrite"):
             pipeline._load_state(tmp_path, PipelineConfig(out=str(tmp_path), **other))
     state = pipeline._load_state(tmp_path, PipelineConfig(out=str(tmp_path), preset="quick"))
-    assert state == {"preset": "quick", "seed": 0, "stages": {}}
+    assert state == done
 
 
 def test_load_state_refuses_a_folder_that_is_not_a_pipeline_run(tmp_path):

@@ -226,8 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = parse(name, rest)
-        # Before the run function (and torch) is imported: a bad option, a missing file or a
-        # model folder of the wrong kind is one line in well under a second.
+        # Before the run function (and torch) is imported: a bad option, a bad record of a
+        # data file, a model folder of the wrong kind or an --out that cannot be written is
+        # one line in well under a second.
         from rlhfkit.validate import validate
 
         validate(cfg)
@@ -237,19 +238,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = _load(COMMANDS[name].run)(cfg)
     except UserError as e:
         # Bad input is the user's to fix: say what and where, no traceback.
+        _failed()
         print(f"rlhfkit {name}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # Output piped into a reader that stopped (`rlhfkit ppo --help | head`): not an error.
         import os
 
+        _failed()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        how = "rerun the same command" if name == "pipeline" else "rerun with --resume"
-        print(f"\nrlhfkit {name}: interrupted; {how} to continue", file=sys.stderr)
+        print(f"\nrlhfkit {name}: interrupted; {_after_interrupt(name)}", file=sys.stderr)
         return 130
+    except BaseException:
+        _failed()
+        raise
+    finally:
+        _done()
     return int(result) if isinstance(result, int) else 0
+
+
+def _failed() -> list:
+    """A command stopped before its end: the run folders it started where no training
+    state followed go (`models.run_folder.discard_unstarted`). Returns those folders."""
+    from rlhfkit.models.run_folder import discard_unstarted
+
+    return discard_unstarted()
+
+
+def _done() -> None:
+    """After a command, failed or not: nothing of it is kept for the next one in this
+    process (records read by validation, run folders it prepared)."""
+    from rlhfkit.data.rows import forget_reads
+    from rlhfkit.models.run_folder import forget_prepared
+
+    forget_reads()
+    forget_prepared()
+
+
+def _after_interrupt(name: str) -> str:
+    """What to do after Ctrl-C: run the command again, as it was or with --resume."""
+    from rlhfkit.models.run_folder import unresumable
+
+    stuck = unresumable()  # started here, nothing to resume in them (yet)
+    cleared = _failed()
+    if cleared:
+        return f"training had not started: nothing kept in {cleared[0]}; run the same command again"
+    if name == "pipeline":
+        return "rerun the same command to continue"
+    if stuck:
+        return f"no checkpoint in {stuck[0]} yet: rerun with --overwrite to start again"
+    return "rerun with --resume to continue"
 
 
 if __name__ == "__main__":

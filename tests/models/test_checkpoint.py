@@ -280,6 +280,8 @@ def test_resume_from_an_epoch_folder_prints_no_warning(tiny_model, tmp_path, cap
     # A command that resumes from folders of its own (rs: round-N/) gets no note either.
     other = tmp_path / "rs"
     prepare_output_dir(other, resume=False, overwrite=False, command="rs")
+    (other / "round-1").mkdir()
+    (other / "round-1" / "samples.jsonl").write_text("{}\n")
     with caplog.at_level("WARNING", logger="rlhfkit"):
         prepare_output_dir(other, resume=True, overwrite=False, checkpointed=False)
     assert caplog.text == ""
@@ -326,17 +328,23 @@ def test_prepare_output_dir_never_deletes_user_folder(tmp_path):
         prepare_output_dir(tmp_path / "file", resume=False, overwrite=False)
 
 
-def test_prepare_output_dir_resume(tiny_model, tmp_path, caplog):
+def test_prepare_output_dir_resume(tiny_model, tmp_path):
+    """--resume needs something to resume: a missing (mistyped) or empty folder, a run
+    that never started and one without a checkpoint are errors naming the folder."""
     out = tmp_path / "x"
-    with caplog.at_level("WARNING", logger="rlhfkit"):
-        prepare_output_dir(out, resume=True, overwrite=False)  # nothing to resume: fresh
-    assert "starting fresh" in caplog.text
-    save_checkpoint(step_dir(out, 4), models={"model": tiny_model}, tokenizer=None)
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="rlhfkit"):
+    with pytest.raises(UserError, match=f"--resume: {out} does not exist"):
         prepare_output_dir(out, resume=True, overwrite=False)
-    assert "starting fresh" not in caplog.text
+    assert not out.exists()
+    out.mkdir()
+    with pytest.raises(UserError, match=f"--resume: {out} is empty"):
+        prepare_output_dir(out, resume=True, overwrite=False)
+    prepare_output_dir(out, resume=False, overwrite=False, command="sft")
+    with pytest.raises(UserError, match="holds a run that never started"):
+        prepare_output_dir(out, resume=True, overwrite=False)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # trained, stopped before a checkpoint
+    with pytest.raises(UserError, match="no checkpoint to resume from.*pass --overwrite"):
+        prepare_output_dir(out, resume=True, overwrite=False)
+    save_checkpoint(step_dir(out, 4), models={"model": tiny_model}, tokenizer=None)
+    prepare_output_dir(out, resume=True, overwrite=False)
     assert latest_checkpoint(out) == step_dir(out, 4)  # kept
-    assert (
-        len(json.loads((out / "run.json").read_text())["resumed"]) == 1
-    )  # the first call made a new run
+    assert len(json.loads((out / "run.json").read_text())["resumed"]) == 1

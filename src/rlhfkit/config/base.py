@@ -12,8 +12,10 @@ import yaml
 
 from rlhfkit.config.fields import (
     CheckedBy,
+    CheckedWith,
     Fraction,
     NonNegative,
+    OutputPath,
     Positive,
     RewardModels,
     UnitInterval,
@@ -36,7 +38,7 @@ C = TypeVar("C")
 class DeviceOptions:
     """Where a command runs."""
 
-    device: str = "auto"
+    device: Annotated[str, CheckedWith("rlhfkit.config.checks:device")] = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
 
 
@@ -44,12 +46,12 @@ class DeviceOptions:
 class RunOptions(DeviceOptions):
     """Where outputs go and how a run starts."""
 
-    out: str = ""
-    """Output folder (created; a folder holding another run needs --overwrite or --resume)."""
+    out: Annotated[str, OutputPath("run")] = ""
+    """Output folder (created; a folder holding another run needs --overwrite or --resume; one left by a run that never started, without a checkpoint, model or logged metric, is reused)."""
     seed: int = 0
     """Random seed for data order, initialisation and sampling."""
     resume: bool = False
-    """Continue from the latest checkpoint in --out with full state."""
+    """Continue from the latest checkpoint in --out with full state (an error where --out holds nothing to resume)."""
     overwrite: bool = False
     """Delete an existing run in --out and start fresh."""
     bf16: bool = False
@@ -118,7 +120,7 @@ class LoraOptions:
     """Dropout on the adapter's input during training (ppo runs without dropout)."""
     lora_targets: tuple[str, ...] = ("all-linear",)
     """Module names to adapt (e.g. q_proj v_proj); 'all-linear': every linear layer of the decoder, not the output head (PEFT's 'all-linear')."""
-    save_adapter: bool = False
+    save_adapter: Annotated[bool, CheckedWith("rlhfkit.config.checks:save_adapter")] = False
     """With --lora-r: also write the PEFT adapter folder ('adapter/', loadable with peft.PeftModel.from_pretrained on the base model) beside each merged model written (final export and checkpoints)."""
 
 
@@ -157,7 +159,13 @@ class RewardOptions:
     """Which reward models score a response, and how several become one reward (the same
     options for `score`, `select`, `ppo` and `rs`, read by one scorer builder)."""
 
-    rm: RewardModels[Annotated[tuple[str, ...], tyro.conf.UseAppendAction]] = ()
+    rm: RewardModels[
+        Annotated[
+            tuple[str, ...],
+            tyro.conf.UseAppendAction,
+            CheckedWith("rlhfkit.config.checks:reward_models"),
+        ]
+    ] = ()
     """Reward model NAME=DIR (repeat for several: --rm helpfulness=DIR --rm safety=DIR)."""
     combine: Literal["single", "weighted-sum", "llama2"] = "single"
     """How several RMs become one reward: single (one RM's raw score), weighted-sum, or llama2 (the safety RM's score if the prompt is tagged safety or sigmoid(safety) < --threshold, else helpfulness)."""
@@ -167,7 +175,7 @@ class RewardOptions:
     """llama2: name of the helpfulness RM (as in --rm NAME=DIR)."""
     safety_rm: str = "safety"
     """llama2: name of the safety RM."""
-    weights: str | None = None
+    weights: Annotated[str | None, CheckedBy("rlhfkit.config.base:parse_weights")] = None
     """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
 
 
@@ -235,3 +243,17 @@ def parse_rm_spec(spec: str) -> tuple[str, str]:
     if not name.strip() or not path.strip():
         raise UserError(f"bad --rm {spec!r}: expected NAME=DIR (e.g. helpfulness=runs/rm_help)")
     return name.strip(), path.strip()
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """--weights "helpfulness=0.7,safety=0.3" -> {"helpfulness": 0.7, "safety": 0.3}."""
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise UserError(f"bad --weights entry {part!r}: expected NAME=NUMBER")
+    return out

@@ -11,8 +11,17 @@ that redeclares an inherited option (another default) keeps the same marker.
 - `CheckedBy("module:function")`: the function raises UserError for a bad value (one parser
   per option, e.g. --report-to's).
 - `InputPath`: a file or folder the command reads; must exist.
+- `DataFile(kind)`: a data file of a kind (`DataKind`: sft, preferences, prompts, ...);
+  must exist, and every record must pass its reader's checks (file:line).
 - `ModelFolder(kind)`: a Hugging Face model folder of the kind the command needs, read from
-  its config.json (`causal-lm`, `reward` or `any`); `named=True` for NAME=DIR values (--rm).
+  its config.json (`causal-lm`, `reward` or `any`); `named=True` for NAME=DIR values (--rm),
+  `runs=True` where a run folder of `epoch-N/` model folders stands for them (select).
+- `CheckedWith("module:function")`: a rule joining this option with others; the function
+  gets the whole config (--weights names an --rm, --combine llama2 needs two RMs).
+- `OutputPath(kind)`: where the command writes: a run folder ('run': the --resume and
+  --overwrite rules of `models.run_folder`), another folder or a file.
+- `WithinPositions(plus)`: a token count that, with `plus` (another option or a number)
+  added, must fit the positions of the causal LMs the command reads; capped, with a note.
 
 `coerce` turns a value read from YAML into the option's type (PyYAML reads `1e-4` as a
 string), or says what was expected. This module imports no torch.
@@ -87,6 +96,23 @@ class InputPath:
     """A file or folder the command reads: it must exist."""
 
 
+DataKind = Literal["sft", "preferences", "prompts", "world-prompts", "corpus", "scoring",
+                   "world-responses", "normalize"]  # fmt: skip
+"""What a `DataFile` may hold; `rlhfkit.validate.DATA_READERS` names each kind's reader."""
+
+
+@dataclass(frozen=True)
+class DataFile(InputPath):
+    """A data file the command reads, of a `DataKind`: it must exist and every record must
+    pass the checks of its reader (`data.records`, `data.preferences`), before torch is
+    imported. What needs the tokenizer (lengths, chat templates) is checked later."""
+
+    kind: DataKind
+    when: str | None = None
+    """Read only where this other option is set (non-zero): ppo reads --ptx-data only with
+    --ptx-coef > 0, and a large corpus is not read for nothing."""
+
+
 @dataclass(frozen=True)
 class ModelFolder:
     """A Hugging Face model folder of the given kind (what its config.json declares)."""
@@ -94,6 +120,38 @@ class ModelFolder:
     kind: Literal["causal-lm", "reward", "any"]
     named: bool = False
     """Values are NAME=DIR (as --rm); a bare DIR is accepted too."""
+    runs: bool = False
+    """A value may also be a run folder holding `epoch-N/` model folders (select's --checkpoints)."""
+
+
+@dataclass(frozen=True)
+class CheckedWith:
+    """The option is checked together with others: `module:function(cfg)` gets the whole
+    config and raises UserError if they do not fit (run after every single-option check)."""
+
+    function: str
+
+
+@dataclass(frozen=True)
+class OutputPath:
+    """Where the command writes --out: 'run' a run folder (new, reused when it never
+    started, --resume or --overwrite: `models.run_folder.check_output_dir`); 'folder' a
+    folder (`files` in it are replaced only with --overwrite; a non-empty one must hold
+    `owner`, where given); 'file' a file (replaced only with --overwrite)."""
+
+    kind: Literal["run", "folder", "file"]
+    files: tuple[str, ...] = ()
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class WithinPositions:
+    """A token count that, with `plus` added (the name of another option, or a number),
+    must fit the positions of every causal LM the command reads (config.json's
+    max_position_embeddings, n_positions, ...): a larger value is capped to fit, with a
+    one-line note."""
+
+    plus: str | int = 0
 
 
 def _ranged(r: Range) -> Any:
@@ -114,6 +172,10 @@ AtLeastTwo = _ranged(Range(ge=2))
 """>= 2: responses to rank per prompt."""
 
 Input = Annotated[T, InputPath()]
+SFTData = Annotated[T, DataFile("sft")]
+PreferenceData = Annotated[T, DataFile("preferences")]
+PromptData = Annotated[T, DataFile("prompts")]
+CorpusData = Annotated[T, DataFile("corpus")]
 CausalLMFolder = Annotated[T, ModelFolder("causal-lm")]
 RewardFolder = Annotated[T, ModelFolder("reward")]
 AnyModelFolder = Annotated[T, ModelFolder("any")]
@@ -122,7 +184,8 @@ RewardModels = Annotated[T, ModelFolder("reward", named=True)]
 
 # --- Reading the markers --------------------------------------------------------------
 
-Marker = Range | CheckedBy | InputPath | ModelFolder
+Marker = Range | CheckedBy | InputPath | ModelFolder | CheckedWith | OutputPath | WithinPositions
+_MARKERS = (Range, CheckedBy, InputPath, ModelFolder, CheckedWith, OutputPath, WithinPositions)
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -135,9 +198,7 @@ def markers(tp: Any) -> tuple[Marker, ...]:
     """The constraint markers on a field type (outermost Annotated; tyro's own are left out)."""
     if typing.get_origin(tp) is not Annotated:
         return ()
-    return tuple(
-        m for m in tp.__metadata__ if isinstance(m, (Range, CheckedBy, InputPath, ModelFolder))
-    )
+    return tuple(m for m in tp.__metadata__ if isinstance(m, _MARKERS))
 
 
 def field_markers(cls: type) -> dict[str, tuple[Marker, ...]]:

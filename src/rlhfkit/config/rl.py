@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
@@ -20,13 +20,22 @@ from rlhfkit.config.base import (
 )
 from rlhfkit.config.fields import (
     CausalLMFolder,
-    Input,
+    CheckedBy,
+    CheckedWith,
+    DataFile,
+    ModelFolder,
     NonNegative,
+    OutputPath,
     Positive,
     PositiveFraction,
+    PromptData,
     Range,
     UnitInterval,
+    WithinPositions,
 )
+
+NEW_TOKENS = WithinPositions(plus="max_prompt_len")
+"""--max-new-tokens: prompt (up to --max-prompt-len) + response fit the model's positions."""
 
 # --- Option groups of the commands that sample from a policy and score the samples ------
 
@@ -35,8 +44,8 @@ from rlhfkit.config.fields import (
 class LengthOptions:
     """How long prompts and sampled responses may be."""
 
-    max_new_tokens: Positive[int] = 32
-    """Maximum response tokens per sample."""
+    max_new_tokens: Annotated[Positive[int], NEW_TOKENS] = 32
+    """Maximum response tokens per sample; capped, with a note, so that --max-prompt-len + this fit the positions of the model sampled from (max_position_embeddings in its config.json)."""
     max_prompt_len: Positive[int] = 128
     """Prompts longer than this keep their last tokens."""
 
@@ -72,7 +81,11 @@ class ScorerOptions(RemoteCodeOptions, RewardOptions):
     """The reward of sampled responses: reward models, combined, or a rule (what
     `scoring.build.build_scorer` reads)."""
 
-    rule_reward: str | None = None
+    rule_reward: Annotated[
+        str | None,
+        CheckedBy("rlhfkit.scoring.rules:check_rule_reward"),
+        CheckedWith("rlhfkit.config.checks:one_reward"),
+    ] = None
     """A rule instead of reward models: 'gold' (the built-in world's gold judges), 'length' (words), 'count:TEXT'."""
     trust_remote_code: bool = False
     """Allow model code shipped inside the model folders to run."""
@@ -151,17 +164,19 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
 
     reference: CausalLMFolder[str | None] = None
     """Frozen reference for the KL penalty (default: --policy, as in InstructGPT)."""
-    prompts: Input[str] = ""
+    prompts: PromptData[str] = ""
     """RL prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too)."""
     whiten: bool | None = None
     """Whiten the combined RM score over each rollout batch (default: on for llama2, off otherwise)."""
-    value_init: str = "rm"
+    value_init: Annotated[str, CheckedWith("rlhfkit.config.checks:value_init")] = "rm"
     """Value model start: 'rm' (a copy of the first --rm, InstructGPT), an RM NAME, 'policy' (the policy with a zero head; used with --rule-reward), or a reward/value model folder."""
     steps: Positive[int] = 100
     """PPO iterations (one rollout batch + its update each)."""
     batch_size: Positive[int] = 64
     """Prompts per rollout, over all processes (split across them under torchrun); each gets --samples-per-prompt responses."""
-    num_mini_batches: Positive[int] = 1
+    num_mini_batches: Annotated[
+        Positive[int], CheckedWith("rlhfkit.config.checks:mini_batches")
+    ] = 1
     """Minibatches per PPO epoch; one policy and one value optimizer step each."""
     micro_batch_size: NonNegative[int] = 0
     """Sequences per forward/backward within a minibatch, per process (0: the whole minibatch). Changes memory, not results."""
@@ -173,7 +188,9 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """Passes over each rollout batch."""
     ignore_eos: bool = False
     """EOS is an ordinary token in rollouts: every response gets exactly --max-new-tokens tokens (benchmarks; TRL's stop_token=None). Evaluation still stops at EOS."""
-    temperature: Positive[float] = 1.0
+    temperature: Annotated[
+        Positive[float], CheckedWith("rlhfkit.config.checks:full_distribution")
+    ] = 1.0
     """Sampling temperature of the rollouts; every log-prob (policy, reference) uses it too."""
     kl_coef: NonNegative[float] = 0.02
     """beta: KL penalty per token (InstructGPT 0.02; Llama 2 0.01 for 7B/13B); the start value with --kl-target."""
@@ -203,9 +220,9 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """Normalise scores over each rollout batch (all processes) before the KL penalty is added."""
     score_clip: Positive[float | None] = None
     """Clip (normalised) scores to [-c, c]."""
-    ptx_data: Input[str | None] = None
+    ptx_data: Annotated[str | None, DataFile("corpus", when="ptx_coef")] = None
     """Pretraining corpus for PPO-ptx ({"text"} JSONL or .txt)."""
-    ptx_coef: NonNegative[float] = 0.0
+    ptx_coef: Annotated[NonNegative[float], CheckedWith("rlhfkit.config.checks:ptx")] = 0.0
     """gamma of PPO-ptx: weight of the LM loss added to every policy step (InstructGPT 27.8; 0: plain PPO)."""
     ptx_batch_size: Positive[int] = 8
     """Pretraining blocks per policy step (over all processes)."""
@@ -213,9 +230,10 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """Tokens per pretraining block."""
     value_lr: Positive[float | None] = None
     """Value model learning rate (default: --lr)."""
-    estimator: Literal["gae", "rloo", "grpo", "dr-grpo", "reinforce++", "reinforce++-baseline"] = (
-        "gae"
-    )
+    estimator: Annotated[
+        Literal["gae", "rloo", "grpo", "dr-grpo", "reinforce++", "reinforce++-baseline"],
+        CheckedWith("rlhfkit.config.checks:estimator"),
+    ] = "gae"
     """Advantage estimator (docs/estimators.md). gae: PPO with a value model (GAE; KL in reward; token-mean; 1 sample per prompt). The rest build no value model: rloo (Ahmadian et al. 2024: sequence reward = score - kl_coef x summed KL, minus the mean of the other responses to its prompt; reward; seq-mean-token-sum; 4), grpo (Shao et al. 2024: (score - group mean) / (group std + 1e-4); loss; seq-mean-token-mean; 4), dr-grpo (Liu et al. 2025: score - group mean; loss; seq-mean-token-sum-norm; 4), reinforce++ (Hu 2025: per-token KL reward, returns to go, whitened over the batch; reward; token-mean; 1), reinforce++-baseline (the same after subtracting the group's mean score; reward; token-mean; 4)."""
     samples_per_prompt: Annotated[
         int | None,
@@ -264,7 +282,7 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """Print a table of sample prompts/responses/scores every N steps (0: never)."""
     num_samples: NonNegative[int] = 4
     """Rows of that table."""
-    eval_prompts: Input[str | None] = None
+    eval_prompts: PromptData[str | None] = None
     """Held-out prompts: evaluated before training, every --eval-every steps and at the end."""
     eval_every: NonNegative[int] = 0
     """Evaluate every N steps (0: only before and after training)."""
@@ -282,11 +300,17 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
 class SelectConfig(ChatOptions, DeviceOptions, GeneratorOptions, LengthOptions, ScorerOptions):
     """Pick the SFT checkpoint whose samples the reward model(s) score highest (InstructGPT's pi^SFT)."""
 
-    checkpoints: Input[Annotated[tuple[str, ...], tyro.conf.UseAppendAction]] = ()
+    checkpoints: Annotated[
+        tuple[str, ...], tyro.conf.UseAppendAction, ModelFolder("causal-lm", runs=True)
+    ] = ()
     """A run folder holding epoch-*/ checkpoints (as `rlhfkit sft` writes), or model folders (repeatable)."""
-    rule_reward: str | None = None
+    rule_reward: Annotated[
+        str | None,
+        CheckedBy("rlhfkit.scoring.rules:check_rule_reward"),
+        CheckedWith("rlhfkit.config.checks:one_reward"),
+    ] = None
     """A rule instead of reward models: 'gold', 'length' or 'count:TEXT' (as `rlhfkit ppo`)."""
-    prompts: Input[str] = ""
+    prompts: PromptData[str] = ""
     """Prompts JSONL ({"prompt","safety"?}), the same for every checkpoint."""
     max_prompts: Positive[int | None] = None
     """Use only the first N prompts."""
@@ -294,13 +318,13 @@ class SelectConfig(ChatOptions, DeviceOptions, GeneratorOptions, LengthOptions, 
     """Responses sampled per prompt and checkpoint."""
     temperature: NonNegative[float] = 1.0
     """Sampling temperature (0: greedy)."""
-    max_new_tokens: Positive[int] = 32
-    """Maximum response tokens."""
+    max_new_tokens: Annotated[Positive[int], NEW_TOKENS] = 32
+    """Maximum response tokens (capped, with a note, to fit the checkpoints' positions with --max-prompt-len)."""
     batch_size: Positive[int] = 64
     """Sequences per generation batch."""
     seed: int = 0
     """Sampling seed, the same for every checkpoint (common random numbers)."""
-    out: str = ""
+    out: Annotated[str, OutputPath("folder", files=("select.json",))] = ""
     """Output folder for select.json."""
     overwrite: bool = False
     """Replace an existing select.json in --out."""
@@ -313,7 +337,7 @@ class SelectConfig(ChatOptions, DeviceOptions, GeneratorOptions, LengthOptions, 
 class RSConfig(TrainOptions, RLOptions):
     """Rejection sampling fine-tuning (Llama 2): per round, sample K responses per prompt, keep the highest-reward one, fine-tune on the kept set with the SFT loss."""
 
-    prompts: Input[str] = ""
+    prompts: PromptData[str] = ""
     """Prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too), the same every round."""
     max_prompts: Positive[int | None] = None
     """Use only the first N prompts."""
@@ -321,7 +345,9 @@ class RSConfig(TrainOptions, RLOptions):
     """Responses sampled per prompt and round (Llama 2: up to ~30 per prompt)."""
     rounds: Positive[int] = 2
     """Rounds of sample -> keep the best -> fine-tune; each samples from the previous round's policy."""
-    temperature: NonNegative[tuple[float, ...]] = (1.0,)
+    temperature: Annotated[
+        NonNegative[tuple[float, ...]], CheckedWith("rlhfkit.config.checks:round_temperatures")
+    ] = (1.0,)
     """Sampling temperature: one value for every round, or one per round (e.g. 0.7 1.0)."""
     keep: Literal["best", "best-of-all-rounds"] = "best"
     """'best': each prompt's best sample of this round; 'best-of-all-rounds': the best sample of any round so far (Llama 2)."""
@@ -335,7 +361,7 @@ class RSConfig(TrainOptions, RLOptions):
     """Also fine-tune on kept samples cut at --max-new-tokens before EOS, trained WITHOUT EOS (default: drop those prompts for the round, counted as truncated_dropped in stats.json)."""
     sample_batch_size: Positive[int] = 64
     """Sequences per generation batch (prompts per batch: this // --k); samples are saved batch by batch."""
-    max_len: Positive[int] = 256
+    max_len: Annotated[Positive[int], WithinPositions()] = 256
     """Fine-tuning: maximum tokens of prompt + kept response + EOS."""
     overlong: Literal["truncate", "drop", "error"] = "truncate"
     """Fine-tuning: what to do with a kept example longer than --max-len."""
@@ -347,5 +373,8 @@ class RSConfig(TrainOptions, RLOptions):
     """Fine-tuning passes over each round's kept set."""
     lr: Positive[float] = 1e-4
     warmup_steps: NonNegative[int] = 5
-    eval_prompts: Input[str | None] = None
+    eval_prompts: PromptData[str | None] = None
     """Held-out prompts: the policy's reward (and the world's gold metrics) before round 1 and after every round."""
+
+    checkpointed: ClassVar[bool] = False
+    """--resume continues from the round-N/ folders (`models.run_folder.resumable`)."""

@@ -17,12 +17,22 @@ from rlhfkit.config.base import (
 from rlhfkit.config.fields import (
     AnyModelFolder,
     CausalLMFolder,
+    CheckedBy,
+    CheckedWith,
+    CorpusData,
+    DataFile,
     Fraction,
     Input,
     NonNegative,
+    OutputPath,
     Positive,
+    PreferenceData,
     RewardFolder,
+    SFTData,
+    WithinPositions,
 )
+
+MARGIN = CheckedBy("rlhfkit.config.checks:margin")
 
 # ---------------------------------------------------------------------------------------
 # Commands
@@ -33,7 +43,7 @@ from rlhfkit.config.fields import (
 class PretrainConfig(TrainOptions):
     """Train a byte-level BPE tokenizer and a Llama LM from scratch on a text corpus."""
 
-    data: Input[str] = ""
+    data: CorpusData[str] = ""
     """Corpus: JSONL of {"text": ...}, a .txt file, Parquet, or a `datasets` folder."""
     preset: str = "tiny"
     """Model size preset (tiny ~1M params, small ~6M, base ~25M), ignored with --model-config."""
@@ -59,16 +69,16 @@ class SFTConfig(ChatOptions, RemoteCodeOptions, TrainOptions):
 
     model: CausalLMFolder[str] = ""
     """Hugging Face causal LM folder to start from."""
-    data: Input[str] = ""
+    data: SFTData[str] = ""
     """Training records: {"prompt","completion"} or {"messages"} (JSONL, Parquet, datasets folder)."""
-    eval_data: Input[str | None] = None
+    eval_data: SFTData[str | None] = None
     """Held-out records of the same format; their loss is reported each epoch."""
     eval_fraction: Fraction[float] = 0.0
     """Without --eval-data, hold out this share of --data for the eval loss."""
     loss_on_prompt: bool = False
     """Train on prompt tokens too (by default only completion tokens carry loss)."""
-    max_len: Positive[int] = 256
-    """Maximum tokens of prompt + completion + EOS."""
+    max_len: Annotated[Positive[int], WithinPositions()] = 256
+    """Maximum tokens of prompt + completion + EOS (capped, with a note, to the model's positions: max_position_embeddings in its config.json)."""
     overlong: Literal["truncate", "drop", "error"] = "truncate"
     """What to do with a record longer than --max-len (the count is reported)."""
     packing: Annotated[
@@ -86,16 +96,16 @@ class RMConfig(ChatOptions, RemoteCodeOptions, TrainOptions):
 
     model: AnyModelFolder[str] = ""
     """Hugging Face causal LM folder to start from (e.g. an SFT epoch); its LM head is replaced by a one-output head."""
-    data: Input[tuple[str, ...]] = ()
+    data: PreferenceData[tuple[str, ...]] = ()
     """Training files (required): ranking {"prompt","responses","ranking","strengths"?} and/or pairwise {"prompt","chosen","rejected","strength"?} records."""
-    eval_data: Input[tuple[str, ...]] = ()
+    eval_data: PreferenceData[tuple[str, ...]] = ()
     """Held-out files of the same formats: loss and pairwise accuracy (overall, per strength) each epoch."""
     eval_fraction: Fraction[float] = 0.0
     """Without --eval-data, hold out this share of the prompts of --data."""
-    margin: str = "none"
+    margin: Annotated[str, MARGIN] = "none"
     """Margin m(strength) subtracted inside the sigmoid: none, llama2-small (1, 2/3, 1/3, 0), llama2-large (3, 2, 1, 0), or 'significantly_better=3,better=2,...'."""
-    max_len: Positive[int] = 256
-    """Maximum tokens of prompt + response + EOS."""
+    max_len: Annotated[Positive[int], WithinPositions()] = 256
+    """Maximum tokens of prompt + response + EOS (capped, with a note, to the model's positions)."""
     overlong: Literal["truncate", "error"] = "truncate"
     """A longer sequence: 'truncate' drops its oldest prompt tokens (the end, where the score is read, stays), 'error' stops with file:line."""
     head_init: Literal["zeros", "normal"] = "zeros"
@@ -104,9 +114,11 @@ class RMConfig(ChatOptions, RemoteCodeOptions, TrainOptions):
         bool | None, tyro.conf.DisallowNone, tyro.conf.arg(help_behavior_hint="(default: auto)")
     ] = None
     """Score responses in padding-free packed rows (position ids restarting per response) instead of padded batches; default: on where the model keeps packed sequences apart (checked at start-up)."""
-    normalize_with: Input[str | None] = None
+    normalize_with: Annotated[
+        str | None, DataFile("normalize"), CheckedWith("rlhfkit.config.checks:normalize_strategy")
+    ] = None
     """After training, shift the RM so that these responses score mean 0: JSONL of {"prompt","completion"} (e.g. the SFT demonstrations, InstructGPT) or {"prompt","response"}. The shift is in the saved weights; the statistics go to rlhfkit_reward.json."""
-    normalize_scale: bool = False
+    normalize_scale: Annotated[bool, CheckedWith("rlhfkit.config.checks:normalize_scale")] = False
     """With --normalize-with: also scale the scores so that those responses have std 1 (N+ details, OpenRLHF)."""
     batch_size: Positive[int] = 8
     """PROMPTS per micro-batch; each brings all its K responses (K forward passes per prompt)."""
@@ -120,11 +132,11 @@ class RMEvalConfig(ChatOptions, RemoteCodeOptions, DeviceOptions):
 
     model: RewardFolder[str] = ""
     """Reward model folder (written by `rlhfkit rm`, or any AutoModelForSequenceClassification with num_labels=1)."""
-    data: Input[tuple[str, ...]] = ()
+    data: PreferenceData[tuple[str, ...]] = ()
     """Ranking and/or pairwise files (required)."""
-    margin: str = "none"
+    margin: Annotated[str, MARGIN] = "none"
     """Margins used in the reported loss (same choices as `rlhfkit rm --margin`)."""
-    out: str | None = None
+    out: Annotated[str | None, OutputPath("file")] = None
     """JSON file for the metrics (default: print only)."""
     max_len: Positive[int | None] = None
     """Maximum tokens per sequence (default: the RM's training --max-len)."""
@@ -138,11 +150,11 @@ class RMEvalConfig(ChatOptions, RemoteCodeOptions, DeviceOptions):
 class ScoreConfig(ChatOptions, DeviceOptions, RewardOptions):
     """Score {"prompt","response","safety"?} records with one or several reward models, combined."""
 
-    data: Input[str] = ""
+    data: Annotated[str, DataFile("scoring")] = ""
     """JSONL of {"prompt","response"} records; optional "safety": true marks possibly unsafe prompts."""
     whiten: bool | None = None
     """Whiten the combined score over the whole file (default: on for llama2, off otherwise)."""
-    out: str = ""
+    out: Annotated[str, OutputPath("file")] = ""
     """Output JSONL: each record plus "score" (combined) and "scores" ({name: raw score})."""
     overwrite: bool = False
     """Replace --out if it exists."""

@@ -12,13 +12,22 @@ from rlhfkit.config.base import ChatOptions, DeviceOptions, RemoteCodeOptions, R
 from rlhfkit.config.fields import (
     AtLeastTwo,
     CausalLMFolder,
-    Input,
+    CheckedBy,
+    CheckedWith,
+    DataFile,
     NonNegative,
+    OutputPath,
     Positive,
+    PromptData,
     UnitInterval,
+    WithinPositions,
 )
 from rlhfkit.config.rl import GeneratorOptions, PPOConfig, RSConfig, SelectConfig
 from rlhfkit.config.stages import PretrainConfig, RMConfig, SFTConfig
+
+PROMPT_CAP = 128
+"""Prompt tokens kept (the last ones) by `eval` and `world label`
+(`loops.evaluate.MAX_PROMPT_LEN`, `world.sampling.ModelSampler`)."""
 
 # --- The built-in world (rlhfkit.world) ---------------------------------------------
 # These take only the options they use: the world's commands neither train nor resume, so
@@ -29,7 +38,7 @@ from rlhfkit.config.stages import PretrainConfig, RMConfig, SFTConfig
 class WorldMakeConfig:
     """Write the built-in world: pretraining corpus, SFT demos, RL and eval prompts, world.json."""
 
-    out: str = ""
+    out: Annotated[str, OutputPath("folder")] = ""
     """Output folder (created; one that already holds world files needs --overwrite)."""
     seed: int = 0
     """World seed: the same seed writes byte-identical files."""
@@ -61,9 +70,9 @@ class WorldMakeConfig:
 class WorldJudgeConfig:
     """Score {"prompt","response"} records with the world's gold helpfulness and safety judges."""
 
-    data: Input[str] = ""
+    data: Annotated[str, DataFile("world-responses")] = ""
     """JSONL of {"prompt","response"} records whose prompts are world prompts."""
-    out: str = ""
+    out: Annotated[str, OutputPath("file")] = ""
     """Scored JSONL to write (default: --data with the suffix .scored.jsonl)."""
     overwrite: bool = False
     """Replace --out if it exists."""
@@ -75,9 +84,9 @@ class WorldLabelConfig(ChatOptions, GeneratorOptions, DeviceOptions):
 
     policy: CausalLMFolder[str] = ""
     """Hugging Face causal LM folder (model + tokenizer) to sample responses from."""
-    prompts: Input[str] = ""
+    prompts: Annotated[str, DataFile("world-prompts")] = ""
     """Prompts JSONL ({"prompt","safety"}) of the world, e.g. prompts_train.jsonl."""
-    out: str = ""
+    out: Annotated[str, OutputPath("folder")] = ""
     """Output folder for rankings_helpfulness.jsonl, rankings_safety.jsonl, samples.jsonl."""
     k: AtLeastTwo[int] = 4
     """Responses sampled and ranked per prompt (InstructGPT used 4 to 9)."""
@@ -93,8 +102,8 @@ class WorldLabelConfig(ChatOptions, GeneratorOptions, DeviceOptions):
     """Label only the first N prompts (default: all)."""
     temperature: NonNegative[float] = 1.0
     """Sampling temperature (0 = greedy, which makes the K samples identical)."""
-    max_new_tokens: Positive[int] = 32
-    """Maximum response tokens per sample."""
+    max_new_tokens: Annotated[Positive[int], WithinPositions(plus=PROMPT_CAP)] = 32
+    """Maximum response tokens per sample (capped, with a note, so that a prompt of 128 tokens and the response fit the policy's positions)."""
     batch_size: Positive[int] = 64
     """Sequences sampled per forward batch."""
     seed: int = 0
@@ -109,20 +118,22 @@ class EvalConfig(ChatOptions, GeneratorOptions, DeviceOptions, RemoteCodeOptions
 
     model: CausalLMFolder[str] = ""
     """Hugging Face causal LM folder (model + tokenizer) to evaluate."""
-    prompts: Input[str] = ""
+    prompts: PromptData[str] = ""
     """Prompts: JSONL of {"prompt"} or {"messages"} records (Parquet and datasets folders too); the world's prompts_eval.jsonl adds the gold metrics."""
     reference: CausalLMFolder[str | None] = None
     """Causal LM folder to measure KL(model || reference) against on the model's own responses (e.g. the SFT model)."""
-    baseline: CausalLMFolder[str | None] = None
+    baseline: Annotated[
+        CausalLMFolder[str | None], CheckedWith("rlhfkit.config.checks:baseline_needs_rm")
+    ] = None
     """Causal LM folder to compare with: its responses to the same prompts are scored by the --rm reward models and the model's win rate over it is reported with its standard error."""
-    out: str | None = None
+    out: Annotated[str | None, OutputPath("file")] = None
     """JSON file for the metrics and the responses (default: print only)."""
     overwrite: bool = False
     """Replace --out if it exists."""
     temperature: NonNegative[float] = 0.0
     """Sampling temperature (0 = greedy decoding)."""
-    max_new_tokens: Positive[int] = 32
-    """Maximum response tokens."""
+    max_new_tokens: Annotated[Positive[int], WithinPositions(plus=PROMPT_CAP)] = 32
+    """Maximum response tokens (capped, with a note, so that a prompt of 128 tokens and the response fit the model's positions)."""
     batch_size: Positive[int] = 64
     """Prompts per generation batch."""
     max_prompts: Positive[int | None] = None
@@ -158,7 +169,7 @@ class PipelineConfig(DeviceOptions):
     eval), with the names of that command's options, e.g. `ppo: {steps: 80, kl_coef: 0.05}`;
     bon takes `rlhfkit select`'s, e.g. `bon: {samples_per_prompt: 64}`."""
 
-    out: str = "runs/demo"
+    out: Annotated[str, OutputPath("folder", owner="pipeline.json")] = "runs/demo"
     """Output folder of the whole run."""
     preset: Literal["quick", "default"] = "default"
     """Sizes of every stage: 'quick' (a smoke run, about 2.5 minutes on 2 CPU cores) or 'default' (about 11 minutes alone on 2 CPU cores; the numbers in docs/results.md)."""
@@ -166,7 +177,7 @@ class PipelineConfig(DeviceOptions):
     """Seed of the world and of every stage."""
     bf16: bool = False
     """bf16 autocast in the training stages, where the device supports it."""
-    until: str | None = None
+    until: Annotated[str | None, CheckedBy("rlhfkit.config.checks:pipeline_stage")] = None
     """Stop after this stage (a stage name), e.g. 'sft'."""
     overwrite: bool = False
     """Delete an earlier pipeline run in --out and start again (default: skip finished stages, resume the rest)."""

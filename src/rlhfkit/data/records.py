@@ -12,6 +12,8 @@ written by `datasets.Dataset.save_to_disk`, where "line" means row index + 1):
   by `data.preferences.read_preferences`; the rest here)
 - scoring:  {"prompt": ..., "response": ..., "safety"?: bool, "ended"?: bool} (`rlhfkit score`);
   with a conversational prompt the response may be an assistant message (or a list of one)
+- responses to normalise a reward model on (`rlhfkit rm --normalize-with`):
+  {"prompt", "completion"} (the SFT format) or {"prompt", "response"}
 - prompts:  {"prompt": ..., "safety"?: bool}, or conversational: {"messages": [...]} or
   {"prompt": [...]} (messages ending with a user or system turn; encoded through the chat
   template with the generation prompt, `data.tokenize.prompt_ids`)
@@ -32,18 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.data.ranking import STRENGTHS  # the one list of strengths (no torch there)
-from rlhfkit.data.rows import PathLike, _Bad, _read_all, iter_json_records
+from rlhfkit.data.rows import PathLike, _Bad, _read_all, iter_json_records, reuse_or_read
 from rlhfkit.errors import RecordError
 
 __all__ = [
     "CHAT_ROLES",
     "STRENGTHS",
+    "NormalizeData",
     "PromptRecord",
     "RankingRecord",
     "SFTRecord",
     "ScoredRecord",
     "iter_json_records",
     "read_corpus",
+    "read_normalize_file",
     "read_prompts",
     "read_scoring_records",
     "read_sft",
@@ -324,7 +328,7 @@ def read_corpus(path: PathLike) -> list[str]:
     if p.suffix.lower() == ".txt":
         if not p.exists():
             raise RecordError(str(p), None, "file not found")
-        return _read_txt(p)
+        return reuse_or_read(p, "corpus.txt", lambda: _read_txt(p))
     return _read_all(p, _parse_text)
 
 
@@ -341,3 +345,30 @@ def read_prompts(path: PathLike) -> list[PromptRecord]:
 def read_scoring_records(path: PathLike) -> list[ScoredRecord]:
     """Prompt + response records to score, each row kept whole."""
     return _read_all(path, _parse_scored)
+
+
+@dataclass
+class NormalizeData:
+    """The responses a reward model is centred on (`rlhfkit rm --normalize-with`)."""
+
+    file: str
+    prompts: list[str]
+    responses: list[str]
+
+
+def _parse_response_pair(row: dict, line: int, source: str) -> tuple[str, str]:
+    prompt = row.get("prompt")
+    key = "completion" if row.get("completion") is not None else "response"
+    response = row.get(key)
+    if not isinstance(prompt, str):
+        raise _Bad("needs a string 'prompt'")
+    if not isinstance(response, str) or not response.strip():
+        raise _Bad("needs a non-empty 'completion' or 'response'")
+    return prompt, response
+
+
+def read_normalize_file(path: PathLike) -> NormalizeData:
+    """{"prompt", "completion"} (SFT format) or {"prompt", "response"} records, file:line
+    errors; other fields are ignored."""
+    pairs = _read_all(path, _parse_response_pair)
+    return NormalizeData(str(path), [p for p, _ in pairs], [r for _, r in pairs])

@@ -1,11 +1,16 @@
 """Raw rows of a data file, before any schema: JSON Lines, a Parquet file, or a folder
 written by `datasets.Dataset.save_to_disk` (Arrow), each row with its line number (row
-index + 1 for Parquet/Arrow). `data.records` validates them. No torch import here."""
+index + 1 for Parquet/Arrow). `data.records` validates them. No torch import here.
+
+`rlhfkit.validate` reads every data file of a command before torch loads (`keep_reads`);
+the command's own read of the same, unchanged file then takes those records instead of
+reading and checking the file a second time (`reuse_or_read`)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +22,49 @@ T = TypeVar("T")
 
 class _Bad(Exception):
     """A problem with one record; the reader adds file and line."""
+
+
+# ---------------------------------------------------------------- records read once
+
+
+_KEPT: dict[tuple[str, str], tuple[tuple[int, int], list]] = {}
+_keeping = False
+
+
+def _stamp(p: Path) -> tuple[int, int]:
+    """(size, mtime) of a file, or of a folder's newest entry: changes when it is rewritten."""
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    stats = [f.stat() for f in files]
+    return (sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0))
+
+
+@contextmanager
+def keep_reads() -> Iterator[None]:
+    """Records read inside are kept for the command that runs next (`reuse_or_read`)."""
+    global _keeping
+    _keeping = True
+    try:
+        yield
+    finally:
+        _keeping = False
+
+
+def forget_reads() -> None:
+    """Drop the kept records (a command finished, or never ran)."""
+    _KEPT.clear()
+
+
+def reuse_or_read(path: Path, kind: str, read: Callable[[], list[T]]) -> list[T]:
+    """`read()`, unless records of this `kind` were kept from this unchanged file: those
+    then (a shallow copy; the record objects are shared), until `forget_reads`."""
+    key = (str(path.resolve()), kind)
+    kept = _KEPT.get(key)
+    if kept is not None and path.exists() and kept[0] == _stamp(path):
+        return list(kept[1])
+    out = read()
+    if _keeping:
+        _KEPT[key] = (_stamp(path), out)
+    return out
 
 
 # ---------------------------------------------------------------- raw rows
@@ -132,6 +180,12 @@ def iter_json_records(path: PathLike) -> Iterator[tuple[int, dict]]:
 def _read_all(path: PathLike, parse: Callable[[dict, int, str], T]) -> list[T]:
     """Parse every record of `path`; raise the first problem, with the count of bad records."""
     p = Path(path)
+    return reuse_or_read(
+        p, f"{parse.__module__}.{parse.__qualname__}", lambda: _parse_all(p, parse)
+    )
+
+
+def _parse_all(p: Path, parse: Callable[[dict, int, str], T]) -> list[T]:
     out: list[T] = []
     first: tuple[int, str] | None = None
     n_bad = 0

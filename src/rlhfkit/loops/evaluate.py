@@ -30,7 +30,7 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
-from rlhfkit.config import EvalConfig
+from rlhfkit.config import EvalConfig, checks
 from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
@@ -147,10 +147,7 @@ def _check_options(cfg: EvalConfig) -> None:
         raise UserError("give the model to evaluate as --model DIR")
     if not cfg.prompts:
         raise UserError("give the prompts as --prompts FILE")
-    if cfg.baseline and not cfg.rm:
-        raise UserError(
-            "--baseline needs --rm NAME=DIR: the win rate is judged by the reward model(s)"
-        )
+    checks.baseline_needs_rm(cfg)
     if cfg.out and Path(cfg.out).exists() and not cfg.overwrite:
         raise UserError(f"{cfg.out} already exists; pass --overwrite to replace it")
 

@@ -36,12 +36,10 @@ from rlhfkit import __version__
 from rlhfkit.files import atomic_dir, fsync_dir, to_json
 from rlhfkit.models.load import quiet_progress
 from rlhfkit.models.lora import adapter_state_dict, has_lora, merged_state_dict, save_adapter
+from rlhfkit.models.run_folder import CHECKPOINTS, COMPLETE, STATE_JSON
 from rlhfkit.models.wrap import unwrap
 
-COMPLETE = "COMPLETE"
 STATE_PT = "trainer_state.pt"
-STATE_JSON = "trainer_state.json"
-CHECKPOINTS = "checkpoints"
 ADAPTER_DIR = "adapter"  # --save-adapter: the PEFT adapter beside the merged model
 LORA_STATE = "lora_state.safetensors"  # a LoRA checkpoint's trained tensors (resume)
 _ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rlhfkit.errors import UserError
-from rlhfkit.validate import check_folder, check_model_folder
+from rlhfkit.models.folders import check_folder, check_model_folder
 
 _warned_bf16: set[str] = set()
 

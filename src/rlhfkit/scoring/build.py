@@ -8,17 +8,15 @@ from typing import Any
 
 import torch
 
-from rlhfkit.errors import UserError
+from rlhfkit.config.base import parse_weights
+from rlhfkit.config.checks import one_reward
 from rlhfkit.scoring.rm import RewardScorer
 from rlhfkit.scoring.rules import rule_scorer
 
 
 def check_reward(cfg: Any) -> None:
-    """Exactly one reward: --rm (one or more) or --rule-reward."""
-    if bool(cfg.rule_reward) == bool(cfg.rm):
-        raise UserError(
-            "give the reward as --rm NAME=DIR (repeatable) or --rule-reward, one of them"
-        )
+    """Exactly one reward: --rm (one or more) or --rule-reward (`config.checks.one_reward`)."""
+    one_reward(cfg)
 
 
 def combine_options(cfg: Any, whiten: bool | None) -> dict[str, Any]:
@@ -52,17 +50,3 @@ def unwhitened(scorer: Any, cfg: Any) -> Any:
     if not isinstance(scorer, RewardScorer):
         return scorer
     return RewardScorer(scorer.models, cfg.combine, combine_options(cfg, False), scorer.batch_size)
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """ "helpfulness=0.7,safety=0.3" -> {"helpfulness": 0.7, "safety": 0.3}."""
-    out = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise UserError(f"bad --weights entry {part!r}: expected NAME=NUMBER")
-    return out

@@ -1,16 +1,20 @@
 """Rule rewards: scorers from plain functions (tests, demos, and PPO against the built-in
-world's gold judges), and the check that a rule can score the prompts it is given."""
+world's gold judges), and the checks that a rule exists and can score the prompts it is
+given. Importing this module imports no torch: `rlhfkit.validate` runs those checks
+before torch loads."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
 from rlhfkit.world import is_world_prompt
 from rlhfkit.world.judges import judge
+
+if TYPE_CHECKING:
+    import torch
 
 
 class RuleScorer:
@@ -22,6 +26,8 @@ class RuleScorer:
     def score(
         self, prompts: Sequence[str], responses: Sequence[str], safety: Sequence[bool]
     ) -> torch.Tensor:
+        import torch
+
         rows = zip(prompts, responses, safety, strict=True)
         return torch.tensor([float(self.fn(p, r, bool(s))) for p, r, s in rows])
 
@@ -47,6 +53,17 @@ def rule_scorer(spec: str) -> RuleScorer:
         text = spec[len("count:") :]
         return RuleScorer(lambda p, r, s: float(r.count(text)), spec)
     raise UserError(f"unknown rule reward {spec!r}: use 'gold', 'length' or 'count:TEXT'")
+
+
+def check_rule_reward(spec: str | None) -> None:
+    """--rule-reward names a rule of `rule_scorer` (None: no rule); UserError if not."""
+    if spec is not None:
+        try:
+            rule_scorer(spec)
+        except UserError:
+            raise UserError(
+                f"--rule-reward {spec}: no such rule; use 'gold', 'length' or 'count:TEXT'"
+            ) from None
 
 
 def check_rule_prompts(spec: str | None, prompts: Sequence[PromptRecord]) -> None:

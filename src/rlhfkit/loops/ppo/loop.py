@@ -58,7 +58,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.config import PPOConfig, save_config
+from rlhfkit.config import PPOConfig, checks, save_config
 from rlhfkit.config.rl import ESTIMATOR_DEFAULTS, estimator_options
 from rlhfkit.data.records import read_corpus, read_prompts
 from rlhfkit.distributed import (
@@ -81,12 +81,11 @@ from rlhfkit.loops.common import epoch_order
 from rlhfkit.loops.ppo.estimators import estimate_advantages
 from rlhfkit.loops.ppo.metrics import mean_kl, rollout_metrics, sample_table
 from rlhfkit.loops.ppo.roles import build_roles, value_source
-from rlhfkit.loops.ppo.rollout import check_unfiltered, collect_rollout
+from rlhfkit.loops.ppo.rollout import collect_rollout
 from rlhfkit.loops.ppo.run import PPORun, build_run, evaluate, resume, save
 from rlhfkit.loops.ppo.update import ppo_update
 from rlhfkit.models.resume import prepare_output_dir
 from rlhfkit.models.sharded import export_model
-from rlhfkit.scoring.build import check_reward
 from rlhfkit.scoring.rules import check_rule_prompts
 
 PPO_INFO = "rlhfkit_ppo.json"
@@ -157,7 +156,7 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     """Run `rlhfkit ppo` (module docstring). Returns the summary dict."""
     cpu_start = time.process_time()
     d, device = setup_distributed(cfg.device)
-    _check(cfg, d)
+    _check(cfg)
     out = Path(cfg.out)
     prompts, eval_prompts, corpus = _read_inputs(cfg, d)
     if d.is_main:
@@ -230,45 +229,20 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     return summary
 
 
-def _check(cfg: PPOConfig, d: Dist) -> None:
-    check_reward(cfg)
-    check_unfiltered(cfg.top_k, cfg.top_p)  # full-vocabulary log-probs (rollout.py)
+def _check(cfg: PPOConfig) -> None:
+    """The rules `rlhfkit.validate` checks before torch loads, again for callers of
+    `train_ppo` (`config.checks`: the reward, full-distribution sampling, minibatches,
+    PPO-ptx, LoRA), and the ranges that matter here."""
+    for check in (checks.one_reward, checks.full_distribution, checks.mini_batches, checks.ptx,
+                  checks.save_adapter):  # fmt: skip
+        check(cfg)
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.ppo_epochs < 1:
         raise UserError("--steps, --batch-size and --ppo-epochs must be >= 1")
-    if cfg.batch_size % d.world_size:
-        raise UserError(
-            f"--batch-size {cfg.batch_size} must divide by the {d.world_size} processes"
-        )
-    if not 1 <= cfg.num_mini_batches <= cfg.batch_size // d.world_size:
-        raise UserError(
-            "--num-mini-batches must be between 1 and the prompts per process (a minibatch "
-            "holds whole groups of --samples-per-prompt responses)"
-        )
-    check_estimator(cfg)
+    checks.estimator(cfg)
     if cfg.ptx_coef < 0:
         raise UserError("--ptx-coef must be >= 0")
-    if cfg.ptx_coef > 0 and not cfg.ptx_data:
-        raise UserError("--ptx-coef > 0 needs --ptx-data (a pretraining corpus)")
     if cfg.kl_target is not None and cfg.kl_target <= 0:
         raise UserError("--kl-target must be > 0")
-    if cfg.save_adapter and not cfg.lora_r:
-        raise UserError("--save-adapter needs LoRA: pass --lora-r > 0")
-
-
-def check_estimator(cfg: PPOConfig) -> None:
-    """UserError for an --estimator with options it cannot use (before any model loads)."""
-    kl_in, loss_agg, n = estimator_options(cfg)
-    name, spec = cfg.estimator, ESTIMATOR_DEFAULTS[cfg.estimator]
-    if spec.group and n < 2:
-        raise UserError(
-            f"--estimator {name} compares the responses to one prompt: --samples-per-prompt "
-            f"must be >= 2, not {n}"
-        )
-    if loss_agg == "sequence" and name not in ("rloo", "grpo", "dr-grpo"):
-        raise UserError(
-            f"--loss-agg sequence needs one advantage per response (rloo, grpo, dr-grpo); "
-            f"--estimator {name} has one per token"
-        )
 
 
 def _read_inputs(cfg: PPOConfig, d: Dist):

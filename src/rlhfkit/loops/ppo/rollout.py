@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit.config.checks import unfiltered
 from rlhfkit.config.rl import estimator_options
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
@@ -65,13 +66,7 @@ def check_unfiltered(top_k: int, top_p: float) -> None:
     log-probs everywhere does not fix it: the reference filtered by its own logits can give
     a sampled token probability 0 (infinite KL), and the filter's support moves with every
     update, a step no gradient sees."""
-    if top_k or top_p < 1.0:
-        raise UserError(
-            f"ppo samples from the policy's full distribution (--top-k 0 --top-p 1), not "
-            f"--top-k {top_k} --top-p {top_p}: its log-probs, ratio and KL are of that "
-            "distribution. Sharpen sampling with --temperature instead, or sample with top-k / "
-            "top-p in `rlhfkit rs`, which trains on the samples, not on their log-probs"
-        )
+    unfiltered(top_k, top_p)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import RSConfig, save_config
+from rlhfkit.config import RSConfig, checks, save_config
 from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
@@ -53,7 +53,6 @@ from rlhfkit.loops.rejection.keep import KEEP_RULES
 from rlhfkit.loops.rejection.rounds import RS_INFO, RSRun
 from rlhfkit.models.resume import prepare_output_dir
 from rlhfkit.report.plots import plot_max_median
-from rlhfkit.scoring.build import check_reward
 from rlhfkit.scoring.rules import check_rule_prompts
 
 PLOT = "rs_max_median.png"
@@ -66,20 +65,17 @@ PLOT = "rs_max_median.png"
 
 def round_temperatures(cfg: RSConfig) -> list[float]:
     """One temperature per round from --temperature (one value, or one per round)."""
+    checks.round_temperatures(cfg)
     temps = list(cfg.temperature)
     if len(temps) == 1:
         temps = temps * cfg.rounds
-    if len(temps) != cfg.rounds:
-        raise UserError(
-            f"--temperature: give one value or one per round ({cfg.rounds}), got {len(temps)}"
-        )
     if any(t < 0 for t in temps):
         raise UserError("--temperature must be >= 0")
     return temps
 
 
 def _check(cfg: RSConfig) -> list[float]:
-    check_reward(cfg)
+    checks.one_reward(cfg)
     if cfg.k < 1 or cfg.rounds < 1 or cfg.sample_batch_size < 1 or cfg.epochs < 1:
         raise UserError("--k, --rounds, --sample-batch-size and --epochs must be >= 1")
     if cfg.keep not in KEEP_RULES:

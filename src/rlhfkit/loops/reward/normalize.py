@@ -11,47 +11,14 @@ without knowing. The statistics go to `rlhfkit_reward.json` under "normalization
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhfkit.data.records import iter_json_records
-from rlhfkit.errors import RecordError, UserError
+from rlhfkit.data.records import NormalizeData, read_normalize_file  # noqa: F401 (read here too)
+from rlhfkit.errors import UserError
 from rlhfkit.models.reward import shift_and_scale_scores
 from rlhfkit.scoring.rm import score_texts
-
-
-@dataclass
-class NormalizeData:
-    """The responses an RM is centred on."""
-
-    file: str
-    prompts: list[str]
-    responses: list[str]
-
-
-def read_normalize_file(path: str) -> NormalizeData:
-    """{"prompt", "completion"} (SFT format) or {"prompt", "response"} records, file:line
-    errors; other fields are ignored."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"--normalize-with {path}: no such file")
-    prompts, responses = [], []
-    for line, row in iter_json_records(p):
-        prompt = row.get("prompt")
-        key = "completion" if row.get("completion") is not None else "response"
-        response = row.get(key)
-        if not isinstance(prompt, str):
-            raise RecordError(str(p), line, "needs a string 'prompt'")
-        if not isinstance(response, str) or not response.strip():
-            raise RecordError(str(p), line, "needs a non-empty 'completion' or 'response'")
-        prompts.append(prompt)
-        responses.append(response)
-    if not prompts:
-        raise RecordError(str(p), None, "empty file: no records")
-    return NormalizeData(str(path), prompts, responses)
 
 
 def normalize_reward_model(
