@@ -175,6 +175,8 @@ def _head_dim(folder: Path) -> int | None:
 # --- Model folders ----------------------------------------------------------------------
 
 KIND_WORDS = {"causal-lm": "a causal LM", "reward": "a reward model"}
+SCORE_HEAD_MARKER = "rlhfkit_score_head"
+"""The config.json key of a backbone + score head reward model (models/scalar_head.py)."""
 
 
 def check_folder(path: str | Path, what: str, required: tuple[str, ...]) -> Path:
@@ -201,6 +203,8 @@ def model_kind(folder: Path) -> tuple[str | None, str]:
     if not isinstance(config, dict):
         raise UserError(f"{file}: not a Hugging Face config.json (not a JSON object)")
     archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if isinstance(config.get(SCORE_HEAD_MARKER), dict):  # a family with no seq-cls class
+        return "reward", ", ".join(archs) or "a backbone + score head"
     for arch in archs:
         if arch.endswith("ForSequenceClassification"):
             labels = len(config.get("id2label") or {"0": ""})
