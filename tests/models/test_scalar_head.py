@@ -165,6 +165,23 @@ def test_packed_scores_equal_the_naive_ones_and_the_probe_says_exact(arch, tiny_
     torch.testing.assert_close(padded, naive, atol=1e-5, rtol=0)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer):
+    from rlhfkit.models.wrap import enable_gradient_checkpointing
+
+    grads = []
+    for checkpointing in (False, True):
+        rm, tok = _rm("granite", tiny_tokenizer)
+        rm.train()  # dropout is 0 in this config: train mode changes nothing else
+        if checkpointing:
+            enable_gradient_checkpointing(rm)
+        seqs, _ = encode_responses(tok, PROMPTS, RESPONSES, max_len=256)
+        reward_scores(rm, *pad_right(seqs, tok.pad_token_id)).square().sum().backward()
+        grads.append({n: p.grad for n, p in rm.named_parameters()})
+    assert grads[1].keys() == grads[0].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
 # ---------------------------------------------------------------- the saved folder
 
 

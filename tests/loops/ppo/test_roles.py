@@ -27,13 +27,16 @@ def granite(tmp_path_factory, tiny_tokenizer, ppo_files):
     return {"base": base, "rm": root / "rm", "prompts": ppo_files["prompts"]}
 
 
-@pytest.mark.parametrize("value_init", ["rm", "policy"])
-def test_ppo_trains_a_score_head_value_model(value_init, granite, tmp_path, capsys):
+@pytest.mark.parametrize(("value_init", "lora"), [("rm", False), ("policy", False), ("rm", True)])
+def test_ppo_trains_a_score_head_value_model(value_init, lora, granite, tmp_path, capsys):
+    """With --lora-r the value model IS the RM with an adapter (roles.share_reward_base),
+    its reward read with the adapter off: the saved value model is the merged one."""
     out = tmp_path / "ppo"
     args = ["ppo", "--policy", str(granite["base"]), "--rm", f"helpfulness={granite['rm']}",
             "--prompts", str(granite["prompts"]), "--out", str(out), "--device", "cpu",
             "--batch-size", "4", "--max-new-tokens", "6", "--lr", "1e-3", "--sample-every", "0",
-            "--steps", "2", "--save-every", "2", "--value-init", value_init]  # fmt: skip
+            "--steps", "2", "--save-every", "2", "--value-init", value_init,
+            *(["--lora-r", "4", "--lora-alpha", "8"] if lora else [])]  # fmt: skip
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     # the note comes where a new score head model is built: the value model from the policy
@@ -48,6 +51,8 @@ def test_ppo_trains_a_score_head_value_model(value_init, granite, tmp_path, caps
     if value_init == "rm":  # the same tensors as the RM, moved by two PPO steps
         assert set(trained) == set(start)
         assert not torch.equal(trained["score.weight"], start["score.weight"])
+        if lora:  # the head in full, the backbone through its merged adapter
+            assert (value / "lora_state.safetensors").is_file()
     else:  # the policy's backbone with a zero head that trained
         assert torch.count_nonzero(trained["score.weight"]) > 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
