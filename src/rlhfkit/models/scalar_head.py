@@ -85,7 +85,8 @@ def _causal_lm_class(config: Any) -> type:
     except KeyError:
         raise UserError(
             f"{type(config).__name__} (model_type {config.model_type!r}): transformers has "
-            "neither a sequence-classification nor a causal-LM class for it"
+            "neither a sequence-classification nor a causal-LM class for it (a backbone + "
+            "score head is built from transformers' own causal-LM classes, not remote code)"
         ) from None
 
 
@@ -246,7 +247,7 @@ def load_score_head_model(path: str | Path, dtype: torch.dtype = torch.float32) 
     Safetensors only; never remote code: the class is rebuilt from the family's own."""
     folder = _check_model_folder(path)
     marker = read_marker(folder) or {}
-    if int(marker.get("format", 0)) > FORMAT:
+    if not isinstance(marker.get("format"), int) or marker["format"] > FORMAT:
         raise UserError(
             f"{folder}: a score head model of format {marker.get('format')} (this rlhfkit "
             f"reads format {FORMAT}): written by a newer rlhfkit"
