@@ -153,12 +153,17 @@ def init_reward_model(
     config.problem_type = "regression"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if has_sequence_classification(config):
-            model = AutoModelForSequenceClassification.from_config(
-                config, trust_remote_code=trust_remote_code
-            )
-        else:
+        if not has_sequence_classification(config):  # the backbone + score head path
             model = build_score_head_model(config)
+        else:
+            try:
+                model = AutoModelForSequenceClassification.from_config(
+                    config, trust_remote_code=trust_remote_code
+                )
+            except ValueError as e:  # e.g. its remote code, not allowed
+                raise UserError(
+                    f"{type(lm).__name__} has no sequence-classification class: {e}"
+                ) from e
         try:
             _backbone(model).load_state_dict(_backbone(lm).state_dict())
         except RuntimeError as e:
