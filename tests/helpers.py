@@ -123,3 +123,20 @@ def as_instruct(tokenizer, template: str = INSTRUCT_TEMPLATE):
     tok.init_kwargs.pop(CHAT_FORMAT, None)
     tok.chat_template = template
     return tok
+
+
+# Families transformers 5 has no sequence-classification class for: their reward and value
+# models are the backbone + a score head (models/scalar_head.py). Granite with its own
+# multipliers (Granite 3's embedding / residual scales, tied embeddings), OLMoE a mixture of
+# experts, Cohere a LayerNorm without bias and a logit scale.
+NO_SEQ_CLS_ARCH = {
+    "granite": lambda: T.GraniteConfig(**_small(
+        num_key_value_heads=2, embedding_multiplier=12.0, residual_multiplier=0.22,
+        attention_multiplier=0.125, logits_scaling=4.0, tie_word_embeddings=True,
+    )),
+    "olmoe": lambda: T.OlmoeConfig(**_small(
+        num_key_value_heads=4, num_experts=4, num_experts_per_tok=2,
+    )),
+    "cohere": lambda: T.CohereConfig(**_small(num_key_value_heads=2)),
+}  # fmt: skip
+CHAIN_ARCH["granite"] = NO_SEQ_CLS_ARCH["granite"]

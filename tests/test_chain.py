@@ -1,10 +1,12 @@
 """The whole chain, sft -> rm -> select -> ppo -> rs -> eval, through the command line on a
 tiny random model of each family in `CHAIN_ARCH` (Llama tied and untied with GQA, Qwen2,
-Qwen3, Mistral, Gemma 2 and 3, Phi-3, GPT-2, GPT-NeoX, OPT, Falcon, Qwen3-MoE, Mixtral).
+Qwen3, Mistral, Gemma 2 and 3, Phi-3, GPT-2, GPT-NeoX, OPT, Falcon, Qwen3-MoE, Mixtral,
+and Granite, which transformers has no sequence-classification class for).
 
 Per family, every stage exits 0, every model it writes loads in plain transformers as the
-class users expect (a causal LM of the same family; the RM as a sequence classifier), the
-policy's tied embeddings stay tied, and PPO's and eval's metrics are finite. Three
+class users expect (a causal LM of the same family; the RM as a sequence classifier, or
+for Granite with rlhfkit as the backbone + score head whose backbone AutoModel loads), the
+policy's tied embeddings stay tied, and PPO's and eval's metrics are finite. Four
 families run in the default suite; the rest with `make test-slow`.
 """
 
@@ -16,12 +18,14 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit import cli
+from rlhfkit.models.reward import load_reward_model
+from rlhfkit.models.scalar_head import has_sequence_classification
 from tests.helpers import CHAIN_ARCH, make_base_model, sft_rows, write_jsonl
 
-DEFAULT = ("llama-gqa", "qwen2", "gpt2")
+DEFAULT = ("llama-gqa", "qwen2", "gpt2", "granite")
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +84,14 @@ def test_the_whole_chain_runs_on_every_family(arch, data, tmp_path, tiny_tokeniz
 
     _run("rm", "--model", str(tmp_path / "sft" / "epoch-2"), "--data", str(data["pairs"]),
          "--out", str(tmp_path / "rm"), "--batch-size", "8", "--max-steps", "2")  # fmt: skip
-    rm_model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    if has_sequence_classification(base.config):
+        rm_model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+        assert type(rm_model).__name__.endswith("ForSequenceClassification")
+    else:  # the backbone + score head (docs/reward-models-any-architecture.md)
+        rm_model, _ = load_reward_model(tmp_path / "rm")
+        backbone = AutoModel.from_pretrained(tmp_path / "rm")  # what plain transformers loads
+        assert type(backbone) is type(getattr(rm_model, rm_model.base_model_prefix))
     assert rm_model.config.num_labels == 1
-    assert type(rm_model).__name__.endswith("ForSequenceClassification")
 
     _run("select", "--checkpoints", str(tmp_path / "sft"), "--rm", rm, "--prompts",
          str(data["prompts"]), "--out", str(tmp_path / "select"), *short)  # fmt: skip
@@ -101,7 +110,7 @@ def test_the_whole_chain_runs_on_every_family(arch, data, tmp_path, tiny_tokeniz
          "--keep-truncated", *short)  # fmt: skip
     _same_family(tmp_path / "rs", base)
 
-    _run("eval", "--model", str(tmp_path / "rs"), "--prompts", str(data["eval"]),
+    _run("eval", "--model", str(tmp_path / "rs"), "--prompts", str(data["eval"]), "--rm", rm,
          "--out", str(tmp_path / "eval.json"), "--max-new-tokens", "6")  # fmt: skip
     metrics = json.loads((tmp_path / "eval.json").read_text())
-    assert metrics, "eval wrote nothing"
+    assert math.isfinite(metrics["rm_score"]) and set(metrics["rm_scores"]) == {"helpfulness"}

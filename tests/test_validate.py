@@ -12,7 +12,7 @@ import pytest
 
 from rlhfkit.config.fields import Range, coerce
 from rlhfkit.errors import UserError
-from rlhfkit.validate import check_model_folder, check_safetensors
+from rlhfkit.models.folders import check_model_folder, check_safetensors, model_kind
 
 
 @pytest.mark.parametrize(
@@ -101,6 +101,20 @@ def test_model_kind_comes_from_config_json(tmp_path):
     (junk / "config.json").write_text("{")
     with pytest.raises(UserError, match="config.json: not a readable config.json"):
         check_model_folder(junk, "any")
+
+
+def test_a_backbone_score_head_folder_is_a_reward_model_by_its_marker(tmp_path):
+    # models/scalar_head.py: the family's config (no ...ForSequenceClassification name),
+    # marked; without the marker the same config would be unknown, not a reward model
+    config = {"model_type": "granite", "architectures": ["GraniteWithScoreHead"],
+              "rlhfkit_score_head": {"format": 1, "backbone": "model", "head": "score"}}  # fmt: skip
+    folder = _folder(tmp_path / "rm", config, _safetensors())
+    assert model_kind(folder) == ("reward", "GraniteWithScoreHead")
+    assert check_model_folder(folder, "reward") == folder
+    with pytest.raises(UserError, match="holds a reward model .GraniteWithScoreHead.*not a causal"):
+        check_model_folder(folder, "causal-lm")
+    del config["rlhfkit_score_head"]
+    assert model_kind(_folder(tmp_path / "plain", config, _safetensors()))[0] is None
 
 
 def test_model_folder_without_weights_passes_only_when_weights_are_not_needed(tmp_path):

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 from tests.helpers import (
     CHAIN_ARCH,
+    NO_SEQ_CLS_ARCH,
     assert_same_training,
     make_base_model,
     sft_rows,
@@ -120,12 +121,16 @@ def test_fsdp2_sft_steps_like_one_process(arch, lora, tmp_path, tiny_tokenizer):
 
 @pytest.mark.slow  # as the DDP one (tests/loops/reward/test_train.py)
 @pytest.mark.timeout(300)
-def test_fsdp2_rm_steps_like_one_process(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("arch", ["llama", "granite"])
+def test_fsdp2_rm_steps_like_one_process(arch, tmp_path, tiny_tokenizer):
+    """Llama's sequence classifier, and Granite's backbone + score head (no such class in
+    transformers: models/scalar_head.py), sharded by the same decoder layers."""
     from tests.loops.reward.test_train import keyword_rankings
 
     from rlhfkit.models.reward import init_reward_model
 
-    base = make_base_model(tmp_path / "base", tiny_tokenizer)
+    preset = "test" if arch == "llama" else NO_SEQ_CLS_ARCH[arch]()
+    base = make_base_model(tmp_path / "base", tiny_tokenizer, preset=preset)
     rows = [keyword_rankings(1, 2 + i % 4, seed=i)[0] for i in range(16)]  # uneven K
     data = write_jsonl(tmp_path / "r.jsonl", rows)
     opts = ["--data", str(data), "--model", str(base), "--lr", "1e-2", "--schedule",
@@ -139,6 +144,17 @@ def test_fsdp2_rm_steps_like_one_process(tmp_path, tiny_tokenizer):
     assert set(w1) == set(w2)
     # rel 1e-2 as the DDP test: Adam's first steps amplify rounding where |g| ~ eps
     assert_same_training(w1, w2, {k: w0[k] for k in w1}, rel=1e-2)
+    if arch == "llama":
+        return
+    # The DCP checkpoint of a sharded backbone + score head resumes (2 steps of 8 prompts):
+    # stopped after step 1, resumed, it ends as the uninterrupted sharded run, bit for bit.
+    part = tmp_path / "part"
+    two = [*opts, "--batch-size", "4", "--out", str(part), "--strategy", "fsdp2"]
+    _run(_cli("rm", *two, "--max-steps", "1", "--save-every", "1", procs=2))
+    assert (part / "checkpoints" / "step-000001" / "dcp").is_dir()
+    _run(_cli("rm", *two, "--resume", procs=2))
+    w3 = load_file(str(part / "model.safetensors"))
+    assert all(torch.equal(w3[k], w2[k]) for k in w2)
 
 
 @pytest.mark.slow  # ~100 s on 2 cores: `make test-slow`

@@ -18,6 +18,10 @@ KIND_WORDS = {"causal-lm": "a causal LM", "reward": "a reward model"}
 _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
 
 
+SCORE_HEAD_MARKER = "rlhfkit_score_head"
+"""The config.json key of a backbone + score head reward model (models/scalar_head.py)."""
+
+
 def model_folders(path: str | Path, runs: bool = False) -> list[Path]:
     """The model folders a value stands for: itself, or (`runs`: select's --checkpoints)
     the `epoch-N/` model folders of a run folder, by N."""
@@ -60,6 +64,8 @@ def model_kind(folder: Path) -> tuple[str | None, str]:
     if not isinstance(config, dict):
         raise UserError(f"{file}: not a Hugging Face config.json (not a JSON object)")
     archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    if isinstance(config.get(SCORE_HEAD_MARKER), dict):  # a family with no seq-cls class
+        return "reward", ", ".join(archs) or "a backbone + score head"
     for arch in archs:
         if arch.endswith("ForSequenceClassification"):
             labels = len(config.get("id2label") or {"0": ""})

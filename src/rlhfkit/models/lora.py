@@ -8,8 +8,9 @@ side (`peft_model(model)`) for what only it can do: switch the adapter off
 (`adapter_disabled`: the PPO reference is the policy with its adapter off) and write the
 adapter folder (`save_adapter`).
 
-- Causal LMs get task "CAUSAL_LM"; sequence-classification models (reward / value models)
-  task "SEQ_CLS", so PEFT also trains the one-output head in full (`modules_to_save`).
+- Causal LMs get task "CAUSAL_LM"; reward / value models (a `score` head, no next-token
+  head: sequence-classification classes and `models.scalar_head`'s) task "SEQ_CLS", so
+  PEFT also trains the one-output head in full (`modules_to_save`).
 - Targets: "all-linear" by default, every linear layer of the decoder except the output
   head (GPT-2's `Conv1D` layers included).
 - Checkpoints hold the model's own state dict (base weights, adapters, the trained head
@@ -49,8 +50,17 @@ def has_lora(model: torch.nn.Module) -> bool:
 
 
 def task_type(model: torch.nn.Module) -> str:
-    """PEFT's task for a Hugging Face model: SEQ_CLS for a reward/value model."""
-    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+    """PEFT's task for a Hugging Face model: SEQ_CLS for a reward/value model, i.e. a
+    sequence-classification class, or any model with a `score` (or `classifier`) head,
+    PEFT's SEQ_CLS heads, and no next-token head (`models.scalar_head`'s)."""
+    if type(model).__name__.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    heads = any(isinstance(getattr(model, n, None), torch.nn.Module) for n in _SEQ_CLS_HEADS)
+    no_lm_head = getattr(model, "get_output_embeddings", lambda: None)() is None
+    return "SEQ_CLS" if heads and no_lm_head else "CAUSAL_LM"
+
+
+_SEQ_CLS_HEADS = ("score", "classifier")  # PEFT trains these in full under SEQ_CLS
 
 
 def add_lora(model: torch.nn.Module, opts: Any) -> torch.nn.Module:

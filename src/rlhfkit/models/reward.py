@@ -4,7 +4,9 @@ A reward model is a causal LM whose next-token head is replaced by a linear head
 output (`num_labels=1`): r(x, y) is that head's value at the LAST real token of prompt x +
 response y. It is a real Hugging Face class (e.g. `LlamaForSequenceClassification`), so
 `AutoModelForSequenceClassification.from_pretrained(DIR)` loads a saved RM and gives the
-same scores as `reward_scores` here (tested to 1e-5).
+same scores as `reward_scores` here (tested to 1e-5). Families transformers has no such
+class for (Granite, Cohere, OLMoE...) get the LM's backbone + a `score` head instead
+(`models.scalar_head`); every function here treats both alike.
 
 Which token is "last" (transformers 5.23, `GenericForSequenceClassification.forward`):
 HF takes the rightmost token whose id differs from `config.pad_token_id`. Our sequences end
@@ -49,7 +51,15 @@ from rlhfkit.models.load import (
     quiet_progress,
 )
 from rlhfkit.models.lora import AdapterOff
-from rlhfkit.models.wrap import eval_mode, unwrap
+from rlhfkit.models.modules import bias_feeding
+from rlhfkit.models.scalar_head import (
+    build_score_head_model,
+    has_sequence_classification,
+    load_score_head_model,
+    note_head_bias,
+    read_marker,
+)
+from rlhfkit.models.wrap import unwrap
 
 log = logging.getLogger("rlhfkit")
 
@@ -94,7 +104,8 @@ def reward_head(model: torch.nn.Module) -> torch.nn.Linear:
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
         raise UserError(
             f"{type(model).__name__} has no one-output linear `score` head: not a reward model "
-            "(expected an AutoModelForSequenceClassification with num_labels=1)"
+            "(expected an AutoModelForSequenceClassification with num_labels=1, or rlhfkit's "
+            "backbone + score head)"
         )
     return head
 
@@ -116,7 +127,9 @@ def init_reward_model(
 
     `lm` is a Hugging Face causal LM folder (its tokenizer is loaded from there when
     `tokenizer` is None) or an LM object. The backbone weights are copied from the LM; its
-    next-token head is dropped and a `score` head (hidden -> 1, no bias) is added:
+    next-token head is dropped and a `score` head (hidden -> 1, no bias) is added (the
+    family's AutoModelForSequenceClassification where transformers has one, else the
+    backbone + score head of `models.scalar_head`, with one printed line), initialised:
     - "zeros" (default): every score starts at exactly 0, so every pair's loss starts at
       log 2 and no random preference is baked in; the head still gets a gradient at step 1
       (sum of (sigmoid - 1) * (h_w - h_l)), the backbone from step 2 on. A value model
@@ -140,12 +153,17 @@ def init_reward_model(
     config.problem_type = "regression"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        try:
-            model = AutoModelForSequenceClassification.from_config(
-                config, trust_remote_code=trust_remote_code
-            )
-        except ValueError as e:
-            raise UserError(f"{type(lm).__name__} has no sequence-classification class: {e}") from e
+        if not has_sequence_classification(config):  # the backbone + score head path
+            model = build_score_head_model(config)
+        else:
+            try:
+                model = AutoModelForSequenceClassification.from_config(
+                    config, trust_remote_code=trust_remote_code
+                )
+            except ValueError as e:  # e.g. its remote code, not allowed
+                raise UserError(
+                    f"{type(lm).__name__} has no sequence-classification class: {e}"
+                ) from e
         try:
             _backbone(model).load_state_dict(_backbone(lm).state_dict())
         except RuntimeError as e:
@@ -181,6 +199,9 @@ def load_reward_model(
     Same safety rules as `load_causal_lm`: safetensors only, no remote code unless asked.
     """
     folder = _check_model_folder(path)
+    if read_marker(folder) is not None:  # rlhfkit's backbone + score head (models.scalar_head)
+        model = load_score_head_model(folder, dtype)
+        return _ready(model, load_tokenizer(folder, trust_remote_code=trust_remote_code), device)
     saved_bias = _saved_head_bias(folder)
     try:
         with quiet_progress(), _quiet_load_report(saved_bias is not None):
@@ -200,7 +221,6 @@ def load_reward_model(
         # from_pretrained dropped the saved score.bias; put it back.
         head.bias = torch.nn.Parameter(saved_bias.to(head.weight), requires_grad=False)
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
-    tokenizer.padding_side = "right"
     pad = model.config.pad_token_id
     if pad is None or pad == tokenizer.eos_token_id:
         # rlhfkit's scores use the attention mask and stay right; HF's pooled output
@@ -211,6 +231,11 @@ def load_reward_model(
             folder,
             pad,
         )
+    return _ready(model, tokenizer, device)
+
+
+def _ready(model: PreTrainedModel, tokenizer: Any, device: torch.device | str) -> tuple[Any, Any]:
+    tokenizer.padding_side = "right"
     model.to(torch.device(device))
     model.eval()
     model.requires_grad_(False)
@@ -220,44 +245,6 @@ def load_reward_model(
 # ---------------------------------------------------------------------------------------
 # Shifting and scaling the scores (reward normalisation)
 # ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _bias_feeding_head(model: PreTrainedModel) -> tuple[str, torch.nn.Parameter] | None:
-    """(name, bias) of the module whose output the head reads, if that module adds a bias
-    (GPT-2's, OPT's or Pythia's final LayerNorm); None when it has none (Llama's, Mistral's or
-    Qwen's RMSNorm). Found by a probe forward, not by model family."""
-    head = reward_head(model)
-    candidates = {
-        name: mod
-        for name, mod in model.named_modules()
-        if mod is not head
-        and isinstance(getattr(mod, "bias", None), torch.nn.Parameter)
-        and mod.bias.shape == (head.in_features,)
-    }
-    outputs: dict[str, torch.Tensor] = {}
-    box: dict[str, torch.Tensor] = {}
-    handles = [head.register_forward_pre_hook(lambda m, args: box.__setitem__("x", args[0]))]
-    for name, mod in candidates.items():
-        handles.append(
-            mod.register_forward_hook(
-                lambda m, i, out, name=name: outputs.__setitem__(name, out)
-                if isinstance(out, torch.Tensor) else None
-            )
-        )  # fmt: skip
-    vocab = int(getattr(model.config.get_text_config(), "vocab_size", 0) or 2)
-    ids = (torch.arange(1, 9, device=head.weight.device) % vocab)[None]  # (1, 8)
-    try:
-        with eval_mode(model):
-            model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    x = box["x"]
-    for name, out in reversed(list(outputs.items())):  # the last one called first
-        if out.numel() == x.numel() and torch.equal(out.reshape(x.shape), x):
-            return name, candidates[name].bias
-    return None
 
 
 @torch.no_grad()
@@ -282,7 +269,7 @@ def shift_and_scale_scores(model: torch.nn.Module, shift: float, scale: float = 
     if head.bias is not None:
         head.bias.mul_(scale).add_(shift)
         return "score.bias"
-    found = _bias_feeding_head(model)
+    found = bias_feeding(model, head)
     if found is not None:
         name, bias = found
         w = head.weight[0].double()  # (H,)
@@ -294,6 +281,7 @@ def shift_and_scale_scores(model: torch.nn.Module, shift: float, scale: float = 
         torch.tensor([shift], dtype=head.weight.dtype, device=head.weight.device),
         requires_grad=head.weight.requires_grad,
     )
+    note_head_bias(model)  # a backbone + score head model rebuilds its head with the bias
     return "score.bias (new: plain from_pretrained drops it)"
 
 

@@ -2,7 +2,8 @@
 
 Parameters are counted exactly, not by formula: each model is built from its config on
 PyTorch's `meta` device (`AutoModelForCausalLM` / `AutoModelForSequenceClassification
-.from_config` under `torch.device("meta")`: shapes only, no memory, no weights read), so
+.from_config`, or rlhfkit's backbone + score head for a family with no such class, under
+`torch.device("meta")`: shapes only, no memory, no weights read), so
 any architecture transformers knows is counted as it will be loaded (tied embeddings once,
 biases, norms, a reward model's one-output head). What the loops then hold per process:
 

@@ -63,6 +63,8 @@ def count_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from rlhfkit.models.scalar_head import has_sequence_classification, is_marked, score_head_class
+
     if seq_cls:
         config = config.__class__.from_dict(config.to_dict())
         config.num_labels = 1
@@ -71,7 +73,11 @@ def count_model(
         warnings.simplefilter("ignore")
         logging.getLogger("transformers").setLevel(logging.ERROR)
         try:
-            model = auto.from_config(config, trust_remote_code=trust_remote_code)
+            if seq_cls and (is_marked(config) or not has_sequence_classification(config)):
+                # no sequence-classification class: rlhfkit's backbone + score head
+                model = score_head_class(config)(config)
+            else:
+                model = auto.from_config(config, trust_remote_code=trust_remote_code)
         except (ValueError, KeyError) as e:
             raise UserError(f"{type(config).__name__}: cannot build the model: {e}") from None
     params = [tuple(p.shape) for p in model.parameters()]

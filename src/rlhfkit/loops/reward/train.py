@@ -22,8 +22,9 @@ Algorithm:
      are weighted by their prompt counts, so accumulation and DDP change nothing;
   6. each epoch: held-out loss, pairwise accuracy overall and per strength bucket, score
      gap; a resumable checkpoint `epoch-N/` (itself a from_pretrained-loadable RM);
-  7. the final RM at the top of --out (AutoModelForSequenceClassification, num_labels=1),
-     its tokenizer's default encoding adding the BOS / EOS of step 2
+  7. the final RM at the top of --out (AutoModelForSequenceClassification, num_labels=1;
+     for a family without one, its backbone + score head: `models.scalar_head`), its
+     tokenizer's default encoding adding the BOS / EOS of step 2
      (`models.rm_tokenizer.set_scoring_template`), so `pipeline("text-classification")` on
      prompt + response scores what rlhfkit scores;
   8. with --normalize-with FILE: the final RM's scores of FILE's responses are made mean 0
@@ -84,6 +85,7 @@ from rlhfkit.models.resume import epoch_dir, prepare_output_dir
 from rlhfkit.models.reward import ensure_distinct_pad, init_reward_model
 from rlhfkit.models.reward_packed import HeadInputView, attention_cost
 from rlhfkit.models.rm_tokenizer import set_scoring_template
+from rlhfkit.models.scalar_head import is_score_head_model
 from rlhfkit.models.wrap import no_sync, unwrap
 from rlhfkit.scoring.rm import RM_INFO
 
@@ -326,8 +328,9 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     }
     run = RMRun(model, tokenizer, train, held_out, out, d, device, info, normalize, packing)
     summary = fit_rm(run, cfg)
-    rank0_print(
-        f"reward model: {out} (AutoModelForSequenceClassification, num_labels=1)", rank=d.rank
-    )
+    what = "AutoModelForSequenceClassification, num_labels=1"
+    if is_score_head_model(model):
+        what = f"{type(model).__name__}: backbone + score head, loads with rlhfkit"
+    rank0_print(f"reward model: {out} ({what})", rank=d.rank)
     teardown_distributed()
     return summary
