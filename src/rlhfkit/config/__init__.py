@@ -52,6 +52,7 @@ from rlhfkit.config.stages import (
     RMConfig,
     RMEvalConfig,
     ScoreConfig,
+    ServeRMConfig,
     SFTConfig,
 )
 from rlhfkit.config.world import (
@@ -97,6 +98,7 @@ __all__ = [
     "SFTConfig",
     "SamplingOptions",
     "ScoreConfig",
+    "ServeRMConfig",
     "ScorerOptions",
     "SelectConfig",
     "StageOptions",

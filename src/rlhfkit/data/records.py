@@ -341,3 +341,14 @@ def read_prompts(path: PathLike) -> list[PromptRecord]:
 def read_scoring_records(path: PathLike) -> list[ScoredRecord]:
     """Prompt + response records to score, each row kept whole."""
     return _read_all(path, _parse_scored)
+
+
+def parse_scoring_record(row: Any, where: str) -> ScoredRecord:
+    """One record of `read_scoring_records`' format from an already parsed JSON value (an
+    item of a served reward model's request), or RecordError(where, problem)."""
+    if not isinstance(row, dict):
+        raise RecordError(where, None, f"must be a JSON object, got {type(row).__name__}")
+    try:
+        return _parse_scored(row, 0, where)
+    except _Bad as e:
+        raise RecordError(where, None, str(e)) from None

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from rlhfkit.errors import UserError
+from rlhfkit.scoring.remote import RemoteSettings
 from rlhfkit.scoring.rm import RewardScorer
 from rlhfkit.scoring.rules import rule_scorer
 
@@ -17,7 +18,7 @@ def check_reward(cfg: Any) -> None:
     """Exactly one reward: --rm (one or more) or --rule-reward."""
     if bool(cfg.rule_reward) == bool(cfg.rm):
         raise UserError(
-            "give the reward as --rm NAME=DIR (repeatable) or --rule-reward, one of them"
+            "give the reward as --rm NAME=DIR or NAME=URL (repeatable) or --rule-reward, one of them"
         )
 
 
@@ -44,6 +45,7 @@ def build_scorer(cfg: Any, device: torch.device, whiten: bool | None) -> Any:
         combine_options(cfg, whiten),
         device=device,
         trust_remote_code=cfg.trust_remote_code,
+        remote=RemoteSettings.from_config(cfg),
     )
 
 
@@ -51,7 +53,7 @@ def unwhitened(scorer: Any, cfg: Any) -> Any:
     """The same reward models without batch whitening (evaluation: means must compare)."""
     if not isinstance(scorer, RewardScorer):
         return scorer
-    return RewardScorer(scorer.models, cfg.combine, combine_options(cfg, False), scorer.batch_size)
+    return RewardScorer(scorer.sources, cfg.combine, combine_options(cfg, False), scorer.batch_size)
 
 
 def parse_weights(text: str) -> dict[str, float]:
