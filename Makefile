@@ -78,4 +78,4 @@ $(VLLM_STAMP): pyproject.toml
 install-vllm: $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	OMP_NUM_THREADS=1 $(VLLM_BIN)/python -m pytest tests/sampling/test_vllm_engine.py -v -rs -m ""  # slow ones too
+	OMP_NUM_THREADS=1 $(VLLM_BIN)/python -m pytest tests/sampling/test_vllm_engine.py tests/scoring/test_serve_vllm.py -v -rs -m ""  # slow ones too

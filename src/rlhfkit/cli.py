@@ -59,6 +59,12 @@ COMMANDS: dict[str, Command] = {
         "-  score prompt/response records with reward models (single, weighted-sum, llama2)",
         ("data", "rm", "out"),
     ),
+    "serve-rm": Command(
+        "rlhfkit.config:ServeRMConfig",
+        "rlhfkit.scoring.serve:serve_rm",
+        "-  serve a reward model over HTTP for --rm NAME=URL (and OpenRLHF's /get_reward)",
+        ("model",),
+    ),
     "select": Command(
         "rlhfkit.config:SelectConfig",
         "rlhfkit.loops.select:run_select",
@@ -222,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage(), file=sys.stderr)
         return 2
 
-    from rlhfkit.errors import UserError
+    from rlhfkit.errors import RemoteUnavailable, UserError
 
     try:
         cfg = parse(name, rest)
@@ -236,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         threads.start()  # before torch loads: the thread count (rlhfkit/threads.py)
         result = _load(COMMANDS[name].run)(cfg)
+    except RemoteUnavailable as e:
+        # A server that went away: try again later (EX_TEMPFAIL), the message says how.
+        print(f"rlhfkit {name}: error: {e}", file=sys.stderr)
+        return 75
     except UserError as e:
         # Bad input is the user's to fix: say what and where, no traceback.
         _failed()

@@ -18,3 +18,9 @@ class RecordError(UserError):
 
 class OutputExistsError(UserError):
     """An output folder holds another run and neither --resume nor --overwrite was given."""
+
+
+class RemoteUnavailable(UserError):
+    """A server the command needs (a served reward model, `--rm NAME=URL`) did not answer
+    after its retries: a temporary failure, not bad input. The CLI exits with status 75
+    (EX_TEMPFAIL); ppo and rs stop where `--resume` continues."""

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config.base import parse_rm_spec
+from rlhfkit.config.base import is_url, parse_rm_spec
 from rlhfkit.config.fields import (
     CheckedBy,
     CheckedWith,
@@ -112,6 +112,7 @@ def validate(cfg: Any) -> None:
         _check_section(name, section_cls, getattr(cfg, name) or {})
     if getattr(cfg, "generator", "hf") == "vllm":
         check_vllm(cfg)
+    check_served_value_init(cfg)
 
 
 def _load(ref: str) -> Any:
@@ -135,6 +136,9 @@ def _check(marker: Marker, flag: str, value: Any, reads_files: bool) -> None:
     elif isinstance(marker, ModelFolder):
         for spec in values:
             path = parse_rm_spec(spec)[1] if marker.named else spec
+            if path and marker.named and is_url(path):
+                check_rm_url(flag, spec, path, probe=reads_files)
+                continue
             try:
                 for folder in model_folders(path, marker.runs) if path else ():
                     check_model_folder(folder, marker.kind, weights=reads_files)
@@ -260,6 +264,73 @@ def _check_positions(marker: WithinPositions, flag: str, name: str, cfg: Any) ->
         raise UserError(f"{flag} {value}: no room for it: {why}")
     setattr(cfg, name, room)
     note(f"{flag} {value} capped to {room}: {why}")
+
+
+# --- --rm NAME=URL -----------------------------------------------------------------------
+
+URL_PROBE_TIMEOUT = 3.0
+"""Seconds the start-up check waits for a reward model server's GET /health."""
+
+
+def check_rm_url(flag: str, spec: str, url: str, probe: bool = True) -> None:
+    """An --rm URL is http(s)://HOST[:PORT][/PREFIX] (the server's base, not an endpoint) and,
+    with `probe`, its server answers GET /health within a few seconds."""
+    from urllib.parse import urlsplit
+
+    where = f"{flag} {spec}"
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        raise UserError(f"{where}: not a valid URL ({e})") from None
+    if not parts.hostname:
+        raise UserError(f"{where}: the URL has no host (expected e.g. http://127.0.0.1:8000)")
+    if parts.query or parts.fragment:
+        raise UserError(f"{where}: give the server's base URL, without ?query or #fragment")
+    endpoint = parts.path.rstrip("/").rsplit("/", 1)[-1]
+    if endpoint in ("score", "get_reward", "health", "classify", "pooling"):
+        base = url.strip().rstrip("/")[: -len(endpoint) - 1]
+        raise UserError(
+            f"{where}: give the server's base URL ({base}), not its /{endpoint} endpoint: "
+            "the client picks the endpoint"
+        )
+    if probe:
+        _probe_health(where, url.strip().rstrip("/"))
+
+
+def _probe_health(where: str, url: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=URL_PROBE_TIMEOUT) as answer:
+            answer.read(1 << 16)
+    except urllib.error.HTTPError as e:
+        if e.code < 500:  # the server is up; what it serves is checked at first contact
+            return
+        raise UserError(f"{where}: the server answers GET /health with {e.code}") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise UserError(
+            f"{where}: no reward model server answers there ({reason}); start it "
+            "(`rlhfkit serve-rm DIR --port N`) or check the URL"
+        ) from None
+
+
+def check_served_value_init(cfg: Any) -> None:
+    """--value-init rm (or an RM's name) starts the value model as a copy of that reward
+    model: one served at a URL has no weights here."""
+    init, specs = getattr(cfg, "value_init", None), getattr(cfg, "rm", ())
+    if init is None or getattr(cfg, "rule_reward", None) or not specs:
+        return
+    rms = dict(parse_rm_spec(s) for s in specs)
+    name = next(iter(rms)) if init == "rm" else init if init in rms else None
+    if name is not None and is_url(rms[name]):
+        raise UserError(
+            f"--value-init {init}: the value model starts as a copy of reward model {name!r}, "
+            f"which is served at {rms[name]} (no weights here): give that RM's folder "
+            "(--value-init DIR) or start from the policy (--value-init policy)"
+        )
 
 
 # --- --generator vllm -------------------------------------------------------------------

@@ -55,6 +55,7 @@ from rlhfkit.config.stages import (
     RMConfig,
     RMEvalConfig,
     ScoreConfig,
+    ServeRMConfig,
     SFTConfig,
 )
 from rlhfkit.config.world import (
@@ -103,6 +104,7 @@ __all__ = [
     "SFTConfig",
     "SamplingOptions",
     "ScoreConfig",
+    "ServeRMConfig",
     "ScorerOptions",
     "SelectConfig",
     "StageOptions",

@@ -166,7 +166,7 @@ class RewardOptions:
             CheckedWith("rlhfkit.config.checks:reward_models"),
         ]
     ] = ()
-    """Reward model NAME=DIR (repeat for several: --rm helpfulness=DIR --rm safety=DIR)."""
+    """Reward model NAME=DIR, or NAME=URL for one served by `rlhfkit serve-rm` or vLLM (repeat for several: --rm helpfulness=DIR --rm safety=http://host:8000)."""
     combine: Literal["single", "weighted-sum", "llama2"] = "single"
     """How several RMs become one reward: single (one RM's raw score), weighted-sum, or llama2 (the safety RM's score if the prompt is tagged safety or sigmoid(safety) < --threshold, else helpfulness)."""
     threshold: UnitInterval[float] = 0.15
@@ -177,6 +177,10 @@ class RewardOptions:
     """llama2: name of the safety RM."""
     weights: Annotated[str | None, CheckedBy("rlhfkit.config.base:parse_weights")] = None
     """weighted-sum: 'NAME=W,NAME=W' (default: equal weights summing to 1)."""
+    rm_timeout: Positive[float] = 60.0
+    """--rm NAME=URL: seconds to wait for a server's answer to one request."""
+    rm_retries: NonNegative[int] = 5
+    """--rm NAME=URL: tries again after a refused connection, a timeout or a 5xx answer, waiting 0.5 s, 1 s, 2 s ... (at most 8 s) in between; then the command stops (ppo saves a checkpoint first, rs keeps its samples: rerun with --resume)."""
 
 
 class ConfigError(UserError):
@@ -236,7 +240,10 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def parse_rm_spec(spec: str) -> tuple[str, str]:
-    """An --rm value: "NAME=DIR" -> (NAME, DIR); a bare "DIR" is named "reward"."""
+    """An --rm value: "NAME=DIR" or "NAME=URL" -> (NAME, DIR or URL); a bare "DIR" or "URL"
+    is named "reward"."""
+    if is_url(spec):
+        return "reward", spec
     name, sep, path = spec.partition("=")
     if not sep:
         return "reward", spec
@@ -257,3 +264,11 @@ def parse_weights(text: str) -> dict[str, float]:
         if not sep or not name.strip():
             raise UserError(f"bad --weights entry {part!r}: expected NAME=NUMBER")
     return out
+
+
+URL_SCHEMES = ("http://", "https://")
+
+
+def is_url(value: str) -> bool:
+    """Whether an --rm location is a server's URL (http:// or https://) rather than a folder."""
+    return value.strip().lower().startswith(URL_SCHEMES)

@@ -25,7 +25,7 @@ def one_reward(cfg: Any) -> None:
         raise UserError("--rm and --rule-reward both given: the reward is one of them")
     if not cfg.rule_reward and not cfg.rm:
         raise UserError(
-            "no reward given: pass --rm NAME=DIR (repeatable) or --rule-reward "
+            "no reward given: pass --rm NAME=DIR or NAME=URL (repeatable) or --rule-reward "
             "(gold, length or count:TEXT), one of them"
         )
 

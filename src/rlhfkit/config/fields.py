@@ -170,6 +170,8 @@ PositiveFraction = _ranged(Range(gt=0, le=1))
 """In (0, 1]: nucleus mass."""
 AtLeastTwo = _ranged(Range(ge=2))
 """>= 2: responses to rank per prompt."""
+Port = _ranged(Range(ge=0, le=65535))
+"""In [0, 65535]: a TCP port (0: any free one)."""
 
 Input = Annotated[T, InputPath()]
 SFTData = Annotated[T, DataFile("sft")]

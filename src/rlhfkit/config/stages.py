@@ -25,6 +25,7 @@ from rlhfkit.config.fields import (
     Input,
     NonNegative,
     OutputPath,
+    Port,
     Positive,
     PreferenceData,
     RewardFolder,
@@ -194,3 +195,29 @@ class DPOConfig(RemoteCodeOptions, TrainOptions):
     """PROMPTS per micro-batch; each brings all its K responses (one forward each, whatever the number of pairs)."""
     lr: Positive[float] = 5e-5
     warmup_steps: NonNegative[int] = 5
+
+
+@dataclass(kw_only=True)
+class ServeRMConfig(RemoteCodeOptions, DeviceOptions):
+    """Serve one reward model over HTTP (`--rm NAME=URL` of ppo, rs, select, eval and score reads it): POST /score takes {"items": [{"prompt" or "messages", "response", "ended"?}]} and answers {"scores": [...]}, POST /get_reward speaks OpenRLHF's remote RM protocol, GET /health says it is up. The RM's own tokenizer and chat template are applied here; requests that arrive together are scored in shared forwards (dynamic batching)."""
+
+    model: tyro.conf.Positional[RewardFolder[Annotated[str, tyro.conf.arg(metavar="DIR")]]] = ""
+    """Reward model folder (written by `rlhfkit rm`, or any AutoModelForSequenceClassification with num_labels=1)."""
+    host: str = "127.0.0.1"
+    """Address to listen on: 127.0.0.1 answers this machine only; 0.0.0.0 every network interface (the server has no authentication: keep it on a trusted network)."""
+    port: Port[int] = 8000
+    """TCP port (0: any free port, printed at start-up)."""
+    max_batch: Positive[int] = 32
+    """Most sequences in one forward: requests that arrive together are scored together up to this many (a larger request is split)."""
+    max_wait_ms: NonNegative[float] = 5.0
+    """How long a batch waits for more requests to join after its first one arrives (0: only those already queued)."""
+    batching: bool = True
+    """Dynamic batching: requests that arrive together share forwards (off: each request is scored alone, in arrival order)."""
+    max_items: Positive[int] = 1024
+    """Most items (responses) in one request; a larger one is refused with 413 (clients split their batches by this, read from GET /health)."""
+    max_bytes: Positive[int] = 16 * 1024 * 1024
+    """Largest request body in bytes; a larger one is refused with 413."""
+    request_timeout: Positive[float] = 300.0
+    """A request not scored within this many seconds is answered 503 (the server is overloaded); clients retry it."""
+    max_len: Positive[int | None] = None
+    """Maximum tokens per sequence, longer ones keep their end (default: the RM's training --max-len)."""

@@ -372,3 +372,14 @@ def read_normalize_file(path: PathLike) -> NormalizeData:
     errors; other fields are ignored."""
     pairs = _read_all(path, _parse_response_pair)
     return NormalizeData(str(path), [p for p, _ in pairs], [r for _, r in pairs])
+
+
+def parse_scoring_record(row: Any, where: str) -> ScoredRecord:
+    """One record of `read_scoring_records`' format from an already parsed JSON value (an
+    item of a served reward model's request), or RecordError(where, problem)."""
+    if not isinstance(row, dict):
+        raise RecordError(where, None, f"must be a JSON object, got {type(row).__name__}")
+    try:
+        return _parse_scored(row, 0, where)
+    except _Bad as e:
+        raise RecordError(where, None, str(e)) from None

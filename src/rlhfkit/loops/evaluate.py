@@ -182,6 +182,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     from rlhfkit.distributed import pick_device
     from rlhfkit.models.load import load_reference
     from rlhfkit.scoring.build import combine_options
+    from rlhfkit.scoring.remote import RemoteSettings
     from rlhfkit.scoring.rm import RewardScorer
 
     device = pick_device(cfg.device)
@@ -190,7 +191,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.rm:
         scorer = RewardScorer.from_specs(
             list(cfg.rm), cfg.combine, combine_options(cfg, whiten=False), device=device,
-            trust_remote_code=cfg.trust_remote_code,
+            trust_remote_code=cfg.trust_remote_code, remote=RemoteSettings.from_config(cfg),
         )  # fmt: skip
     reference = None
     if cfg.reference:

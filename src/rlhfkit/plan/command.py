@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from rlhfkit.config import PLAN_CONFIGS, PLAN_STAGES
-from rlhfkit.config.base import parse_rm_spec
+from rlhfkit.config.base import is_url, parse_rm_spec
 from rlhfkit.config.rl import estimator_options, needs_value_model
 from rlhfkit.errors import UserError
 from rlhfkit.plan.count import (
@@ -85,6 +85,7 @@ def _ppo_roles(
         roles.append(Role("reference", ref, count_model(
             read_config(ref, "--reference", trust), seq_cls=False, trust_remote_code=trust), False))  # fmt: skip
     rms = {} if cfg.rule_reward else dict(parse_rm_spec(s) for s in cfg.rm)
+    rms = {name: path for name, path in rms.items() if not is_url(path)}  # served: not here
     rm_shapes = {
         name: count_model(
             read_config(path, f"--rm {name}=", trust), seq_cls=True, trust_remote_code=trust

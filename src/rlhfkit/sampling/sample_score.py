@@ -10,7 +10,7 @@ score per response and the per-sequence KL to a reference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,19 +95,21 @@ def sample_and_score(
     flat = [p for p in prompts for _ in range(n)]
     flat_ids = [ids for ids in prompt_ids for _ in range(n)]
     step = batch_size or max(len(flat), 1)
-    parts = []
+    parts, scoring = [], []
     for lo in range(0, len(flat), step):
         gen = generator.generate(flat_ids[lo : lo + step], settings, rng)
         part = Samples(
             gen.texts, (gen.response_mask.sum(-1) - gen.ended.long()).tolist(), gen.ended.tolist()
         )
-        if scorer is not None:
-            part.scores, part.per_rm = _score(scorer, gen, flat[lo : lo + step], tokenizer)
+        if scorer is not None:  # served RMs answer while the next batch samples
+            scoring.append((part, _score(scorer, gen, flat[lo : lo + step], tokenizer)))
         if reference is not None:
             part.kl, part.kl_k3 = sequence_kl(gen, reference, policy, settings)
         if logprob_model is not None:
             part.logprob = response_logprob(generator, logprob_model, gen, settings)
         parts.append(part)
+    for part, scores in scoring:
+        part.scores, part.per_rm = scores()
     return _concat(
         parts, scored=scorer is not None, kl=reference is not None, lp=logprob_model is not None
     )
@@ -115,12 +117,17 @@ def sample_and_score(
 
 def _score(
     scorer: Any, gen: Generation, prompts: Sequence[PromptRecord | str], tokenizer: Any
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`score_generation` of one batch, on the CPU."""
+) -> Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """`start_scoring` of one batch; calling the result gives (scores, per RM) on the CPU."""
     device = gen.response_ids.device
     safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
-    r = score_generation(scorer, gen, prompts, safety, tokenizer)
-    return r.scores.cpu(), {name: v.cpu() for name, v in r.per_rm.items()}
+    pending = start_scoring(scorer, gen, prompts, safety, tokenizer)
+
+    def result() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        r = pending()
+        return r.scores.cpu(), {name: v.cpu() for name, v in r.per_rm.items()}
+
+    return result
 
 
 def _concat(parts: list[Samples], *, scored: bool, kl: bool, lp: bool = False) -> Samples:
@@ -223,26 +230,44 @@ def score_generation(
     when the scorer has it (a response without EOS is scored without one, `scoring.rm`;
     conversational prompts, and every prompt of a policy in chat format, are passed along
     as read, for reward models that re-encode text in their own format rather than read
-    the policy's rendering), else `score` on the texts (`gen.texts`; a rule reads text,
-    EOS or not). safety: (B,) bool."""
+    the policy's rendering), else `score` on the texts (`gen.texts`; a rule
+    reads text, EOS or not). safety: (B,) bool."""
+    return start_scoring(scorer, gen, prompts, safety, tokenizer)()
+
+
+def start_scoring(
+    scorer: Any,
+    gen: Generation,
+    prompts: Sequence[PromptRecord | str],
+    safety: torch.Tensor,
+    tokenizer: Any,
+) -> Callable[[], ScoreResult]:
+    """`score_generation`, started: served reward models answer while the caller works on
+    (a scorer with `start_tokens`, `scoring.rm.RewardScorer`); calling the result waits
+    for them and gives the `ScoreResult`."""
+    contents = [_content(p) for p in prompts]
+    as_read = chat_format(tokenizer) or any(isinstance(c, list) for c in contents)
+    chat = {"prompts": contents} if as_read else {}
+    ids = (gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, tokenizer, safety)
+    if hasattr(scorer, "start_tokens"):
+        pending = scorer.start_tokens(*ids, **chat)
+        return lambda: _checked(pending.result(), gen, len(prompts))
     if hasattr(scorer, "score_tokens"):
-        contents = [_content(p) for p in prompts]
-        as_read = chat_format(tokenizer) or any(isinstance(c, list) for c in contents)
-        chat = {"prompts": contents} if as_read else {}
-        result = scorer.score_tokens(
-            gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, tokenizer,
-            safety, **chat,
-        )  # fmt: skip
+        result = scorer.score_tokens(*ids, **chat)
     else:
         result = scorer.score([_text(p) for p in prompts], gen.texts, safety.tolist())
+    done = _checked(result, gen, len(prompts))
+    return lambda: done
+
+
+def _checked(result: Any, gen: Generation, n: int) -> ScoreResult:
+    """A scorer's answer as a `ScoreResult` of (n,) float32 tensors on the responses' device."""
     if isinstance(result, torch.Tensor):
         result = ScoreResult(result)
     device = gen.response_ids.device
     scores = torch.as_tensor(result.scores).float().to(device)
-    if scores.shape != (len(prompts),):
-        raise ValueError(
-            f"the scorer returned shape {tuple(scores.shape)}, expected ({len(prompts)},)"
-        )
+    if scores.shape != (n,):
+        raise ValueError(f"the scorer returned shape {tuple(scores.shape)}, expected ({n},)")
     unwhitened = getattr(result, "unwhitened", None)
     return ScoreResult(
         scores,

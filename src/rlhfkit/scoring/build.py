@@ -10,6 +10,7 @@ import torch
 
 from rlhfkit.config.base import parse_weights
 from rlhfkit.config.checks import one_reward
+from rlhfkit.scoring.remote import RemoteSettings
 from rlhfkit.scoring.rm import RewardScorer
 from rlhfkit.scoring.rules import rule_scorer
 
@@ -42,6 +43,7 @@ def build_scorer(cfg: Any, device: torch.device, whiten: bool | None) -> Any:
         combine_options(cfg, whiten),
         device=device,
         trust_remote_code=cfg.trust_remote_code,
+        remote=RemoteSettings.from_config(cfg),
     )
 
 
@@ -49,4 +51,4 @@ def unwhitened(scorer: Any, cfg: Any) -> Any:
     """The same reward models without batch whitening (evaluation: means must compare)."""
     if not isinstance(scorer, RewardScorer):
         return scorer
-    return RewardScorer(scorer.models, cfg.combine, combine_options(cfg, False), scorer.batch_size)
+    return RewardScorer(scorer.sources, cfg.combine, combine_options(cfg, False), scorer.batch_size)

@@ -16,13 +16,14 @@ from rlhfkit.data.records import ScoredRecord, read_scoring_records
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import RecordError, UserError
 from rlhfkit.scoring.build import combine_options
+from rlhfkit.scoring.remote import RemoteSettings
 from rlhfkit.scoring.rm import RewardScorer
 
 
 def run_score(cfg: Any) -> dict:
     """`rlhfkit score`: write each record with "score" (combined) and "scores" (per RM)."""
     if not cfg.rm:
-        raise UserError("give at least one reward model: --rm NAME=DIR (repeatable)")
+        raise UserError("give at least one reward model: --rm NAME=DIR or NAME=URL (repeatable)")
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it")
@@ -35,6 +36,7 @@ def run_score(cfg: Any) -> dict:
         batch_size=cfg.batch_size,
         max_len=cfg.max_len,
         chat=cfg.chat,
+        remote=RemoteSettings.from_config(cfg),
     )
     _check_chat(records, scorer)
     result = scorer.score(

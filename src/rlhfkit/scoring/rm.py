@@ -37,6 +37,11 @@ Padding-free: where an RM keeps packed sequences apart (probed once per model,
 elsewhere (OPT, Falcon, Bloom ...) on padded batches, with a one-line note. Scores agree
 to float rounding (tests/models/test_reward_packed.py).
 
+Served reward models (`--rm NAME=URL`, `scoring.remote.RemoteRM`) sit beside the local
+ones: their requests go out first, the local RMs score while the servers answer, and the
+combination is the same. A served RM reads the policy's ids where its tokenizer matches
+(`RemoteRM.reads_tokens_of`), else the decoded text, exactly as a local one.
+
 The combined score is computed over the call's batch (`scoring.combine`; whitening is over
 it); `ScoreResult.unwhitened` keeps it before whitening.
 """
@@ -53,7 +58,7 @@ from weakref import WeakKeyDictionary
 
 import torch
 
-from rlhfkit.config.base import parse_rm_spec
+from rlhfkit.config.base import is_url, parse_rm_spec
 from rlhfkit.data.chat import chat_format, resolve_chat
 from rlhfkit.data.reward_data import Prompt, encode_responses, pack_sequences, pad_right
 from rlhfkit.errors import UserError
@@ -62,6 +67,8 @@ from rlhfkit.models.reward import load_reward_model, reward_scores
 from rlhfkit.models.reward_packed import HeadInputView, attention_cost, packed_reward_scores
 from rlhfkit.models.wrap import eval_mode
 from rlhfkit.scoring.combine import Combiner, batch_whiten, split_whitening
+from rlhfkit.scoring.remote import Pending, RemoteRM, RemoteSettings, tokens_alike
+from rlhfkit.scoring.tokens import decode_pairs, ends_with_eos, real_tokens
 
 log = logging.getLogger("rlhfkit")
 
@@ -190,12 +197,7 @@ def _as_bool(safety: Sequence[bool] | torch.Tensor | None, n: int) -> torch.Tens
 
 def _maps_tokens_alike(rm_tok: Any, policy_tok: Any) -> bool:
     """True if every policy token has the same id in the RM's tokenizer (and BOS/EOS agree)."""
-    rm_vocab = rm_tok.get_vocab()
-    if rm_tok.eos_token_id != policy_tok.eos_token_id:
-        return False
-    if rm_tok.bos_token_id != policy_tok.bos_token_id:
-        return False
-    return all(rm_vocab.get(t) == i for t, i in policy_tok.get_vocab().items())
+    return tokens_alike(rm_tok.get_vocab(), rm_tok.bos_token_id, rm_tok.eos_token_id, policy_tok)
 
 
 class RewardScorer:
@@ -204,6 +206,8 @@ class RewardScorer:
         scorer = RewardScorer.from_specs(["helpfulness=DIR", "safety=DIR"], combine="llama2")
         result = scorer.score(prompts, responses, safety)   # result.scores: (B,)
 
+    `models` maps each name to a `LoadedRM` or a `RemoteRM` (kept apart: `self.models`
+    holds the local ones, `self.remote` the served ones; `names` keeps the given order).
     Models are frozen (eval mode, no gradients). `combine_options` go to the combiner
     (e.g. {"threshold": 0.2, "whiten": False}); see `rlhfkit.scoring.combine`. `packing`: None
     (default) scores on packed rows each RM that keeps packed sequences apart
@@ -212,7 +216,7 @@ class RewardScorer:
 
     def __init__(
         self,
-        models: Mapping[str, LoadedRM],
+        models: Mapping[str, LoadedRM | RemoteRM],
         combine: str = "single",
         combine_options: Mapping[str, Any] | None = None,
         batch_size: int = 32,
@@ -220,7 +224,9 @@ class RewardScorer:
     ):
         if not models:
             raise UserError("a RewardScorer needs at least one reward model")
-        self.models = dict(models)
+        self.models = {n: m for n, m in models.items() if isinstance(m, LoadedRM)}
+        self.remote = {n: m for n, m in models.items() if isinstance(m, RemoteRM)}
+        self._order = list(models)
         self.combine_name = combine
         try:
             # combined, then whitened here: the score before whitening is reported too
@@ -248,18 +254,23 @@ class RewardScorer:
         max_len: int | None = None,
         trust_remote_code: bool = False,
         chat: bool | None = None,
+        remote: RemoteSettings | None = None,
     ) -> RewardScorer:
         """Load RMs from ["NAME=DIR", ...] or {name: DIR}; max_len None = each RM's own;
         `chat` (--chat / --no-chat of `score`): the RMs' prompt format, None = each RM's
-        own (`data.chat.resolve_chat`)."""
+        own (`data.chat.resolve_chat`). A URL instead of a folder is a served RM (`remote`: how
+        to talk to it)."""
         pairs = (
             list(specs.items()) if isinstance(specs, Mapping) else [parse_rm_spec(s) for s in specs]
         )
         names = [n for n, _ in pairs]
         if len(set(names)) != len(names):
             raise UserError(f"reward model names must be distinct, got {names}")
-        models = {}
+        models: dict[str, LoadedRM | RemoteRM] = {}
         for name, path in pairs:
+            if is_url(str(path)):
+                models[name] = RemoteRM(str(path), remote, name)
+                continue
             model, tok = load_reward_model(path, device, trust_remote_code=trust_remote_code)
             resolve_chat(tok, chat, what=f"reward model {name!r} ({path})")
             models[name] = LoadedRM(model, tok, max_len or saved_max_len(Path(path), model))
@@ -267,7 +278,12 @@ class RewardScorer:
 
     @property
     def names(self) -> list[str]:
-        return list(self.models)
+        return list(self._order)
+
+    @property
+    def sources(self) -> dict[str, LoadedRM | RemoteRM]:
+        """Every RM by name, local and served, in the given order."""
+        return {n: self.models[n] if n in self.models else self.remote[n] for n in self._order}
 
     def _combine(self, per_rm: dict[str, torch.Tensor], safety: torch.Tensor) -> ScoreResult:
         try:
@@ -289,7 +305,8 @@ class RewardScorer:
         did not is scored without EOS, module docstring). CPU out."""
         flags = _as_bool(safety, len(prompts))
         finished = None if ended is None else _as_bool(ended, len(prompts)).tolist()
-        per_rm = {
+        pending = {n: rm.submit(prompts, responses, finished) for n, rm in self.remote.items()}
+        local = {
             name: score_texts(
                 rm.model,
                 rm.tokenizer,
@@ -302,11 +319,13 @@ class RewardScorer:
             )
             for name, rm in self.models.items()
         }
-        return self._combine(per_rm, flags)
+        return PendingScores(self, {**local, **pending}, flags).result()
 
     def shares_tokenizer(self, name: str, policy_tokenizer: Any) -> bool:
         """Whether RM `name` reads the policy's token ids (the same id for every token,
         BOS and EOS alike; cached): a value model may start from it."""
+        if name in self.remote:
+            return self.remote[name].reads_tokens_of(policy_tokenizer)
         key = (id(policy_tokenizer), name)
         if key not in self._shared:
             self._shared[key] = _maps_tokens_alike(self.models[name].tokenizer, policy_tokenizer)
@@ -315,13 +334,19 @@ class RewardScorer:
     def scores_ids(self, name: str, policy_tokenizer: Any) -> bool:
         """Whether RM `name` can score the policy's sampled ids directly: it shares the
         tokenizer and reads prompts in the same format (`data.chat`), else the text path."""
+        if name in self.remote:
+            return self.remote[name].scores_ids_of(policy_tokenizer)
         rm_chat = chat_format(self.models[name].tokenizer)
         return self.shares_tokenizer(name, policy_tokenizer) and rm_chat == chat_format(
             policy_tokenizer
         )
 
+    def score_tokens(self, *args: Any, **kwargs: Any) -> ScoreResult:
+        """`start_tokens(...).result()`: the scores of sampled token ids, waited for."""
+        return self.start_tokens(*args, **kwargs).result()
+
     @torch.no_grad()
-    def score_tokens(
+    def start_tokens(
         self,
         prompt_ids: torch.Tensor,
         prompt_mask: torch.Tensor,
@@ -330,40 +355,49 @@ class RewardScorer:
         policy_tokenizer: Any,
         safety: Sequence[bool] | torch.Tensor | None = None,
         prompts: Sequence[Prompt] | None = None,
-    ) -> ScoreResult:
+    ) -> PendingScores:
         """Score sampled token ids: prompt (B, P) and response (B, R) ids with bool masks,
         any padding. `prompts`, if given, are the prompts as read (strings or messages),
-        used instead of the decoded prompt ids by RMs that read text. Results on the device
-        of `response_ids`. See the module docstring."""
+        used instead of the decoded prompt ids by RMs that read text. Served RMs may still
+        be answering when this returns: `.result()` waits for them and combines, on the
+        device of `response_ids`. See the module docstring."""
         out_device = response_ids.device
-        flags = _as_bool(safety, response_ids.shape[0])
+        flags = _as_bool(safety, response_ids.shape[0]).to(out_device)
         ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+R)
         mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P+R)
-        per_rm: dict[str, torch.Tensor] = {}
+        ended = ends_with_eos(response_ids, response_mask, policy_tokenizer.eos_token_id)
         texts: tuple[list[Prompt], list[str]] | None = None
+
+        def as_text() -> tuple[list[Prompt], list[str]]:
+            nonlocal texts
+            if texts is None:
+                texts = decode_pairs(policy_tokenizer, prompt_ids, prompt_mask, response_ids,
+                                response_mask)  # fmt: skip
+                texts = (list(prompts), texts[1]) if prompts is not None else texts
+            return texts
+
+        per_rm: dict[str, torch.Tensor | Pending] = {}
+        for name, served in self.remote.items():  # first: they answer while the rest runs
+            if self.scores_ids(name, policy_tokenizer):
+                per_rm[name] = served.submit_ids(real_tokens(ids, mask))
+            else:
+                per_rm[name] = served.submit(*as_text(), ended)
         for name, rm in self.models.items():
             if self.scores_ids(name, policy_tokenizer):
                 per_rm[name] = self._score_ids(name, ids, mask).to(out_device)
                 continue
-            if texts is None:
-                texts = _decode(
-                    policy_tokenizer, prompt_ids, prompt_mask, response_ids, response_mask
-                )
-                if prompts is not None:
-                    texts = (list(prompts), texts[1])
             per_rm[name] = score_texts(
-                rm.model, rm.tokenizer, *texts, max_len=rm.max_len, batch_size=self.batch_size,
-                ended=ends_with_eos(response_ids, response_mask, policy_tokenizer.eos_token_id),
-                packing=self.packs(name),
+                rm.model, rm.tokenizer, *as_text(), max_len=rm.max_len,
+                batch_size=self.batch_size, ended=ended, packing=self.packs(name),
             ).to(out_device)  # fmt: skip
-        return self._combine(per_rm, flags.to(out_device))
+        return PendingScores(self, per_rm, flags)
 
     def _score_ids(self, name: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B,) scores of (B, T) ids with a bool mask in any padding layout (left-padded
         prompt + right-padded response): packed rows of the real tokens, or as given."""
         rm = self.models[name]
         if self.packs(name):
-            sequences = [row[m].tolist() for row, m in zip(ids.cpu(), mask.cpu(), strict=True)]
+            sequences = real_tokens(ids, mask)
             pad_id = rm.tokenizer.pad_token_id
             return score_sequences(rm.model, sequences, pad_id, self.batch_size, packing=True)
         model = rm.model
@@ -379,20 +413,20 @@ class RewardScorer:
         return torch.cat(parts).float()
 
 
-def ends_with_eos(
-    response_ids: torch.Tensor, response_mask: torch.Tensor, eos_id: int
-) -> list[bool]:
-    """Per row of (B, R) response ids with their bool mask (any layout): whether the last
-    real token is EOS, i.e. whether the response finished (an empty one did not)."""
-    mask = response_mask.cpu()
-    last = torch.where(mask, torch.arange(mask.shape[1]), -1).amax(1)  # (B,), -1 if empty
-    token = response_ids.cpu().gather(1, last.clamp(min=0)[:, None]).squeeze(1)  # (B,)
-    return ((last >= 0) & (token == eos_id)).tolist()
+class PendingScores:
+    """A `ScoreResult` whose served reward models may still be answering: `result()` waits
+    for them, then combines in the scorer's order (on the device of the local scores or of
+    `flags`)."""
 
+    def __init__(
+        self, scorer: RewardScorer, per_rm: dict[str, torch.Tensor | Pending], flags: torch.Tensor
+    ):
+        self.scorer, self.per_rm, self.flags = scorer, per_rm, flags
 
-def _decode(tokenizer: Any, p_ids, p_mask, r_ids, r_mask) -> tuple[list[str], list[str]]:
-    def texts(ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-        rows = [row[m].tolist() for row, m in zip(ids.cpu(), mask.cpu(), strict=True)]
-        return tokenizer.batch_decode(rows, skip_special_tokens=True)
-
-    return texts(p_ids, p_mask), texts(r_ids, r_mask)
+    def result(self) -> ScoreResult:
+        device = self.flags.device
+        per_rm = {
+            name: (s.result() if isinstance(s, Pending) else s).to(device)
+            for name, s in ((n, self.per_rm[n]) for n in self.scorer.names)
+        }
+        return self.scorer._combine(per_rm, self.flags)

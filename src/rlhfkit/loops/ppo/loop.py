@@ -35,7 +35,9 @@ One iteration, `ppo_step` (each numbered step is one call there, in this order):
 Then `train_ppo`'s loop, step 7: log; every `--sample-every` steps a table of samples;
 every `--eval-every` steps an evaluation on held-out prompts (`evaluate`); every
 `--save-every` steps a resumable checkpoint (`save`). `PPORun` (what one iteration
-needs), `build_run`, `resume`, `save` and `evaluate` are in `run.py`.
+needs), `build_run`, `resume`, `save` and `evaluate` are in `run.py`. A served reward
+model that stops answering ends the run at a checkpoint of the last finished step
+(`stop_at_checkpoint`): `--resume` continues once the server is back.
 The final policy is exported at the top of `--out` (a Hugging Face folder: `rlhfkit eval
 --model OUT` and `from_pretrained(OUT)` read it); checkpoints are `OUT/checkpoints/step-N`.
 
@@ -82,7 +84,7 @@ from rlhfkit.loops.ppo.estimators import estimate_advantages
 from rlhfkit.loops.ppo.metrics import mean_kl, rollout_metrics, sample_table
 from rlhfkit.loops.ppo.roles import build_roles, value_source
 from rlhfkit.loops.ppo.rollout import collect_rollout
-from rlhfkit.loops.ppo.run import PPORun, build_run, evaluate, resume, save
+from rlhfkit.loops.ppo.run import PPORun, build_run, evaluate, resume, save, stop_at_checkpoint
 from rlhfkit.loops.ppo.update import ppo_update
 from rlhfkit.models.resume import prepare_output_dir
 from rlhfkit.models.sharded import export_model
@@ -185,11 +187,14 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     if state["step"] == 0:  # what ran, in metrics.jsonl too (a row of strings: no tracker)
         logger.log(0, {"run/estimator": cfg.estimator, "run/kl_in": kl_in,
                        "run/loss_agg": loss_agg, "run/samples_per_prompt": n})  # fmt: skip
-        evaluate(run, state, logger, cfg)
+    if state["step"] == 0 or state.pop("eval_due", False):
+        with stop_at_checkpoint(run, state, out, cfg, eval_due=True):
+            evaluate(run, state, logger, cfg)
     bar = progress(cfg.steps, desc="ppo", enabled=d.is_main, initial=state["step"])
     t_start, totals, last = time.perf_counter(), {}, {}
     while state["step"] < cfg.steps:
-        rollout, last = ppo_step(run, state["step"], cfg.batch_size, cfg.seed)  # steps 1-6
+        with stop_at_checkpoint(run, state, out, cfg):  # a served RM gone: save, one line
+            rollout, last = ppo_step(run, state["step"], cfg.batch_size, cfg.seed)  # steps 1-6
         state["step"] += 1
         state["cpu_s"] += last["cpu_s"]
         step = state["step"]
@@ -208,7 +213,8 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
             bar.write(f"step {step} samples:\n{table}")
             logger.text("samples", table, step)
         if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.steps:
-            evaluate(run, state, logger, cfg)
+            with stop_at_checkpoint(run, state, out, cfg, eval_due=True):
+                evaluate(run, state, logger, cfg)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
             save(run, state, out, cfg.keep_checkpoints)
     bar.close()

@@ -24,6 +24,7 @@ from rlhfkit.models.reward import init_reward_model, load_reward_model
 from rlhfkit.models.wrap import shard, unwrap
 from rlhfkit.scoring.build import build_scorer
 from rlhfkit.scoring.rm import RewardScorer
+from rlhfkit.validate import check_served_value_init
 
 log = logging.getLogger("rlhfkit")
 
@@ -84,9 +85,10 @@ def build_value_model(
         )
     else:
         path, name = init, None
-        if init == "rm" or (scorer is not None and init in getattr(scorer, "models", {})):
+        if init == "rm" or (scorer is not None and init in getattr(scorer, "names", [])):
             from rlhfkit.scoring.rm import parse_rm_spec
 
+            check_served_value_init(cfg)  # a served RM has no weights to copy
             specs = dict(parse_rm_spec(s) for s in cfg.rm)
             name = next(iter(specs)) if init == "rm" else init
             path = specs[name]

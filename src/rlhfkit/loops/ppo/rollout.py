@@ -9,7 +9,9 @@ and returns are the next step's (`update.add_advantages`).
 
 Per rollout: one sampling pass with a KV cache (with our decoding path its log-probs ARE
 the behaviour `old_logprobs`: no second policy forward), one scorer call, and one reference
-forward over prompt + response (the reference keeps only the last R + 1 logits). An engine
+forward over prompt + response (the reference keeps only the last R + 1 logits). The
+scorer is started before the reference forward and read after it: a served reward model
+(`--rm NAME=URL`) answers while the reference runs (`sampling.sample_score.start_scoring`). An engine
 with kernels of its own (vLLM) samples from a copy of the weights whose log-probs differ from
 the trainer's by float noise (more in bf16): there one policy forward gives the behaviour
 log-probs, and the gap |engine - trainer| is logged (`behaviour_logprobs`).
@@ -52,7 +54,7 @@ from rlhfkit.ops.kl import KL_ESTIMATORS, kl_penalized_rewards
 from rlhfkit.ops.logprobs import response_logprobs
 from rlhfkit.ops.masking import global_whiten
 from rlhfkit.sampling.generator import GenerationSettings, ResponseGenerator
-from rlhfkit.sampling.sample_score import encode_prompts, score_generation
+from rlhfkit.sampling.sample_score import encode_prompts, start_scoring
 from rlhfkit.types import Rollout
 
 
@@ -219,10 +221,7 @@ def collect_rollout(
     t1 = sync_time(device)
 
     safety = torch.tensor([bool(getattr(p, "safety", False)) for p in prompts], device=device)
-    result = score_generation(scorer, gen, prompts, safety, tokenizer)
-    # the reward starts from the scorer's output (whitened by a whitening combiner);
-    # raw_scores keep the combined score before that whitening: what the logs show
-    scores = shape_scores(result.scores, gen.ended, settings)
+    scoring = start_scoring(scorer, gen, prompts, safety, tokenizer)  # served RMs: in flight
     t2 = sync_time(device)
 
     mask, seq = gen.response_mask, gen.sequences
@@ -235,6 +234,11 @@ def collect_rollout(
     ).masked_fill(~mask, 0.0)
     del ref_logits
     t3 = sync_time(device)
+    result = scoring()  # served RMs answered while the reference ran
+    # the reward starts from the scorer's output (whitened by a whitening combiner);
+    # raw_scores keep the combined score before that whitening: what the logs show
+    scores = shape_scores(result.scores, gen.ended, settings)
+    t4 = sync_time(device)
 
     penalty = kl_coef if settings.kl_in == "reward" else 0.0
     rewards, kl = kl_penalized_rewards(
@@ -260,6 +264,6 @@ def collect_rollout(
         kl_estimator=settings.kl_estimator,
         kl_in=settings.kl_in,
         group_size=n,
-        timings={"generate": t1 - t0, "score": t2 - t1, "reference": t3 - t2},
+        timings={"generate": t1 - t0, "score": t2 - t1 + t4 - t3, "reference": t3 - t2},
         engine_stats=engine_stats,
     )

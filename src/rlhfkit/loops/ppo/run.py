@@ -1,10 +1,13 @@
 """The `PPORun` of `rlhfkit ppo` (`loop.py`) and what happens to it outside one iteration:
 `build_run` makes it from the roles (training wrappers, optimizers and schedules, the KL
 controller, the generator, encoded prompts and ptx blocks), `resume` and `save` read and
-write its checkpoints, and `evaluate` scores the policy on held-out prompts."""
+write its checkpoints, `stop_at_checkpoint` ends a run whose served reward model stopped
+answering, and `evaluate` scores the policy on held-out prompts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.data.tokenize import pack_corpus
 from rlhfkit.distributed import Dist, barrier
+from rlhfkit.errors import RemoteUnavailable
 from rlhfkit.logging import MetricsLogger, rank0_print
 from rlhfkit.loops.common import build_optimizer, build_scheduler
 from rlhfkit.loops.ppo.roles import packed_roles, shard_frozen
@@ -178,6 +182,39 @@ def save(run: PPORun, state: dict[str, Any], out: Path, keep: int | None) -> Non
     if run.dist.is_main:
         prune_checkpoints(out, keep)
     barrier(run.dist)
+
+
+@contextmanager
+def stop_at_checkpoint(
+    run: PPORun, state: dict[str, Any], out: Path, cfg: PPOConfig, *, eval_due: bool = False
+) -> Iterator[None]:
+    """Around a PPO step or an evaluation: a served reward model that stopped answering
+    (`RemoteUnavailable`, after the client's retries) ends the run at a checkpoint of the
+    last finished step, with one line saying to --resume, instead of a traceback.
+
+    Scoring comes before the update in a step, so the run's state is still that of the
+    last finished step: nothing of the failed step was applied, and the resumed run
+    samples that step again with the same seeded generator. `eval_due`: an evaluation
+    failed; the checkpoint says so and the resumed run evaluates first. Under torchrun
+    the error ends every process without a new checkpoint (the others would wait for the
+    failed one): --resume continues from the last --save-every checkpoint."""
+    try:
+        yield
+    except RemoteUnavailable as e:
+        step = state["step"]
+        if run.dist.world_size > 1:
+            raise RemoteUnavailable(
+                f"{e}. Rerun with --resume from the last checkpoint in {out} once it answers"
+            ) from None
+        if eval_due:
+            state["eval_due"] = True
+        path = step_dir(out, step)
+        if eval_due or not path.exists():
+            save(run, state, out, cfg.keep_checkpoints)
+        raise RemoteUnavailable(
+            f"{e}. The run is saved at step {step} ({path}): rerun the same command with "
+            "--resume once the server answers again"
+        ) from None
 
 
 def evaluate(run: PPORun, state: dict[str, Any], logger: MetricsLogger, cfg: PPOConfig) -> None:

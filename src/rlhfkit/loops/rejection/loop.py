@@ -34,7 +34,9 @@ are never redrawn (`samples.py`: saved batch by batch, seeded per batch), and it
 fine-tuning resumes from the last checkpoint of `round-N/train/` (`fit_lm`'s resume;
 --save-every adds checkpoints within an epoch). The training checkpoints of a finished
 round are deleted (its policy is `round-N/` itself). A resumed run ends with the same
-weights as an uninterrupted one. One process only (not under torchrun).
+weights as an uninterrupted one. A served reward model that stops answering ends the run
+with one line saying to --resume (the samples drawn so far stay). One process only (not
+under torchrun).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from typing import Any
 
 from rlhfkit.config import RSConfig, checks, save_config
 from rlhfkit.data.records import PromptRecord, read_prompts
-from rlhfkit.errors import UserError
+from rlhfkit.errors import RemoteUnavailable, UserError
 from rlhfkit.files import write_json
 from rlhfkit.logging import MetricsLogger
 from rlhfkit.loops.rejection.keep import KEEP_RULES
@@ -129,6 +131,11 @@ def train_rs(cfg: RSConfig) -> dict[str, Any]:
             summary = _summary(cfg, out, rounds, initial_eval, time.perf_counter() - t0)
             write_json(out / "summary.json", summary)
         run.export_final(out, {RS_INFO: _info(cfg, len(prompts))})
+    except RemoteUnavailable as e:
+        raise RemoteUnavailable(
+            f"{e}. The samples drawn so far are saved in {out}: rerun the same command with "
+            "--resume once the server answers again"
+        ) from None
     finally:
         logger.close()
     print(f"rs: final policy written to {out} (rlhfkit eval --model {out}); plot {out / PLOT}")
