@@ -409,3 +409,31 @@ def test_a_server_of_another_kind_is_named():
             RemoteRM(server.url, FAST, name="x").score(["p"], ["r"])
     finally:
         server.stop()
+
+
+def test_a_chat_rm_gets_text_from_a_plain_policy_as_it_would_locally(tmp_path, tiny_tokenizer):
+    """Same vocabulary, other prompt format: an RM trained in chat format (an instruct
+    tokenizer) must not read a plain policy's ids as they are; served or local, it gets the
+    text and renders it with its own chat template (`RewardScorer.scores_ids`)."""
+    from tests.helpers import as_instruct
+
+    from rlhfkit.data.chat import set_chat_format
+
+    chat_tok = as_instruct(tiny_tokenizer)
+    set_chat_format(chat_tok, True)
+    folder = _save_rm(tmp_path / "chat_rm", chat_tok, seed=3)
+    server = BackgroundServer(create_app(ServedRM.load(folder))).start()
+    try:
+        served = RewardScorer.from_specs({"rm": server.url}, remote=FAST)
+        here = RewardScorer.from_specs({"rm": folder})
+        assert served.shares_tokenizer("rm", tiny_tokenizer)  # the vocabulary is the same...
+        assert not served.scores_ids("rm", tiny_tokenizer)  # ...the format is not
+        assert not here.scores_ids("rm", tiny_tokenizer)
+        tokens = _policy_tokens(tiny_tokenizer, PROMPTS, RESPONSES)
+        a = served.score_tokens(*tokens, tiny_tokenizer).per_rm["rm"]
+        b = here.score_tokens(*tokens, tiny_tokenizer).per_rm["rm"]
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        want = here.score(PROMPTS, RESPONSES).per_rm["rm"]  # rendered by the RM's template
+        torch.testing.assert_close(b, want, atol=1e-5, rtol=0)
+    finally:
+        server.stop()
