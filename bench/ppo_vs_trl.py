@@ -9,6 +9,8 @@ side, in alternating order, and prints per-round ratios and their median:
     git worktree add /tmp/before COMMIT                # rlhfkit against an earlier rlhfkit:
     .venv/bin/python bench/ppo_vs_trl.py --peer-src /tmp/before   # the "TRL" column is it
     .venv/bin/python bench/ppo_vs_trl.py --workload realistic     # the work users run (below)
+    .venv/bin/python bench/ppo_vs_trl.py --model /work/models/smollm2-135m-instruct \\
+        --trl-configs trl,trl-shipped                  # a pretrained model, TRL tuned and shipped
 
 Two workloads. `--workload realistic` (issue 16) is what most users run: batch 32, prompts
 of 16 to 256 tokens (uniform, left-padded by both sides), responses that stop at EOS (at
@@ -35,6 +37,22 @@ Same work on both sides (fixed workload):
 - one torch thread per process (OMP_NUM_THREADS=1), `--warmup` untimed steps then
   `--steps` timed ones; a step's time runs from the end of the previous step to the end of
   this one (TRL: `on_step_end` callbacks; rlhfkit: around `ppo_step`).
+
+`--model DIR` (bench/_models.py) replaces the presets by an existing causal LM folder: both
+sides load it as policy and reference; the reward model is `init_reward_model(head_init=
+"normal", seed=1)` of it, saved with its tokenizer (SmolLM2 pads with its EOS: the RM
+tokenizer gets a pad token of its own, `<|rm_pad|>`; every policy token keeps its id, so
+rlhfkit scores token ids directly), and the value model starts as a copy of it. Prompts are
+the world's training prompts encoded with the model's tokenizer (`--workload realistic`:
+corpus text of 16-256 tokens); the model's own EOS is kept (no calibration). In the fixed
+workload TRL's policy generates without an EOS (its generation config's eos_token_id
+cleared), so that, as rlhfkit with --ignore-eos, it samples exactly --new-tokens tokens.
+
+TRL configurations (`--trl-configs`, each its own process per round; bench/_models.py):
+`trl`, as tuned (trl_tuned below: fp32, no gradient checkpointing, rollout forwards in one
+batch, no progress bar), `trl-shipped` (PPOConfig's defaults except trl_needed: the workload,
+CPU, episodes, lr, no reports, saving or sample generations), and one suspect at a time:
+`trl+S` / `trl-shipped-S` for S in TRL_SUSPECTS (bf16, ckpt).
 
 Where they differ, by design of each library: TRL computes full logits in its reference
 and training forwards, keeps the generation scores, whitens nothing but advantages, uses
@@ -65,6 +83,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _models
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -136,8 +156,16 @@ def _calibrate_eos(policy, tokenizer, texts: list[str]) -> None:
         policy.get_output_embeddings().weight[tokenizer.eos_token_id] = EOS_LOGIT / proj * u
 
 
-def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int, workload: str) -> dict:
-    """Write tokenizer + policy + reward model folders per size; return the spec."""
+def setup(
+    workdir: Path,
+    models: list[str],
+    batch: int,
+    max_new_tokens: int,
+    workload: str,
+    model_dir: str | None = None,
+) -> dict:
+    """Write tokenizer + policy + reward model folders per size (with `model_dir`: the
+    reward model of that folder, which is itself the policy); return the spec."""
     import torch
 
     from rlhfkit.models.checkpoint import save_hf
@@ -146,11 +174,13 @@ def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int, wor
     from rlhfkit.sampling.sample_score import encode_prompts
 
     torch.set_num_threads(1)
+    realistic = workload == "realistic"
+    if model_dir is not None:
+        return _setup_folder(workdir, Path(model_dir), batch, max_new_tokens, workload)
     texts = _corpus()
     tokenizer = train_tokenizer(texts, vocab_size=512)
     if len(tokenizer) != 512:
         raise SystemExit(f"tokenizer has {len(tokenizer)} tokens, expected 512")
-    realistic = workload == "realistic"
     if realistic:
         prompts = _realistic_prompts(texts, tokenizer, batch)
     else:
@@ -184,6 +214,54 @@ def setup(workdir: Path, models: list[str], batch: int, max_new_tokens: int, wor
             "layers": cfg["num_hidden_layers"],
             "params": sum(p.numel() for p in policy.parameters()),
         }
+    (workdir / "spec.json").write_text(json.dumps(spec, indent=1))
+    return spec
+
+
+def _setup_folder(workdir: Path, folder: Path, batch: int, new: int, workload: str) -> dict:
+    """`--model`: the folder is policy and reference; its reward model (the value model's
+    start too) is saved with its tokenizer; prompts come from the built-in world."""
+    from rlhfkit.models.checkpoint import save_hf
+    from rlhfkit.models.load import load_causal_lm, load_tokenizer
+    from rlhfkit.models.reward import init_reward_model
+    from rlhfkit.sampling.sample_score import encode_prompts
+
+    tokenizer = load_tokenizer(folder)
+    world = _models.world(workdir)
+    if workload == "realistic":
+        texts = [json.loads(line)["text"] for line in open(world / "corpus.jsonl")]
+        prompts = _realistic_prompts(texts[:2000], tokenizer, batch)
+    else:
+        lines = open(world / "prompts_train.jsonl").readlines()[:batch]
+        prompts = [json.loads(line)["prompt"] for line in lines]
+    _, _, _, epochs, minibatches = WORKLOADS[workload]
+    policy = load_causal_lm(folder)
+    # A separate tokenizer: init_reward_model gives one whose pad is its EOS a pad of its own.
+    rm, rm_tok = init_reward_model(policy, load_tokenizer(folder), head_init="normal", seed=1)
+    name = _models.label(folder)
+    save_hf(rm.eval(), rm_tok, workdir / name / "rm")
+    text = policy.config.get_text_config()
+    spec = {
+        "workload": workload,
+        "batch": batch,
+        "max_new_tokens": new,
+        "max_prompt_len": PROMPT_LENGTHS[1],
+        "ppo_epochs": epochs,
+        "num_mini_batches": minibatches,
+        "prompts": prompts,
+        "prompt_ids": encode_prompts(prompts, tokenizer, PROMPT_LENGTHS[1]),
+        "models": {
+            name: {
+                "policy": str(folder.resolve()),
+                "rm": str(workdir / name / "rm"),
+                "hidden": text.hidden_size,
+                "layers": text.num_hidden_layers,
+                "params": sum(p.numel() for p in policy.parameters()),
+                "describe": _models.describe(folder, tokenizer),
+                "rm_tokenizer": f"{len(rm_tok)} tokens, pad {rm_tok.pad_token!r}",
+            }
+        },
+    }
     (workdir / "spec.json").write_text(json.dumps(spec, indent=1))
     return spec
 
@@ -242,7 +320,42 @@ def run_ours(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> l
 # ---------------------------------------------------------------------------------------
 
 
-def run_trl(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> list[dict]:
+# What every TRL configuration sets: to run here at all, and the workload (the same as
+# rlhfkit's side); sample generations (TRL's default: 10 per run) are display, not a step.
+def trl_needed(spec: dict, steps: int, out_dir: Path) -> dict:
+    batch, fixed = spec["batch"], spec["workload"] == "fixed"
+    return dict(  # TRL 1.12: batch = per-device batch x grad. accumulation, then split
+        output_dir=str(out_dir), use_cpu=True, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1, num_mini_batches=spec["num_mini_batches"],
+        num_ppo_epochs=spec["ppo_epochs"], total_episodes=batch * steps,
+        response_length=spec["max_new_tokens"], stop_token=None if fixed else "eos",
+        temperature=1.0, learning_rate=1e-5, kl_coef=0.05, report_to="none",
+        save_strategy="no", num_sample_generations=0, seed=0,
+    )  # fmt: skip
+
+
+# "As tuned": fp32 and no recomputation as on rlhfkit's side, the rollout's forwards in one
+# batch, no loader workers, a log line per step, no progress bar.
+def trl_tuned(spec: dict) -> dict:
+    return dict(
+        bf16=False, gradient_checkpointing=False, local_rollout_forward_batch_size=spec["batch"],
+        dataloader_num_workers=0, logging_steps=1, disable_tqdm=True,
+    )  # fmt: skip
+
+
+TRL_SUSPECTS = {"bf16": ("bf16",), "ckpt": ("gradient_checkpointing",)}
+
+
+def trl_config(spec: dict, variant: str, steps: int, out_dir: Path):
+    from trl.experimental.ppo import PPOConfig
+
+    needed = trl_needed(spec, steps, out_dir)
+    return PPOConfig(**_models.trl_variant(variant, needed, trl_tuned(spec), TRL_SUSPECTS))
+
+
+def run_trl(
+    spec: dict, name: str, warmup: int, steps: int, out_dir: Path, variant: str = "trl"
+) -> list[dict]:
     import torch
     import trl.experimental.ppo.ppo_trainer as pt
     from datasets import Dataset
@@ -252,10 +365,10 @@ def run_trl(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> li
         AutoTokenizer,
         TrainerCallback,
     )
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import PPOTrainer
 
     m = spec["models"][name]
-    batch, new, fixed = spec["batch"], spec["max_new_tokens"], spec["workload"] == "fixed"
+    new, fixed = spec["max_new_tokens"], spec["workload"] == "fixed"
     acc = dict.fromkeys(PHASES[:-1], 0.0)
     lengths: list[float] = []  # mean response length (to the first EOS) per generation call
     roles: dict[str, object] = {}
@@ -297,22 +410,14 @@ def run_trl(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> li
     tok = AutoTokenizer.from_pretrained(m["policy"])
     tok.padding_side = "left"
     policy = AutoModelForCausalLM.from_pretrained(m["policy"], dtype=torch.float32)
+    if fixed:  # exactly `new` tokens, as rlhfkit's --ignore-eos (a real model does pick EOS)
+        policy.generation_config.eos_token_id = None
     ref = AutoModelForCausalLM.from_pretrained(m["policy"], dtype=torch.float32)
     reward = AutoModelForSequenceClassification.from_pretrained(m["rm"], dtype=torch.float32)
     value = AutoModelForSequenceClassification.from_pretrained(m["rm"], dtype=torch.float32)
     roles["reward"] = reward
     data = Dataset.from_dict({"input_ids": spec["prompt_ids"]})
-    minibatches = spec["num_mini_batches"]
-    args = PPOConfig(  # TRL 1.12: batch = per-device batch x grad. accumulation, then split
-        output_dir=str(out_dir), per_device_train_batch_size=batch,  # into the minibatches
-        gradient_accumulation_steps=1, num_mini_batches=minibatches,
-        num_ppo_epochs=spec["ppo_epochs"], total_episodes=batch * (warmup + steps),
-        response_length=new, stop_token=None if fixed else "eos",
-        temperature=1.0, learning_rate=1e-5, kl_coef=0.05, bf16=False,
-        gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
-        logging_steps=1, num_sample_generations=0, seed=0, disable_tqdm=True,
-        local_rollout_forward_batch_size=batch, dataloader_num_workers=0,
-    )  # fmt: skip
+    args = trl_config(spec, variant, warmup + steps, out_dir)
     marks: list[tuple[float, float, dict]] = []
 
     class Clock(TrainerCallback):
@@ -329,13 +434,17 @@ def run_trl(spec: dict, name: str, warmup: int, steps: int, out_dir: Path) -> li
     opt = trainer.optimizer
     opt.step = timed(lambda *a, **k: "update", opt.step)
     trainer.accelerator.backward = timed(lambda *a, **k: "update", trainer.accelerator.backward)
+    # What the settings did: bf16 autocast around the policy's forwards, checkpointing on it
+    autocast: set[bool] = set()
+    policy.register_forward_pre_hook(lambda *_: autocast.add(torch.is_autocast_enabled("cpu")))
     trainer.train()
+    in_effect = {"bf16_autocast": any(autocast), "checkpointing": policy.is_gradient_checkpointing}
     records = []
     for i, ((w0, c0, a0), (w1, c1, a1)) in enumerate(itertools.pairwise(marks)):
         split = {k: a1[k] - a0[k] for k in acc}
         split["other"] = (w1 - w0) - sum(split.values())
         rec = {"step": i, "wall": w1 - w0, "cpu": c1 - c0, "response_len": lengths[i]}
-        records.append({**rec, **split})
+        records.append({**rec, **split, **in_effect})
     assert len(records) == warmup + steps, f"{len(records)} steps recorded"
     return records[warmup:]
 
@@ -350,12 +459,18 @@ def side_main(args) -> None:
 
     torch.set_num_threads(1)
     spec = json.loads((Path(args.workdir) / "spec.json").read_text())
-    fn = run_ours if args.side == "ours" else run_trl
     result = {}
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-            result[name] = fn(spec, name, args.warmup, args.steps, Path(tmp))
+            if args.side == "ours":
+                result[name] = run_ours(spec, name, args.warmup, args.steps, Path(tmp))
+            else:
+                steps = (args.warmup, args.steps, Path(tmp), args.trl_config)
+                result[name] = run_trl(spec, name, *steps)
     result["versions"] = _versions(args.side)
+    if args.side == "trl":  # what the configuration sets away from PPOConfig's defaults
+        config = trl_config(spec, args.trl_config, args.warmup + args.steps, Path(args.workdir))
+        result["trl_settings"] = _models.format_settings(_models.differs_from_defaults(config))
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -389,11 +504,15 @@ def _cpu_model() -> str:
         return ""
 
 
-def _launch(side: str, python: str, args, workdir: Path, round_: int) -> dict:
-    result = workdir / f"{side}-{round_}.json"
-    log = workdir / f"{side}-{round_}.log"
+def _launch(config: str, python: str, args, workdir: Path, round_: int) -> dict:
+    """One side's process: "ours", or a TRL configuration name."""
+    side = "ours" if config == "ours" else "trl"
+    result = workdir / f"{config}-{round_}.json"
+    log = workdir / f"{config}-{round_}.log"
     cmd = [python, __file__, "--side", side, "--workdir", str(workdir), "--result", str(result)]
     cmd += ["--models", args.models, "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    if side == "trl" and not args.peer_src:
+        cmd += ["--trl-config", config]
     env = {**os.environ, **ENV}
     if side == "trl" and args.peer_src:  # the peer is rlhfkit from another checkout
         peer = Path(args.peer_src).resolve()
@@ -406,7 +525,7 @@ def _launch(side: str, python: str, args, workdir: Path, round_: int) -> dict:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         tail = log.read_text()[-3000:]
-        raise SystemExit(f"{side} side failed (rc {proc.returncode}), log {log}:\n{tail}")
+        raise SystemExit(f"{config} side failed (rc {proc.returncode}), log {log}:\n{tail}")
     out = json.loads(result.read_text())
     out["process_s"] = time.perf_counter() - t0
     return out
@@ -424,27 +543,39 @@ def driver(args) -> None:
     t_start = time.perf_counter()
     info = {"nproc": os.cpu_count(), "cpu": _cpu_model(), "uptime_start": _uptime()}
     print(f"machine: nproc {info['nproc']}, {info['cpu']}; {info['uptime_start']}", flush=True)
-    spec = setup(workdir, models, args.batch, args.new_tokens, args.workload)
+    spec = setup(workdir, models, args.batch, args.new_tokens, args.workload, args.model)
     print(f"setup: {time.perf_counter() - t_start:.0f} s; models {spec['models']}", flush=True)
-    pythons = {"ours": args.ours_python, "trl": args.trl_python}
+    print(_models.cpu_line(), flush=True)
     if args.peer_src:
         print(f"peer: rlhfkit from {args.peer_src} in the TRL columns", flush=True)
+    trls = args.trl_configs
     rounds = []
     for r in range(args.rounds):
-        order = ["ours", "trl"] if r % 2 == 0 else ["trl", "ours"]
+        order = ["ours", *trls] if r % 2 == 0 else [*trls[::-1], "ours"]
         res = {"uptime": _uptime()}
-        for side in order:
-            res[side] = _launch(side, pythons[side], args, workdir, r)
+        for config in order:
+            python = args.ours_python if config == "ours" else args.trl_python
+            res[config] = _launch(config, python, args, workdir, r)
         rounds.append(res)
         line = []
         for name in models:
-            o, t = res["ours"][name], res["trl"][name]
-            ratio = _median(t, "wall") / _median(o, "wall")
-            line.append(f"{name} {ratio:.2f}x")
-        print(f"round {r + 1} ({' then '.join(order)}; {res['uptime']}): " + ", ".join(line))
+            o = res["ours"][name]
+            for t in trls:  # CPU time: the load-robust ratio on shared cores
+                ratio = _median(res[t][name], "cpu") / _median(o, "cpu")
+                line.append(f"{name} vs {t} {ratio:.2f}x")
+        print(
+            f"round {r + 1} ({' then '.join(order)}; {res['uptime']}): CPU-time " + ", ".join(line)
+        )
     info["uptime_end"] = _uptime()
-    summary = _report(rounds, models, spec)
-    print(f"\nversions: ours {rounds[0]['ours']['versions']}, trl {rounds[0]['trl']['versions']}")
+    summary = {t: _report(rounds, models, spec, t) for t in trls}
+    print(f"\nversions: ours {rounds[0]['ours']['versions']}, trl {rounds[0][trls[0]]['versions']}")
+    print("TRL configurations: the PPOConfig fields each sets away from TRL's defaults")
+    for t in trls:
+        first = rounds[0][t][models[0]][0]
+        effect = ", ".join(
+            f"{k} {first[k]}" for k in ("bf16_autocast", "checkpointing") if k in first
+        )
+        print(f"  {t}: {rounds[0][t].get('trl_settings', '(peer)')}; in effect: {effect or '?'}")
     print(f"load at end: {info['uptime_end']}")
     print(f"total: {time.perf_counter() - t_start:.0f} s")
     if args.json:
@@ -457,18 +588,22 @@ def _mean(records: list[dict], key: str) -> float:
     return statistics.fmean(r.get(key, float("nan")) for r in records)
 
 
-def _report(rounds: list[dict], models: list[str], spec: dict) -> dict:
+def _report(rounds: list[dict], models: list[str], spec: dict, trl: str = "trl") -> dict:
+    """Per-round ratios of rlhfkit against the TRL configuration `trl`, and the time split."""
     summary = {}
     for name in models:
         m = spec["models"][name]
-        print(f"\n{name}: hidden {m['hidden']} x {m['layers']} layers, {m['params']:,} params")
+        print(
+            f"\n{name} against {trl}: hidden {m['hidden']} x {m['layers']} layers, "
+            f"{m['params']:,} params"
+        )
         print(
             f"{'round':>5} {'rlhfkit s/step':>14} {'TRL s/step':>11} {'ratio':>7} {'cpu ratio':>9}"
             f" {'resp. len ours / TRL':>21}"
         )
         ratios, cratios = [], []
         for i, res in enumerate(rounds):
-            o, t = res["ours"][name], res["trl"][name]
+            o, t = res["ours"][name], res[trl][name]
             ow, tw = _median(o, "wall"), _median(t, "wall")
             ratio, cratio = tw / ow, _median(t, "cpu") / _median(o, "cpu")
             ratios.append(ratio)
@@ -478,18 +613,20 @@ def _report(rounds: list[dict], models: list[str], spec: dict) -> dict:
         med, cmed = statistics.median(ratios), statistics.median(cratios)
         print(f"{'median':>5} {'':14s} {'':11s} {med:6.2f}x {cmed:8.2f}x")
         split = {}
-        for side in ("ours", "trl"):
+        for side in ("ours", trl):
             split[side] = {
                 ph: statistics.median(_median(res[side][name], ph) for res in rounds)
                 for ph in PHASES
             }
-            split[side]["step"] = statistics.median(
-                _median(res[side][name], "wall") for res in rounds
-            )
-        print("time split, s/step (median over rounds of per-round medians):")
-        print(f"{'side':8s} " + " ".join(f"{p:>10s}" for p in (*PHASES, "step")))
-        for side, label in (("ours", "rlhfkit"), ("trl", "TRL")):
-            print(f"{label:8s} " + " ".join(f"{split[side][p]:10.3f}" for p in (*PHASES, "step")))
+            for key in ("wall", "cpu"):
+                split[side][key] = statistics.median(
+                    _median(res[side][name], key) for res in rounds
+                )
+        print("time split, s/step (median over rounds of per-round medians; CPU: process time):")
+        print(f"{'side':8s} " + " ".join(f"{p:>10s}" for p in (*PHASES, "wall", "cpu")))
+        for side, label in (("ours", "rlhfkit"), (trl, "TRL")):
+            cells = " ".join(f"{split[side][p]:10.3f}" for p in (*PHASES, "wall", "cpu"))
+            print(f"{label:8s} {cells}")
         summary[name] = {"ratios": ratios, "cpu_ratios": cratios, "median": med}
         summary[name].update(cpu_median=cmed, split=split)
     return summary
@@ -499,6 +636,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workload", choices=list(WORKLOADS), default="fixed", help="see above")
     ap.add_argument("--models", default=None, help="default: the workload's")
+    _models.add_model_option(ap, "--models")
+    ap.add_argument(
+        "--trl-configs",
+        default=None,
+        help="comma-separated; "
+        + _models.variant_names_help(TRL_SUSPECTS)
+        + ". Default: trl; with --model: trl,trl-shipped",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6, help="timed PPO steps per process")
@@ -519,10 +664,20 @@ def main() -> None:
         help="compare with rlhfkit from this checkout instead of TRL (a before/after check)",
     )
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--trl-config", default="trl", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
     models, batch, new, _, _ = WORKLOADS[args.workload]
     args.models = args.models or models
+    if args.model:
+        _models.check_model_dir(args.model)
+        args.models = _models.label(args.model)
+    default = "trl,trl-shipped" if args.model else "trl"
+    args.trl_configs = (args.trl_configs or default).split(",")
+    if not all(_models.is_trl_variant(t, TRL_SUSPECTS) for t in args.trl_configs):
+        sys.exit(f"--trl-configs: unknown name in {args.trl_configs} (see --help)")
+    if args.peer_src and args.trl_configs != ["trl"]:
+        sys.exit("--peer-src compares with one peer: --trl-configs trl")
     args.batch, args.new_tokens = args.batch or batch, args.new_tokens or new
     if args.side:
         side_main(args)

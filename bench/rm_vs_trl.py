@@ -4,6 +4,8 @@ C(K,2) (chosen, rejected) pairs. One process.
 
     bash bench/setup_trl_venv.sh                     # once: bench/.venv-trl (TRL + rlhfkit)
     OMP_NUM_THREADS=1 bench/.venv-trl/bin/python bench/rm_vs_trl.py --rounds 3   # ~3 min
+    OMP_NUM_THREADS=1 bench/.venv-trl/bin/python bench/rm_vs_trl.py \\
+        --model /work/models/smollm2-135m-instruct --ks 2,4   # a pretrained model's RM
 
 Data, per K:
   K = 2   pairwise preferences on realistic, variable-length text (HH-RLHF-like): a
@@ -14,8 +16,10 @@ Data, per K:
   K > 2   the world's short prompts with K synthetic responses (about 11-41 tokens).
 
 What is the same on both sides: the reward model (the `tiny` preset LM built from seed 0,
-turned into a LlamaForSequenceClassification by `init_reward_model`; TRL loads that exact
-model back with `AutoModelForSequenceClassification.from_pretrained`), the tokenizer and
+or with `--model DIR` that existing causal LM folder, turned into a sequence-classification
+model by `init_reward_model`, which gives a tokenizer whose pad is its EOS a pad token of
+its own; TRL loads that exact model and tokenizer back from the saved RM folder with
+`AutoModelForSequenceClassification` / `AutoTokenizer.from_pretrained`), the tokenizer and
 the token sequences (`[bos] + prompt + response + [eos]`, encoded once by rlhfkit's
 `encode_rankings`; TRL gets them pre-tokenized as `chosen_ids` / `rejected_ids`), fp32, no
 gradient checkpointing, AdamW with the same lr / betas / weight decay / clipping and a
@@ -29,8 +33,14 @@ Configurations:
               `rlhfkit rm` runs it: padding-free packed rows where the model keeps packed
               sequences apart (Llama here: `resolve_packing`), else right-padded
   rlhfkit-padded  the same with --no-packing (right-padded batches; not in the default set)
-  trl         `RewardTrainer`, per_device_train_batch_size = B*C(K,2) pairs, no
+  trl         `RewardTrainer` as tuned (TRL_TUNED pinned: fp32, no gradient checkpointing,
+              betas, ...), per_device_train_batch_size = B*C(K,2) pairs, no
               accumulation: one forward over 2*B*C(K,2) sequences (chosen then rejected)
+  trl-shipped `RewardTrainer` as shipped: RewardConfig's defaults (bf16 autocast, gradient
+              checkpointing, ...) except trl_needed (CPU, steps, the batch of `trl`, lr
+              and schedule, sequential order, no saving)
+  trl+S, trl-shipped-S  one suspect S (TRL_SUSPECTS: bf16, ckpt) flipped: tuned with S at
+              TRL's default, or shipped with S as tuned (bench/_models.py)
   trl-accum   `RewardTrainer` at its default per-device batch of 8 pairs with
               gradient_accumulation_steps = B*C(K,2)/8: the same pairs per optimizer step in
               smaller micro-batches (less padding per forward, more Python per step)
@@ -65,10 +75,13 @@ from pathlib import Path
 
 import torch
 
+import _models
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ks", default="2,4,9", help="comma-separated ranking sizes K")
+    _models.add_model_option(p, "the tiny preset")
     p.add_argument("--batch-prompts", type=int, default=8, help="prompts per optimizer step (B)")
     p.add_argument(
         "--steps",
@@ -81,7 +94,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--trl-micro", type=int, default=8, help="pairs per micro-batch in trl-accum")
     p.add_argument(
-        "--configs", default="rlhfkit,trl,trl-accum", help="subset of " + ",".join(CONFIGS)
+        "--configs",
+        default=None,
+        help="comma-separated, 'rlhfkit' included: rlhfkit-padded, trl-accum (tuned) and "
+        + _models.variant_names_help(TRL_SUSPECTS)
+        + ". Default: rlhfkit,trl,trl-accum; with --model: rlhfkit,trl,trl-shipped",
     )
     p.add_argument("--n-prompts", type=int, default=400, help="rankings built from the world")
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
@@ -95,9 +112,12 @@ def parse_args() -> argparse.Namespace:
     missing = [k for k in args.ks if k not in args.steps]
     if missing:
         sys.exit(f"--steps gives no step count for K = {missing}")
-    args.configs = args.configs.split(",")
-    if any(c not in CONFIGS for c in args.configs) or "rlhfkit" not in args.configs:
-        sys.exit(f"--configs must include 'rlhfkit' and only {list(CONFIGS)}")
+    if args.model:
+        _models.check_model_dir(args.model)
+    default = "rlhfkit,trl,trl-shipped" if args.model else "rlhfkit,trl,trl-accum"
+    args.configs = (args.configs or default).split(",")
+    if not all(known(c) for c in args.configs) or "rlhfkit" not in args.configs:
+        sys.exit(f"--configs must include 'rlhfkit', the others known (see --help): {args.configs}")
     return args
 
 
@@ -164,23 +184,30 @@ def realistic_pairs(prompts: list[str], stream: list[int], tokenizer, rng: rando
 def setup(work: Path, args) -> dict:
     from rlhfkit.data.records import RankingRecord
     from rlhfkit.data.reward_data import encode_rankings, resolve_margin_table
+    from rlhfkit.models.load import load_tokenizer
     from rlhfkit.models.presets import build_model, train_tokenizer
     from rlhfkit.models.reward import ensure_distinct_pad, init_reward_model
-    from rlhfkit.world import make_world
 
-    make_world(work / "world", seed=0)
+    _models.world(work)
     texts = [json.loads(line)["text"] for line in open(work / "world" / "corpus.jsonl")]
-    tokenizer = train_tokenizer(texts, vocab_size=2048)
-    assert not ensure_distinct_pad(tokenizer), "the preset tokenizer pads with its own token"
     prompts = [json.loads(line)["prompt"] for line in open(work / "world" / "prompts_train.jsonl")]
     prompts = prompts[: args.n_prompts]
 
-    lm_dir, rm_dir = work / "lm-tiny", work / "rm-tiny"
-    build_model("tiny", tokenizer, seed=0).save_pretrained(lm_dir)
-    tokenizer.save_pretrained(lm_dir)
-    rm, _ = init_reward_model(lm_dir, tokenizer, seed=0)
+    if args.model:  # an existing causal LM and its own tokenizer
+        lm_dir, rm_dir = Path(args.model), work / f"rm-{_models.label(args.model)}"
+        tokenizer = load_tokenizer(lm_dir)  # as `rlhfkit rm` loads it
+    else:
+        lm_dir, rm_dir = work / "lm-tiny", work / "rm-tiny"
+        tokenizer = train_tokenizer(texts, vocab_size=2048)
+        assert not ensure_distinct_pad(tokenizer), "the preset tokenizer pads with its own token"
+        build_model("tiny", tokenizer, seed=0).save_pretrained(lm_dir)
+        tokenizer.save_pretrained(lm_dir)
+    # A pad that is EOS gets a pad token of its own here (SmolLM2: <|rm_pad|>): from now on
+    # `tokenizer` is the RM's, which encodes the data and is saved beside the RM for TRL.
+    rm, tokenizer = init_reward_model(lm_dir, tokenizer, seed=0)
     rm.save_pretrained(rm_dir)  # what TRL loads: the very weights fit_rm starts from
     tokenizer.save_pretrained(rm_dir)
+    del rm
 
     stream = [t for line in texts[:2000] for t in tokenizer(line)["input_ids"]]
     data = {}
@@ -334,9 +361,44 @@ def trl_dataset(ctx: dict, k: int):
     return Dataset.from_list(rows)
 
 
-def run_trl(ctx: dict, k: int, args, accum: bool) -> dict:
+# What every TRL configuration sets: to run here at all, and the same work per step as
+# rlhfkit's (pairs of the same prompts, in its order), learning rate and schedule.
+def trl_needed(args, k: int, micro: int, pairs_per_step: int) -> dict:
+    return dict(
+        output_dir=str(args.work / f"run-trl-k{k}"),
+        use_cpu=True,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=pairs_per_step // micro,
+        train_sampling_strategy="sequential",  # the same prompts per step as rlhfkit
+        max_steps=args.warmup_steps + args.steps[k],
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=0,
+    )
+
+
+# "As tuned": the same arithmetic as rlhfkit's side (fp32, no recomputation, its optimizer).
+TRL_TUNED = dict(
+    bf16=False,  # TRL defaults to bf16 autocast: fp32 here, as on our side
+    fp16=False,
+    gradient_checkpointing=False,  # TRL defaults to gradient checkpointing
+    adam_beta1=0.9,
+    adam_beta2=0.95,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    logging_steps=10,
+    max_length=None,
+)
+TRL_SUSPECTS = {"bf16": ("bf16", "fp16"), "ckpt": ("gradient_checkpointing",)}
+
+
+def run_trl(ctx: dict, k: int, args, variant: str) -> dict:
     import transformers
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     clock = StepClock()
@@ -346,46 +408,28 @@ def run_trl(ctx: dict, k: int, args, accum: bool) -> dict:
             clock.tick()
 
     pairs_per_step = args.batch_prompts * math.comb(k, 2)
-    micro = args.trl_micro if accum else pairs_per_step
+    micro = args.trl_micro if variant == "trl-accum" else pairs_per_step
     if pairs_per_step % micro:
         raise SystemExit(f"--trl-micro {micro} does not divide {pairs_per_step} pairs per step")
     steps = args.warmup_steps + args.steps[k]
+    needed = trl_needed(args, k, micro, pairs_per_step)
+    name = "trl" if variant == "trl-accum" else variant
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        config = RewardConfig(
-            output_dir=str(args.work / f"run-trl-k{k}"),
-            use_cpu=True,
-            bf16=False,  # TRL defaults to bf16 autocast: fp32 here, as on our side
-            fp16=False,
-            gradient_checkpointing=False,  # TRL defaults to gradient checkpointing
-            per_device_train_batch_size=micro,
-            gradient_accumulation_steps=pairs_per_step // micro,
-            train_sampling_strategy="sequential",  # the same prompts per step as rlhfkit
-            max_steps=steps,
-            learning_rate=args.lr,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            adam_beta1=0.9,
-            adam_beta2=0.95,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            logging_steps=10,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            seed=0,
-            max_length=None,
-        )
+        config = RewardConfig(**_models.trl_variant(name, needed, TRL_TUNED, TRL_SUSPECTS))
+        pins = _models.differs_from_defaults(config)
         model = AutoModelForSequenceClassification.from_pretrained(
             ctx["rm_dir"], dtype=torch.float32
         )
+    tokenizer = AutoTokenizer.from_pretrained(ctx["rm_dir"])  # saved beside the RM
+    assert tokenizer.pad_token_id == ctx["tokenizer"].pad_token_id == model.config.pad_token_id
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = RewardTrainer(
             model=model,
             args=config,
             train_dataset=trl_dataset(ctx, k),
-            processing_class=ctx["tokenizer"],
+            processing_class=tokenizer,
             callbacks=[Clock()],
         )
     collator = trainer.data_collator
@@ -402,11 +446,12 @@ def run_trl(ctx: dict, k: int, args, accum: bool) -> dict:
     checkpointing = getattr(trainer.model, "is_activation_checkpointing", None)
     if checkpointing is None:
         checkpointing = trainer.model.is_gradient_checkpointing
-    assert not checkpointing, "TRL turned gradient checkpointing on"
+    assert checkpointing == config.gradient_checkpointing, "TRL changed gradient checkpointing"
     assert trainer.state.global_step == steps
-    assert next(trainer.model.parameters()).dtype == torch.float32
+    assert next(trainer.model.parameters()).dtype == torch.float32  # bf16: autocast only
     result = clock.result(args.warmup_steps, args.steps[k], pairs_per_step // micro)
     result["optim"] = str(trainer.args.optim)
+    result["trl_settings"] = _models.format_settings(pins)
     return result
 
 
@@ -417,9 +462,25 @@ CONFIGS = {
         "fit_rm, K-wise, --no-packing",
         lambda c, k, a: run_rlhfkit(c, k, a, False),
     ),
-    "trl": ("trl", "RewardTrainer, 1 micro-batch", lambda c, k, a: run_trl(c, k, a, False)),
-    "trl-accum": ("trl", "RewardTrainer, grad accum", lambda c, k, a: run_trl(c, k, a, True)),
+    "trl": ("trl", "RewardTrainer, 1 micro-batch", lambda c, k, a: run_trl(c, k, a, "trl")),
+    "trl-accum": (
+        "trl",
+        "RewardTrainer, grad accum",
+        lambda c, k, a: run_trl(c, k, a, "trl-accum"),
+    ),
 }
+
+
+def config_entry(name: str) -> tuple:
+    """(library, description, run function) of a configuration name."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    desc = "RewardTrainer " + _models.variant_description(name, TRL_SUSPECTS)
+    return ("trl", desc, lambda c, k, a: run_trl(c, k, a, name))
+
+
+def known(name: str) -> bool:
+    return name in CONFIGS or _models.is_trl_variant(name, TRL_SUSPECTS)
 
 
 def check_same_model(ctx: dict) -> float:
@@ -482,7 +543,7 @@ def run_all(ctx: dict, args) -> list[dict]:
                 if name == "trl-accum" and args.batch_prompts * math.comb(k, 2) == args.trl_micro:
                     continue  # one micro-batch of --trl-micro pairs: the `trl` run itself
                 torch.set_num_threads(args.threads)
-                res = CONFIGS[name][2](ctx, k, args)
+                res = config_entry(name)[2](ctx, k, args)
                 assert torch.get_num_threads() == args.threads
                 pairs_per_prompt = math.comb(k, 2)
                 res.update(round=r, k=k, config=name, steps=args.steps[k])
@@ -492,8 +553,8 @@ def run_all(ctx: dict, args) -> list[dict]:
                 res["prompts_per_cpu_s"] = res["prompts"] / res["cpu_seconds"]
                 rows.append(res)
                 print(
-                    f"  K={k} round {r} {name:9s} {res['prompts_per_s']:7.1f} prompts/s wall, "
-                    f"{res['prompts_per_cpu_s']:7.1f} /cpu-s; {res['sequences'] / res['prompts']:.0f} "
+                    f"  K={k} round {r} {name:13s} {res['prompts_per_s']:7.2f} prompts/s wall, "
+                    f"{res['prompts_per_cpu_s']:7.2f} /cpu-s; {res['sequences'] / res['prompts']:.0f} "
                     f"seqs/prompt in {res['rows']} rows, pad {1 - res['tokens'] / res['cells']:.0%} "
                     f"(load {load()})",
                     flush=True,
@@ -520,9 +581,9 @@ def report(rows: list[dict], args) -> dict:
         "| seconds | prompts/s | ratio | CPU s | ratio (CPU time) |"
     )
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    rows = sorted(rows, key=lambda x: (x["k"], list(CONFIGS).index(x["config"]), x["round"]))
+    rows = sorted(rows, key=lambda x: (x["k"], args.configs.index(x["config"]), x["round"]))
     for row in rows:
-        lib, desc, _ = CONFIGS[row["config"]]
+        lib, desc, _ = config_entry(row["config"])
         print(
             f"| {row['k']} | {lib} | {desc} | {row['round']} | {row['steps']} | {row['prompts']:.0f} "
             f"| {row['sequences'] / row['prompts']:.0f} | {row['tokens']} | {row['cells']} "
@@ -542,9 +603,14 @@ def report(rows: list[dict], args) -> dict:
             }
             summary[f"K{k}/{name}"] = med
             print(
-                f"  K={k} {name:9s} {med['prompts_per_s']:7.1f} prompts/s  ratio {med['speedup']:.2f}x"
+                f"  K={k} {name:13s} {med['prompts_per_s']:7.2f} prompts/s  ratio {med['speedup']:.2f}x"
                 f"  (CPU time {med['speedup_cpu']:.2f}x)"
             )
+    print("\nTRL configurations: the RewardConfig fields each sets away from TRL's defaults")
+    for name in args.configs:
+        settings = [x["trl_settings"] for x in rows if x["config"] == name and "trl_settings" in x]
+        if settings:
+            print(f"  {name} (K = {rows[-1]['k']}): {settings[-1]}")
     return summary
 
 
@@ -566,11 +632,20 @@ def main() -> None:
         flush=True,
     )
     print(f"CPU instruction sets (/proc/cpuinfo flags): {info['isa']}", flush=True)
+    print(_models.cpu_line(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         args.work = Path(args.out) if args.out else Path(tmp)
         args.work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         ctx = setup(args.work, args)
+        if args.model:
+            from rlhfkit.models.load import load_tokenizer
+
+            print(_models.describe(args.model, load_tokenizer(args.model)))
+        tok = ctx["tokenizer"]
+        print(
+            f"reward model: {ctx['rm_dir']}, {len(tok)} tokens, pad {tok.pad_token!r} (id {tok.pad_token_id})"
+        )
         diff = check_same_model(ctx)
         print(f"same RM weights on both sides: max |diff| {diff:.1e}")
         for k, d in ctx["data"].items():

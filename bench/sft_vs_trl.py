@@ -2,8 +2,11 @@
 
     bash bench/setup_trl_venv.sh                      # once: bench/.venv-trl (TRL + rlhfkit)
     bench/.venv-trl/bin/python bench/sft_vs_trl.py    # ~2-4 min on 2 CPU cores
+    OMP_NUM_THREADS=1 bench/.venv-trl/bin/python bench/sft_vs_trl.py \\
+        --model /work/models/smollm2-135m-instruct     # a pretrained model (bench/_models.py)
 
-Same model (rlhfkit presets, built from the same seed), same data (the built-in world's
+Same model (rlhfkit presets, built from the same seed, or `--model DIR`: an existing
+Hugging Face causal LM folder and its own tokenizer), same data (the built-in world's
 sft.jsonl, prompt-masked completion-only loss), same tokenizer, fp32, no gradient
 checkpointing, same micro-batch size, same step count, same AdamW hyper-parameters and
 warmup + cosine-to-10% schedule, same thread count. Configurations:
@@ -12,9 +15,16 @@ warmup + cosine-to-10% schedule, same thread count. Configurations:
                        most --max-len tokens, nearly equally full), the LM head run on the
                        label positions only, oneDNN linears only on AVX-512 CPUs
   rlhfkit-padded       the same with packing=False (right-padded micro-batches)
-  trl                  `SFTTrainer` defaults (padded batches, fused AdamW, fused LM head,
-                       entropy/accuracy metrics), with only the settings above pinned
-  trl padding_free     the same with TRL's own `padding_free=True` (no packing)
+  trl                  `SFTTrainer` as tuned: its defaults (padded batches, fused AdamW,
+                       fused LM head, entropy/accuracy metrics) with the settings above
+                       pinned (trl_tuned: fp32, no gradient checkpointing, betas, ...)
+  trl-padding-free     the same with TRL's own `padding_free=True` (no packing)
+  trl-shipped          `SFTTrainer` as shipped: SFTConfig's defaults (bf16 autocast,
+                       gradient checkpointing, AdamW betas (0.9, 0.999), max_length 1024)
+                       except trl_needed (CPU, steps, batch, lr and schedule, no saving)
+  trl+S, trl-shipped-S one suspect S (TRL_SUSPECTS: bf16, ckpt) flipped: tuned with S at
+                       TRL's default, or shipped with S as tuned (bench/_models.py)
+The fields each TRL configuration sets away from SFTConfig's defaults are printed.
 
 Tokens are the real (non-pad) tokens of the examples each step consumed: for every
 example, len(BOS + prompt + completion + EOS); padding never counts. Seconds are wall time
@@ -42,10 +52,13 @@ from pathlib import Path
 
 import torch
 
+import _models
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--presets", default="tiny,small", help="comma-separated rlhfkit presets")
+    _models.add_model_option(p, "--presets")
     p.add_argument(
         "--data",
         choices=["sft", "corpus"],
@@ -67,8 +80,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument(
         "--configs",
-        default="rlhfkit,rlhfkit-padded,trl,trl-padding-free",
-        help="which of: rlhfkit, rlhfkit-padded, trl, trl-padding-free ('trl' is the baseline)",
+        default=None,
+        help="comma-separated, 'trl' included (the baseline): rlhfkit, rlhfkit-padded, "
+        "trl-padding-free and "
+        + _models.variant_names_help(TRL_SUSPECTS)
+        + ". Default: rlhfkit,rlhfkit-padded,trl,trl-padding-free; with --model: "
+        "rlhfkit,trl,trl-shipped",
     )
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -98,21 +115,29 @@ def corpus_as_sft(corpus: Path, out: Path, n: int) -> Path:
     return out
 
 
-def setup(work: Path, presets: list[str], max_len: int, data: str = "sft") -> dict:
+def setup(
+    work: Path, presets: list[str], max_len: int, data: str = "sft", model: str | None = None
+) -> dict:
+    """World, tokenizer and model folders: a folder per preset (a tokenizer trained on the
+    world's corpus), or `model`, an existing folder, with its own tokenizer."""
     from rlhfkit.data.records import read_sft
     from rlhfkit.data.tokenize import encode_sft_many
+    from rlhfkit.models.load import load_tokenizer
     from rlhfkit.models.presets import build_model, train_tokenizer
-    from rlhfkit.world import make_world
 
-    make_world(work / "world", seed=0)
-    texts = [json.loads(line)["text"] for line in open(work / "world" / "corpus.jsonl")]
-    tokenizer = train_tokenizer(texts, vocab_size=2048)
+    _models.world(work)
+    if model is not None:
+        tokenizer = load_tokenizer(model)  # as train_sft loads it
+        presets = []
+    else:
+        texts = [json.loads(line)["text"] for line in open(work / "world" / "corpus.jsonl")]
+        tokenizer = train_tokenizer(texts, vocab_size=2048)
     sft_path = work / "world" / "sft.jsonl"
     if data == "corpus":
         sft_path = corpus_as_sft(work / "world" / "corpus.jsonl", work / "corpus_sft.jsonl", 2000)
     records = read_sft(sft_path)
     examples, stats = encode_sft_many(records, tokenizer, max_len, overlong="error")
-    models = {}
+    models = {_models.label(model): Path(model)} if model is not None else {}
     for preset in presets:
         folder = work / f"model-{preset}"
         model = build_model(preset, tokenizer, seed=0)
@@ -125,6 +150,7 @@ def setup(work: Path, presets: list[str], max_len: int, data: str = "sft") -> di
         "sft_path": sft_path,
         "rlhfkit_examples": examples,
         "models": models,
+        "built": set(presets),  # rebuilt in memory for TRL; the others loaded from the folder
     }
 
 
@@ -175,8 +201,14 @@ def run_rlhfkit(ctx: dict, preset: str, args, packing: bool) -> dict:
         clock.tick()
         return out
 
+    expected = {tuple(ex.input_ids) for ex in ctx["rlhfkit_examples"]}
+
     def counting(fn):
         def collate(examples, *a, **k):
+            # train_sft encodes on its own: the sequences TRL was checked against, or stop
+            assert all(tuple(ex.input_ids) in expected for ex in examples), (
+                "train_sft encoded differently"
+            )
             clock.batch_tokens.append(sum(len(ex.input_ids) for ex in examples))
             return fn(examples, *a, **k)
 
@@ -226,7 +258,7 @@ def trl_dataset(ctx: dict):
     return Dataset.from_list(rows)
 
 
-def run_trl(ctx: dict, preset: str, args, padding_free: bool) -> dict:
+def run_trl(ctx: dict, preset: str, args, variant: str) -> dict:
     import transformers
     from trl import SFTTrainer
 
@@ -239,10 +271,16 @@ def run_trl(ctx: dict, preset: str, args, padding_free: bool) -> dict:
             clock.tick()
 
     tokenizer = ctx["tokenizer"]
-    model = build_model(preset, tokenizer, seed=0)  # the same weights as the saved folder
+    if preset in ctx["built"]:
+        model = build_model(preset, tokenizer, seed=0)  # the same weights as the saved folder
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            ctx["models"][preset], dtype=torch.float32
+        )
     with warnings.catch_warnings():  # transformers 5.23 renames gradient_checkpointing
         warnings.simplefilter("ignore", FutureWarning)
-        config = trl_config(args, preset, padding_free)
+        config = trl_config(args, preset, variant)
+        pins = _models.differs_from_defaults(config)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = SFTTrainer(
@@ -264,20 +302,19 @@ def run_trl(ctx: dict, preset: str, args, padding_free: bool) -> dict:
     checkpointing = getattr(trainer.model, "is_activation_checkpointing", None)  # transformers 5.23
     if checkpointing is None:
         checkpointing = trainer.model.is_gradient_checkpointing
-    assert not checkpointing, "TRL turned gradient checkpointing on"
+    assert checkpointing == config.gradient_checkpointing, "TRL changed gradient checkpointing"
     assert trainer.state.global_step == args.warmup_steps + args.steps
-    return clock.result(args.warmup_steps, args.steps)
+    result = clock.result(args.warmup_steps, args.steps)
+    result["trl_settings"] = _models.format_settings(pins)
+    return result
 
 
-def trl_config(args, preset: str, padding_free: bool):
-    from trl import SFTConfig
-
-    return SFTConfig(
+# What every TRL configuration sets: to run here at all, and the same steps, batch, learning
+# rate and schedule as rlhfkit's side (its warmup + cosine to 10%); seed: the data order.
+def trl_needed(args, preset: str) -> dict:
+    return dict(
         output_dir=str(args.work / f"run-trl-{preset}"),
         use_cpu=True,
-        bf16=False,  # TRL defaults to bf16 autocast: fp32 here, as on our side
-        fp16=False,
-        gradient_checkpointing=False,  # TRL defaults to gradient checkpointing
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1,
         max_steps=args.warmup_steps + args.steps,
@@ -285,21 +322,46 @@ def trl_config(args, preset: str, padding_free: bool):
         warmup_steps=10,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=0,
+    )
+
+
+# "As tuned": the same arithmetic as rlhfkit's side (fp32, no recomputation, its optimizer).
+def trl_tuned(args) -> dict:
+    return dict(
+        bf16=False,  # TRL defaults to bf16 autocast: fp32 here, as on our side
+        fp16=False,
+        gradient_checkpointing=False,  # TRL defaults to gradient checkpointing
         adam_beta1=0.9,
         adam_beta2=0.95,
         weight_decay=0.0,
         max_grad_norm=1.0,
         logging_steps=10,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        seed=0,
         completion_only_loss=True,
+        max_length=args.max_len,
+        padding_free=False,
+    )
+
+
+TRL_SUSPECTS = {"bf16": ("bf16", "fp16"), "ckpt": ("gradient_checkpointing",)}
+
+
+def trl_config(args, preset: str, variant: str):
+    from trl import SFTConfig
+
+    if variant == "trl-padding-free":
         # padding_free without packing refuses a max_length (it would not be enforced);
         # no example exceeds --max-len (rlhfkit encoded with overlong="error").
-        max_length=None if padding_free else args.max_len,
-        padding_free=padding_free,
-    )
+        kwargs = _models.trl_variant("trl", trl_needed(args, preset), trl_tuned(args), TRL_SUSPECTS)
+        kwargs.update(max_length=None, padding_free=True)
+    else:
+        kwargs = _models.trl_variant(
+            variant, trl_needed(args, preset), trl_tuned(args), TRL_SUSPECTS
+        )
+    return SFTConfig(**kwargs)
 
 
 def check_same_data(ctx: dict, args) -> dict:
@@ -314,7 +376,7 @@ def check_same_data(ctx: dict, args) -> dict:
         warnings.simplefilter("ignore")
         transformers.logging.set_verbosity_error()
         trainer = SFTTrainer(
-            model=build_model("test", ctx["tokenizer"]),
+            model=build_model("test", ctx["tokenizer"]),  # only the tokenization is used
             args=SFTConfig(
                 output_dir=str(args.work / "check"),
                 use_cpu=True,
@@ -358,13 +420,24 @@ CONFIGS = {
         "train_sft, packing=False",
         lambda c, p, a: run_rlhfkit(c, p, a, False),
     ),
-    "trl": ("trl", "SFTTrainer default (padded)", lambda c, p, a: run_trl(c, p, a, False)),
     "trl-padding-free": (
         "trl",
-        "SFTTrainer padding_free=True",
-        lambda c, p, a: run_trl(c, p, a, True),
+        "SFTTrainer padding_free=True (tuned)",
+        lambda c, p, a: run_trl(c, p, a, "trl-padding-free"),
     ),
 }
+
+
+def config_entry(name: str) -> tuple:
+    """(library, description, run function) of a configuration name."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    desc = "SFTTrainer " + _models.variant_description(name, TRL_SUSPECTS)
+    return ("trl", desc, lambda c, p, a: run_trl(c, p, a, name))
+
+
+def known(name: str) -> bool:
+    return name in CONFIGS or _models.is_trl_variant(name, TRL_SUSPECTS)
 
 
 def machine() -> dict:
@@ -400,7 +473,7 @@ def run_all(ctx: dict, args, presets: list[str], names: list[str]) -> list[dict]
         for preset in presets:
             for name in order:
                 torch.set_num_threads(args.threads)
-                res = CONFIGS[name][2](ctx, preset, args)
+                res = config_entry(name)[2](ctx, preset, args)
                 assert torch.get_num_threads() == args.threads
                 res.update(round=r, preset=preset, config=name, steps=args.steps)
                 res["tokens_per_s"] = res["tokens"] / res["seconds"]
@@ -419,14 +492,22 @@ def run_all(ctx: dict, args, presets: list[str], names: list[str]) -> list[dict]
         )
         row["ratio"] = row["tokens_per_s"] / base["tokens_per_s"]
         row["ratio_cpu"] = row["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
+        shipped = [
+            x
+            for x in rows
+            if (x["round"], x["preset"], x["config"])
+            == (row["round"], row["preset"], "trl-shipped")
+        ]
+        if shipped:  # the same, against TRL as shipped
+            row["ratio_cpu_shipped"] = row["tokens_per_cpu_s"] / shipped[0]["tokens_per_cpu_s"]
     return rows
 
 
 def report(rows: list[dict], args, presets: list[str], names: list[str]) -> dict:
     print(
         f"\nbatch {args.batch_size}, {args.steps} timed steps after {args.warmup_steps} warm-up, "
-        f"fp32, {args.threads} torch threads; tokens = real (non-pad) tokens of the examples "
-        "consumed; ratio = tokens/s over TRL default's in the same round"
+        f"{args.threads} torch threads; tokens = real (non-pad) tokens of the examples "
+        "consumed; ratio = tokens/s over TRL as tuned ('trl') in the same round"
     )
     print(
         "| preset | library | config | round | steps | tokens | seconds | tokens/s | ratio "
@@ -434,7 +515,7 @@ def report(rows: list[dict], args, presets: list[str], names: list[str]) -> dict
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        lib, desc, _ = CONFIGS[row["config"]]
+        lib, desc, _ = config_entry(row["config"])
         print(
             f"| {row['preset']} | {lib} | {desc} | {row['round']} | {row['steps']} | "
             f"{row['tokens']} | {row['seconds']:.2f} | {row['tokens_per_s']:.0f} | "
@@ -445,16 +526,26 @@ def report(rows: list[dict], args, presets: list[str], names: list[str]) -> dict
     for preset in presets:
         for name in names:
             sel = [x for x in rows if x["preset"] == preset and x["config"] == name]
-            med = {
-                k: statistics.median(x[k] for x in sel)
-                for k in ("tokens_per_s", "ratio", "ratio_cpu")
-            }
+            keys = ["tokens_per_s", "tokens_per_cpu_s", "ratio", "ratio_cpu"]
+            keys += ["ratio_cpu_shipped"] if "ratio_cpu_shipped" in sel[0] else []
+            med = {k: statistics.median(x[k] for x in sel) for k in keys}
             summary[f"{preset}/{name}"] = med
             ratios = ", ".join(f"{x['ratio']:.2f}" for x in sel)
+            shipped = (
+                f"; vs TRL as shipped {med['ratio_cpu_shipped']:.2f}x"
+                if "ratio_cpu_shipped" in med
+                else ""
+            )
             print(
                 f"  {preset:5s} {name:17s} {med['tokens_per_s']:8.0f} tok/s  ratio {med['ratio']:.2f}x "
-                f"(rounds {ratios}), CPU-time ratio {med['ratio_cpu']:.2f}x"
+                f"(rounds {ratios}), CPU-time ratio {med['ratio_cpu']:.2f}x "
+                f"({med['tokens_per_cpu_s']:.1f} tok/cpu-s){shipped}"
             )
+    print("\nTRL configurations: the SFTConfig fields each sets away from TRL's defaults")
+    for name in names:
+        if config_entry(name)[0] == "trl":
+            settings = next(x["trl_settings"] for x in rows if x["config"] == name)
+            print(f"  {name}: {settings}")
     return summary
 
 
@@ -467,21 +558,30 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     torch.set_num_threads(args.threads)
-    presets = args.presets.split(",")
+    if args.model:
+        _models.check_model_dir(args.model)
+        presets = [_models.label(args.model)]
+        args.configs = args.configs or "rlhfkit,trl,trl-shipped"
+    else:
+        presets = args.presets.split(",")
+        args.configs = args.configs or "rlhfkit,rlhfkit-padded,trl,trl-padding-free"
     names = args.configs.split(",")
-    if any(n not in CONFIGS for n in names) or "trl" not in names:
-        sys.exit(f"--configs must include 'trl' and only {list(CONFIGS)}; got {names}")
+    if not all(known(n) for n in names) or "trl" not in names:
+        sys.exit(f"--configs must include 'trl', the others known (see --help); got {names}")
 
     info = machine()
     print(
         f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}; "
         f"{info['nproc']} x {info['cpu']}; torch threads {args.threads}; load {load()}"
     )
+    print(_models.cpu_line(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         args.work = Path(args.out) if args.out else Path(tmp)
         args.work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        ctx = setup(args.work, presets, args.max_len, args.data)
+        ctx = setup(args.work, presets, args.max_len, args.data, args.model)
+        if args.model:
+            print(_models.describe(args.model, ctx["tokenizer"]), flush=True)
         check = check_same_data(ctx, args)
         print(
             f"data: {check['examples']} examples, identical on both sides: "
