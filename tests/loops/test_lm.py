@@ -200,8 +200,11 @@ def test_onednn_takes_training_calls_only_with_avx512_or_when_forced():
     # (fast_linear's docstring), so no layer is large enough there unless forced.
     assert fl.min_weight(forced=False, has_avx512=False) == sys.maxsize
     assert fl.min_weight(forced=True, has_avx512=False) == 16_384
-    assert fl.min_weight(forced=False, has_avx512=True) == 16_384
-    assert fl.MIN_WEIGHT == fl.min_weight(fl.FORCED, fl.avx512())
+    assert fl.min_weight(forced=False, has_avx512=True) == 16_384  # AMD: MKL stays on AVX2
+    # Intel: MKL runs AVX-512 itself, and oneDNN measured no faster there
+    assert fl.min_weight(forced=False, has_avx512=True, mkl_has_avx512=True) == sys.maxsize
+    assert fl.min_weight(forced=True, has_avx512=True, mkl_has_avx512=True) == 16_384
+    assert fl.MIN_WEIGHT == fl.min_weight(fl.FORCED, fl.avx512(), fl.mkl_avx512())
     assert fl.avx512() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
