@@ -17,6 +17,7 @@ from rlhfkit.losses import (
     LOSS_UNITS,
     POLICY_LOSSES,
     kwise_ranking_loss,
+    pair_credit,
     ppo_policy_loss,
     ppo_value_loss,
     ptx_loss,
@@ -190,6 +191,14 @@ def test_ranking_loss_bad_shapes() -> None:
         kwise_ranking_loss(scores, torch.tensor([[0, 1]]), torch.zeros(2))
     with pytest.raises(ValueError):
         kwise_ranking_loss(scores, torch.tensor([0, 1]))
+
+
+def test_pair_credit_counts_a_tie_half() -> None:
+    # scores (1, 2, 2, 0); pairs (winner, loser): 1>0 gap 1, 1>2 a tie, 0>3 gap 1, 3>0 gap -1
+    scores = torch.tensor([1.0, 2.0, 2.0, 0.0], requires_grad=True)
+    gap, credit = pair_credit(scores, torch.tensor([[1, 0], [1, 2], [0, 3], [3, 0]]))
+    assert gap.tolist() == [1.0, 0.0, 1.0, -1.0] and not gap.requires_grad
+    assert credit.tolist() == [1.0, 0.5, 1.0, 0.0]
 
 
 # ---------------------------------------------------------------- PPO

@@ -26,8 +26,7 @@ from rlhfkit.data.reward_data import (
 )
 from rlhfkit.errors import UserError
 from rlhfkit.loops.common import disable_dropout
-from rlhfkit.loops.reward.eval import evaluate_rm, ranking_batch_loss
-from rlhfkit.loops.reward.train import resolve_packing, train_rm
+from rlhfkit.loops.reward.train import evaluate_rm, ranking_batch_loss, resolve_packing, train_rm
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.probe import TOL_EPS
 from rlhfkit.models.reward import init_reward_model, reward_scores

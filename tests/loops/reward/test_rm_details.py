@@ -20,7 +20,7 @@ from rlhfkit.data.ranking import STRENGTHS, adjacent_flags, ranking_to_compariso
 from rlhfkit.data.records import RankingRecord
 from rlhfkit.data.reward_data import collate_rankings, encode_rankings, resolve_margin_table
 from rlhfkit.loops.common import disable_dropout
-from rlhfkit.loops.reward.eval import EvalTotals, flat_eval, format_eval
+from rlhfkit.loops.reward.metrics import EvalTotals, flat_eval, format_eval
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.reward import init_reward_model, load_reward_model
 from rlhfkit.scoring.rm import encode_responses, score_texts

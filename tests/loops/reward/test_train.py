@@ -20,8 +20,13 @@ from rlhfkit.config import RMConfig
 from rlhfkit.data.ranking import STRENGTHS
 from rlhfkit.data.records import RankingRecord
 from rlhfkit.data.reward_data import collate_rankings, encode_rankings, resolve_margin_table
-from rlhfkit.loops.reward.eval import evaluate_rm, ranking_batch_loss
-from rlhfkit.loops.reward.train import RMRun, accumulate_gradients, fit_rm
+from rlhfkit.loops.reward.train import (
+    RMRun,
+    accumulate_gradients,
+    evaluate_rm,
+    fit_rm,
+    ranking_batch_loss,
+)
 from rlhfkit.models.reward import init_reward_model, reward_scores
 from rlhfkit.scoring.rm import encode_responses, score_texts
 
