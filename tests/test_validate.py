@@ -313,11 +313,12 @@ def test_device_values(monkeypatch):
 def test_every_kind_of_data_file_has_a_reader():
     import typing
 
+    from rlhfkit.config.checks import load_function
     from rlhfkit.config.fields import DataKind
-    from rlhfkit.validate import DATA_READERS, _load
+    from rlhfkit.validate import DATA_READERS
 
     assert set(DATA_READERS) == set(typing.get_args(DataKind))
-    assert all(callable(_load(ref)) for ref in DATA_READERS.values())
+    assert all(callable(load_function(ref)) for ref in DATA_READERS.values())
 
 
 def test_ptx_data_is_read_only_where_ppo_uses_it(tmp_path):

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import DPOConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.dpo_data import (
     PreferenceBatch,
     PreferenceExample,
@@ -93,7 +94,9 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """`rlhfkit dpo`: validate everything, then train and save the policy (steps 1-8 of
     the module docstring). Returns the summary (also in summary.json)."""
     cpu_start = time.process_time()
-    # 1. every record checked (file:line errors) before anything is written
+    # 1. the options as declared, every record checked (file:line), before anything is
+    # written
+    check_options(cfg)
     records, eval_records = _read_inputs(cfg)
     d, device = setup_distributed(cfg.device)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)

@@ -15,6 +15,7 @@ Steps:
 from __future__ import annotations
 
 from rlhfkit.config import PretrainConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.chat import set_chat_format
 from rlhfkit.data.records import read_corpus
 from rlhfkit.data.tokenize import EncodedExample, pack_corpus
@@ -29,6 +30,7 @@ from rlhfkit.models.presets import build_model, count_parameters, train_tokenize
 
 
 def train_pretrain(cfg: PretrainConfig) -> dict:
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     d, device = setup_distributed(cfg.device)
     texts = read_corpus(cfg.data)
     out = start_output(cfg, d, "pretrain")

@@ -18,6 +18,7 @@ Steps:
 from __future__ import annotations
 
 from rlhfkit.config import SFTConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.records import read_sft
 from rlhfkit.data.tokenize import EncodeStats, encode_sft
@@ -56,6 +57,7 @@ def encode_records(records, tokenizer, cfg: SFTConfig, source: str):
 
 
 def train_sft(cfg: SFTConfig) -> dict:
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     d, device = setup_distributed(cfg.device)
     records = read_sft(cfg.data)
     eval_records = read_sft(cfg.eval_data) if cfg.eval_data else []

@@ -30,7 +30,6 @@ import torch
 
 from rlhfkit.config import TrainOptions
 from rlhfkit.distributed import Dist, barrier
-from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
 from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print
 from rlhfkit.loops.common import (
@@ -237,8 +236,6 @@ def start_training(
     restored with the step. One optimizer step takes `batch_size * grad_accum *
     world_size` examples.
     """
-    if opts.save_adapter and not opts.lora_r:
-        raise UserError("--save-adapter needs LoRA: pass --lora-r > 0")
     if opts.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     wrapped = wrap_for_training(

@@ -8,6 +8,7 @@ from typing import Any
 
 from rlhfkit.config import PLAN_CONFIGS, PLAN_STAGES
 from rlhfkit.config.base import parse_rm_spec
+from rlhfkit.config.checks import check_options
 from rlhfkit.config.rl import estimator_options, needs_value_model
 from rlhfkit.errors import UserError
 from rlhfkit.plan.count import (
@@ -176,8 +177,6 @@ def parse_bytes(text: str) -> int:
 
 def make_plan(cfg: Any) -> dict[str, Any]:
     """The plan of a `Plan<Stage>Config` as a JSON-ready dict (what --json prints)."""
-    if cfg.nproc < 1:
-        raise UserError("--nproc must be >= 1")
     capacity = parse_bytes(cfg.device_memory)
     roles, phases = stage_roles(cfg)
     sharded = cfg.strategy == "fsdp2" and cfg.nproc > 1
@@ -275,6 +274,7 @@ def format_plan(p: dict[str, Any]) -> str:
 
 def run_plan(cfg: Any) -> int:
     """Print the plan of `rlhfkit plan STAGE ...` (table, or JSON with --json)."""
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     stage = getattr(cfg, "stage", "")
     if stage not in PLAN_CONFIGS:
         what = f"unknown stage {stage!r}" if stage else "name a stage"

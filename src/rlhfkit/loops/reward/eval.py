@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import RMEvalConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.preferences import read_preferences
 from rlhfkit.data.reward_data import encode_rankings, resolve_margin_table
@@ -22,6 +23,7 @@ from rlhfkit.scoring.rm import packs_exactly, saved_max_len
 
 def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     """`rlhfkit rm eval`: the ranking metrics of a saved RM on ranking / pairwise files."""
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     if not cfg.data:
         raise UserError("--data is required: ranking / pairwise JSONL file(s)")
     margin_table = resolve_margin_table(cfg.margin)

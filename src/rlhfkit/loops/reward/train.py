@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import RMConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.preferences import read_preferences
 from rlhfkit.data.records import RankingRecord
@@ -95,7 +96,9 @@ CHAT_SEQUENCE = "chat template: prompt as the user turn, response as the assista
 def train_rm(cfg: RMConfig) -> dict[str, Any]:
     """`rlhfkit rm`: validate everything, then train and save the reward model (steps 1-8
     of the module docstring). Returns the summary (also in summary.json)."""
-    # 1. every record read and checked (file:line) before anything is written
+    # 1. the options as declared, every record read and checked (file:line), before
+    # anything is written
+    check_options(cfg)
     margin_table = resolve_margin_table(cfg.margin)
     records, eval_records, normalize = _read_inputs(cfg)
     d, device = setup_distributed(cfg.device)
@@ -143,10 +146,6 @@ def _read_inputs(
         raise UserError("--data is required: ranking / pairwise JSONL file(s)")
     records = read_preferences(list(cfg.data))  # file:line errors before anything is written
     eval_records = read_preferences(list(cfg.eval_data)) if cfg.eval_data else []
-    if cfg.normalize_scale and not cfg.normalize_with:
-        raise UserError("--normalize-scale needs --normalize-with FILE")
-    if cfg.normalize_with and cfg.strategy == "fsdp2":
-        raise UserError("--normalize-with is not supported with --strategy fsdp2 yet: use ddp")
     normalize = read_normalize_file(cfg.normalize_with) if cfg.normalize_with else None
     if not eval_records and cfg.eval_fraction > 0:
         records, eval_records = split_held_out(records, cfg.eval_fraction, cfg.seed)
