@@ -141,3 +141,38 @@ def test_check_options_imports_no_torch():
 
 def test_option_flag():
     assert option_flag("max_new_tokens") == "--max-new-tokens"
+
+
+def test_cuda_is_refused_only_where_no_gpu_can_be(tmp_path, monkeypatch):
+    from rlhfkit.config import checks
+
+    monkeypatch.setattr(checks, "_GPU_DEVICES", (str(tmp_path / "proc-driver-nvidia"),))
+    monkeypatch.setattr(checks, "_DEV", tmp_path)
+    monkeypatch.setattr(checks.sys, "platform", "linux")
+    assert checks.cuda_absent().startswith("no GPU driver on this machine")
+    (tmp_path / "nvidia0").write_text("")
+    assert checks.cuda_absent() is None
+    (tmp_path / "nvidia0").unlink()
+    (tmp_path / "proc-driver-nvidia").mkdir()
+    assert checks.cuda_absent() is None
+    (tmp_path / "proc-driver-nvidia").rmdir()
+    monkeypatch.setattr(checks.sys, "platform", "win32")
+    assert checks.cuda_absent() is None  # nothing to tell by: never refused
+
+
+def test_device_values(monkeypatch):
+    from types import SimpleNamespace
+
+    from rlhfkit.config import checks
+
+    for ok in ("auto", "cpu", "CPU", " auto "):
+        checks.device(SimpleNamespace(device=ok))
+    for bad in ("gpu", "cuda:x", "cuda:"):
+        with pytest.raises(UserError, match=f"--device {bad}: use 'auto', 'cpu', 'cuda'"):
+            checks.device(SimpleNamespace(device=bad))
+    monkeypatch.setattr(checks, "cuda_absent", lambda: None)
+    monkeypatch.setattr(checks, "_cpu_only_torch", lambda: None)
+    checks.device(SimpleNamespace(device="cuda:1"))  # may exist: torch decides
+    monkeypatch.setattr(checks, "_cpu_only_torch", lambda: "torch 2.5.1+cpu is a CPU-only build")
+    with pytest.raises(UserError, match=r"--device cuda: CUDA is not available \(torch 2.5.1\+cpu"):
+        checks.device(SimpleNamespace(device="cuda"))
