@@ -4,7 +4,6 @@ command uses."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from rlhfkit import cli
 from rlhfkit.config import SFTConfig
@@ -21,15 +20,13 @@ TRAINERS = {  # the required options of each command that trains through `start_
 
 @pytest.mark.parametrize("command", sorted(TRAINERS))
 def test_adam_eps_reaches_the_optimizer_of_every_trainer_command(command, tiny_model, tmp_path):
-    from rlhfkit.distributed import Dist
-    from rlhfkit.loops.trainer import start_training
+    from rlhfkit.loops.trainer import TrainRun, start_training
 
     required = [*TRAINERS[command], "--out", str(tmp_path)]
     cfg = cli.parse(command, [*required, "--adam-eps", "3e-7"])
     assert cfg.adam_eps == 3e-7
     assert cli.parse(command, required).adam_eps == 1e-8  # PyTorch's default off PPO
-    t = start_training(tiny_model, None, 8, out=tmp_path, dist=Dist(),
-                       device=torch.device("cpu"), opts=cfg)  # fmt: skip
+    t = start_training(TrainRun(tiny_model, None, range(8), out=tmp_path), cfg)
     t.finish()
     assert {g["eps"] for g in t.optimizer.param_groups} == {3e-7}
 

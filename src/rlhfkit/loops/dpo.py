@@ -39,8 +39,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -76,7 +75,7 @@ from rlhfkit.loops.dpo_reference import (
     write_cache,
 )
 from rlhfkit.loops.lm import choose_packing
-from rlhfkit.loops.trainer import Trainer, start_training
+from rlhfkit.loops.trainer import Trainer, TrainRun, start_training
 from rlhfkit.losses import PREFERENCE_LOSSES
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_causal_lm, load_reference, load_tokenizer
@@ -84,10 +83,10 @@ from rlhfkit.models.lora import adapter_disabled
 from rlhfkit.models.resume import epoch_dir
 from rlhfkit.models.wrap import eval_mode, no_sync, shard, unwrap
 
-# Sums a step (or an evaluation) adds up over micro-batches and ranks; `_means` divides.
-SUMS = ("loss", "prompts", "pairs", "correct", "margin", "chosen_reward", "rejected_reward",
-        "chosen_logprob", "rejected_logprob", "cpu_s")  # fmt: skip
+# Sums a step (or an evaluation) adds up over micro-batches and ranks; `_means` divides,
+# the PER_PAIR ones by the pairs.
 PER_PAIR = ("margin", "chosen_reward", "rejected_reward", "chosen_logprob", "rejected_logprob")
+SUMS = ("loss", "prompts", "pairs", "correct", *PER_PAIR, "cpu_s")
 
 
 def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
@@ -173,17 +172,10 @@ def _init_policy(cfg: DPOConfig, device: torch.device, d: Dist) -> tuple[torch.n
 
 
 @dataclass
-class DPORun:
-    """What the loop needs besides the options: the policy, data and where to write."""
+class DPORun(TrainRun):
+    """`TrainRun` (the policy; examples: `PreferenceExample`; packing resolved by
+    `choose_packing`) and its reference."""
 
-    model: torch.nn.Module
-    tokenizer: Any
-    train: Sequence[PreferenceExample]
-    eval: Sequence[PreferenceExample] = ()
-    out: Path = Path(".")
-    dist: Dist = field(default_factory=Dist)
-    device: torch.device = torch.device("cpu")
-    packing: bool = False  # resolved by `choose_packing`
     # The reference: a frozen model given here, else the folder `reference_source` when
     # `separate` (--reference), else the policy before training (with LoRA: adapter off).
     reference: torch.nn.Module | None = None
@@ -198,10 +190,7 @@ def fit_dpo(run: DPORun, cfg: DPOConfig) -> dict[str, Any]:
     cpu_mark = time.process_time() if run.cpu_start is None else run.cpu_start
     # 3. wrap (LoRA, DDP, FSDP2), optimizer, schedule, resume
     counters = {"cpu_seconds": 0.0, "epoch_correct": 0.0, "epoch_pairs": 0}
-    t = start_training(
-        run.model, run.tokenizer, len(run.train), out=run.out, dist=d, device=run.device,
-        opts=cfg, desc="dpo", counters=counters,
-    )  # fmt: skip
+    t = start_training(run, cfg, desc="dpo", counters=counters)
     # 4. the reference log-probs of every train and eval response, once (cached in --out)
     t_ref = time.perf_counter()
     ref = _reference_logprobs(t, run, cfg)
@@ -221,8 +210,13 @@ def fit_dpo(run: DPORun, cfg: DPOConfig) -> dict[str, Any]:
             t.state["epoch_correct"] += float(sums[SUMS.index("correct")])
             t.state["epoch_pairs"] += int(sums[SUMS.index("pairs")])
             prompts_seen += len(step)
-            metrics = {**_means(sums), "lr": t.lr(), "grad_norm": grad_norm,
-                       "prompts_per_s": prompts_seen / max(t.elapsed(), 1e-9), "epoch": epoch}  # fmt: skip
+            metrics = {
+                **_means(sums),
+                "lr": t.lr(),
+                "grad_norm": grad_norm,
+                "prompts_per_s": prompts_seen / max(t.elapsed(), 1e-9),
+                "epoch": epoch,
+            }
             t.step_done(metrics, shown=("loss", "accuracy", "margin", "prompts_per_s"))
         if not t.end_epoch(epoch):  # --max-steps reached mid-epoch
             break
@@ -276,8 +270,11 @@ def _reference_logprobs(t: Trainer, run: DPORun, cfg: DPOConfig) -> torch.Tensor
         model = _load_reference(run, cfg)
     else:  # the policy as it starts (LoRA: its base, adapter off)
         model, context = policy, adapter_disabled(policy) if cfg.lora_r else nullcontext()
-    packing = run.packing if model is policy else choose_packing(
-        model, cfg.packing, "dpo", rank=run.dist.rank, what="the reference")  # fmt: skip
+    packing = (
+        run.packing
+        if model is policy
+        else choose_packing(model, cfg.packing, "dpo", rank=run.dist.rank, what="the reference")
+    )
     with context:
         logprobs = compute_reference(
             model, examples, pad_id=run.tokenizer.pad_token_id, packing=packing,
@@ -345,8 +342,12 @@ def batch_loss(
 def _add(sums: torch.Tensor, loss: torch.Tensor, stats: dict[str, torch.Tensor]) -> None:
     """Add one batch to the SUMS vector: per-pair means back to sums."""
     n_pairs, n_prompts = float(stats["n_pairs"]), float(stats["n_prompts"])
-    row = {"loss": float(loss.detach()) * n_prompts, "prompts": n_prompts, "pairs": n_pairs,
-           "correct": float(stats["accuracy"]) * n_pairs}  # fmt: skip
+    row = {
+        "loss": float(loss.detach()) * n_prompts,
+        "prompts": n_prompts,
+        "pairs": n_pairs,
+        "correct": float(stats["accuracy"]) * n_pairs,
+    }
     row.update({k: float(stats[k]) * n_pairs for k in PER_PAIR})
     sums += torch.tensor([row.get(k, 0.0) for k in SUMS], dtype=torch.float64)
 
@@ -375,8 +376,9 @@ def _end_epoch(t: Trainer, run: DPORun, cfg: DPOConfig, epoch: int, ref: torch.T
     if train_accuracy is not None:
         line += f", accuracy {train_accuracy:.4f}"
     if metrics is not None:
-        t.logger.log(t.state["step"], {**{f"eval/{k}": v for k, v in metrics.items()},
-                                       "epoch": epoch + 1})  # fmt: skip
+        t.logger.log(
+            t.state["step"], {**{f"eval/{k}": v for k, v in metrics.items()}, "epoch": epoch + 1}
+        )
         line += (
             f"; eval loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
             f"margin {metrics['margin']:.4f}, log-probs chosen {metrics['chosen_logprob']:.2f} "
@@ -388,9 +390,12 @@ def _end_epoch(t: Trainer, run: DPORun, cfg: DPOConfig, epoch: int, ref: torch.T
 
 @torch.no_grad()
 def evaluate_dpo(
-    model: torch.nn.Module, examples: Sequence[PreferenceExample], run: DPORun,
-    ref: torch.Tensor, cfg: DPOConfig,
-) -> dict[str, float]:  # fmt: skip
+    model: torch.nn.Module,
+    examples: Sequence[PreferenceExample],
+    run: DPORun,
+    ref: torch.Tensor,
+    cfg: DPOConfig,
+) -> dict[str, float]:
     """Held-out loss (training's formula), preference accuracy, reward margin, chosen /
     rejected rewards and log-probs, prompt and pair counts; over all ranks."""
     model = unwrap(model)  # no DDP hooks: ranks may run different numbers of forwards

@@ -98,9 +98,18 @@ def _kept(rec: Any, round_index: int, i: int, pool: Sequence[float]) -> Kept:
     gap = rec.scores[i] - median(pool)
     logprobs = getattr(rec, "logprobs", None)
     return Kept(
-        rec.prompt, rec.responses[i], rec.scores[i], round_index, i, rec.safety, tokens, gap,
-        _ended(rec, i), getattr(rec, "messages", None), logprobs[i] if logprobs else None,
-    )  # fmt: skip
+        rec.prompt,
+        rec.responses[i],
+        rec.scores[i],
+        round=round_index,
+        index=i,
+        safety=rec.safety,
+        tokens=tokens,
+        gap=gap,
+        ended=_ended(rec, i),
+        prompt_messages=getattr(rec, "messages", None),
+        logprob=logprobs[i] if logprobs else None,
+    )
 
 
 def ranking_values(rec: Any, kl_coef: float = 0.0) -> list[float]:

@@ -34,9 +34,13 @@ def eval_rm(cfg: RMEvalConfig) -> dict[str, Any]:
     max_len = cfg.max_len or saved_max_len(Path(cfg.model), model)
     examples, _ = encode_rankings(records, tokenizer, max_len, margin_table)
     metrics = evaluate_rm(
-        model, examples, tokenizer.pad_token_id, batch_size=cfg.batch_size, device=device,
+        model,
+        examples,
+        tokenizer.pad_token_id,
+        batch_size=cfg.batch_size,
+        device=device,
         packing=packs_exactly(model),  # padding-free where the RM keeps sequences apart
-    )  # fmt: skip
+    )
     result = {"model": cfg.model, "data": list(cfg.data), "margin": cfg.margin, **metrics}
     print(format_eval(metrics))
     if cfg.out:

@@ -65,9 +65,12 @@ class EvalTotals:
             return {b: [r(x) for x in row] for b, row in buckets.items()}
 
         return EvalTotals(
-            r(self.loss_sum), r(self.n_prompts), r(self.gap_sum),
-            rb(self.buckets), rb(self.adjacent_buckets),
-        )  # fmt: skip
+            r(self.loss_sum),
+            r(self.n_prompts),
+            r(self.gap_sum),
+            rb(self.buckets),
+            rb(self.adjacent_buckets),
+        )
 
     def metrics(self) -> dict[str, Any]:
         """loss, accuracy, score_gap, n_prompts, n_pairs, n_ties over all pairs; `buckets`:

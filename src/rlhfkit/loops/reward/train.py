@@ -78,7 +78,7 @@ from rlhfkit.loops.reward.normalize import (
     normalize_final_rm,
     read_normalize_file,
 )
-from rlhfkit.loops.trainer import Trainer, start_training
+from rlhfkit.loops.trainer import Trainer, TrainRun, start_training
 from rlhfkit.losses import kwise_ranking_loss, pair_credit
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import autocast_context, load_tokenizer
@@ -122,8 +122,8 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         "chat": chat,
     }
     run = RMRun(
-        model=model, tokenizer=tokenizer, train=train, eval=held_out, out=out,
-        dist=d, device=device, info=info, normalize=normalize, packing=packing,
+        model=model, tokenizer=tokenizer, train=train, eval=held_out, out=out, dist=d,
+        device=device, packing=packing, info=info, normalize=normalize,
     )  # fmt: skip
     # 4-8. train, evaluate and checkpoint each epoch, normalise, save the final RM
     summary = fit_rm(run, cfg)
@@ -221,30 +221,19 @@ def _print_plan(
 
 
 @dataclass
-class RMRun:
-    """What the loop needs besides the options: the RM, data and where to write."""
+class RMRun(TrainRun):
+    """`TrainRun` (the RM; examples: `RankingExample`; packing resolved by `resolve_packing`)
+    and what is written beside the final RM."""
 
-    model: torch.nn.Module
-    tokenizer: Any
-    train: Sequence[RankingExample]
-    eval: Sequence[RankingExample] = ()
-    out: Path = Path(".")
-    dist: Dist = field(default_factory=Dist)
-    device: torch.device = torch.device("cpu")
     info: dict[str, Any] = field(default_factory=dict)  # written as RM_INFO beside the RM
     normalize: NormalizeData | None = None  # --normalize-with: centre the final RM on these
-    # Resolved: padded unless told (`train_rm` probes the model, `resolve_packing`).
-    packing: bool = False
 
 
 def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
     """Steps 4-8: train `run.model` on `run.train` with the K-wise ranking loss, evaluate
     and checkpoint each epoch, normalise and save the final RM. Returns the summary."""
     d = run.dist
-    t = start_training(
-        run.model, run.tokenizer, len(run.train), out=run.out, dist=d, device=run.device,
-        opts=opts, desc="rm", counters={"epoch_correct": 0.0, "epoch_pairs": 0},
-    )  # fmt: skip
+    t = start_training(run, opts, desc="rm", counters={"epoch_correct": 0.0, "epoch_pairs": 0})
     prompts_seen = 0
     for epoch in t.epochs():
         # 4. one optimizer step = the step's prompts (all ranks), in a seeded order
@@ -276,9 +265,13 @@ def fit_rm(run: RMRun, opts: RMConfig) -> dict[str, Any]:
     normalization = None
     if run.normalize is not None and d.is_main:  # refused with --strategy fsdp2 (train_rm)
         normalization = normalize_final_rm(
-            unwrap(t.model), run.tokenizer, run.normalize, max_len=opts.max_len,
-            scale=opts.normalize_scale, batch_size=opts.batch_size * 4,
-        )  # fmt: skip
+            unwrap(t.model),
+            run.tokenizer,
+            run.normalize,
+            max_len=opts.max_len,
+            scale=opts.normalize_scale,
+            batch_size=opts.batch_size * 4,
+        )
         run.info["normalization"] = normalization
     # 8. the final RM at the top of --out, RM_INFO beside it; summary.json
     t.export(t.out, {RM_INFO: run.info})
