@@ -163,3 +163,27 @@ def pure_imports() -> dict[str, bool]:
         if value is None:
             loaded[name] = _probe({name: PURE_IMPORTS[name]})[name]
     return loaded
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny GPT-2 LM folder with GPT-2's dropout 0.1 (`tests.helpers.gpt2_lm`): the reward
+    model tests' dropout and normalisation cases (its final LayerNorm has a bias)."""
+    from rlhfkit.models.checkpoint import save_hf
+    from tests.helpers import gpt2_lm
+
+    folder = tmp_path_factory.mktemp("gpt2") / "lm"
+    save_hf(gpt2_lm(tiny_tokenizer), tiny_tokenizer, folder)
+    return folder
+
+
+@pytest.fixture
+def chat_tokenizer(tiny_tokenizer):
+    """The tiny tokenizer as a stage that fine-tuned on `messages` saves it."""
+    import copy
+
+    from rlhfkit.data.tokenize import mark_trained_on_chat
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    mark_trained_on_chat(tok)
+    return tok

@@ -140,3 +140,49 @@ NO_SEQ_CLS_ARCH = {
     "cohere": lambda: T.CohereConfig(**_small(num_key_value_heads=2)),
 }  # fmt: skip
 CHAIN_ARCH["granite"] = NO_SEQ_CLS_ARCH["granite"]
+
+
+PDROP = ("attn_pdrop", "embd_pdrop", "resid_pdrop")
+
+
+def gpt2_lm(tokenizer, seed: int = 0) -> T.GPT2LMHeadModel:
+    """A tiny GPT-2 LM on the test tokenizer, dropout 0.1 as GPT-2's config has it."""
+    import torch
+
+    torch.manual_seed(seed)
+    config = T.GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=256, vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    assert all(getattr(config, k) == 0.1 for k in PDROP)
+    return T.GPT2LMHeadModel(config)
+
+
+def two_train_forwards(model) -> tuple[float, float]:
+    """One logit of two train-mode forwards of the same input: equal without dropout."""
+    import torch
+
+    ids = torch.tensor([[1, 20, 30, 40, 50, 2]])
+    model.train()
+    with torch.no_grad():
+        return tuple(float(model(input_ids=ids).logits[0, -1].flatten()[0]) for _ in range(2))
+
+
+# Chat messages, and what a tokenizer's chat template renders of them (independently of rlhfkit).
+SYSTEM = {"role": "system", "content": "be brief"}
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def template_ids(tok, messages: list[dict]) -> list[int]:
+    """The chat template's rendering with the generation prompt, tokenized: computed here
+    independently of rlhfkit."""
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]

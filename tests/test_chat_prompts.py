@@ -3,7 +3,11 @@ are encoded through the chat template with the generation prompt, exactly as
 `apply_chat_template` renders them; plain prompts for a chat-trained model go through the
 template as one user turn (tests/test_chat_format.py has the format rule itself),
 conversational ones without a template are an error; overlong prompts are counted
-in one note; `rlhfkit score` and `rlhfkit select` run on conversational prompts."""
+in one note; `rlhfkit score`, `select`, `ppo`, `world label` and `eval` run on
+conversational prompts. (Reading such records: tests/data/test_records.py; the chat mark:
+tests/data/test_tokenize.py; RS keeping them: tests/loops/rejection/test_rounds.py. The
+sampling and scoring parts move to tests/sampling/ and tests/scoring/ after those files'
+branch is merged.)"""
 
 from __future__ import annotations
 
@@ -17,13 +21,11 @@ from rlhfkit import cli
 from rlhfkit.data.records import (
     PromptRecord,
     RankingRecord,
-    SFTRecord,
     read_prompts,
     read_scoring_records,
-    read_sft,
 )
 from rlhfkit.data.reward_data import encode_rankings, encode_responses, resolve_margin_table
-from rlhfkit.data.tokenize import encode_sft, mark_trained_on_chat, trained_on_chat
+from rlhfkit.data.tokenize import trained_on_chat
 from rlhfkit.errors import RecordError
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.load import load_tokenizer
@@ -31,32 +33,7 @@ from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model, load_reward_model
 from rlhfkit.sampling.sample_score import encode_prompts
 from rlhfkit.scoring.rm import score_sequences, score_texts
-from tests.helpers import write_jsonl
-
-SYSTEM = {"role": "system", "content": "be brief"}
-
-
-def user(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict:
-    return {"role": "assistant", "content": text}
-
-
-def template_ids(tok, messages: list[dict]) -> list[int]:
-    """The chat template's rendering with the generation prompt, tokenized: computed here
-    independently of rlhfkit."""
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
-@pytest.fixture
-def chat_tokenizer(tiny_tokenizer):
-    """The tiny tokenizer as a stage that fine-tuned on `messages` saves it."""
-    tok = copy.deepcopy(tiny_tokenizer)
-    mark_trained_on_chat(tok)
-    return tok
+from tests.helpers import SYSTEM, assistant, template_ids, user, write_jsonl
 
 
 @pytest.fixture
@@ -64,76 +41,6 @@ def no_template(tiny_tokenizer):
     tok = copy.deepcopy(tiny_tokenizer)
     tok.chat_template = None
     return tok
-
-
-# ---------------------------------------------------------------- prompt records
-
-
-def test_prompt_records_plain_and_conversational(tmp_path):
-    f = write_jsonl(
-        tmp_path / "p.jsonl",
-        [
-            {"prompt": "The cat sat", "safety": True},
-            {"messages": [SYSTEM, user("what is two and two?")]},
-            {"prompt": [user("hi"), assistant("hello"), user("sort 3 1 2")], "safety": False},
-        ],
-    )
-    plain, msgs, prompt_list = read_prompts(f)
-    assert (plain.prompt, plain.messages, plain.safety, plain.content) == (
-        "The cat sat", None, True, "The cat sat"
-    )  # fmt: skip
-    assert msgs.prompt == "what is two and two?"  # the last user turn, for display
-    assert msgs.messages == msgs.content == [SYSTEM, user("what is two and two?")]
-    assert (msgs.line, msgs.source) == (2, str(f))
-    assert prompt_list.messages == [user("hi"), assistant("hello"), user("sort 3 1 2")]
-    assert prompt_list.prompt == "sort 3 1 2"
-
-
-BAD_PROMPTS = {
-    "ends_with_assistant": (
-        {"messages": [user("hi"), assistant("hello")]},
-        "'messages' ends with an assistant turn: a prompt ends with the turn the model "
-        "answers (drop the last assistant turn)",
-    ),
-    "both": ({"messages": [user("hi")], "prompt": "hi"}, "give either 'messages' or 'prompt'"),
-    "empty_list": ({"prompt": []}, "field 'prompt' is an empty list"),
-    "sharegpt_roles": (
-        {"messages": [{"role": "human", "content": "hi"}]},
-        "messages[0]: role 'human' is not one of system, user, assistant (ShareGPT data: "
-        "map from->role, value->content, human->user, gpt->assistant)",
-    ),
-    "sharegpt_keys": (
-        {"prompt": [{"from": "human", "value": "hi"}]},
-        "prompt[0] has ShareGPT keys 'from'/'value': messages are {\"role\", \"content\"} "
-        "with roles system, user, assistant (ShareGPT data: map from->role, "
-        "value->content, human->user, gpt->assistant)",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_PROMPTS))
-def test_bad_conversational_prompts_name_file_line_and_fix(tmp_path, case):
-    row, words = BAD_PROMPTS[case]
-    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, row])
-    with pytest.raises(RecordError) as e:
-        read_prompts(f)
-    assert (e.value.path, e.value.line) == (str(f), 2)
-    assert words in str(e.value), str(e.value)
-
-
-def test_sharegpt_sft_records_get_the_role_mapping_not_no_assistant_turn(tmp_path):
-    rows = [
-        {"messages": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
-        {"messages": [{"role": "human", "content": "hi"}, {"role": "gpt", "content": "yo"}]},
-    ]
-    for row in rows:
-        f = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p", "completion": "c"}, row])
-        with pytest.raises(RecordError) as e:
-            read_sft(f)
-        message = str(e.value)
-        assert message.startswith(f"{f}:2: messages[0]")
-        assert "roles system, user, assistant" in message or "not one of system" in message
-        assert "human->user, gpt->assistant" in message and "no assistant turn" not in message
 
 
 # ---------------------------------------------------------------- encoding
@@ -177,21 +84,6 @@ def test_the_built_in_pipeline_prints_no_warning(tmp_path, tiny_tokenizer, capsy
     f = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "The cat"}])
     encode_prompts(read_prompts(f), tiny_tokenizer, 64)
     assert capsys.readouterr().out == ""
-
-
-def test_the_chat_mark_is_saved_with_the_tokenizer(tmp_path, chat_tokenizer, tiny_tokenizer):
-    """The mark survives save and load (the SFT checkpoint, then PPO's); encoding chat
-    records never sets it (the stage that trains on them does)."""
-    assert trained_on_chat(chat_tokenizer)
-    chat_tokenizer.save_pretrained(tmp_path / "chat")
-    assert trained_on_chat(load_tokenizer(tmp_path / "chat"))
-    plain = copy.deepcopy(tiny_tokenizer)
-    encode_sft(SFTRecord("hi", "hello", [user("hi"), assistant("hello")]), plain, 64)
-    plain.save_pretrained(tmp_path / "plain")
-    assert not trained_on_chat(load_tokenizer(tmp_path / "plain"))
-    no_template = copy.deepcopy(chat_tokenizer)
-    no_template.chat_template = None  # the mark alone is not enough
-    assert not trained_on_chat(no_template)
 
 
 def test_sft_on_messages_saves_a_chat_model_and_on_pairs_does_not(tmp_path, tiny_tokenizer):
@@ -401,14 +293,6 @@ def test_rlhfkit_select_samples_conversational_prompts_through_the_template(
     assert result["checkpoints"][0]["n"] == 3
 
 
-def test_marking_is_a_no_op_for_tokenizer_like_objects_without_init_kwargs():
-    class Bare:
-        chat_template = "x"
-
-    mark_trained_on_chat(Bare())
-    assert not trained_on_chat(Bare())
-
-
 def test_plain_string_prompts_still_encode(tiny_tokenizer):
     ids = encode_prompts(["The cat", PromptRecord("hi")], tiny_tokenizer, 64)
     tok = tiny_tokenizer
@@ -444,37 +328,6 @@ def test_an_rm_with_another_tokenizer_gets_the_messages_not_decoded_template_tex
         rm.model, rm.tokenizer, [p.messages for p in prompts], got.texts, ended=got.ended
     )
     torch.testing.assert_close(got.per_rm["r"], expected, atol=1e-5, rtol=0)
-
-
-# ---------------------------------------------------------------- rejection sampling
-
-
-def test_rs_keeps_conversational_samples_as_sft_messages(tmp_path, tiny_tokenizer):
-    """A kept sample of a conversational prompt is written as SFT `messages` (readable by
-    `rlhfkit sft`) and fine-tuned on through the chat template; a cut one without EOS."""
-    from rlhfkit.config import RSConfig
-    from rlhfkit.loops.rejection.keep import keep_best
-    from rlhfkit.loops.rejection.rounds import encode_kept
-    from rlhfkit.loops.rejection.samples import SampleRecord
-
-    tok = copy.deepcopy(tiny_tokenizer)
-    prompt = [SYSTEM, user("count to three")]
-    rec = SampleRecord("count to three", ["one two", "one two three"], [0.1, 0.9], 1,
-                       ended=[True, False], messages=prompt)  # fmt: skip
-    assert SampleRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
-    whole = SampleRecord("count to three", ["one two three"], [0.5], 0, messages=prompt)
-    (done,) = keep_best([[whole]])
-    (cut,) = keep_best([[rec]])
-    assert done.to_json()["messages"] == [*prompt, assistant("one two three")]
-    assert "prompt" not in done.to_json() and not cut.ended
-    f = write_jsonl(tmp_path / "kept.jsonl", [done.to_json()])
-    assert read_sft(f)[0].messages == [*prompt, assistant("one two three")]
-    a, b = encode_kept([done, cut], tok, RSConfig(max_len=128), "kept.jsonl")
-    reply = tok("one two three", add_special_tokens=False)["input_ids"]
-    assert a.input_ids == template_ids(tok, prompt) + reply + [tok.eos_token_id]
-    assert a.labels == [-100] * len(template_ids(tok, prompt)) + reply + [tok.eos_token_id]
-    assert b.input_ids == a.input_ids[:-1] and b.labels == a.labels[:-1]
-    assert not trained_on_chat(tok)  # encoding never changes the policy's format
 
 
 # ---------------------------------------------------------------- PPO

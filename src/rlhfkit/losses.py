@@ -140,6 +140,18 @@ def kwise_ranking_loss(
     return loss, stats
 
 
+def pair_credit(scores: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """((M,) gap s_w - s_l, (M,) credit): 1 if the RM prefers the winner, 0.5 for a tie.
+
+    scores: (N,) one score per response; pairs: (M, 2) (winner, loser) indices into them.
+    A tie (equal scores: in practice two identical responses, which noisy labellers
+    still order) counts half, the expected accuracy of breaking it at random, so chance
+    is 0.5 in every bucket. `kwise_ranking_loss`'s own accuracy counts ties as 0.
+    """
+    gap = (scores[pairs[:, 0]] - scores[pairs[:, 1]]).detach().float()  # (M,)
+    return gap, (gap > 0).float() + 0.5 * (gap == 0).float()
+
+
 def _token_mean(per_token: torch.Tensor, mask: torch.Tensor, norm_length: float | None):
     """sum over all valid tokens / their number (PPO; TRL GRPO's "dapo" / "bnpo")."""
     return masked_mean(per_token, mask)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import PIPELINE_STAGES, ConfigError, PipelineConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.config.pipeline_presets import PRESETS
 from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.files import write_json
@@ -340,9 +341,7 @@ def _load_state(out: Path, cfg: PipelineConfig) -> dict[str, Any]:
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run (or continue) every stage; see the module docstring."""
-    names = [n for n, _ in STAGES]
-    if cfg.until is not None and cfg.until not in names:
-        raise UserError(f"--until {cfg.until!r}: not a stage; stages are {', '.join(names)}")
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     out = Path(cfg.out)
     ctx = Ctx(cfg=cfg, out=out, state=_load_state(out, cfg))
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ No `transformers` import here: these are plain tensors in dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import torch
@@ -20,14 +20,16 @@ IGNORE_INDEX = -100
 """Label value that the loss skips (prompt tokens, padding, packed boundaries)."""
 
 
-def _move(batch: Any, device: torch.device | str, non_blocking: bool) -> Any:
-    """A copy of a dataclass of tensors with every tensor moved to `device`."""
-    moved = {
-        f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-        for f in fields(batch)
-        for v in [getattr(batch, f.name)]
-    }
-    return replace(batch, **moved)
+def move_to(batch: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """A copy of a dataclass of tensors with every tensor, and every batch of tensors in it
+    (a dataclass with `.to`), moved to `device`."""
+
+    def move(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=non_blocking)
+        return v.to(device) if is_dataclass(v) and hasattr(v, "to") else v
+
+    return replace(batch, **{f.name: move(getattr(batch, f.name)) for f in fields(batch)})
 
 
 @dataclass
@@ -72,7 +74,7 @@ class LMBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> LMBatch:
         """A copy with every tensor on `device`."""
-        return _move(self, device, non_blocking)
+        return move_to(self, device, non_blocking)
 
     def model_inputs(self) -> dict[str, torch.Tensor | bool | None]:
         """Keyword arguments for a Hugging Face causal LM forward (labels excluded).
@@ -105,7 +107,7 @@ class PromptBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PromptBatch:
         """A copy with every tensor on `device`."""
-        return _move(self, device, non_blocking)
+        return move_to(self, device, non_blocking)
 
 
 class _PromptResponse:
@@ -152,7 +154,7 @@ class Generation(_PromptResponse):
     texts: list[str] = field(default_factory=list)  # B decoded responses (no EOS, no padding)
 
     def to(self, device: torch.device | str) -> Generation:
-        return _move(self, device, non_blocking=False)
+        return move_to(self, device)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ This module imports no torch and no transformers.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config.base import is_url, parse_rm_spec
+from rlhfkit.config.checks import check_value, load_function, option_flag
 from rlhfkit.config.fields import (
     CheckedBy,
     CheckedWith,
@@ -93,14 +93,14 @@ def validate(cfg: Any) -> None:
         for name, marker in found:
             if not isinstance(marker, phase) or (not reads_files and isinstance(marker, _RUN_ONLY)):
                 continue
-            flag = "--" + name.replace("_", "-")
+            flag = option_flag(name)
             if phase == (DataFile,):
                 if marker.when and not getattr(cfg, marker.when):  # type: ignore[union-attr]
                     continue
                 with keep_reads():
                     records[name] = _check_data(marker, getattr(cfg, name))  # type: ignore[arg-type]
             elif phase == (CheckedWith,):
-                _load(marker.function)(cfg)  # type: ignore[union-attr]
+                load_function(marker.function)(cfg)  # type: ignore[union-attr]
             elif phase == (OutputPath,):
                 _check_output(marker, flag, getattr(cfg, name), cfg)  # type: ignore[arg-type]
             elif phase == (WithinPositions,):
@@ -115,20 +115,10 @@ def validate(cfg: Any) -> None:
     check_served_value_init(cfg)
 
 
-def _load(ref: str) -> Any:
-    module, _, function = ref.partition(":")
-    return getattr(importlib.import_module(module), function)
-
-
 def _check(marker: Marker, flag: str, value: Any, reads_files: bool) -> None:
     values = _values(value)
-    if isinstance(marker, Range):
-        for x in values:
-            if isinstance(x, (int, float)) and not isinstance(x, bool) and marker.problem(x):
-                raise UserError(f"{flag} {marker.problem(x)}")
-    elif isinstance(marker, CheckedBy):
-        if value is not None:
-            _load(marker.function)(value)
+    if isinstance(marker, (Range, CheckedBy)):
+        check_value(marker, flag, value)
     elif isinstance(marker, InputPath):
         for path in values if reads_files else ():
             if path and not Path(path).exists():
@@ -153,7 +143,7 @@ def _check_section(section: str, cls: type, options: dict[str, Any]) -> None:
         for marker in markers.get(name, ()):
             if isinstance(marker, _SECTION_CHECKS):
                 try:
-                    _check(marker, f"--{name.replace('_', '-')}", value, reads_files=False)
+                    _check(marker, option_flag(name), value, reads_files=False)
                 except UserError as e:
                     raise UserError(f"pipeline section '{section}': {e}") from None
 
@@ -175,7 +165,7 @@ def note(text: str) -> None:
 
 def _check_data(marker: DataFile, value: Any) -> list:
     """Every record of each file: a RecordError (file:line) for the first bad one."""
-    read = _load(DATA_READERS[marker.kind])
+    read = load_function(DATA_READERS[marker.kind])
     found: list = []
     for path in _values(value):
         if path:
@@ -234,7 +224,7 @@ def _causal_lms(cfg: Any) -> Iterable[tuple[str, Path]]:
     for name, ms in field_markers(type(cfg)).items():
         for m in ms:
             if isinstance(m, ModelFolder) and m.kind != "reward" and not m.named:
-                flag = "--" + name.replace("_", "-")
+                flag = option_flag(name)
                 for path in _values(getattr(cfg, name)):
                     for folder in model_folders(path, m.runs) if path else ():
                         yield flag, folder
@@ -257,7 +247,7 @@ def _check_positions(marker: WithinPositions, flag: str, name: str, cfg: Any) ->
         return
     why = f"{source} {folder} has {positions} positions ({key} in its config.json)"
     if isinstance(marker.plus, str):
-        why += f" and prompts keep up to --{marker.plus.replace('_', '-')} {plus} tokens"
+        why += f" and prompts keep up to {option_flag(marker.plus)} {plus} tokens"
     elif plus:
         why += f" and prompts keep up to {plus} tokens"
     if room < 1:
@@ -359,7 +349,7 @@ def check_vllm(cfg: Any) -> None:
             dim = head_dim(Path(path))
             if dim is not None and dim < VLLM_CPU_MIN_HEAD_DIM:
                 raise UserError(
-                    f"--generator vllm: --{name.replace('_', '-')} {path} has head_dim {dim}; "
+                    f"--generator vllm: {option_flag(name)} {path} has head_dim {dim}; "
                     f"vLLM's CPU attention needs head_dim >= {VLLM_CPU_MIN_HEAD_DIM} "
                     "(use --generator hf for this model)"
                 )

@@ -12,6 +12,7 @@ import pytest
 from rlhfkit.data.ranking import (
     MARGIN_PRESETS,
     STRENGTHS,
+    adjacent_flags,
     best_of_k,
     best_of_k_batch,
     comparisons_with_margins,
@@ -171,3 +172,14 @@ def test_max_and_median_at_k_hand_and_naive() -> None:
         assert top == max(scores[:k])
         assert med == pytest.approx(statistics.median(scores[:k]))
     assert max_and_median_at_k([]) == []
+
+
+def test_one_significant_step_labels_20_of_36_pairs_but_1_adjacent():
+    # K = 9, "significantly better" between rank positions 3 and 4, negligibly elsewhere:
+    # every pair (i <= 3 < j) crosses it, 4 * 5 = 20 of the 36; one of them is adjacent.
+    strengths = ["negligibly_better"] * 8
+    strengths[3] = "significantly_better"
+    comps = ranking_to_comparisons(list(range(9)), strengths)
+    adjacent = adjacent_flags(list(range(9)), comps)
+    sig = [a for (_, _, s), a in zip(comps, adjacent, strict=True) if s == STRENGTHS[0]]
+    assert len(comps) == 36 and len(sig) == 20 and sum(sig) == 1 and sum(adjacent) == 8

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.helpers import SYSTEM, assistant, user
 
 from rlhfkit.data import records as R
 from rlhfkit.data.preferences import read_preferences
@@ -12,7 +13,6 @@ from rlhfkit.data.records import (
     PromptRecord,
     RankingRecord,
     SFTRecord,
-    iter_json_records,
     read_corpus,
     read_prompts,
     read_sft,
@@ -78,15 +78,6 @@ def test_read_corpus_jsonl_and_txt(tmp_path):
 
 def test_strengths_constant():
     assert STRENGTHS == ("significantly_better", "better", "slightly_better", "negligibly_better")
-
-
-def test_iter_json_records_is_lazy_generic(tmp_path):
-    f = write_jsonl(tmp_path / "x.jsonl", [{"a": 1}, "", {"b": 2}, "nope"])
-    it = iter_json_records(f)
-    assert next(it) == (1, {"a": 1})
-    assert next(it) == (3, {"b": 2})
-    with pytest.raises(RecordError, match=r"x\.jsonl:4: bad JSON"):
-        next(it)
 
 
 # ---------------------------------------------------------------- bad records
@@ -196,76 +187,6 @@ def test_bom_is_ignored(tmp_path):
     assert read_prompts(f)[0].prompt == GOOD_PROMPT["prompt"]
 
 
-# ---------------------------------------------------------------- parquet / datasets
-
-
-def _table(rows: list[dict]):
-    """An Arrow table with the union of the rows' columns (absent = null);
-    `from_pylist` alone takes the columns of the first row only."""
-    pa = pytest.importorskip("pyarrow")
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
-
-
-def test_parquet_round_trip(tmp_path):
-    pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    rows = [GOOD_RANK, {**GOOD_RANK, "strengths": ["better", "slightly_better"]}]
-    pq.write_table(_table(rows), tmp_path / "r.parquet")
-    recs = read_preferences(tmp_path / "r.parquet")
-    assert [r.strengths for r in recs] == [None, ["better", "slightly_better"]]
-    assert [r.line for r in recs] == [1, 2] and recs[0].responses == ["a", "b", "c"]
-    # mixed ranking and pairwise rows: missing columns come back as nulls
-    pq.write_table(_table([GOOD_PAIR, GOOD_RANK]), tmp_path / "m.parquet")
-    assert [r.ranking for r in read_preferences(tmp_path / "m.parquet")] == [[0, 1], [2, 0, 1]]
-    bad = [GOOD_SFT, GOOD_SFT, {"prompt": "x", "completion": ""}]
-    pq.write_table(_table(bad), tmp_path / "s.parquet")
-    with pytest.raises(RecordError, match="empty") as e:
-        read_sft(tmp_path / "s.parquet")
-    assert e.value.line == 3  # row index + 1
-
-
-def _save_like_datasets(folder: Path, rows: list[dict], n_files: int = 2) -> None:
-    """The layout of `Dataset.save_to_disk`: Arrow IPC stream files listed in state.json."""
-    pa = pytest.importorskip("pyarrow")
-    folder.mkdir()
-    names = []
-    for k in range(n_files):
-        name = f"data-{k:05d}-of-{n_files:05d}.arrow"
-        table = _table(rows[k * 2 : k * 2 + 2])  # two rows a file
-        with pa.ipc.new_stream(str(folder / name), table.schema) as w:
-            w.write_table(table)
-        names.append({"filename": name})
-    (folder / "state.json").write_text(json.dumps({"_data_files": names, "_split": None}))
-    (folder / "dataset_info.json").write_text("{}")
-
-
-def test_datasets_folder(tmp_path):
-    rows = [{"prompt": f"q{i}", "safety": i % 2 == 0} for i in range(4)]
-    _save_like_datasets(tmp_path / "ds", rows)
-    recs = read_prompts(tmp_path / "ds")
-    assert [(r.prompt, r.safety, r.line) for r in recs] == [
-        (f"q{i}", i % 2 == 0, i + 1) for i in range(4)
-    ]
-    # a DatasetDict with one split is read through; several splits must be chosen
-    (tmp_path / "dd").mkdir()
-    _save_like_datasets(tmp_path / "dd" / "train", rows)
-    (tmp_path / "dd" / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
-    assert len(read_prompts(tmp_path / "dd")) == 4
-    (tmp_path / "dd" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
-    with pytest.raises(RecordError, match="one split"):
-        read_prompts(tmp_path / "dd")
-
-
-def test_datasets_folder_bad_row(tmp_path):
-    rows = [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}, {"prompt": ""}]
-    _save_like_datasets(tmp_path / "ds", rows)
-    with pytest.raises(RecordError) as e:
-        read_prompts(tmp_path / "ds")
-    assert e.value.line == 4 and "empty" in e.value.problem
-
-
 def test_records_does_not_import_torch():
     import subprocess
     import sys
@@ -274,3 +195,70 @@ def test_records_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert R.__name__ == "rlhfkit.data.records"
+
+
+def test_prompt_records_plain_and_conversational(tmp_path):
+    f = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "The cat sat", "safety": True},
+            {"messages": [SYSTEM, user("what is two and two?")]},
+            {"prompt": [user("hi"), assistant("hello"), user("sort 3 1 2")], "safety": False},
+        ],
+    )
+    plain, msgs, prompt_list = read_prompts(f)
+    assert (plain.prompt, plain.messages, plain.safety, plain.content) == (
+        "The cat sat", None, True, "The cat sat"
+    )  # fmt: skip
+    assert msgs.prompt == "what is two and two?"  # the last user turn, for display
+    assert msgs.messages == msgs.content == [SYSTEM, user("what is two and two?")]
+    assert (msgs.line, msgs.source) == (2, str(f))
+    assert prompt_list.messages == [user("hi"), assistant("hello"), user("sort 3 1 2")]
+    assert prompt_list.prompt == "sort 3 1 2"
+
+
+BAD_PROMPTS = {
+    "ends_with_assistant": (
+        {"messages": [user("hi"), assistant("hello")]},
+        "'messages' ends with an assistant turn: a prompt ends with the turn the model "
+        "answers (drop the last assistant turn)",
+    ),
+    "both": ({"messages": [user("hi")], "prompt": "hi"}, "give either 'messages' or 'prompt'"),
+    "empty_list": ({"prompt": []}, "field 'prompt' is an empty list"),
+    "sharegpt_roles": (
+        {"messages": [{"role": "human", "content": "hi"}]},
+        "messages[0]: role 'human' is not one of system, user, assistant (ShareGPT data: "
+        "map from->role, value->content, human->user, gpt->assistant)",
+    ),
+    "sharegpt_keys": (
+        {"prompt": [{"from": "human", "value": "hi"}]},
+        "prompt[0] has ShareGPT keys 'from'/'value': messages are {\"role\", \"content\"} "
+        "with roles system, user, assistant (ShareGPT data: map from->role, "
+        "value->content, human->user, gpt->assistant)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PROMPTS))
+def test_bad_conversational_prompts_name_file_line_and_fix(tmp_path, case):
+    row, words = BAD_PROMPTS[case]
+    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, row])
+    with pytest.raises(RecordError) as e:
+        read_prompts(f)
+    assert (e.value.path, e.value.line) == (str(f), 2)
+    assert words in str(e.value), str(e.value)
+
+
+def test_sharegpt_sft_records_get_the_role_mapping_not_no_assistant_turn(tmp_path):
+    rows = [
+        {"messages": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+        {"messages": [{"role": "human", "content": "hi"}, {"role": "gpt", "content": "yo"}]},
+    ]
+    for row in rows:
+        f = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p", "completion": "c"}, row])
+        with pytest.raises(RecordError) as e:
+            read_sft(f)
+        message = str(e.value)
+        assert message.startswith(f"{f}:2: messages[0]")
+        assert "roles system, user, assistant" in message or "not one of system" in message
+        assert "human->user, gpt->assistant" in message and "no assistant turn" not in message

@@ -1,22 +1,30 @@
 """Tokenization: label masks against naive per-token constructions, BOS/EOS placement,
 overlong policies, chat templates, prompts for generation and the packed corpus."""
 
+import copy
+
 import pytest
 import torch
+from tests.helpers import assistant, user
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from rlhfkit.data.records import SFTRecord
+from rlhfkit.data.records import (
+    SFTRecord,
+)
 from rlhfkit.data.tokenize import (
     EncodedExample,
     EncodeStats,
     encode_prompt,
     encode_sft,
     encode_sft_many,
+    mark_trained_on_chat,
     pack_corpus,
     resolve_bos,
+    trained_on_chat,
 )
 from rlhfkit.errors import RecordError, UserError
+from rlhfkit.models.load import load_tokenizer
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
@@ -257,3 +265,26 @@ def test_chat_template_without_eos_gets_one_appended():
     trained = t.decode([x for x in ex.labels if x != -100])
     assert trained == "four.\n</s>"  # the turn's own newline, then EOS
     assert t.bos_token_id not in ex.input_ids  # the template, not us, places BOS
+
+
+def test_the_chat_mark_is_saved_with_the_tokenizer(tmp_path, chat_tokenizer, tiny_tokenizer):
+    """The mark survives save and load (the SFT checkpoint, then PPO's); encoding chat
+    records never sets it (the stage that trains on them does)."""
+    assert trained_on_chat(chat_tokenizer)
+    chat_tokenizer.save_pretrained(tmp_path / "chat")
+    assert trained_on_chat(load_tokenizer(tmp_path / "chat"))
+    plain = copy.deepcopy(tiny_tokenizer)
+    encode_sft(SFTRecord("hi", "hello", [user("hi"), assistant("hello")]), plain, 64)
+    plain.save_pretrained(tmp_path / "plain")
+    assert not trained_on_chat(load_tokenizer(tmp_path / "plain"))
+    no_template = copy.deepcopy(chat_tokenizer)
+    no_template.chat_template = None  # the mark alone is not enough
+    assert not trained_on_chat(no_template)
+
+
+def test_marking_is_a_no_op_for_tokenizer_like_objects_without_init_kwargs():
+    class Bare:
+        chat_template = "x"
+
+    mark_trained_on_chat(Bare())
+    assert not trained_on_chat(Bare())

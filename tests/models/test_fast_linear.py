@@ -203,4 +203,3 @@ def test_fast_linears_covers_every_ppo_role(tiny_tokenizer):
     for model in (policy, value, rm):
         linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         assert linears and all(type(m) is OneDNNLinear for m in linears)
-

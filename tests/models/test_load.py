@@ -16,7 +16,6 @@ from rlhfkit.models.load import (
     load_reference,
     load_tokenizer,
 )
-from rlhfkit.models.wrap import unwrap
 
 
 def test_pick_device():
@@ -88,13 +87,3 @@ def test_load_tokenizer_pad_falls_back_to_eos(tiny_tokenizer, tmp_path):
     tok.save_pretrained(tmp_path)
     loaded = load_tokenizer(tmp_path)
     assert loaded.pad_token == loaded.eos_token == "<|eos|>"
-
-
-def test_unwrap_model_compiled(tiny_model):
-    class Wrapper(torch.nn.Module):  # what torch.compile's OptimizedModule looks like
-        def __init__(self, inner):
-            super().__init__()
-            self._orig_mod = inner
-
-    assert unwrap(Wrapper(tiny_model)) is tiny_model
-    assert unwrap(tiny_model) is tiny_model

@@ -22,51 +22,14 @@ from rlhfkit.data.reward_data import (
     pack_sequences,
     pad_right,
     resolve_margin_table,
-    row_width,
 )
 from rlhfkit.errors import UserError
 from rlhfkit.loops.common import disable_dropout
-from rlhfkit.loops.reward.eval import evaluate_rm, ranking_batch_loss
-from rlhfkit.loops.reward.train import resolve_packing, train_rm
+from rlhfkit.loops.reward.train import evaluate_rm, ranking_batch_loss, resolve_packing, train_rm
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.probe import TOL_EPS
 from rlhfkit.models.reward import init_reward_model, reward_scores
 from rlhfkit.models.reward_packed import HeadInputView, attention_cost, packed_reward_scores
-
-# ---------------------------------------------------------------- the packed layout
-
-
-def test_pack_sequences_layout():
-    seqs = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [10, 11], [12, 13, 14, 15]]
-    rows = pack_sequences(seqs, pad_id=0)
-    # rows of 5 (the longest), longest first into the first row with room:
-    # [4..8] | [12..15] + [9] | [1, 2, 3] + [10, 11]
-    assert rows.input_ids.tolist() == [[4, 5, 6, 7, 8], [12, 13, 14, 15, 9], [1, 2, 3, 10, 11]]
-    assert rows.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
-    flat = rows.input_ids.reshape(-1)
-    assert [int(flat[i]) for i in rows.last] == [s[-1] for s in seqs]
-    # a row's unused tail: pad ids at position 0, each a sequence of its own
-    tail = pack_sequences([[1, 2, 3, 4], [5, 6], [7]], pad_id=0, row_tokens=4)
-    assert tail.input_ids.tolist() == [[1, 2, 3, 4], [5, 6, 7, 0]]
-    assert tail.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 0, 0]]
-    with pytest.raises(ValueError, match="does not fit"):
-        pack_sequences([[1, 2, 3]], pad_id=0, row_tokens=2)
-    with pytest.raises(ValueError, match="no empty"):
-        pack_sequences([[1], []], pad_id=0)
-
-
-def test_row_width_weighs_unused_cells_against_attention():
-    # lengths 10, 6, 6, 6, 6 (34 tokens); first-fit decreasing per width, cost =
-    # rows * used * (1 + c * used) with used = the fullest row:
-    #   width 10: 5 rows of 10 -> 50 cells;  width 20: [10 6] [6 6 6] -> 2 x 18 = 36;
-    #   width 30: [10 6 6 6] [6] -> 2 x 28 = 56;  width 34: one row -> 34.
-    lengths = [10, 6, 6, 6, 6]
-    assert row_width(lengths, None) == 10  # rows no wider than the longest sequence
-    assert row_width(lengths, 0.0) == 34  # attention free: one row
-    assert row_width(lengths, 0.01) == 20  # 50 x 1.1 = 55, 36 x 1.18 = 42.5, 34 x 1.34 = 45.6
-    assert row_width(lengths, 1.0) == 10  # 550 < 684
-    rows = pack_sequences([[1] * n for n in lengths], pad_id=0, attention_cost=0.01)
-    assert rows.input_ids.shape == (2, 18)
 
 
 def test_attention_cost_is_2_hidden_over_weights_per_layer(tiny_tokenizer):

@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.helpers import make_base_model, write_jsonl
-from tests.loops.reward.test_rm_details import gpt2_lm
+from tests.helpers import gpt2_lm, make_base_model, write_jsonl
 from transformers import AutoTokenizer, pipeline
 
 from rlhfkit.cli import main

@@ -1,19 +1,32 @@
 """Rules that join options, named by the `CheckedWith` markers of `config.fields` (and a
 few value checks named by `CheckedBy`). Each takes the whole config (or the one value) and
 raises a UserError naming the option; `rlhfkit.validate` runs them before torch is
-imported, and the loops that keep a check of their own call the same function.
+imported. `check_options` (at the end) walks every marker that reads no data file: each
+command's entry function calls it first, so a config built in Python is checked as the
+command line's is, with the same one-line errors, and no loop re-checks a range by hand.
 
 Plain Python: no torch, no transformers.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rlhfkit.config.base import parse_rm_spec, parse_weights
+from rlhfkit.config.fields import (
+    CheckedBy,
+    CheckedWith,
+    Marker,
+    Range,
+    coerce,
+    field_markers,
+    field_types,
+)
 from rlhfkit.errors import UserError
 
 # --- the reward: --rm / --combine / --weights / --rule-reward ----------------------------
@@ -247,3 +260,58 @@ def estimator(cfg: Any) -> None:
             f"--loss-agg sequence needs one advantage per response (rloo, grpo, dr-grpo); "
             f"--estimator {name} has one per token"
         )
+
+
+# --- every option of a config, without reading a file ------------------------------------
+
+
+def check_options(cfg: Any) -> None:
+    """Raise UserError for the first option of `cfg` outside its declaration: a `Literal`
+    option's choices, each number's `Range`, each `CheckedBy` value check, then (for a
+    command that runs here, not `reads_files = False`) the `CheckedWith` rules joining
+    options. The same checks and messages as `rlhfkit.validate`, less what reads files or
+    folders (inputs, data records, --out, positions): the loops read those anyway."""
+    cls = type(cfg)
+    for name, tp in field_types(cls).items():
+        if _is_literal(tp):
+            try:
+                coerce(tp, getattr(cfg, name))
+            except ValueError as e:
+                raise UserError(f"{option_flag(name)}: {e}") from None
+    found = [(name, m) for name, ms in field_markers(cls).items() for m in ms]
+    for name, marker in found:
+        check_value(marker, option_flag(name), getattr(cfg, name))
+    if getattr(cls, "reads_files", True):
+        for _, marker in found:
+            if isinstance(marker, CheckedWith):
+                load_function(marker.function)(cfg)
+
+
+def check_value(marker: Marker, flag: str, value: Any) -> None:
+    """One option's `Range` (every number of a tuple; None passes) or `CheckedBy` check;
+    other markers pass here."""
+    if isinstance(marker, Range):
+        for x in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(x, (int, float)) and not isinstance(x, bool) and marker.problem(x):
+                raise UserError(f"{flag} {marker.problem(x)}")
+    elif isinstance(marker, CheckedBy) and value is not None:
+        load_function(marker.function)(value)
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a config field: max_new_tokens -> --max-new-tokens."""
+    return "--" + name.replace("_", "-")
+
+
+def load_function(ref: str) -> Any:
+    """The function a marker names, "module:function"."""
+    module, _, function = ref.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _is_literal(tp: Any) -> bool:
+    """A Literal option, or an optional one (tyro checks them on the command line)."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    args = typing.get_args(tp) if typing.get_origin(tp) is not Literal else ()
+    return typing.get_origin(tp) is Literal or any(typing.get_origin(a) is Literal for a in args)

@@ -96,8 +96,16 @@ class InputPath:
     """A file or folder the command reads: it must exist."""
 
 
-DataKind = Literal["sft", "preferences", "prompts", "world-prompts", "corpus", "scoring",
-                   "world-responses", "normalize"]  # fmt: skip
+DataKind = Literal[
+    "sft",
+    "preferences",
+    "prompts",
+    "world-prompts",
+    "corpus",
+    "scoring",
+    "world-responses",
+    "normalize",
+]
 """What a `DataFile` may hold; `rlhfkit.validate.DATA_READERS` names each kind's reader."""
 
 

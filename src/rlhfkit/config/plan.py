@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import tyro
 
+from rlhfkit.config.fields import Positive
 from rlhfkit.config.rl import PPOConfig, RSConfig
 from rlhfkit.config.stages import DPOConfig, PretrainConfig, RMConfig, SFTConfig
 
@@ -22,7 +23,7 @@ PLAN_STAGES = ("pretrain", "sft", "rm", "ppo", "rs", "dpo")
 class PlanOptions:
     """What `rlhfkit plan` adds to a stage's options."""
 
-    nproc: int = 1
+    nproc: Positive[int] = 1
     """Processes (devices) the stage will run on, e.g. torchrun --nproc_per_node N."""
     device_memory: str = "80GB"
     """Memory of one device: '80GB' (10^9 bytes), '80GiB' (2^30), or bytes."""

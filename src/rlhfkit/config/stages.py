@@ -173,9 +173,9 @@ class DPOConfig(RemoteCodeOptions, TrainOptions):
     """Hugging Face causal LM folder to start from (the SFT model); also the frozen reference unless --reference is given."""
     reference: CausalLMFolder[str | None] = None
     """Frozen reference model (default: --model; with --lora-r, the policy with its adapter off). Its log-probs are computed once, before training."""
-    data: Input[tuple[str, ...]] = ()
+    data: PreferenceData[tuple[str, ...]] = ()
     """Training files (required): ranking {"prompt","responses","ranking"} and/or pairwise {"prompt","chosen","rejected"} records, also TRL's conversational / implicit-prompt records and HH-RLHF transcripts (as `rlhfkit rm` reads them)."""
-    eval_data: Input[tuple[str, ...]] = ()
+    eval_data: PreferenceData[tuple[str, ...]] = ()
     """Held-out files of the same formats: loss, preference accuracy, reward margin and log-probs each epoch."""
     eval_fraction: Fraction[float] = 0.0
     """Without --eval-data, hold out this share of the prompts of --data."""

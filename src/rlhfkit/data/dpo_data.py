@@ -20,7 +20,7 @@ so that the loop sums log-probs per sequence in padded and packed layouts alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from rlhfkit.data.records import RankingRecord
 from rlhfkit.data.reward_data import _as_sft
 from rlhfkit.data.tokenize import EncodedExample, encode_sft_many, resolve_bos
 from rlhfkit.errors import RecordError, UserError
-from rlhfkit.types import IGNORE_INDEX, LMBatch
+from rlhfkit.types import IGNORE_INDEX, LMBatch, move_to
 
 
 @dataclass
@@ -76,9 +76,10 @@ def _response_only(ex: EncodedExample, rec: RankingRecord, k: int) -> EncodedExa
     own = sum(m["role"] == "assistant" for m in rec.response_messages[k])  # type: ignore[index]
     if len(runs) != earlier + own:
         raise RecordError(
-            rec.source, rec.line or None,
+            rec.source,
+            rec.line or None,
             "the chat template joins assistant turns: cannot tell where the response starts",
-        )  # fmt: skip
+        )
     labels = list(ex.labels)
     for start, end in runs[:earlier]:
         labels[start:end] = [IGNORE_INDEX] * (end - start)
@@ -115,10 +116,11 @@ def encode_preferences(
     chat = next((r for r in records if r.prompt_messages is not None), None)
     if chat is not None and getattr(tokenizer, "chat_template", None) is None:
         raise RecordError(
-            chat.source, chat.line or None,
+            chat.source,
+            chat.line or None,
             "a conversational preference record (lists of messages) needs a tokenizer with a "
             "chat template, and this one has none",
-        )  # fmt: skip
+        )
     flat = [s for r in records for s in _as_sft(r)]
     # max_len far above any length: nothing is dropped here; `_truncate` cuts below.
     encoded, _ = encode_sft_many(flat, tokenizer, max_len=1 << 30, loss_on_prompt=False)
@@ -131,10 +133,11 @@ def encode_preferences(
         longest = max(len(s.input_ids) for s in seqs)
         if longest > max_len and overlong == "error":
             raise RecordError(
-                rec.source, rec.line,
+                rec.source,
+                rec.line,
                 f"a response is {longest} tokens with its prompt, over --max-len {max_len} "
                 "(raise --max-len or use --overlong truncate)",
-            )  # fmt: skip
+            )
         seqs = [_truncate(s, max_len, bos) for s in seqs]
         n_cut += sum(s.truncated for s in seqs)
         pairs = [(w, lo) for w, lo, _ in ranking_to_comparisons(rec.ranking)]
@@ -167,11 +170,7 @@ class PreferenceBatch:
         return int(self.index.numel())
 
     def to(self, device: torch.device | str) -> PreferenceBatch:
-        return replace(
-            self, lm=self.lm.to(device), owner=self.owner.to(device), pairs=self.pairs.to(device),
-            pair_prompt=self.pair_prompt.to(device), index=self.index.to(device),
-            lengths=self.lengths.to(device),
-        )  # fmt: skip
+        return move_to(self, device)
 
 
 def collate_preferences(

@@ -32,7 +32,7 @@ restarting per sequence; for models that keep packed examples apart, `loops.rewa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -56,6 +56,7 @@ from rlhfkit.data.tokenize import (
     truncate_left,
 )
 from rlhfkit.errors import RecordError, UserError
+from rlhfkit.types import move_to
 
 UNLABELED = "unlabeled"  # bucket of comparisons that carry no strength
 BUCKETS: tuple[str, ...] = (*STRENGTHS, UNLABELED)
@@ -335,12 +336,7 @@ class RankingBatch:
         return self.position_ids is not None
 
     def to(self, device: torch.device | str) -> RankingBatch:
-        moved = {
-            f.name: getattr(self, f.name).to(device)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), torch.Tensor)
-        }
-        return replace(self, **moved)
+        return move_to(self, device)
 
 
 def collate_rankings(

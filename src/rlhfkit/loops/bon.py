@@ -65,25 +65,32 @@ def run_bon(cfg: SelectConfig) -> dict[str, Any]:
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     print(f"bon: {len(prompts)} prompts x {n} samples from {path}, T={cfg.temperature:g}")
     r = sample_and_score(
-        make_generator(model, tokenizer, cfg), prompts,
-        encode_prompts(prompts, tokenizer, cfg.max_prompt_len), settings,
-        torch.Generator(device=device).manual_seed(cfg.seed), n=n,
-        batch_size=cfg.batch_size, scorer=scorer, tokenizer=tokenizer,
-    )  # fmt: skip
+        make_generator(model, tokenizer, cfg),
+        prompts,
+        encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
+        settings,
+        torch.Generator(device=device).manual_seed(cfg.seed),
+        n=n,
+        batch_size=cfg.batch_size,
+        scorer=scorer,
+        tokenizer=tokenizer,
+    )
     del model
     scores, per_rm = r.scores.tolist(), {k: v.tolist() for k, v in r.per_rm.items()}
     rows = []
     for i, p in enumerate(prompts):  # prompt-major: prompt i's samples are i*n .. i*n+n-1
         lo, hi = i * n, (i + 1) * n
-        rows.append({
-            "prompt": p.prompt,
-            "safety": bool(p.safety),
-            "proxy": scores[lo:hi],
-            "gold": [gold_per_sample(p.prompt, bool(p.safety), t) for t in r.texts[lo:hi]],
-            "per_rm": {k: v[lo:hi] for k, v in per_rm.items()},
-            "tokens": r.tokens[lo:hi],
-            "responses": r.texts[lo:hi],
-        })  # fmt: skip
+        rows.append(
+            {
+                "prompt": p.prompt,
+                "safety": bool(p.safety),
+                "proxy": scores[lo:hi],
+                "gold": [gold_per_sample(p.prompt, bool(p.safety), t) for t in r.texts[lo:hi]],
+                "per_rm": {k: v[lo:hi] for k, v in per_rm.items()},
+                "tokens": r.tokens[lo:hi],
+                "responses": r.texts[lo:hi],
+            }
+        )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / SAMPLES, rows)
@@ -106,11 +113,13 @@ def run_bon(cfg: SelectConfig) -> dict[str, Any]:
         "gold": has_gold,
         "curve": [
             c if has_gold else {k: v for k, v in c.items() if "gold" not in k} for c in curve
-        ],  # fmt: skip
+        ],
         "seconds": round(time.perf_counter() - t0, 2),
     }
     write_json(out / SUMMARY, summary)
     last = curve[-1]
-    print(f"bon: K={n}: proxy max {last['proxy_max']:.3f}, median {last['proxy_median']:.3f}"
-          f" ({summary['seconds']:.1f} s) -> {out / SAMPLES}")  # fmt: skip
+    print(
+        f"bon: K={n}: proxy max {last['proxy_max']:.3f}, median {last['proxy_median']:.3f}"
+        f" ({summary['seconds']:.1f} s) -> {out / SAMPLES}"
+    )
     return summary

@@ -13,15 +13,42 @@ import logging
 import math
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from rlhfkit.distributed import Dist
+from rlhfkit.config import save_config
+from rlhfkit.distributed import Dist, barrier
+from rlhfkit.errors import UserError
+from rlhfkit.logging import rank0_print
+from rlhfkit.models.run_folder import prepare_output_dir
 from rlhfkit.models.wrap import unwrap
 
 log = logging.getLogger("rlhfkit")
+T = TypeVar("T")
+
+
+def start_output(cfg: Any, d: Dist, command: str) -> Path:
+    """--out made for a run (new, resumed or overwritten: `models.run_folder`) with the
+    resolved config.yaml in it, by rank 0; every rank waits for it. Returns --out."""
+    out = Path(cfg.out)
+    if d.is_main:
+        prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, command=command)
+        save_config(cfg, out / "config.yaml")
+    barrier(d)
+    return out
+
+
+def print_saved_lm(out: Path, d: Dist, extra: str = "") -> None:
+    """The line a causal-LM stage ends with: the final model and its epoch checkpoints."""
+    epochs = sorted(out.glob("epoch-*"), key=lambda p: int(p.name.split("-")[1]))
+    rank0_print(
+        f"model: {out} (AutoModelForCausalLM); epoch checkpoints: "
+        f"{', '.join(p.name for p in epochs) or 'none'}{extra}",
+        rank=d.rank,
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -183,6 +210,17 @@ def optimizer_step(
 # ---------------------------------------------------------------------------------------
 # Data order
 # ---------------------------------------------------------------------------------------
+
+
+def split_held_out(records: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """(train, held out): a seeded share `fraction` of `records` held out (at least one),
+    for --eval-fraction where no --eval-data is given."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(records) * fraction))
+    if n_eval >= len(records):
+        raise UserError(f"--eval-fraction {fraction} leaves no training records")
+    return [records[i] for i in order[n_eval:]], [records[i] for i in order[:n_eval]]
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:

@@ -30,7 +30,8 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
 
-from rlhfkit.config import EvalConfig, checks
+from rlhfkit.config import EvalConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
@@ -147,7 +148,7 @@ def _check_options(cfg: EvalConfig) -> None:
         raise UserError("give the model to evaluate as --model DIR")
     if not cfg.prompts:
         raise UserError("give the prompts as --prompts FILE")
-    checks.baseline_needs_rm(cfg)
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     if cfg.out and Path(cfg.out).exists() and not cfg.overwrite:
         raise UserError(f"{cfg.out} already exists; pass --overwrite to replace it")
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -31,11 +30,11 @@ import torch
 from rlhfkit.config import TrainOptions
 from rlhfkit.data.collate import collate_packed, collate_right
 from rlhfkit.data.tokenize import EncodedExample
-from rlhfkit.distributed import Dist, all_reduce_sum
+from rlhfkit.distributed import all_reduce_sum
 from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
 from rlhfkit.loops.common import rank_micro_batches
-from rlhfkit.loops.trainer import Trainer, start_training
+from rlhfkit.loops.trainer import Trainer, TrainRun, start_training
 from rlhfkit.losses import sft_nll
 from rlhfkit.models.forward import head_reads
 from rlhfkit.models.load import autocast_context
@@ -46,16 +45,9 @@ from rlhfkit.types import IGNORE_INDEX
 
 
 @dataclass
-class LMRun:
-    """What the loop needs besides the options: the roles, data and where to write."""
+class LMRun(TrainRun):
+    """`TrainRun` (examples: `EncodedExample`) and how the LM loop runs."""
 
-    model: torch.nn.Module
-    tokenizer: Any
-    train: Sequence[EncodedExample]
-    eval: Sequence[EncodedExample] = ()
-    out: Path = Path(".")
-    dist: Dist = field(default_factory=Dist)
-    device: torch.device = torch.device("cpu")
     packing: bool = True  # resolved: `choose_packing` turns the option's auto into on/off
     row_tokens: int | None = None  # packed rows hold at most this many tokens (`row_cap`)
     epoch_checkpoints: bool = False  # SFT: a complete `epoch-N/` folder per epoch
@@ -255,10 +247,7 @@ def _end_epoch(t: Trainer, run: LMRun, opts: TrainOptions, epoch: int) -> None:
 def fit_lm(run: LMRun, opts: TrainOptions) -> dict[str, Any]:
     """Train `run.model` on `run.train` with next-token NLL. Returns the summary dict."""
     d = run.dist
-    t = start_training(
-        run.model, run.tokenizer, len(run.train), out=run.out, dist=d, device=run.device,
-        opts=opts, desc=run.desc, counters={"train_tokens": 0},
-    )  # fmt: skip
+    t = start_training(run, opts, desc=run.desc, counters={"train_tokens": 0})
     tokens_seen = 0
     for epoch in t.epochs():
         for step in t.steps(epoch):

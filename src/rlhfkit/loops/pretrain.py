@@ -14,31 +14,26 @@ Steps:
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from rlhfkit.config import PretrainConfig, save_config
+from rlhfkit.config import PretrainConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.chat import set_chat_format
 from rlhfkit.data.records import read_corpus
 from rlhfkit.data.tokenize import EncodedExample, pack_corpus
 from rlhfkit.distributed import barrier, setup_distributed, teardown_distributed
 from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
-from rlhfkit.loops.common import seed_everything
+from rlhfkit.loops.common import seed_everything, start_output
 from rlhfkit.loops.lm import LMRun, fit_lm
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_tokenizer
 from rlhfkit.models.presets import build_model, count_parameters, train_tokenizer
-from rlhfkit.models.resume import prepare_output_dir
 
 
 def train_pretrain(cfg: PretrainConfig) -> dict:
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     d, device = setup_distributed(cfg.device)
-    out = Path(cfg.out)
     texts = read_corpus(cfg.data)
-    if d.is_main:
-        prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, command="pretrain")
-        save_config(cfg, out / "config.yaml")
-    barrier(d)
+    out = start_output(cfg, d, "pretrain")
 
     tok_dir = out / "tokenizer"
     if d.is_main and not (tok_dir / "tokenizer.json").exists():

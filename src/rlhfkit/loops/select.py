@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from rlhfkit.config import SelectConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.distributed import pick_device
@@ -117,8 +118,7 @@ def format_select_table(rows: list[dict[str, Any]], best: str) -> str:
 
 def run_select(cfg: SelectConfig) -> dict[str, Any]:
     """`rlhfkit select` (module docstring). Returns what select.json holds."""
-    if cfg.samples_per_prompt < 1 or cfg.batch_size < 1:
-        raise UserError("--samples-per-prompt and --batch-size must be >= 1")
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     out = Path(cfg.out)
     target = out / "select.json"
     if target.exists() and not cfg.overwrite:

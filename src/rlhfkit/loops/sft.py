@@ -17,21 +17,18 @@ Steps:
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
-
-from rlhfkit.config import SFTConfig, save_config
+from rlhfkit.config import SFTConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.chat import resolve_chat
 from rlhfkit.data.records import read_sft
 from rlhfkit.data.tokenize import EncodeStats, encode_sft
-from rlhfkit.distributed import barrier, setup_distributed, teardown_distributed
+from rlhfkit.distributed import setup_distributed, teardown_distributed
 from rlhfkit.errors import UserError
 from rlhfkit.logging import rank0_print
-from rlhfkit.loops.common import seed_everything
+from rlhfkit.loops.common import print_saved_lm, seed_everything, split_held_out, start_output
 from rlhfkit.loops.lm import LMRun, choose_packing, fit_lm
 from rlhfkit.models.fast_linear import use_onednn_linears
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
-from rlhfkit.models.resume import prepare_output_dir
 
 
 def encode_records(records, tokenizer, cfg: SFTConfig, source: str):
@@ -60,21 +57,13 @@ def encode_records(records, tokenizer, cfg: SFTConfig, source: str):
 
 
 def train_sft(cfg: SFTConfig) -> dict:
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     d, device = setup_distributed(cfg.device)
-    out = Path(cfg.out)
     records = read_sft(cfg.data)
     eval_records = read_sft(cfg.eval_data) if cfg.eval_data else []
     if not eval_records and cfg.eval_fraction > 0:
-        rng = random.Random(cfg.seed)
-        order = list(range(len(records)))
-        rng.shuffle(order)
-        n_eval = max(1, int(len(records) * cfg.eval_fraction))
-        eval_records = [records[i] for i in order[:n_eval]]
-        records = [records[i] for i in order[n_eval:]]
-    if d.is_main:
-        prepare_output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, command="sft")
-        save_config(cfg, out / "config.yaml")
-    barrier(d)
+        records, eval_records = split_held_out(records, cfg.eval_fraction, cfg.seed)
+    out = start_output(cfg, d, "sft")
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     # one format for the model (saved with it): conversational data makes it a chat model
@@ -108,11 +97,6 @@ def train_sft(cfg: SFTConfig) -> dict:
         desc="sft",
     )
     summary = fit_lm(run, cfg)
-    epochs = sorted(out.glob("epoch-*"), key=lambda p: int(p.name.split("-")[1]))
-    rank0_print(
-        f"model: {out} (AutoModelForCausalLM); epoch checkpoints: "
-        f"{', '.join(p.name for p in epochs) or 'none'}",
-        rank=d.rank,
-    )
+    print_saved_lm(out, d)
     teardown_distributed()
     return summary

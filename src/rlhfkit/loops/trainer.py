@@ -6,7 +6,7 @@ training, AdamW and the lr schedule over the run's `total` steps, resume from th
 complete checkpoint, the seeded data order, --max-steps, the progress bar, `metrics.jsonl`,
 and the periodic, mid-epoch and end-of-epoch checkpoints. A loop reads:
 
-    t = start_training(model, tokenizer, len(train), out=..., dist=..., device=..., opts=...)
+    t = start_training(run, opts)             # run: a TrainRun (model, data, where to write)
     for epoch in t.epochs():                  # stops once `total` steps are done
         for step in t.steps(epoch):           # global example indices of one optimizer step
             ...forward / backward of t.micro_batches(step, train)...
@@ -30,7 +30,6 @@ import torch
 
 from rlhfkit.config import TrainOptions
 from rlhfkit.distributed import Dist, barrier
-from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
 from rlhfkit.logging import MetricsLogger, format_metrics, progress, rank0_print
 from rlhfkit.loops.common import (
@@ -46,6 +45,22 @@ from rlhfkit.models.sharded import export_model, read_checkpoint, write_checkpoi
 from rlhfkit.models.wrap import enable_gradient_checkpointing, wrap_for_training
 
 T = TypeVar("T")
+
+
+@dataclass
+class TrainRun:
+    """What a single-model loop needs besides the options: the model, its data and where to
+    write. Each loop's run (`loops.lm.LMRun`, `loops.reward.train.RMRun`, `loops.dpo.DPORun`)
+    adds its own fields."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    train: Sequence[Any]
+    eval: Sequence[Any] = ()
+    out: Path = Path(".")
+    dist: Dist = field(default_factory=Dist)
+    device: torch.device = torch.device("cpu")
+    packing: bool = False  # padding-free packed rows (resolved: `loops.lm.choose_packing`)
 
 
 @dataclass
@@ -161,10 +176,15 @@ class Trainer:
     def save(self, path: Path) -> None:
         """Write a resumable checkpoint, atomically; every process calls (models.sharded)."""
         write_checkpoint(
-            path, models={"model": self.model}, tokenizer=self.tokenizer,
-            optimizers={"model": self.optimizer}, schedulers={"model": self.scheduler},
-            state=dict(self.state), dist=self.dist, adapter=self.opts.save_adapter,
-        )  # fmt: skip
+            path,
+            models={"model": self.model},
+            tokenizer=self.tokenizer,
+            optimizers={"model": self.optimizer},
+            schedulers={"model": self.scheduler},
+            state=dict(self.state),
+            dist=self.dist,
+            adapter=self.opts.save_adapter,
+        )
 
     def save_step(self) -> None:
         """The step checkpoint `checkpoints/step-N/`; then only the newest --keep-checkpoints
@@ -180,9 +200,12 @@ class Trainer:
         if ckpt is None:
             return None
         state = read_checkpoint(
-            ckpt, models={"model": self.model}, optimizers={"model": self.optimizer},
-            schedulers={"model": self.scheduler}, dist=self.dist,
-        )  # fmt: skip
+            ckpt,
+            models={"model": self.model},
+            optimizers={"model": self.optimizer},
+            schedulers={"model": self.scheduler},
+            dist=self.dist,
+        )
         rank0_print(f"resuming from {ckpt} at step {state['step']}", rank=self.dist.rank)
         return state
 
@@ -190,9 +213,13 @@ class Trainer:
         """The trained model as a plain Hugging Face folder (gathered when sharded; with
         LoRA merged, and the adapter folder too with --save-adapter)."""
         export_model(
-            self.model, self.tokenizer, folder, dist=self.dist, extra_json=extra_json,
+            self.model,
+            self.tokenizer,
+            folder,
+            dist=self.dist,
+            extra_json=extra_json,
             adapter=self.opts.save_adapter,
-        )  # fmt: skip
+        )
 
     # --- the end ------------------------------------------------------------------------
 
@@ -218,33 +245,28 @@ def count_steps(n_examples: int, global_batch: int, d: Dist, opts: TrainOptions)
 
 
 def start_training(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    n_examples: int,
-    *,
-    out: str | Path,
-    dist: Dist,
-    device: torch.device,
-    opts: TrainOptions,
-    desc: str = "train",
-    counters: dict[str, Any] | None = None,
+    run: TrainRun, opts: TrainOptions, desc: str = "train", counters: dict[str, Any] | None = None
 ) -> Trainer:
-    """Wrap `model` (with LoRA adapters when --lora-r > 0: `model` is adapted in place and
-    only the adapters train), build AdamW and the schedule, resume (with --resume) and open
-    the logs.
+    """Wrap `run.model` (with LoRA adapters when --lora-r > 0: the model is adapted in place
+    and only the adapters train), build AdamW and the schedule over `run.train`, resume
+    (with --resume) and open the logs in `run.out`.
 
     `counters` are the loop's own state entries (e.g. {"train_tokens": 0}), saved and
     restored with the step. One optimizer step takes `batch_size * grad_accum *
     world_size` examples.
     """
-    if opts.save_adapter and not opts.lora_r:
-        raise UserError("--save-adapter needs LoRA: pass --lora-r > 0")
+    model, dist, n_examples = run.model, run.dist, len(run.train)
     if opts.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     wrapped = wrap_for_training(
-        model.to(device), dist, device, opts.strategy, bf16=opts.bf16,
-        cpu_offload=opts.cpu_offload, lora=opts,
-    )  # fmt: skip
+        model.to(run.device),
+        dist,
+        run.device,
+        opts.strategy,
+        bf16=opts.bf16,
+        cpu_offload=opts.cpu_offload,
+        lora=opts,
+    )
     wrapped.train()
     optimizer = build_optimizer(
         wrapped,
@@ -263,10 +285,18 @@ def start_training(
         min_ratio=opts.min_lr_ratio,
     )
     t = Trainer(
-        model=wrapped, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-        opts=opts, out=Path(out), dist=dist, n_examples=n_examples,
-        global_batch=global_batch, steps_per_epoch=per_epoch, total=total,
-    )  # fmt: skip
+        model=wrapped,
+        tokenizer=run.tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        opts=opts,
+        out=Path(run.out),
+        dist=dist,
+        n_examples=n_examples,
+        global_batch=global_batch,
+        steps_per_epoch=per_epoch,
+        total=total,
+    )
     fresh = {"step": 0, "epoch": 0, "step_in_epoch": 0, **(counters or {}), "history": []}
     restored = t.restore() if opts.resume else None
     t.state = {**fresh, **(restored or {})}  # counters newer than the checkpoint start fresh

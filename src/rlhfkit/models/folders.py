@@ -141,8 +141,13 @@ def check_safetensors(file: Path) -> None:
 
 # --- Sizes -------------------------------------------------------------------------------
 
-POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length",
-                 "seq_length")  # fmt: skip
+POSITION_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "max_sequence_length",
+    "seq_length",
+)
 """Where a config.json says how many positions its model has (the first one found)."""
 
 

@@ -127,9 +127,15 @@ def sample(
             decoder = LlamaDecoder.build(model, mask, max_new_tokens) or _HFDecoder(model, mask)
             picker = _Picker(temperature, top_k, top_p, generator)
             response, logprobs = _sample_loop(
-                decoder, picker, ids, mask, max_new_tokens, eos_token_id, pad_token_id,
+                decoder,
+                picker,
+                ids,
+                mask,
+                max_new_tokens,
+                eos_token_id,
+                pad_token_id,
                 stop_at_eos,
-            )  # fmt: skip
+            )
         response, logprobs = response.clone(), logprobs.clone()
     finally:
         model.train(was_training)

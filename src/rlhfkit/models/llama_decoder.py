@@ -201,9 +201,13 @@ class LlamaDecoder:
         keys[:, :, start:end] = qk[:, n_q:]
         values[:, :, start:end] = qkv[:, n_q + n_kv :]
         out = F.scaled_dot_product_attention(
-            qk[:, :n_q], keys[:, :, :end], values[:, :, :end], attn_mask=bias,
-            scale=self.scale, enable_gqa=n_q != n_kv,
-        )  # fmt: skip
+            qk[:, :n_q],
+            keys[:, :, :end],
+            values[:, :, :end],
+            attn_mask=bias,
+            scale=self.scale,
+            enable_gqa=n_q != n_kv,
+        )
         return out.transpose(1, 2).reshape(batch, t, n_q * dim)
 
     def _forward(self, ids: torch.Tensor, start: int, bias: torch.Tensor) -> torch.Tensor:

@@ -68,8 +68,6 @@ def add_lora(model: torch.nn.Module, opts: Any) -> torch.nn.Module:
     `model` itself (module docstring). `opts.lora_r == 0`: `model` unchanged."""
     if not opts.lora_r:
         return model
-    if opts.lora_r < 0 or opts.lora_alpha <= 0 or not 0 <= opts.lora_dropout < 1:
-        raise UserError("--lora-r must be >= 0, --lora-alpha > 0, 0 <= --lora-dropout < 1")
     from peft import LoraConfig, get_peft_model
 
     if has_lora(model):  # the next round of `rs`: the last adapter becomes part of the base

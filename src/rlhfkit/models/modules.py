@@ -59,10 +59,11 @@ def bias_feeding(
     for name, mod in candidates.items():
         handles.append(
             mod.register_forward_hook(
-                lambda m, i, out, name=name: outputs.__setitem__(name, out)
-                if isinstance(out, torch.Tensor) else None
+                lambda m, i, out, name=name: (
+                    outputs.__setitem__(name, out) if isinstance(out, torch.Tensor) else None
+                )
             )
-        )  # fmt: skip
+        )
     vocab = int(getattr(model.config.get_text_config(), "vocab_size", 0) or 2)
     ids = (torch.arange(1, 9, device=head.weight.device) % vocab)[None]  # (1, 8)
     try:

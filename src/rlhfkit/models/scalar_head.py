@@ -142,9 +142,13 @@ class ScoreHeadMixin:
         """logits (B, 1): the head at each row's last real token (module docstring); with
         `labels` (B,), loss = mean squared error, as transformers' regression heads."""
         given = dict(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-        )  # fmt: skip
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
         # Only what was given: some backbones (state-space models) take no position ids.
         given = {k: v for k, v in given.items() if v is not None}
         out = getattr(self, self.base_model_prefix)(**given, **kwargs)
@@ -205,8 +209,11 @@ def score_head_class(config: Any) -> type[PreTrainedModel]:
 def mark(config: Any, *, bias: bool = False) -> None:
     """Put the marker into `config` (in place): this config describes a score head model."""
     prefix = _causal_lm_class(config).base_model_prefix
-    setattr(config, SCORE_HEAD_MARKER,
-            {"format": FORMAT, "backbone": prefix, "head": "score", "bias": bias})  # fmt: skip
+    setattr(
+        config,
+        SCORE_HEAD_MARKER,
+        {"format": FORMAT, "backbone": prefix, "head": "score", "bias": bias},
+    )
 
 
 def note_head_bias(model: torch.nn.Module) -> None:

@@ -57,9 +57,14 @@ def write_checkpoint(
             # Looked up on the module at each call, so tests can patch it to kill a run
             # right after a given checkpoint.
             ckpt.save_checkpoint(
-                path, models=plain, tokenizer=tokenizer, optimizers=optimizers,
-                schedulers=schedulers, state=state, adapter=adapter,
-            )  # fmt: skip
+                path,
+                models=plain,
+                tokenizer=tokenizer,
+                optimizers=optimizers,
+                schedulers=schedulers,
+                state=state,
+                adapter=adapter,
+            )
         barrier(dist)
         return
     if dist.is_main:
@@ -83,8 +88,13 @@ def write_checkpoint(
             "rng": ckpt.rng_state(),
         }
         torch.save(trainer_state, tmp / ckpt.STATE_PT)
-        meta = {"rlhfkit_version": __version__, "roles": list(models), "saved": time.time(),
-                "sharded": True, "world_size": dist.world_size}  # fmt: skip
+        meta = {
+            "rlhfkit_version": __version__,
+            "roles": list(models),
+            "saved": time.time(),
+            "sharded": True,
+            "world_size": dist.world_size,
+        }
         ckpt.write_state_json(
             tmp / ckpt.STATE_JSON, {"meta": meta, "state": json.loads(json.dumps(dict(state)))}
         )
@@ -123,9 +133,11 @@ def read_checkpoint(
     for role, model in models.items():
         opt = optimizers.get(role)
         set_state_dict(
-            unwrap(model), opt if opt is not None else [],
-            model_state_dict=target[role]["model"], optim_state_dict=target[role]["optim"],
-        )  # fmt: skip
+            unwrap(model),
+            opt if opt is not None else [],
+            model_state_dict=target[role]["model"],
+            optim_state_dict=target[role]["optim"],
+        )
     trainer_state = torch.load(root / ckpt.STATE_PT, map_location="cpu", weights_only=True)
     for name, sched in schedulers.items():
         sched.load_state_dict(trainer_state["schedulers"][name])
@@ -162,7 +174,11 @@ def export_model(
     full = full_state_dict(model)  # collective when sharded
     if dist.is_main:
         ckpt.export_hf(
-            unwrap(model), tokenizer, folder, extra_json=extra_json, state_dict=full,
+            unwrap(model),
+            tokenizer,
+            folder,
+            extra_json=extra_json,
+            state_dict=full,
             adapter=adapter,
-        )  # fmt: skip
+        )
     barrier(dist)

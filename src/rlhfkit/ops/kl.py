@@ -96,6 +96,8 @@ class FixedKLController:
     """A constant KL coefficient beta (InstructGPT: 0.02; Llama 2: 0.01 / 0.005)."""
 
     def __init__(self, kl_coef: float) -> None:
+        # Kept though --kl-coef declares its range: a negative beta silently turns the
+        # penalty into a bonus for drifting from the reference.
         if kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
         self.value = float(kl_coef)
@@ -124,6 +126,8 @@ class AdaptiveKLController:
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
+        # Kept though the options declare their ranges: beta < 0 rewards drift, target 0
+        # divides by zero and horizon <= 0 steers the wrong way, all without an error.
         if init_kl_coef < 0 or target <= 0 or horizon <= 0:
             raise ValueError(
                 f"need init_kl_coef >= 0, target > 0, horizon > 0; "

@@ -25,6 +25,8 @@ def _scaled_row(row: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def _check_temperature(temperature: float) -> None:
+    # Kept though the options declare their ranges (`config.fields`): this is pure math
+    # called from anywhere, and a temperature <= 0 gives inf / NaN log-probs silently.
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 

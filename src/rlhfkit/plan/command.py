@@ -8,6 +8,7 @@ from typing import Any
 
 from rlhfkit.config import PLAN_CONFIGS, PLAN_STAGES
 from rlhfkit.config.base import is_url, parse_rm_spec
+from rlhfkit.config.checks import check_options
 from rlhfkit.config.rl import estimator_options, needs_value_model
 from rlhfkit.errors import UserError
 from rlhfkit.plan.count import (
@@ -50,8 +51,12 @@ def stage_roles(cfg: Any) -> tuple[list[Role], dict[str, int]]:
         return [Role("model", source, s, True)], {"train": act}
     if cfg.stage in ("sft", "rs"):
         source = cfg.model if cfg.stage == "sft" else cfg.policy
-        s = count_model(read_config(source, "--model" if cfg.stage == "sft" else "--policy", trust),
-                        seq_cls=False, lora=lora, trust_remote_code=trust)  # fmt: skip
+        s = count_model(
+            read_config(source, "--model" if cfg.stage == "sft" else "--policy", trust),
+            seq_cls=False,
+            lora=lora,
+            trust_remote_code=trust,
+        )
         b, seq = cfg.batch_size, cfg.max_len
         phases = {"train": layer_act(s, b, seq, a, gc) + logits_act(s, b, seq, a)}
         if cfg.stage == "rs":
@@ -59,8 +64,12 @@ def stage_roles(cfg: Any) -> tuple[list[Role], dict[str, int]]:
             phases["sample"] = kv_cache(s, gen, cfg.max_prompt_len + cfg.max_new_tokens, a)
         return [Role("model" if cfg.stage == "sft" else "policy", source, s, True)], phases
     if cfg.stage == "rm":
-        s = count_model(read_config(cfg.model, "--model", trust), seq_cls=True, lora=lora,
-                        trust_remote_code=trust)  # fmt: skip
+        s = count_model(
+            read_config(cfg.model, "--model", trust),
+            seq_cls=True,
+            lora=lora,
+            trust_remote_code=trust,
+        )
         # a ranking prompt brings K responses; counted as a pair (K = 2) per prompt
         act = layer_act(s, 2 * cfg.batch_size, cfg.max_len, a, gc)
         return [Role("reward model", cfg.model, s, True, "head: 1 output")], {"train": act}
@@ -75,15 +84,18 @@ def _ppo_roles(
     cfg: Any, a: int, gc: bool, n: int, trust: bool
 ) -> tuple[list[Role], dict[str, int]]:
     policy_cfg = read_config(cfg.policy, "--policy", trust)
-    policy = count_model(policy_cfg, seq_cls=False, lora=cfg if cfg.lora_r else None,
-                         trust_remote_code=trust)  # fmt: skip
+    policy = count_model(
+        policy_cfg, seq_cls=False, lora=cfg if cfg.lora_r else None, trust_remote_code=trust
+    )
     roles = [Role("policy", cfg.policy, policy, True, f"LoRA r={cfg.lora_r}" if cfg.lora_r else "")]
     if cfg.lora_r and cfg.reference in (None, "", cfg.policy):
         roles.append(Role("reference", cfg.policy, None, False, "the policy, adapter off"))
     else:
         ref = cfg.reference or cfg.policy
-        roles.append(Role("reference", ref, count_model(
-            read_config(ref, "--reference", trust), seq_cls=False, trust_remote_code=trust), False))  # fmt: skip
+        shape = count_model(
+            read_config(ref, "--reference", trust), seq_cls=False, trust_remote_code=trust
+        )
+        roles.append(Role("reference", ref, shape, False))
     rms = {} if cfg.rule_reward else dict(parse_rm_spec(s) for s in cfg.rm)
     rms = {name: path for name, path in rms.items() if not is_url(path)}  # served: not here
     rm_shapes = {
@@ -143,15 +155,20 @@ def _ppo_phases(cfg: Any, policy: Any, value: Any, a: int, gc: bool, n: int) -> 
 
 
 def _dpo_roles(cfg: Any, a: int, gc: bool, trust: bool) -> tuple[list[Role], dict[str, int]]:
-    policy = count_model(read_config(cfg.model, "--model", trust), seq_cls=False,
-                         lora=cfg if cfg.lora_r else None, trust_remote_code=trust)  # fmt: skip
+    policy = count_model(
+        read_config(cfg.model, "--model", trust),
+        seq_cls=False,
+        lora=cfg if cfg.lora_r else None,
+        trust_remote_code=trust,
+    )
     roles = [Role("policy", cfg.model, policy, True, f"LoRA r={cfg.lora_r}" if cfg.lora_r else "")]
     if cfg.reference in (None, "", cfg.model):  # its log-probs come from the starting policy
         note = "the policy, adapter off" if cfg.lora_r else "the policy before its first step"
         roles.append(Role("reference", cfg.model, None, False, note))
     else:  # counted though freed before training: an upper bound
-        ref = count_model(read_config(cfg.reference, "--reference", trust), seq_cls=False,
-                          trust_remote_code=trust)  # fmt: skip
+        ref = count_model(
+            read_config(cfg.reference, "--reference", trust), seq_cls=False, trust_remote_code=trust
+        )
         roles.append(
             Role("reference", cfg.reference, ref, False, "one pass, freed before training")
         )
@@ -177,8 +194,6 @@ def parse_bytes(text: str) -> int:
 
 def make_plan(cfg: Any) -> dict[str, Any]:
     """The plan of a `Plan<Stage>Config` as a JSON-ready dict (what --json prints)."""
-    if cfg.nproc < 1:
-        raise UserError("--nproc must be >= 1")
     capacity = parse_bytes(cfg.device_memory)
     roles, phases = stage_roles(cfg)
     sharded = cfg.strategy == "fsdp2" and cfg.nproc > 1
@@ -269,13 +284,16 @@ def format_plan(p: dict[str, Any]) -> str:
             lines.append(f"{k.replace('_', ' '):<40}{_gb(p[k]):>12}")
     verdict = "fits" if p["fits"] else "does NOT fit"
     share = 100 * p["total_per_device"] / p["device_memory"]
-    lines.append(f"{'total per device':<40}{_gb(p['total_per_device']):>12}"
-                 f"  of {_gb(p['device_memory'])}: {verdict} ({share:.0f}%)")  # fmt: skip
+    lines.append(
+        f"{'total per device':<40}{_gb(p['total_per_device']):>12}"
+        f"  of {_gb(p['device_memory'])}: {verdict} ({share:.0f}%)"
+    )
     return "\n".join(lines)
 
 
 def run_plan(cfg: Any) -> int:
     """Print the plan of `rlhfkit plan STAGE ...` (table, or JSON with --json)."""
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     stage = getattr(cfg, "stage", "")
     if stage not in PLAN_CONFIGS:
         what = f"unknown stage {stage!r}" if stage else "name a stage"

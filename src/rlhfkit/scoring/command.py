@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.records import ScoredRecord, read_scoring_records
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import RecordError, UserError
@@ -22,6 +23,7 @@ from rlhfkit.scoring.rm import RewardScorer
 
 def run_score(cfg: Any) -> dict:
     """`rlhfkit score`: write each record with "score" (combined) and "scores" (per RM)."""
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     if not cfg.rm:
         raise UserError("give at least one reward model: --rm NAME=DIR or NAME=URL (repeatable)")
     out = Path(cfg.out)

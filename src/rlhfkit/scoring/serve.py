@@ -342,6 +342,9 @@ def serve_rm(cfg: Any) -> int:
     """`rlhfkit serve-rm`: load the RM, serve it until interrupted (Ctrl-C, SIGTERM)."""
     import uvicorn
 
+    from rlhfkit.config.checks import check_options
+
+    check_options(cfg)  # the declared ranges, also when called from Python
     check_port(cfg.host, cfg.port)
     rm = ServedRM.load(
         cfg.model, pick_device(cfg.device), cfg.max_len, cfg.max_batch, cfg.trust_remote_code

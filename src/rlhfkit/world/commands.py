@@ -13,6 +13,7 @@ from pathlib import Path
 from statistics import fmean
 
 from rlhfkit.config import WorldJudgeConfig, WorldLabelConfig, WorldMakeConfig
+from rlhfkit.config.checks import check_options
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_jsonl
 from rlhfkit.world.generate import WorldSettings
@@ -30,6 +31,7 @@ RANKING_FILES = ("rankings_helpfulness.jsonl", "rankings_safety.jsonl", "samples
 
 def world_make(cfg: WorldMakeConfig) -> dict:
     """`rlhfkit world make`: write the world's files into --out."""
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     out = Path(cfg.out)
     refuse_existing([out / f for f in WORLD_FILES], cfg.overwrite)
     fields = WorldSettings.__dataclass_fields__
@@ -53,6 +55,7 @@ def world_make(cfg: WorldMakeConfig) -> dict:
 
 def world_judge(cfg: WorldJudgeConfig) -> dict:
     """`rlhfkit world judge`: add gold scores to {"prompt","response"} records."""
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     src = Path(cfg.data)
     out = (
         Path(cfg.out)
@@ -82,10 +85,7 @@ def world_label(cfg: WorldLabelConfig) -> dict:
     simulated labellers, write one rankings file per dimension plus the scored samples."""
     from rlhfkit.world.sampling import ModelSampler
 
-    if cfg.k < 2:
-        raise UserError(f"--k must be at least 2 to rank, got {cfg.k}")
-    if cfg.noise < 0:
-        raise UserError(f"--noise must be >= 0, got {cfg.noise}")
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     out = Path(cfg.out)
     refuse_existing([out / f for f in RANKING_FILES], cfg.overwrite)
     records = read_world_prompts(cfg.prompts)[: cfg.max_prompts]

@@ -12,7 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tests.helpers import assert_same_training, make_base_model, write_jsonl
+from tests.helpers import (
+    PDROP,
+    assert_same_training,
+    make_base_model,
+    two_train_forwards,
+    write_jsonl,
+)
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.cli import main
@@ -20,8 +26,13 @@ from rlhfkit.config import RMConfig
 from rlhfkit.data.ranking import STRENGTHS
 from rlhfkit.data.records import RankingRecord
 from rlhfkit.data.reward_data import collate_rankings, encode_rankings, resolve_margin_table
-from rlhfkit.loops.reward.eval import evaluate_rm, ranking_batch_loss
-from rlhfkit.loops.reward.train import RMRun, accumulate_gradients, fit_rm
+from rlhfkit.loops.reward.train import (
+    RMRun,
+    accumulate_gradients,
+    evaluate_rm,
+    fit_rm,
+    ranking_batch_loss,
+)
 from rlhfkit.models.reward import init_reward_model, reward_scores
 from rlhfkit.scoring.rm import encode_responses, score_texts
 
@@ -62,35 +73,6 @@ def records_of(rows: list[dict]) -> list[RankingRecord]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, tiny_tokenizer) -> Path:
     return make_base_model(tmp_path_factory.mktemp("rm") / "base", tiny_tokenizer)
-
-
-# ---------------------------------------------------------------- margins and the strength rule
-
-
-def test_loop_applies_margins_and_strongest_on_path_rule(tiny_tokenizer):
-    # ranking best..worst = responses [2, 0, 3, 1]; adjacent strengths slightly, significantly,
-    # negligibly. By rank position (i, j) the pair's strength is the strongest of
-    # strengths[i..j-1]: (0,1) slightly; (0,2),(0,3),(1,2),(1,3) significantly; (2,3) negligibly.
-    rec = RankingRecord(
-        "p", ["a", "b", "c", "d"], [2, 0, 3, 1],
-        ["slightly_better", "significantly_better", "negligibly_better"], 1, "f",
-    )  # fmt: skip
-    (ex,), _ = encode_rankings([rec], tiny_tokenizer, 64, resolve_margin_table("llama2-large"))
-    assert len(ex.sequences) == 4
-    assert ex.pairs == [(2, 0), (2, 3), (2, 1), (0, 3), (0, 1), (3, 1)]
-    assert ex.buckets == ["slightly_better"] + ["significantly_better"] * 4 + ["negligibly_better"]
-    assert ex.margins == [1.0, 3.0, 3.0, 3.0, 3.0, 0.0]
-    (ex,), _ = encode_rankings([rec], tiny_tokenizer, 64, resolve_margin_table("llama2-small"))
-    assert ex.margins == pytest.approx([1 / 3, 1, 1, 1, 1, 0])
-    table = resolve_margin_table("significantly_better=5,slightly_better=0.5")
-    (ex,), _ = encode_rankings([rec], tiny_tokenizer, 64, table)
-    assert ex.margins == [0.5, 5, 5, 5, 5, 0]
-    (ex,), _ = encode_rankings([rec], tiny_tokenizer, 64, resolve_margin_table("none"))
-    assert ex.margins == [0.0] * 6
-    # no strengths: margin 0, bucket "unlabeled"
-    rec.strengths = None
-    (ex,), _ = encode_rankings([rec], tiny_tokenizer, 64, resolve_margin_table("llama2-large"))
-    assert ex.margins == [0.0] * 6 and set(ex.buckets) == {"unlabeled"}
 
 
 def _naive_strength(strengths, i, j):
@@ -489,3 +471,16 @@ def test_cli_rm_trains_on_trl_and_anthropic_formats(base, tmp_path, capsys, fmt)
     assert main(["rm", "eval", "--model", str(out), "--data", str(data), "--out", str(report),
                  "--device", "cpu"]) == 0  # fmt: skip
     assert json.loads(report.read_text())["n_pairs"] == 8
+
+
+def test_rm_trains_without_dropout_and_saves_config_with_0(gpt2_dir, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", keyword_rankings(8, 3, seed=0))
+    out = tmp_path / "rm"
+    assert main(_rm_args(gpt2_dir, [data], out, "--max-steps", "2", "--batch-size", "4")) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert all(saved[k] == 0.0 for k in PDROP), {k: saved[k] for k in PDROP}
+    hf = AutoModelForSequenceClassification.from_pretrained(out)
+    a, b = two_train_forwards(hf)
+    assert a == b
+    # the LM folder it started from keeps its dropout (SFT trains with it)
+    assert json.loads((gpt2_dir / "config.json").read_text())["resid_pdrop"] == 0.1

@@ -60,7 +60,8 @@ from typing import Any
 
 import torch
 
-from rlhfkit.config import PPOConfig, checks, save_config
+from rlhfkit.config import PPOConfig, save_config
+from rlhfkit.config.checks import check_options
 from rlhfkit.config.rl import ESTIMATOR_DEFAULTS, estimator_options
 from rlhfkit.data.records import read_corpus, read_prompts
 from rlhfkit.distributed import (
@@ -70,7 +71,6 @@ from rlhfkit.distributed import (
     setup_distributed,
     teardown_distributed,
 )
-from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
 from rlhfkit.logging import (
     MetricsLogger,
@@ -157,8 +157,8 @@ def sampling_generator(seed: int, step: int, rank: int, device: torch.device) ->
 def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
     """Run `rlhfkit ppo` (module docstring). Returns the summary dict."""
     cpu_start = time.process_time()
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     d, device = setup_distributed(cfg.device)
-    _check(cfg)
     out = Path(cfg.out)
     prompts, eval_prompts, corpus = _read_inputs(cfg, d)
     if d.is_main:
@@ -233,22 +233,6 @@ def train_ppo(cfg: PPOConfig) -> dict[str, Any]:
         rank0_print(f"ppo: final policy written to {out} (rlhfkit eval --model {out})")
     teardown_distributed()
     return summary
-
-
-def _check(cfg: PPOConfig) -> None:
-    """The rules `rlhfkit.validate` checks before torch loads, again for callers of
-    `train_ppo` (`config.checks`: the reward, full-distribution sampling, minibatches,
-    PPO-ptx, LoRA), and the ranges that matter here."""
-    for check in (checks.one_reward, checks.full_distribution, checks.mini_batches, checks.ptx,
-                  checks.save_adapter):  # fmt: skip
-        check(cfg)
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.ppo_epochs < 1:
-        raise UserError("--steps, --batch-size and --ppo-epochs must be >= 1")
-    checks.estimator(cfg)
-    if cfg.ptx_coef < 0:
-        raise UserError("--ptx-coef must be >= 0")
-    if cfg.kl_target is not None and cfg.kl_target <= 0:
-        raise UserError("--kl-target must be > 0")
 
 
 def _read_inputs(cfg: PPOConfig, d: Dist):

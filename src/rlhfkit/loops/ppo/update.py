@@ -165,9 +165,12 @@ def add_advantages(value_model: torch.nn.Module, rollout: Rollout, s: UpdateSett
     with torch.set_grad_enabled(keep_graph), autocast_context(rollout.device, s.bf16):
         model = value_model if keep_graph else unwrap(value_model)  # DDP hooks only if trained
         graph = response_values(
-            model, rollout.sequences, rollout.attention_mask, rollout.prompt_len,
+            model,
+            rollout.sequences,
+            rollout.attention_mask,
+            rollout.prompt_len,
             packed="value" in s.packed,
-        )  # fmt: skip
+        )
     mask = rollout.response_mask
     values = graph.detach().masked_fill(~mask, 0.0)
     rewards = rollout.rewards
@@ -178,9 +181,13 @@ def add_advantages(value_model: torch.nn.Module, rollout: Rollout, s: UpdateSett
         advantages = global_whiten(advantages, mask)
     timings = {**rollout.timings, "value": sync_time(rollout.device) - t0}
     return replace(
-        rollout, values=values, advantages=advantages, returns=returns, timings=timings,
+        rollout,
+        values=values,
+        advantages=advantages,
+        returns=returns,
+        timings=timings,
         value_graph=graph if keep_graph else None,
-    )  # fmt: skip
+    )
 
 
 def ppo_update(
@@ -324,10 +331,15 @@ def _policy_backward(
     logprobs = response_logprobs(logits, seq, P, s.temperature)  # (b, R)
     kl_loss = s.kl_in == "loss" and kl_coef > 0  # GRPO: kl_coef x k3 per token
     loss, stats = POLICY_LOSSES[s.loss_agg](
-        logprobs, mb["logprobs"], mb["advantages"], mb["response_mask"], s.clip_eps,
+        logprobs,
+        mb["logprobs"],
+        mb["advantages"],
+        mb["response_mask"],
+        s.clip_eps,
         ref_logprobs=mb["ref_logprobs"] if kl_loss else None,
-        kl_coef=kl_coef if kl_loss else 0.0, norm_length=s.norm_length,
-    )  # fmt: skip
+        kl_coef=kl_coef if kl_loss else 0.0,
+        norm_length=s.norm_length,
+    )
     (loss * weight).backward()
     if entropy:
         with torch.no_grad():

@@ -98,15 +98,24 @@ def _kept(rec: Any, round_index: int, i: int, pool: Sequence[float]) -> Kept:
     gap = rec.scores[i] - median(pool)
     logprobs = getattr(rec, "logprobs", None)
     return Kept(
-        rec.prompt, rec.responses[i], rec.scores[i], round_index, i, rec.safety, tokens, gap,
-        _ended(rec, i), getattr(rec, "messages", None), logprobs[i] if logprobs else None,
-    )  # fmt: skip
+        rec.prompt,
+        rec.responses[i],
+        rec.scores[i],
+        round=round_index,
+        index=i,
+        safety=rec.safety,
+        tokens=tokens,
+        gap=gap,
+        ended=_ended(rec, i),
+        prompt_messages=getattr(rec, "messages", None),
+        logprob=logprobs[i] if logprobs else None,
+    )
 
 
 def ranking_values(rec: Any, kl_coef: float = 0.0) -> list[float]:
     """What the keep rules maximise over a record's candidates: r(x, y), or with
     `kl_coef` beta > 0, r(x, y) + beta log pi(y | x) (module docstring)."""
-    if kl_coef < 0:
+    if kl_coef < 0:  # kept (pure function): beta < 0 would silently favour unlikely samples
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
     if kl_coef == 0:
         return list(rec.scores)
@@ -176,7 +185,7 @@ def confident(kept: Sequence[Kept], min_gap: float) -> list[Kept]:
     """The kept samples whose reward beats their pool's median by at least `min_gap`
     (module docstring); `min_gap` 0 keeps all of them (with --kl-coef a kept sample's
     reward can be below its pool's median)."""
-    if min_gap < 0:
+    if min_gap < 0:  # kept (pure function): it would silently keep below-median samples
         raise ValueError(f"min_gap must be >= 0, got {min_gap}")
     return list(kept) if min_gap == 0 else [k for k in kept if k.gap >= min_gap]
 

@@ -47,11 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import RSConfig, checks, save_config
+from rlhfkit.config.checks import check_options
 from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.errors import RemoteUnavailable, UserError
 from rlhfkit.files import write_json
 from rlhfkit.logging import MetricsLogger
-from rlhfkit.loops.rejection.keep import KEEP_RULES
 from rlhfkit.loops.rejection.rounds import RS_INFO, RSRun
 from rlhfkit.models.resume import prepare_output_dir
 from rlhfkit.report.plots import plot_max_median
@@ -71,19 +71,11 @@ def round_temperatures(cfg: RSConfig) -> list[float]:
     temps = list(cfg.temperature)
     if len(temps) == 1:
         temps = temps * cfg.rounds
-    if any(t < 0 for t in temps):
-        raise UserError("--temperature must be >= 0")
     return temps
 
 
 def _check(cfg: RSConfig) -> list[float]:
-    checks.one_reward(cfg)
-    if cfg.k < 1 or cfg.rounds < 1 or cfg.sample_batch_size < 1 or cfg.epochs < 1:
-        raise UserError("--k, --rounds, --sample-batch-size and --epochs must be >= 1")
-    if cfg.keep not in KEEP_RULES:
-        raise UserError(f"--keep must be one of {sorted(KEEP_RULES)}")
-    if cfg.min_gap < 0:
-        raise UserError(f"--min-gap must be >= 0, got {cfg.min_gap}")
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("rlhfkit rs runs in one process: launch it without torchrun")
     return round_temperatures(cfg)

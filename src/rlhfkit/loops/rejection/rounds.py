@@ -197,9 +197,15 @@ class RSRun:
         rdir.mkdir(parents=True, exist_ok=True)
         model = self.policy()
         records = sample_round(
-            model, self.tokenizer, self.prompts, self.prompt_ids, self.scorer,
-            self.settings(temperature), round_index=r, path=rdir / SAMPLES,
-        )  # fmt: skip
+            model,
+            self.tokenizer,
+            self.prompts,
+            self.prompt_ids,
+            self.scorer,
+            self.settings(temperature),
+            round_index=r,
+            path=rdir / SAMPLES,
+        )
         greedy = self.greedy(model, r) if self.cfg.add_greedy else None
         self.history.append(records if greedy is None else with_greedy(records, greedy))
         best = KEEP_RULES[self.cfg.keep](self.history, self.cfg.kl_coef)
@@ -243,9 +249,16 @@ class RSRun:
             self.settings(0.0), k=1, prompts_per_batch=self.cfg.sample_batch_size
         )
         return sample_round(
-            model, self.tokenizer, self.prompts, self.prompt_ids, self.scorer, s,
-            round_index=r, path=self.out / f"round-{r}" / GREEDY, what="greedy",
-        )  # fmt: skip
+            model,
+            self.tokenizer,
+            self.prompts,
+            self.prompt_ids,
+            self.scorer,
+            s,
+            round_index=r,
+            path=self.out / f"round-{r}" / GREEDY,
+            what="greedy",
+        )
 
     def finetune(
         self, model: torch.nn.Module, kept: list[Kept], rdir: Path, r: int
@@ -256,12 +269,16 @@ class RSRun:
         opts = dataclasses.replace(self.cfg, out=str(train_dir), resume=True)
         seed_everything(self.cfg.seed + r)  # dropout, if any (a resume restores the RNG)
         lm_run = LMRun(
-            model=model, tokenizer=self.tokenizer, train=examples, out=train_dir,
-            device=self.device, packing=choose_packing(model, self.cfg.packing, "rs"),
+            model=model,
+            tokenizer=self.tokenizer,
+            train=examples,
+            out=train_dir,
+            device=self.device,
+            packing=choose_packing(model, self.cfg.packing, "rs"),
             row_tokens=self.cfg.max_len,
             epoch_checkpoints=True,
             desc=f"round {r} train",
-        )  # fmt: skip
+        )
         summary = fit_lm(lm_run, opts)
         keys = ("final_loss", "steps", "train_tokens", "wall_time_s", "tokens_per_s")
         return {k: summary.get(k) for k in keys}

@@ -144,9 +144,16 @@ def sample_batch(
     if s.logprobs and policy is None:
         raise ValueError("s.logprobs needs the policy module")
     r = sample_and_score(
-        generator, prompts, prompt_ids, s.generation(), rng, n=k, scorer=scorer,
-        tokenizer=tokenizer, logprob_model=policy if s.logprobs else None,
-    )  # fmt: skip
+        generator,
+        prompts,
+        prompt_ids,
+        s.generation(),
+        rng,
+        n=k,
+        scorer=scorer,
+        tokenizer=tokenizer,
+        logprob_model=policy if s.logprobs else None,
+    )
     texts, scores_l, tokens = r.texts, r.scores.tolist(), r.tokens
     logprobs = r.logprob.tolist() if r.logprob is not None else []
     per = {name: v.tolist() for name, v in r.per_rm.items()}

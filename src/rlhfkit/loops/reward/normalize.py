@@ -17,8 +17,31 @@ import torch
 
 from rlhfkit.data.records import NormalizeData, read_normalize_file  # noqa: F401 (read here too)
 from rlhfkit.errors import UserError
+from rlhfkit.logging import rank0_print
 from rlhfkit.models.reward import shift_and_scale_scores
 from rlhfkit.scoring.rm import score_texts
+
+
+def normalize_final_rm(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    data: NormalizeData,
+    *,
+    max_len: int,
+    scale: bool,
+    batch_size: int,
+) -> dict[str, Any]:
+    """`rlhfkit rm` step 7: `normalize_reward_model` on the final RM, after the last epoch
+    checkpoint (those stay raw, so --resume continues the raw RM), and one line saying so."""
+    stats = normalize_reward_model(
+        model, tokenizer, data, max_len=max_len, scale=scale, batch_size=batch_size
+    )
+    what = "mean 0, std 1" if scale else "mean 0"
+    rank0_print(
+        f"rm: normalised on {stats['n']} responses of {stats['file']} to {what} (raw mean "
+        f"{stats['mean']:.4f}, std {stats['std']:.4f}; shift in {stats['shift_in']})"
+    )
+    return stats
 
 
 def normalize_reward_model(
@@ -36,8 +59,9 @@ def normalize_reward_model(
     n, file), the affine map applied (score = scale_factor * raw + shift), where the shift
     lives, and the statistics measured again after the change.
     """
-    raw = score_texts(model, tokenizer, data.prompts, data.responses, max_len=max_len,
-                      batch_size=batch_size).double()  # fmt: skip
+    raw = score_texts(
+        model, tokenizer, data.prompts, data.responses, max_len=max_len, batch_size=batch_size
+    ).double()
     mean, std = float(raw.mean()), float(raw.std(unbiased=False))
     if scale and not std > 0:
         raise UserError(
@@ -46,8 +70,9 @@ def normalize_reward_model(
         )
     factor = 1.0 / std if scale else 1.0
     where = shift_and_scale_scores(model, shift=-mean * factor, scale=factor)
-    after = score_texts(model, tokenizer, data.prompts, data.responses, max_len=max_len,
-                        batch_size=batch_size).double()  # fmt: skip
+    after = score_texts(
+        model, tokenizer, data.prompts, data.responses, max_len=max_len, batch_size=batch_size
+    ).double()
     return {
         "file": data.file,
         "n": len(data.prompts),
