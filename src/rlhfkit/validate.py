@@ -32,6 +32,7 @@ from rlhfkit.config.fields import (
     field_markers,
 )
 from rlhfkit.errors import UserError
+from rlhfkit.models.gguf_header import is_gguf_path, read_gguf_header
 
 _SECTION_CHECKS = (Range, CheckedBy)
 """What a pipeline section's options get checked for (the pipeline sets paths itself)."""
@@ -215,7 +216,10 @@ def model_kind(folder: Path) -> tuple[str | None, str]:
 
 def check_model_folder(path: str | Path, kind: str = "any", weights: bool = True) -> Path:
     """`path` is a Hugging Face model folder of `kind` ('causal-lm', 'reward' or 'any'),
-    with complete safetensors weights (when `weights`); UserError naming the folder if not."""
+    with complete safetensors weights (when `weights`); UserError naming the folder if not.
+    A `.gguf` file (llama.cpp) stands for a causal LM: its header is checked instead."""
+    if is_gguf_path(path):
+        return check_gguf_model(path, kind)
     folder = check_folder(path, "model", ("config.json",))
     found, arch = model_kind(folder)
     if kind == "reward" and found == "classifier":
@@ -232,6 +236,18 @@ def check_model_folder(path: str | Path, kind: str = "any", weights: bool = True
     if weights:
         check_weights(folder)
     return folder
+
+
+def check_gguf_model(path: str | Path, kind: str) -> Path:
+    """A .gguf file holds a causal LM (models/gguf.py dequantizes it on load): refused where
+    a reward model is needed; its header must parse and the file be whole."""
+    if kind == "reward":
+        raise UserError(
+            f"{path} is a GGUF file, which holds a causal LM, not a reward model: train one "
+            "from it with `rlhfkit rm --model FILE.gguf`"
+        )
+    read_gguf_header(path)
+    return Path(path)
 
 
 def check_weights(folder: Path) -> None:

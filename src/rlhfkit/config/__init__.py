@@ -27,6 +27,7 @@ from rlhfkit.config.base import (
     save_config,
     to_dict,
 )
+from rlhfkit.config.convert import ConvertConfig
 from rlhfkit.config.plan import (
     PLAN_CONFIGS,
     PLAN_STAGES,
@@ -70,6 +71,7 @@ __all__ = [
     "PLAN_CONFIGS",
     "PLAN_STAGES",
     "ConfigError",
+    "ConvertConfig",
     "DeviceOptions",
     "EpochOptions",
     "EvalConfig",

@@ -82,7 +82,7 @@ class RLOptions(GeneratorOptions, SamplingOptions, ScorerOptions):
     and how the held-out evaluation samples."""
 
     policy: CausalLMFolder[str] = ""
-    """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`)."""
+    """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`) or a .gguf file."""
     eval_max_prompts: Positive[int | None] = 256
     """Evaluate on the first N held-out prompts."""
     eval_temperature: NonNegative[float] = 0.0
@@ -97,7 +97,7 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx."""
 
     reference: CausalLMFolder[str | None] = None
-    """Frozen reference for the KL penalty (default: --policy, as in InstructGPT)."""
+    """Frozen reference for the KL penalty, a causal LM folder or .gguf file (default: --policy, as in InstructGPT)."""
     prompts: Input[str] = ""
     """RL prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too)."""
     whiten: bool | None = None
@@ -200,7 +200,7 @@ class SelectConfig(DeviceOptions, GeneratorOptions, LengthOptions, ScorerOptions
     """Pick the SFT checkpoint whose samples the reward model(s) score highest (InstructGPT's pi^SFT)."""
 
     checkpoints: Input[Annotated[tuple[str, ...], tyro.conf.UseAppendAction]] = ()
-    """A run folder holding epoch-*/ checkpoints (as `rlhfkit sft` writes), or model folders (repeatable)."""
+    """A run folder holding epoch-*/ checkpoints (as `rlhfkit sft` writes), or model folders or .gguf files (repeatable)."""
     rule_reward: str | None = None
     """A rule instead of reward models: 'gold', 'length' or 'count:TEXT' (as `rlhfkit ppo`)."""
     prompts: Input[str] = ""

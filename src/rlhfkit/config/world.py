@@ -74,7 +74,7 @@ class WorldLabelConfig(GeneratorOptions, DeviceOptions):
     """Simulated labellers: rank K samples of a policy per prompt by the gold judges plus noise."""
 
     policy: CausalLMFolder[str] = ""
-    """Hugging Face causal LM folder (model + tokenizer) to sample responses from."""
+    """Hugging Face causal LM folder (model + tokenizer) or .gguf file to sample responses from."""
     prompts: Input[str] = ""
     """Prompts JSONL ({"prompt","safety"}) of the world, e.g. prompts_train.jsonl."""
     out: str = ""
@@ -108,7 +108,7 @@ class EvalConfig(GeneratorOptions, DeviceOptions, RemoteCodeOptions, RewardOptio
     """Evaluate a model on prompts: reward-model score (--rm), KL to --reference, response length, EOS rate, win rate over --baseline; gold helpfulness, safety and false refusals when the prompts are the built-in world's."""
 
     model: CausalLMFolder[str] = ""
-    """Hugging Face causal LM folder (model + tokenizer) to evaluate."""
+    """Hugging Face causal LM folder (model + tokenizer) or .gguf file to evaluate."""
     prompts: Input[str] = ""
     """Prompts: JSONL of {"prompt"} or {"messages"} records (Parquet and datasets folders too); the world's prompts_eval.jsonl adds the gold metrics."""
     reference: CausalLMFolder[str | None] = None
