@@ -12,7 +12,9 @@ from rlhfkit.config.base import DeviceOptions, RemoteCodeOptions, RewardOptions
 from rlhfkit.config.fields import (
     AtLeastTwo,
     CausalLMFolder,
+    CheckedBy,
     Input,
+    InputPath,
     NonNegative,
     Positive,
     UnitInterval,
@@ -150,7 +152,8 @@ the missing ones)."""
 class PipelineConfig(DeviceOptions):
     """Run every stage end to end on the built-in world: world -> pretrain -> SFT -> labels ->
     helpfulness and safety RMs -> select -> best-of-n samples (bon) -> PPO(-ptx) -> rejection
-    sampling -> eval.
+    sampling -> eval. With --model, on your own causal LM instead of a pretrained tiny one,
+    and with --sft-data, --rm-data, --prompts, --eval-prompts on your own data where given.
 
     Each stage writes into its own subfolder of --out. Re-running skips finished stages and
     resumes an interrupted one. Any stage's options can be set in the YAML given with
@@ -160,8 +163,12 @@ class PipelineConfig(DeviceOptions):
 
     out: str = "runs/demo"
     """Output folder of the whole run."""
-    preset: Literal["quick", "default"] = "default"
-    """Sizes of every stage: 'quick' (a smoke run, about 2.5 minutes on 2 CPU cores) or 'default' (about 11 minutes alone on 2 CPU cores; the numbers in the README)."""
+    preset: Annotated[
+        Literal["quick", "default", "real", "real-smoke"] | None,
+        tyro.conf.DisallowNone,
+        tyro.conf.arg(help_behavior_hint="(default: real with --model, else default)"),
+    ] = None
+    """Sizes of every stage: 'quick' (a smoke run, about 2.5 minutes on 2 CPU cores) or 'default' (about 11 minutes alone on 2 CPU cores; the numbers in the README) for the built-in tiny model; 'real' (learning rates, batches and steps for a pretrained ~0.1-0.5B model on CPU; needs --model) or 'real-smoke' (every stage on a few records, a few minutes with a 135M model) for yours."""
     seed: int = 0
     """Seed of the world and of every stage."""
     bf16: bool = False
@@ -170,6 +177,29 @@ class PipelineConfig(DeviceOptions):
     """Stop after this stage (a stage name), e.g. 'sft'."""
     overwrite: bool = False
     """Delete an earlier pipeline run in --out and start again (default: skip finished stages, resume the rest)."""
+    model: CausalLMFolder[str | None] = None
+    """Start from your own causal LM instead of pretraining one: a Hugging Face folder or a .gguf file (converted once, into OUT/base). The pretrain stage is skipped, the model's tokenizer is used in every stage, and PPO-ptx is off unless --ptx-data is given; the memory plan of sft, rm, ppo and rs is printed before anything loads."""
+    sft_data: Annotated[
+        str | None, InputPath(), CheckedBy("rlhfkit.pipeline_inputs:check_sft_data")
+    ] = None
+    """SFT records for the sft stage instead of the world's demonstrations: {"prompt","completion"} or {"messages"} (JSONL, Parquet, datasets folder)."""
+    rm_data: Annotated[
+        tuple[str, ...],
+        tyro.conf.UseAppendAction,
+        tyro.conf.arg(metavar="[NAME=]FILE"),
+        CheckedBy("rlhfkit.pipeline_inputs:check_rm_data"),
+    ] = ()
+    """Preference data for the reward models instead of the world's simulated labellers (the label stage is skipped): helpfulness=FILE and/or safety=FILE, repeated for several files (a bare FILE is helpfulness); rankings or pairs in any format `rlhfkit rm` reads. A helpfulness RM alone is the reward as it is (combine single); with a safety RM the two are combined by Llama 2's rule."""
+    prompts: Annotated[
+        str | None, InputPath(), CheckedBy("rlhfkit.pipeline_inputs:check_prompts")
+    ] = None
+    """RL prompts for ppo and rs instead of the world's: {"prompt","safety"?} or {"messages"} records."""
+    eval_prompts: Annotated[
+        str | None, InputPath(), CheckedBy("rlhfkit.pipeline_inputs:check_eval_prompts")
+    ] = None
+    """Held-out prompts for select, bon, the evaluations of ppo and rs, and the eval stage, instead of the world's. Gold metrics only where the prompts are the world's; RM score, KL to SFT and win rate over the SFT model on any."""
+    ptx_data: Input[str | None] = None
+    """Pretraining corpus for PPO-ptx ({"text"} JSONL or .txt): default the world's corpus without --model, none with --model (PPO-ptx off)."""
     world: StageOptions = dataclasses.field(default_factory=dict)
     pretrain: StageOptions = dataclasses.field(default_factory=dict)
     sft: StageOptions = dataclasses.field(default_factory=dict)
