@@ -38,6 +38,7 @@ from rlhfkit.files import write_json
 from rlhfkit.pipeline_inputs import (
     check_options,
     inputs_of,
+    labelled,
     own_model,
     parse_rm_data,
     planned_configs,
@@ -188,8 +189,7 @@ def stage_rm(ctx: Ctx) -> dict[str, Any]:
     if ctx.cfg.rm_data:  # the user's preference files, by RM
         sources = parse_rm_data(ctx.cfg.rm_data)
     else:
-        sources = {n: (ctx.result("label")[n],) for n in ("helpfulness", "safety")}
-        sources = {n: f for n, f in sources.items() if _has_rankings(n, f[0])}
+        sources = labelled(ctx.result("label"))
     result = {}
     for name, files in sources.items():
         out = ctx.out / f"rm_{name}"
@@ -202,22 +202,6 @@ def stage_rm(ctx: Ctx) -> dict[str, Any]:
         train_rm(stage_options(ctx, "rm", RMConfig, fixed))
         result[name] = str(out)
     return result
-
-
-def _has_rankings(name: str, path: str) -> bool:
-    """Whether the labellers ranked anything for this RM. A weak starting model can give K
-    samples that tie on the gold judge for every prompt (all wrong, all safe): no safety
-    RM then, the reward is the helpfulness RM alone; no helpfulness RM is an error."""
-    if Path(path).stat().st_size > 0:
-        return True
-    if name == "safety":
-        print("[pipeline] rm: no safety rankings (every prompt's samples tied on the gold "
-              "safety judge): no safety RM; the reward is the helpfulness RM alone")  # fmt: skip
-        return False
-    raise UserError(
-        f"{path}: no helpfulness rankings (every prompt's samples tied on the gold judge): "
-        "train SFT longer, or raise the label section's k or max_prompts"
-    )
 
 
 def _reward_options(ctx: Ctx) -> dict[str, Any]:

@@ -136,6 +136,27 @@ def own_model(given: str, out: Path) -> dict[str, Any]:
     return {"model": str(out), "given": given, "skipped": f"{why}, converted to {out}"}
 
 
+def labelled(label: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """The label stage's ranking files by RM, those that hold rankings. A weak starting
+    model can give K samples that tie on the gold judge for every prompt (all wrong, all
+    safe): no safety RM then, the reward is the helpfulness RM alone; no helpfulness
+    rankings is an error."""
+    return {n: (label[n],) for n in RM_NAMES if _has_rankings(n, label[n])}
+
+
+def _has_rankings(name: str, path: str) -> bool:
+    if Path(path).stat().st_size > 0:
+        return True
+    if name == "safety":
+        print("[pipeline] rm: no safety rankings (every prompt's samples tied on the gold "
+              "safety judge): no safety RM; the reward is the helpfulness RM alone")  # fmt: skip
+        return False
+    raise UserError(
+        f"{path}: no helpfulness rankings (every prompt's samples tied on the gold judge): "
+        "train SFT longer, or raise the label section's k or max_prompts"
+    )
+
+
 def planned_configs(cfg: Any, ptx_data: str | None, options: Callable[..., Any]) -> dict[str, Any]:
     """The configs of sft, rm, ppo and rs as this run will build them, with --model standing
     in for the models earlier stages will write (same architecture and vocabulary): what
