@@ -8,6 +8,7 @@ file was written from."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,22 @@ def test_the_header_of_the_real_smollm2_gguf():
     h = read_gguf_header(path)
     assert (h.architecture, h.n_tensors, h.needed_bytes) == ("llama", 272, path.stat().st_size)
     assert h.metadata["llama.block_count"] == 30 and h.metadata["tokenizer.ggml.model"] == "gpt2"
+
+
+def test_plan_and_select_read_a_gguf(ggufs, tmp_path, capsys):
+    """`rlhfkit plan` counts the model of the file's config (the same parameters as the
+    loaded model); `rlhfkit select` takes the file as a candidate."""
+    from rlhfkit.world.generate import WorldSettings, make_prompts, prompt_record
+
+    assert cli.main(["plan", "sft", "--model", str(ggufs["untied"]), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    n = sum(p.numel() for p in load_causal_lm(ggufs["untied"]).parameters())
+    assert plan["roles"][0]["params"] == n
+    made = make_prompts(4, WorldSettings(), random.Random(0), set(), unique=True)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [prompt_record(a, q) for a, q, _ in made])
+    argv = ["select", "--checkpoints", str(ggufs["tied"]), "--rule-reward", "length",
+            "--prompts", str(prompts), "--out", str(tmp_path / "sel"), "--max-new-tokens", "4",
+            "--device", "cpu"]  # fmt: skip
+    assert cli.main(argv) == 0
+    best = json.loads((tmp_path / "sel" / "select.json").read_text())["best"]
+    assert (best["name"], best["path"]) == ("tied", str(ggufs["tied"]))
