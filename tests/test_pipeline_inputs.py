@@ -171,3 +171,24 @@ def test_a_model_on_the_users_own_data_without_a_gold_judge(files, tmp_path, cap
     assert "no gold metrics: the eval prompts are not the built-in world's" in report
     assert "gold score" not in report.split("## Models")[1].split("##")[0]
     assert "| label | 0.0 (skipped: reward-model data from --rm-data) |" in report
+
+
+def test_a_stage_without_a_plan_never_stops_the_run(files, monkeypatch):
+    """A plan is advice: a model `rlhfkit plan` cannot count (e.g. no sequence-classification
+    class for its reward model) gets a line saying so, and the other stages their plans."""
+    import rlhfkit.plan.command as command
+    from rlhfkit.config import RMConfig, SFTConfig
+    from rlhfkit.pipeline_inputs import plan_rows
+
+    real = command.make_plan
+
+    def make_plan(cfg):
+        if cfg.stage == "rm":
+            raise UserError("GraniteConfig: cannot build the model")
+        return real(cfg)
+
+    monkeypatch.setattr(command, "make_plan", make_plan)
+    model = str(files["model"])
+    rows = plan_rows({"sft": SFTConfig(model=model), "rm": RMConfig(model=model)}, "cpu")
+    assert rows[0] == "  rm   no plan: GraniteConfig: cannot build the model"
+    assert rows[1].startswith("  sft  model  states") and rows[1].endswith("fits")

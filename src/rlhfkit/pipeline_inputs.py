@@ -205,15 +205,17 @@ def plan_rows(configs: Mapping[str, Any], device: str) -> list[str]:
     from rlhfkit.plan.command import _gb, make_plan
 
     capacity, where = device_memory(device)
-    plans = {}
+    plans, lines = {}, []
     for stage, cfg in configs.items():
         plan_cls = PLAN_CONFIGS[stage]
         names = {f.name for f in dataclasses.fields(plan_cls)}
         values = {k: v for k, v in dataclasses.asdict(cfg).items() if k in names}
-        plans[stage] = make_plan(plan_cls(**values, device_memory=str(capacity)))
+        try:
+            plans[stage] = make_plan(plan_cls(**values, device_memory=str(capacity)))
+        except UserError as e:  # a plan is advice: it never stops the run
+            lines.append(f"  {stage:<4} no plan: {e}")
     roles = {stage: ", ".join(r["role"] for r in p["roles"]) for stage, p in plans.items()}
-    width = max(map(len, roles.values()))
-    lines = []
+    width = max(map(len, roles.values()), default=0)
     for stage, p in plans.items():
         peak = p["activation_peak"]
         lines.append(
