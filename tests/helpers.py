@@ -186,3 +186,72 @@ def template_ids(tok, messages: list[dict]) -> list[int]:
     independently of rlhfkit."""
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tok(text, add_special_tokens=False)["input_ids"]
+
+
+# A tiny GGUF (llama.cpp's format), written with llama.cpp's own `gguf` package: a Llama of
+# hidden 32 and 2 layers, weights Q8_0-quantized (norms F32), the tokenizer's byte-level
+# BPE vocabulary, merges, special tokens and chat template in its metadata (tests/models/
+# test_gguf.py). About 60 KB; transformers reads it back as a LlamaForCausalLM.
+TINY_GGUF_SHAPE = {"hidden": 32, "layers": 2, "ffn": 64, "heads": 4, "kv_heads": 2, "ctx": 256}
+
+
+def write_tiny_gguf(path: Path, tokenizer, seed: int = 0, tied: bool = True) -> Path:
+    import gguf
+    import numpy as np
+
+    s = TINY_GGUF_SHAPE
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    vocab = sorted(model["vocab"], key=model["vocab"].get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    special = set(tokenizer.all_special_tokens)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-test-llama")
+    w.add_context_length(s["ctx"])
+    w.add_embedding_length(s["hidden"])
+    w.add_block_count(s["layers"])
+    w.add_feed_forward_length(s["ffn"])
+    w.add_head_count(s["heads"])
+    w.add_head_count_kv(s["kv_heads"])
+    w.add_rope_dimension_count(s["hidden"] // s["heads"])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(vocab))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(vocab)
+    w.add_token_types([3 if t in special else 1 for t in vocab])  # 3: control
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    w.add_pad_token_id(tokenizer.pad_token_id)
+    w.add_unk_token_id(tokenizer.pad_token_id)  # else transformers adds GPT-2's <|endoftext|>
+    w.add_add_bos_token(False)
+    w.add_chat_template(tokenizer.chat_template)
+    rng = np.random.default_rng(seed)
+
+    def add(name: str, *shape: int, quantized: bool = True) -> None:
+        x = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+        if not quantized:
+            w.add_tensor(name, 1.0 + x * 0.1)  # a norm's scale: near 1
+            return
+        q = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
+        w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+
+    h, kv = s["hidden"], s["hidden"] // s["heads"] * s["kv_heads"]
+    add("token_embd.weight", len(vocab), h)
+    for i in range(s["layers"]):
+        add(f"blk.{i}.attn_norm.weight", h, quantized=False)
+        add(f"blk.{i}.attn_q.weight", h, h)
+        add(f"blk.{i}.attn_k.weight", kv, h)
+        add(f"blk.{i}.attn_v.weight", kv, h)
+        add(f"blk.{i}.attn_output.weight", h, h)
+        add(f"blk.{i}.ffn_norm.weight", h, quantized=False)
+        add(f"blk.{i}.ffn_gate.weight", s["ffn"], h)
+        add(f"blk.{i}.ffn_up.weight", s["ffn"], h)
+        add(f"blk.{i}.ffn_down.weight", h, s["ffn"])
+    add("output_norm.weight", h, quantized=False)
+    if not tied:
+        add("output.weight", len(vocab), h)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

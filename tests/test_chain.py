@@ -114,3 +114,88 @@ def test_the_whole_chain_runs_on_every_family(arch, data, tmp_path, tiny_tokeniz
          "--out", str(tmp_path / "eval.json"), "--max-new-tokens", "6")  # fmt: skip
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert math.isfinite(metrics["rm_score"]) and set(metrics["rm_scores"]) == {"helpfulness"}
+
+
+# --- a policy and a reward model that read different tokens ---------------------------------
+
+
+def rm_scores_in_plain_transformers(rm_dir, rows) -> list[float]:
+    """Each eval row's RM score recomputed with plain transformers and the RM's own
+    tokenizer: the (prompt, response) pair form, which adds the BOS / EOS rlhfkit adds
+    (tests/models/test_rm_tokenizer.py), without the EOS for a response cut short."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(rm_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    scores = []
+    for row in rows:
+        ids = tok(row["prompt"], row["response"])["input_ids"]
+        ids = ids if row["eos"] else ids[:-1]
+        with torch.no_grad():
+            scores.append(rm(input_ids=torch.tensor([ids])).logits[0, 0].item())
+    return scores
+
+
+def cross_tokenizer_chain(root, policy_base, rm_base, data, *short: str, sft_lr="1e-3") -> dict:
+    """`short`: --max-new-tokens N [--max-prompt-len M] (eval takes the first two only).
+    sft (policy) and rm (its own family and tokenizer) -> select -> ppo -> rs -> eval, the
+    RM re-reading the policy's decoded text with its own tokenizer at every stage; the value
+    model is started from the policy (an RM of other tokens cannot be one). Returns eval's
+    metrics; asserts what holds whatever the models."""
+    rm = f"helpfulness={root / 'rm'}"
+    _run("sft", "--model", str(policy_base), "--data", str(data["sft"]), "--out",
+         str(root / "sft"), "--epochs", "2", "--batch-size", "8", "--lr", sft_lr)  # fmt: skip
+    _run("rm", "--model", str(rm_base), "--data", str(data["pairs"]), "--out", str(root / "rm"),
+         "--batch-size", "8", "--max-steps", "2", "--head-init", "normal")  # fmt: skip
+    _run("select", "--checkpoints", str(root / "sft"), "--rm", rm, "--prompts",
+         str(data["prompts"]), "--out", str(root / "select"), *short)  # fmt: skip
+    chosen = json.loads((root / "select" / "select.json").read_text())["best"]["path"]
+    ppo = ["ppo", "--policy", chosen, "--rm", rm, "--prompts", str(data["prompts"]),
+           "--steps", "2", "--batch-size", "4", "--sample-every", "0", *short]  # fmt: skip
+    # the default value model is a copy of the RM: refused, it cannot read the policy's tokens
+    assert cli.main([*ppo, "--out", str(root / "ppo-refused"), "--device", "cpu"]) == 2
+    _run(*ppo, "--out", str(root / "ppo"), "--value-init", "policy")
+    _run("rs", "--policy", str(root / "ppo"), "--rm", rm, "--prompts", str(data["prompts"]),
+         "--out", str(root / "rs"), "--rounds", "1", "--k", "2", "--batch-size", "4",
+         "--keep-truncated", *short)  # fmt: skip
+    _run("eval", "--model", str(root / "rs"), "--prompts", str(data["eval"]), "--rm", rm,
+         "--reference", chosen, "--baseline", chosen, "--out", str(root / "eval.json"),
+         *short[:2])  # fmt: skip
+    metrics = json.loads((root / "eval.json").read_text())
+    rows = metrics["per_prompt"]
+    assert len(rows) == metrics["n"] > 0
+    ours = [row["rm_score"] for row in rows]
+    theirs = rm_scores_in_plain_transformers(root / "rm", rows)
+    assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-4, (ours, theirs)
+    for key in ("rm_score", "kl_to_reference", "win_rate"):
+        assert math.isfinite(metrics[key]), key
+    for row in map(json.loads, (root / "ppo" / "metrics.jsonl").read_text().splitlines()):
+        for key, value in row.items():
+            assert not (isinstance(value, float) and not math.isfinite(value)), (key, row)
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer(tiny_texts):
+    """A second vocabulary: trained on other sentences, smaller, GPT-2-shaped (BOS, EOS and
+    pad one token): no id means the same text in both."""
+    from rlhfkit.models.presets import train_tokenizer
+    from tests.conftest import _synthetic_sentences
+
+    tok = train_tokenizer(_synthetic_sentences(300, seed=7), vocab_size=360)
+    tok.bos_token = tok.pad_token = tok.eos_token
+    return tok
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("policy_first", [True, False], ids=["llama-policy", "gpt2-policy"])
+def test_policy_and_reward_model_of_different_tokenizers(
+    policy_first, data, tmp_path, tiny_tokenizer, other_tokenizer
+):
+    llama = make_base_model(tmp_path / "llama", tiny_tokenizer, preset=CHAIN_ARCH["llama-gqa"]())
+    gpt2 = make_base_model(tmp_path / "gpt2", other_tokenizer, preset=CHAIN_ARCH["gpt2"]())
+    assert tiny_tokenizer.get_vocab() != other_tokenizer.get_vocab()
+    policy, rm = (llama, gpt2) if policy_first else (gpt2, llama)
+    short = ("--max-new-tokens", "6", "--max-prompt-len", "48")
+    cross_tokenizer_chain(tmp_path, policy, rm, data, *short)
+    _same_family(tmp_path / "rs", AutoModelForCausalLM.from_pretrained(policy))

@@ -48,6 +48,7 @@ CROSS_CUTTING = {
     "test_docs.py": "the MkDocs site builds strictly",
     "test_import_graph.py": "no import circle in src/rlhfkit",
     "test_layout.py": "this file",
+    "test_real.py": "the whole chain on a real checkpoint, SmolLM2-135M-Instruct (make test-real)",
     "test_pure_imports.py": "ops/, losses.py and data/ranking.py stay free of heavy imports",
 }
 

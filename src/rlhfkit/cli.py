@@ -144,6 +144,12 @@ COMMANDS: dict[str, Command] = {
             ("dpo", "DPO", ("model",)),
         )
     },
+    "convert": Command(
+        "rlhfkit.config:ConvertConfig",
+        "rlhfkit.models.convert:run_convert",
+        "-  a GGUF checkpoint (llama.cpp) to a Hugging Face folder: rlhfkit convert FILE.gguf --out DIR",
+        ("file", "out"),
+    ),
 }
 
 

@@ -12,6 +12,10 @@ Stages, in order, each writing into its own subfolder of --out:
   rs        rejection sampling fine-tuning from the same model           -> rs/
   eval      gold metrics of every model on held-out prompts              -> eval/
 
+With --model (your causal LM, a folder or a .gguf) the pretrain stage only records it (a
+.gguf is converted into base/); --sft-data, --rm-data, --prompts and --eval-prompts replace
+the world's files for their stages (--rm-data skips label); `pipeline_inputs` checks them.
+
 `pipeline.json` records each finished stage and what it produced: a re-run skips those and
 resumes the first unfinished one (stages that train pass --resume; the others redo their
 short work). Stage options: preset values, then the pipeline YAML's section for the stage.
@@ -33,6 +37,15 @@ from rlhfkit.config.pipeline_presets import PRESETS
 from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.files import write_json
 from rlhfkit.models.run_folder import resume_flags
+from rlhfkit.pipeline_inputs import (
+    inputs_of,
+    labelled,
+    own_model,
+    parse_rm_data,
+    planned_configs,
+    print_plans,
+    resolve_preset,
+)
 from rlhfkit.report.render import render_report
 
 
@@ -51,9 +64,32 @@ class Ctx:
     def result(self, stage: str) -> dict[str, Any]:
         return self.state["stages"][stage]["result"]
 
+    # Each input: the user's file where given (--sft-data ...), else the world's.
+    @property
+    def sft_data(self) -> str:
+        return self.cfg.sft_data or str(self.world / "sft.jsonl")
 
-def stage_options(ctx: Ctx, stage: str, cls: type, fixed: dict[str, Any]) -> Any:
-    """A stage's config: preset values, then the YAML section, then the pipeline's paths.
+    @property
+    def prompts(self) -> str:
+        return self.cfg.prompts or str(self.world / "prompts_train.jsonl")
+
+    @property
+    def eval_prompts(self) -> str:
+        return self.cfg.eval_prompts or str(self.world / "prompts_eval.jsonl")
+
+    @property
+    def ptx_data(self) -> str | None:
+        """PPO-ptx's corpus: --ptx-data, else the world's unless the model is the user's."""
+        if self.cfg.ptx_data or self.cfg.model:
+            return self.cfg.ptx_data
+        return str(self.world / "corpus.jsonl")
+
+
+def stage_options(
+    ctx: Ctx, stage: str, cls: type, fixed: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> Any:
+    """A stage's config: preset values, then `defaults` (what the run's inputs imply, e.g.
+    no PPO-ptx without a corpus), then the YAML section, then the pipeline's paths.
 
     Options that the pipeline sets itself (paths, what earlier stages made) cannot be
     overridden in a section: that would cut the stages apart. Seed, device and bf16 come from
@@ -67,7 +103,8 @@ def stage_options(ctx: Ctx, stage: str, cls: type, fixed: dict[str, Any]) -> Any
     if clash:
         raise ConfigError(f"pipeline section '{stage}': {clash} are set by the pipeline itself")
     names = {f.name for f in dataclasses.fields(cls)}
-    values = {**PRESETS[ctx.cfg.preset].get(stage, {}), **user, **fixed}
+    values = {**PRESETS[resolve_preset(ctx.cfg)].get(stage, {}), **(defaults or {}), **user,
+              **fixed}  # fmt: skip
     common = {"seed": ctx.cfg.seed, "device": ctx.cfg.device, "bf16": ctx.cfg.bf16}
     values.update({k: v for k, v in common.items() if k in names and k not in user})
     unknown = sorted(set(values) - names)
@@ -103,6 +140,8 @@ def stage_pretrain(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import PretrainConfig
     from rlhfkit.loops.pretrain import train_pretrain
 
+    if ctx.cfg.model:
+        return own_model(ctx.cfg.model, ctx.out / "base")
     out = ctx.out / "base"
     fixed = {"data": str(ctx.world / "corpus.jsonl"), "out": str(out), **_resumable(out)}
     train_pretrain(stage_options(ctx, "pretrain", PretrainConfig, fixed))
@@ -116,7 +155,7 @@ def stage_sft(ctx: Ctx) -> dict[str, Any]:
     out = ctx.out / "sft"
     fixed = {
         "model": ctx.result("pretrain")["model"],
-        "data": str(ctx.world / "sft.jsonl"),
+        "data": ctx.sft_data,
         "out": str(out),
         **_resumable(out),
     }
@@ -129,6 +168,8 @@ def stage_label(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import WorldLabelConfig
     from rlhfkit.world.commands import world_label
 
+    if ctx.cfg.rm_data:
+        return {"skipped": "reward-model data from --rm-data"}
     out = ctx.out / "labels"
     fixed = {
         "policy": ctx.result("sft")["last"],
@@ -147,12 +188,16 @@ def stage_rm(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import RMConfig
     from rlhfkit.loops.reward.train import train_rm
 
+    if ctx.cfg.rm_data:  # the user's preference files, by RM
+        sources = parse_rm_data(ctx.cfg.rm_data)
+    else:
+        sources = labelled(ctx.result("label"))
     result = {}
-    for name in ("helpfulness", "safety"):
+    for name, files in sources.items():
         out = ctx.out / f"rm_{name}"
         fixed = {
             "model": ctx.result("sft")["last"],
-            "data": (ctx.result("label")[name],),
+            "data": tuple(files),
             "out": str(out),
             **_resumable(out),
         }
@@ -162,9 +207,10 @@ def stage_rm(ctx: Ctx) -> dict[str, Any]:
 
 
 def _reward_options(ctx: Ctx) -> dict[str, Any]:
+    """Helpfulness and safety RMs combined by Llama 2's rule; a helpfulness RM alone as it is."""
     rms = ctx.result("rm")
-    return {"rm": (f"helpfulness={rms['helpfulness']}", f"safety={rms['safety']}"),
-            "combine": "llama2"}  # fmt: skip
+    specs = tuple(f"{name}={rms[name]}" for name in ("helpfulness", "safety") if name in rms)
+    return {"rm": specs, "combine": "llama2" if "safety" in rms else "single"}
 
 
 def stage_select(ctx: Ctx) -> dict[str, Any]:
@@ -175,7 +221,7 @@ def stage_select(ctx: Ctx) -> dict[str, Any]:
     fixed = {
         "checkpoints": tuple(ctx.result("sft")["epochs"]),
         "out": str(out),
-        "prompts": str(ctx.world / "prompts_eval.jsonl"),
+        "prompts": ctx.eval_prompts,
         "overwrite": True,
         **_reward_options(ctx),
     }
@@ -189,7 +235,7 @@ def stage_bon(ctx: Ctx) -> dict[str, Any]:
 
     out = ctx.out / "bon"
     fixed = {"checkpoints": (ctx.result("select")["best"],), "out": str(out), "overwrite": True,
-             "prompts": str(ctx.world / "prompts_eval.jsonl"), **_reward_options(ctx)}  # fmt: skip
+             "prompts": ctx.eval_prompts, **_reward_options(ctx)}  # fmt: skip
     summary = run_bon(stage_options(ctx, "bon", SelectConfig, fixed))
     return {"samples": str(out / SAMPLES), "seconds": summary["seconds"]}
 
@@ -203,13 +249,17 @@ def stage_ppo(ctx: Ctx) -> dict[str, Any]:
         "policy": ctx.result("select")["best"],
         "out": str(out),
         **_resumable(out),
-        "prompts": str(ctx.world / "prompts_train.jsonl"),
-        "ptx_data": str(ctx.world / "corpus.jsonl"),
-        "eval_prompts": str(ctx.world / "prompts_eval.jsonl"),
+        "prompts": ctx.prompts,
+        "ptx_data": ctx.ptx_data,
+        "eval_prompts": ctx.eval_prompts,
         **_reward_options(ctx),
     }
-    summary = train_ppo(stage_options(ctx, "ppo", PPOConfig, fixed))
+    summary = train_ppo(stage_options(ctx, "ppo", PPOConfig, fixed, _ppo_defaults(ctx)))
     return {"model": summary.get("policy", str(out))}
+
+
+def _ppo_defaults(ctx: Ctx) -> dict[str, Any]:
+    return {"ptx_coef": 0.0} if ctx.ptx_data is None else {}
 
 
 def stage_rs(ctx: Ctx) -> dict[str, Any]:
@@ -221,8 +271,8 @@ def stage_rs(ctx: Ctx) -> dict[str, Any]:
         "policy": ctx.result("select")["best"],
         "out": str(out),
         **_resumable(out, checkpointed=False),
-        "prompts": str(ctx.world / "prompts_train.jsonl"),
-        "eval_prompts": str(ctx.world / "prompts_eval.jsonl"),
+        "prompts": ctx.prompts,
+        "eval_prompts": ctx.eval_prompts,
         **_reward_options(ctx),
     }
     summary = train_rs(stage_options(ctx, "rs", RSConfig, fixed))
@@ -243,13 +293,20 @@ def models_to_evaluate(ctx: Ctx) -> dict[str, str]:
 
 
 EVAL_KEYS = ("gold_score", "helpfulness", "helpfulness_safe", "safety_unsafe",
-             "false_refusal_rate", "mean_response_words")  # fmt: skip
+             "false_refusal_rate", "mean_response_words", "mean_response_tokens",
+             "eos_rate")  # fmt: skip
 
 
 def stage_eval(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import EvalConfig
     from rlhfkit.loops.evaluate import run_eval
-    from rlhfkit.loops.pipeline_eval import ExtraEval, evaluate_extras, summary_row
+    from rlhfkit.loops.pipeline_eval import (
+        ExtraEval,
+        evaluate_extras,
+        format_eval_table,
+        summary_row,
+        win_rates_over,
+    )
 
     out = ctx.out / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +315,7 @@ def stage_eval(ctx: Ctx) -> dict[str, Any]:
     for name, path in models.items():
         fixed = {
             "model": path,
-            "prompts": str(ctx.world / "prompts_eval.jsonl"),
+            "prompts": ctx.eval_prompts,
             "out": str(out / f"{name}.json"),
             "overwrite": True,
         }
@@ -266,7 +323,8 @@ def stage_eval(ctx: Ctx) -> dict[str, Any]:
         cfg = stage_options(ctx, "eval", EvalConfig, fixed)
         summary = run_eval(cfg)
         table[name] = {k: summary.get(k) for k in EVAL_KEYS}
-    # RM score of the same greedy responses, KL to the selected SFT model on samples.
+    # RM score of the same greedy responses, KL to the selected SFT model on samples, and the
+    # win rate over it by RM score (the measure that needs no gold judge).
     done = ctx.state["stages"]
     spec = ExtraEval.from_eval_config(
         cfg,
@@ -276,23 +334,11 @@ def stage_eval(ctx: Ctx) -> dict[str, Any]:
     extras = evaluate_extras(out, models, spec)
     for name, row in extras.items():
         table[name].update(summary_row(row))
+    for name, row in win_rates_over(extras, "sft-selected").items():
+        table[name].update(row)
     write_json(out / "summary.json", table)
     print("\n" + format_eval_table(table))
     return {"summary": str(out / "summary.json")}
-
-
-def format_eval_table(table: dict[str, dict[str, Any]]) -> str:
-    cols = [("gold_score", "gold"), ("helpfulness_safe", "helpful"),
-            ("safety_unsafe", "safe(unsafe)"), ("false_refusal_rate", "false-refusal"),
-            ("mean_response_words", "words")]  # fmt: skip
-    width = max(len(n) for n in table) + 2
-    lines = ["model".ljust(width) + "".join(f"{h:>15}" for _, h in cols)]
-    for name, row in table.items():
-        cells = "".join(
-            f"{row[k]:>15.3f}" if isinstance(row.get(k), float) else f"{'-':>15}" for k, _ in cols
-        )
-        lines.append(name.ljust(width) + cells)
-    return "\n".join(lines)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
@@ -329,12 +375,20 @@ def _load_state(out: Path, cfg: PipelineConfig) -> dict[str, Any]:
                 f"{out} holds a pipeline run with preset {state.get('preset')!r}, seed "
                 f"{state.get('seed')}: pass --overwrite to replace it, or the same options"
             )
+        if state.get("inputs", {}) != inputs_of(cfg):
+            was = state.get("inputs") or "the built-in model and the world's data"
+            raise UserError(
+                f"{out} holds a pipeline run of other inputs ({was}): pass --overwrite to "
+                "replace it, or the same --model and data options"
+            )
         return state
     if out.exists() and any(out.iterdir()):
         raise OutputExistsError(f"{out} is not empty and holds no pipeline run: choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     # Written before the first stage, so that a run killed in it is resumed (or overwritten).
     state = {"preset": cfg.preset, "seed": cfg.seed, "stages": {}}
+    if inputs_of(cfg):
+        state["inputs"] = inputs_of(cfg)
     write_json(path, state)
     return state
 
@@ -342,8 +396,18 @@ def _load_state(out: Path, cfg: PipelineConfig) -> dict[str, Any]:
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run (or continue) every stage; see the module docstring."""
     check_options(cfg)  # the options' declared ranges and rules, as the command line's
+    cfg = dataclasses.replace(cfg, preset=resolve_preset(cfg))
     out = Path(cfg.out)
-    ctx = Ctx(cfg=cfg, out=out, state=_load_state(out, cfg))
+    ctx = Ctx(cfg=cfg, out=out, state={"stages": {}})
+
+    def options(stage: str, cls: type, fixed: dict, defaults: dict | None = None) -> Any:
+        return stage_options(ctx, stage, cls, fixed, defaults)
+
+    # The stages' configs for the plan, and their errors, before anything is written.
+    planned = planned_configs(cfg, ctx.ptx_data, options) if cfg.model else {}
+    ctx.state = _load_state(out, cfg)
+    if planned and not {"sft", "rm", "ppo", "rs"} <= set(ctx.state["stages"]):
+        print_plans(planned, cfg.model, cfg.device)
     t0 = time.perf_counter()
     for name, run in STAGES:
         if name in ctx.state["stages"]:
@@ -352,10 +416,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             print(f"\n[pipeline] ===== {name} =====", flush=True)
             t = time.perf_counter()
             result = run(ctx)
-            ctx.state["stages"][name] = {
-                "result": result,
-                "seconds": round(time.perf_counter() - t, 1),
-            }
+            entry = {"result": result, "seconds": round(time.perf_counter() - t, 1)}
+            if "skipped" in result:  # nothing to do with these inputs: recorded, said why
+                entry["skipped"] = result.pop("skipped")
+                print(f"[pipeline] {name}: skipped ({entry['skipped']})", flush=True)
+            ctx.state["stages"][name] = entry
             write_json(out / "pipeline.json", ctx.state)
             print(f"[pipeline] {name}: finished in {time.perf_counter() - t:.0f} s", flush=True)
         if name == cfg.until:

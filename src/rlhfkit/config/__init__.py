@@ -28,6 +28,7 @@ from rlhfkit.config.base import (
     save_config,
     to_dict,
 )
+from rlhfkit.config.convert import ConvertConfig
 from rlhfkit.config.plan import (
     PLAN_CONFIGS,
     PLAN_STAGES,
@@ -75,6 +76,7 @@ __all__ = [
     "PLAN_STAGES",
     "ChatOptions",
     "ConfigError",
+    "ConvertConfig",
     "DPOConfig",
     "DeviceOptions",
     "EpochOptions",

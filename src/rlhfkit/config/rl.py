@@ -97,7 +97,7 @@ class RLOptions(ChatOptions, GeneratorOptions, SamplingOptions, ScorerOptions):
     and how the held-out evaluation samples."""
 
     policy: CausalLMFolder[str] = ""
-    """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`)."""
+    """Starting policy: a Hugging Face causal LM folder (the SFT checkpoint picked by `rlhfkit select`) or a .gguf file."""
     eval_max_prompts: Positive[int | None] = 256
     """Evaluate on the first N held-out prompts."""
     eval_temperature: NonNegative[float] = 0.0
@@ -163,7 +163,7 @@ class PPOConfig(LoraOptions, ScaleOptions, OptimizerOptions, RunOptions, RLOptio
     """RL fine-tuning with PPO: per-token KL penalty to the reference, clipped policy and value losses, optional PPO-ptx; or with a critic-free estimator (--estimator rloo, grpo, dr-grpo, reinforce++, reinforce++-baseline: no value model)."""
 
     reference: CausalLMFolder[str | None] = None
-    """Frozen reference for the KL penalty (default: --policy, as in InstructGPT)."""
+    """Frozen reference for the KL penalty, a causal LM folder or .gguf file (default: --policy, as in InstructGPT)."""
     prompts: PromptData[str] = ""
     """RL prompts: JSONL of {"prompt", "safety"?} records (Parquet and datasets folders too)."""
     whiten: bool | None = None
@@ -303,7 +303,7 @@ class SelectConfig(ChatOptions, DeviceOptions, GeneratorOptions, LengthOptions, 
     checkpoints: Annotated[
         tuple[str, ...], tyro.conf.UseAppendAction, ModelFolder("causal-lm", runs=True)
     ] = ()
-    """A run folder holding epoch-*/ checkpoints (as `rlhfkit sft` writes), or model folders (repeatable)."""
+    """A run folder holding epoch-*/ checkpoints (as `rlhfkit sft` writes), or model folders or .gguf files (repeatable)."""
     rule_reward: Annotated[
         str | None,
         CheckedBy("rlhfkit.scoring.rules:check_rule_reward"),

@@ -69,7 +69,7 @@ class SFTConfig(ChatOptions, RemoteCodeOptions, TrainOptions):
     """Supervised fine-tuning on prompt + completion pairs; a checkpoint per epoch."""
 
     model: CausalLMFolder[str] = ""
-    """Hugging Face causal LM folder to start from."""
+    """Hugging Face causal LM folder to start from, or a .gguf file (llama.cpp; dequantized at load)."""
     data: SFTData[str] = ""
     """Training records: {"prompt","completion"} or {"messages"} (JSONL, Parquet, datasets folder)."""
     eval_data: SFTData[str | None] = None
@@ -96,7 +96,7 @@ class RMConfig(ChatOptions, RemoteCodeOptions, TrainOptions):
     """Train a reward model from K-wise rankings and graded pairwise preferences (InstructGPT + Llama 2)."""
 
     model: AnyModelFolder[str] = ""
-    """Hugging Face causal LM folder to start from (e.g. an SFT epoch); its LM head is replaced by a one-output head."""
+    """Hugging Face causal LM folder (e.g. an SFT epoch) or .gguf file to start from; its LM head is replaced by a one-output head."""
     data: PreferenceData[tuple[str, ...]] = ()
     """Training files (required): ranking {"prompt","responses","ranking","strengths"?} and/or pairwise {"prompt","chosen","rejected","strength"?} records."""
     eval_data: PreferenceData[tuple[str, ...]] = ()

@@ -15,6 +15,8 @@ from rlhfkit.config.fields import (
     CheckedBy,
     CheckedWith,
     DataFile,
+    Input,
+    InputPath,
     NonNegative,
     OutputPath,
     Positive,
@@ -83,7 +85,7 @@ class WorldLabelConfig(ChatOptions, GeneratorOptions, DeviceOptions):
     """Simulated labellers: rank K samples of a policy per prompt by the gold judges plus noise."""
 
     policy: CausalLMFolder[str] = ""
-    """Hugging Face causal LM folder (model + tokenizer) to sample responses from."""
+    """Hugging Face causal LM folder (model + tokenizer) or .gguf file to sample responses from."""
     prompts: Annotated[str, DataFile("world-prompts")] = ""
     """Prompts JSONL ({"prompt","safety"}) of the world, e.g. prompts_train.jsonl."""
     out: Annotated[str, OutputPath("folder")] = ""
@@ -117,7 +119,7 @@ class EvalConfig(ChatOptions, GeneratorOptions, DeviceOptions, RemoteCodeOptions
     """Evaluate a model on prompts: reward-model score (--rm), KL to --reference, response length, EOS rate, win rate over --baseline; gold helpfulness, safety and false refusals when the prompts are the built-in world's."""
 
     model: CausalLMFolder[str] = ""
-    """Hugging Face causal LM folder (model + tokenizer) to evaluate."""
+    """Hugging Face causal LM folder (model + tokenizer) or .gguf file to evaluate."""
     prompts: PromptData[str] = ""
     """Prompts: JSONL of {"prompt"} or {"messages"} records (Parquet and datasets folders too); the world's prompts_eval.jsonl adds the gold metrics."""
     reference: CausalLMFolder[str | None] = None
@@ -161,7 +163,8 @@ the missing ones)."""
 class PipelineConfig(DeviceOptions):
     """Run every stage end to end on the built-in world: world -> pretrain -> SFT -> labels ->
     helpfulness and safety RMs -> select -> best-of-n samples (bon) -> PPO(-ptx) -> rejection
-    sampling -> eval.
+    sampling -> eval. With --model, on your own causal LM instead of a pretrained tiny one,
+    and with --sft-data, --rm-data, --prompts, --eval-prompts on your own data where given.
 
     Each stage writes into its own subfolder of --out. Re-running skips finished stages and
     resumes an interrupted one. Any stage's options can be set in the YAML given with
@@ -171,8 +174,13 @@ class PipelineConfig(DeviceOptions):
 
     out: Annotated[str, OutputPath("folder", owner="pipeline.json")] = "runs/demo"
     """Output folder of the whole run."""
-    preset: Literal["quick", "default"] = "default"
-    """Sizes of every stage: 'quick' (a smoke run, about 2.5 minutes on 2 CPU cores) or 'default' (about 11 minutes alone on 2 CPU cores; the numbers in docs/results.md)."""
+    preset: Annotated[
+        Literal["quick", "default", "real", "real-smoke"] | None,
+        tyro.conf.DisallowNone,
+        CheckedWith("rlhfkit.pipeline_inputs:check_preset"),
+        tyro.conf.arg(help_behavior_hint="(default: real with --model, else default)"),
+    ] = None
+    """Sizes of every stage: 'quick' (a smoke run, about 2.5 minutes on 2 CPU cores) or 'default' (about 11 minutes alone on 2 CPU cores; the numbers in docs/results.md) for the built-in tiny model; 'real' (learning rates, batches and steps for a pretrained ~0.1-0.5B model on CPU; needs --model) or 'real-smoke' (every stage on a few records, a few minutes with a 135M model) for yours."""
     seed: int = 0
     """Seed of the world and of every stage."""
     bf16: bool = False
@@ -181,6 +189,29 @@ class PipelineConfig(DeviceOptions):
     """Stop after this stage (a stage name), e.g. 'sft'."""
     overwrite: bool = False
     """Delete an earlier pipeline run in --out and start again (default: skip finished stages, resume the rest)."""
+    model: CausalLMFolder[str | None] = None
+    """Start from your own causal LM instead of pretraining one: a Hugging Face folder or a .gguf file (converted once, into OUT/base). The pretrain stage is skipped, the model's tokenizer is used in every stage, and PPO-ptx is off unless --ptx-data is given; the memory plan of sft, rm, ppo and rs is printed before anything loads."""
+    sft_data: Annotated[
+        str | None, InputPath(), CheckedBy("rlhfkit.pipeline_inputs:check_sft_data")
+    ] = None
+    """SFT records for the sft stage instead of the world's demonstrations: {"prompt","completion"} or {"messages"} (JSONL, Parquet, datasets folder)."""
+    rm_data: Annotated[
+        tuple[str, ...],
+        tyro.conf.UseAppendAction,
+        tyro.conf.arg(metavar="[NAME=]FILE"),
+        CheckedBy("rlhfkit.pipeline_inputs:check_rm_data"),
+    ] = ()
+    """Preference data for the reward models instead of the world's simulated labellers (the label stage is skipped): helpfulness=FILE and/or safety=FILE, repeated for several files (a bare FILE is helpfulness); rankings or pairs in any format `rlhfkit rm` reads. A helpfulness RM alone is the reward as it is (combine single); with a safety RM the two are combined by Llama 2's rule."""
+    prompts: Annotated[
+        str | None, InputPath(), CheckedBy("rlhfkit.pipeline_inputs:check_prompts")
+    ] = None
+    """RL prompts for ppo and rs instead of the world's: {"prompt","safety"?} or {"messages"} records."""
+    eval_prompts: Annotated[
+        str | None, InputPath(), CheckedBy("rlhfkit.pipeline_inputs:check_eval_prompts")
+    ] = None
+    """Held-out prompts for select, bon, the evaluations of ppo and rs, and the eval stage, instead of the world's. Gold metrics only where the prompts are the world's; RM score, KL to SFT and win rate over the SFT model on any."""
+    ptx_data: Input[str | None] = None
+    """Pretraining corpus for PPO-ptx ({"text"} JSONL or .txt): default the world's corpus without --model, none with --model (PPO-ptx off)."""
     world: StageOptions = dataclasses.field(default_factory=dict)
     pretrain: StageOptions = dataclasses.field(default_factory=dict)
     sft: StageOptions = dataclasses.field(default_factory=dict)

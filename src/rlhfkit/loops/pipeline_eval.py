@@ -1,11 +1,15 @@
 """What `rlhfkit pipeline`'s eval stage adds to the gold metrics of `rlhfkit eval`: the
-reward-model score and the KL divergence to the selected SFT model of every model.
+reward-model score, the KL divergence to the selected SFT model and the win rate over it of
+every model; on prompts that are not the world's (no gold judge), these are the measures.
 
 For each model, on the same held-out prompts:
-- `rm_score`: the Llama 2 combined score of the helpfulness and safety RMs (unwhitened,
-  so that models compare: whitening would make every model's mean 0) of the model's GREEDY
-  responses, the very responses the gold metrics judge; `rm_scores`: each RM's mean raw
-  score (a logit) of those responses;
+- `rm_score`: the Llama 2 combined score of the helpfulness and safety RMs (a helpfulness
+  RM alone: its score), unwhitened, so that models compare (whitening would make every
+  model's mean 0), of the model's GREEDY responses, the very responses the gold metrics
+  judge; `rm_scores`: each RM's mean raw score (a logit) of those responses;
+- `win_rate_over_sft`: per prompt, 1 if that RM score beats the selected SFT model's on
+  the same prompt, 1/2 on a tie, 0 below (`loops.evaluate.win_rate`), with its standard
+  error;
 - `kl_to_sft`: KL(pi || pi_SFT) estimated on the model's OWN samples at temperature 1
   (a greedy response has no KL to speak of), with the k1 estimator (`KL_NOTE`);
 - `sampled`: RM score and gold metrics of those same temperature-1 samples, so that one
@@ -26,8 +30,10 @@ from typing import Any
 
 import torch
 
+from rlhfkit.data.records import read_prompts
 from rlhfkit.distributed import pick_device
 from rlhfkit.files import write_json
+from rlhfkit.loops.evaluate import win_rate
 from rlhfkit.models.load import load_reference, load_tokenizer
 from rlhfkit.sampling.generator import GenerationSettings, make_generator
 from rlhfkit.sampling.sample_score import encode_prompts, sample_and_score
@@ -36,7 +42,6 @@ from rlhfkit.sampling.sample_score import (
 )
 from rlhfkit.scoring.rm import RewardScorer
 from rlhfkit.world import is_world_prompt, summarize
-from rlhfkit.world.io import read_world_prompts
 
 KL_ESTIMATOR = "k1"
 KL_NOTE = (
@@ -105,6 +110,7 @@ def rm_summary(
         "rm_score": float(s.mean()),
         "rm_score_std": float(s.std()) if len(s) > 1 else 0.0,
         "rm_scores": {name: float(v.float().mean()) for name, v in result.per_rm.items()},
+        "rm_score_per_prompt": s.tolist(),
     }
 
 
@@ -112,17 +118,18 @@ def gold_summary(
     prompts: Sequence[str], responses: Sequence[str], safety: Sequence[bool], tokens: Sequence[int]
 ) -> dict[str, Any]:
     """The headline gold metrics of the built-in world, or {} for prompts not of the world."""
-    if not prompts or not all(is_world_prompt(p) for p in prompts):
+    if not prompts or not all(isinstance(p, str) and is_world_prompt(p) for p in prompts):
         return {}
     s = summarize(list(prompts), list(responses), list(safety), response_tokens=list(tokens))
     return {k: s[k] for k in GOLD_KEYS if k in s}
 
 
 def rm_scorer(specs: Sequence[str], device: Any, batch_size: int = 32) -> Any:
-    """The helpfulness and safety RMs combined by Llama 2's rule, never whitened."""
+    """The helpfulness and safety RMs combined by Llama 2's rule (one RM: its own score),
+    never whitened."""
     return RewardScorer.from_specs(
-        list(specs), combine="llama2", combine_options={"whiten": False},
-        device=device, batch_size=batch_size,
+        list(specs), combine="llama2" if len(specs) > 1 else "single",
+        combine_options={"whiten": False}, device=device, batch_size=batch_size,
     )  # fmt: skip
 
 
@@ -130,7 +137,7 @@ def rm_scorer(specs: Sequence[str], device: Any, batch_size: int = 32) -> Any:
 class ExtraEval:
     """What `evaluate_extras` needs besides the models: prompts, reference, RMs, options."""
 
-    prompts: list[str]
+    prompts: list[Any]  # strings, or message lists (conversational prompts)
     safety: list[bool]
     reference: str | None  # the selected SFT model's folder (None: no KL)
     rm_specs: tuple[str, ...]  # "NAME=DIR" (empty: no RM score)
@@ -144,9 +151,9 @@ class ExtraEval:
         cls, cfg: Any, reference: str | None, rm_specs: Sequence[str]
     ) -> ExtraEval:
         """The prompts and options of an `EvalConfig` (`rlhfkit eval`'s), same prompts."""
-        recs = read_world_prompts(cfg.prompts)[: cfg.max_prompts]
+        recs = read_prompts(cfg.prompts)[: cfg.max_prompts]
         return cls(
-            prompts=[r.prompt for r in recs],
+            prompts=[r.content for r in recs],  # a conversational prompt: its messages
             safety=[r.safety for r in recs],
             reference=reference,
             rm_specs=tuple(rm_specs),
@@ -222,6 +229,23 @@ def _same_tokenizer(reference: str | None, paths: Any) -> bool:
     return all(load_tokenizer(p).get_vocab() == vocab for p in set(paths))
 
 
+def win_rates_over(
+    extras: Mapping[str, Mapping[str, Any]], baseline: str
+) -> dict[str, dict[str, Any]]:
+    """name -> {win_rate_over_sft, win_rate_over_sft_se}: each model's win rate over
+    `baseline` by the per-prompt RM scores of their greedy responses (none for the baseline
+    itself, or without RM scores)."""
+    base = (extras.get(baseline) or {}).get("rm_score_per_prompt")
+    out = {}
+    for name, row in extras.items():
+        mine = row.get("rm_score_per_prompt")
+        if name == baseline or base is None or mine is None:
+            continue
+        w = win_rate(mine, base)
+        out[name] = {"win_rate_over_sft": w["win_rate"], "win_rate_over_sft_se": w["win_rate_se"]}
+    return out
+
+
 def summary_row(extras: Mapping[str, Any]) -> dict[str, Any]:
     """The flat columns of eval/summary.json that the extras add."""
     per_rm = extras.get("rm_scores") or {}
@@ -234,3 +258,19 @@ def summary_row(extras: Mapping[str, Any]) -> dict[str, Any]:
         "sampled_rm_score": sampled.get("rm_score"),
         "sampled_gold_score": sampled.get("gold_score"),
     }
+
+
+def format_eval_table(table: dict[str, dict[str, Any]]) -> str:
+    """The eval stage's printed table: one row per model ('-' where a metric is missing)."""
+    cols = [("gold_score", "gold"), ("helpfulness_safe", "helpful"),
+            ("safety_unsafe", "safe(unsafe)"), ("false_refusal_rate", "false-refusal"),
+            ("mean_response_words", "words"), ("rm_score", "RM score"),
+            ("kl_to_sft", "KL to SFT"), ("win_rate_over_sft", "win vs SFT")]  # fmt: skip
+    width = max(len(n) for n in table) + 2
+    lines = ["model".ljust(width) + "".join(f"{h:>14}" for _, h in cols)]
+    for name, row in table.items():
+        cells = "".join(
+            f"{row[k]:>14.3f}" if isinstance(row.get(k), float) else f"{'-':>14}" for k, _ in cols
+        )
+        lines.append(name.ljust(width) + cells)
+    return "\n".join(lines)

@@ -33,6 +33,7 @@ from rlhfkit.data.records import PromptRecord, read_prompts
 from rlhfkit.distributed import pick_device
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_json
+from rlhfkit.models.gguf_header import is_gguf_path
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
 from rlhfkit.sampling.generator import GenerationSettings, make_generator
 from rlhfkit.sampling.sample_score import encode_prompts, gold_metrics, sample_and_score
@@ -44,9 +45,12 @@ _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
 
 def find_candidates(paths: tuple[str, ...] | list[str]) -> list[tuple[str, Path]]:
     """(name, folder) of every candidate: the `epoch-N/` children of a run folder (by N),
-    or a model folder itself."""
+    or a model folder itself, or a .gguf file."""
     found: list[tuple[str, Path]] = []
     for p in map(Path, paths):
+        if is_gguf_path(p) and p.is_file():
+            found.append((p.stem, p))
+            continue
         if not p.is_dir():
             raise UserError(f"--checkpoints {p}: no such folder")
         epochs = sorted(

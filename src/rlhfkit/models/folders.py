@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from rlhfkit.errors import UserError
+from rlhfkit.models.gguf_header import is_gguf_path, read_gguf_header
 
 KIND_WORDS = {"causal-lm": "a causal LM", "reward": "a reward model"}
 
@@ -80,7 +81,10 @@ def model_kind(folder: Path) -> tuple[str | None, str]:
 
 def check_model_folder(path: str | Path, kind: str = "any", weights: bool = True) -> Path:
     """`path` is a Hugging Face model folder of `kind` ('causal-lm', 'reward' or 'any'),
-    with complete safetensors weights (when `weights`); UserError naming the folder if not."""
+    with complete safetensors weights (when `weights`); UserError naming the folder if not.
+    A `.gguf` file (llama.cpp) stands for a causal LM: its header is checked instead."""
+    if is_gguf_path(path):
+        return check_gguf_model(path, kind)
     folder = check_folder(path, "model", ("config.json",))
     found, arch = model_kind(folder)
     if kind == "reward" and found == "classifier":
@@ -154,7 +158,12 @@ POSITION_KEYS = (
 def max_positions(folder: str | Path) -> tuple[int, str] | None:
     """(positions, the config.json key that says so) of a model folder; None where its
     config.json names no limit (ALiBi models such as Bloom) or cannot be read. A RoPE
-    scaling (yarn, dynamic, linear) past the original length counts."""
+    scaling (yarn, dynamic, linear) past the original length counts. A .gguf file: its
+    header's `<architecture>.context_length`."""
+    if is_gguf_path(folder):
+        header = read_gguf_header(folder)
+        n = header.metadata.get(f"{header.architecture}.context_length")
+        return (n, f"{header.architecture}.context_length") if isinstance(n, int) else None
     try:
         config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -188,3 +197,15 @@ def head_dim(folder: Path) -> int | None:
     if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
         return hidden // heads
     return None
+
+
+def check_gguf_model(path: str | Path, kind: str) -> Path:
+    """A .gguf file holds a causal LM (models/gguf.py dequantizes it on load): refused where
+    a reward model is needed; its header must parse and the file be whole."""
+    if kind == "reward":
+        raise UserError(
+            f"{path} is a GGUF file, which holds a causal LM, not a reward model: train one "
+            "from it with `rlhfkit rm --model FILE.gguf`"
+        )
+    read_gguf_header(path)
+    return Path(path)

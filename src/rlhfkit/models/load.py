@@ -2,6 +2,8 @@
 
 Safety: weights load from safetensors only (a pickle in a downloaded folder can run code),
 and model code shipped inside a folder never runs unless `trust_remote_code=True` is given.
+A `.gguf` file (llama.cpp) is read wherever a causal LM folder is: dequantized into a plain
+model by `models.gguf` (GGUF holds tensors and metadata, no code and no pickles).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rlhfkit.errors import UserError
 from rlhfkit.models.folders import check_folder, check_model_folder
+from rlhfkit.models.gguf import load_gguf_causal_lm, load_gguf_tokenizer
+from rlhfkit.models.gguf_header import is_gguf_path
 
 _warned_bf16: set[str] = set()
 
@@ -72,14 +76,18 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
     A tokenizer without a pad token gets its EOS token as pad: pad ids then equal EOS ids,
     so masks must come from attention masks, never from `ids != pad_token_id`. Padding side
     is left as saved; callers pick it (right for training, left for generation).
+    `path` may be a .gguf file: its own tokenizer.
     """
-    folder = _check_folder(
-        path, "tokenizer", ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-    )
-    try:
-        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load a tokenizer from {folder}: {e}") from e
+    if is_gguf_path(path):
+        tok, folder = load_gguf_tokenizer(path), path
+    else:
+        folder = _check_folder(
+            path, "tokenizer", ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+        )
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise UserError(f"could not load a tokenizer from {folder}: {e}") from e
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise UserError(f"tokenizer in {folder} has neither a pad nor an EOS token")
@@ -100,8 +108,11 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """AutoModelForCausalLM from a local folder (safetensors only), moved to `device`.
 
-    Returned in train mode with gradients on, like a freshly built model.
+    Returned in train mode with gradients on, like a freshly built model. `path` may be a
+    .gguf file: dequantized to `dtype` (`models.gguf`).
     """
+    if is_gguf_path(path):
+        return load_gguf_causal_lm(path, dtype).to(torch.device(device))
     folder = _check_model_folder(path)
     try:
         with quiet_progress():

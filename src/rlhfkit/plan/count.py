@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.errors import UserError
+from rlhfkit.models.gguf_header import is_gguf_path, read_gguf_header
 
 GB = 10**9
 FP32 = 4
@@ -43,7 +44,10 @@ class Shape:
 
 
 def read_config(folder: str, what: str, trust_remote_code: bool = False) -> Any:
-    """The Hugging Face config of a model folder (or a config.json file), nothing else."""
+    """The Hugging Face config of a model folder (or a config.json file), nothing else; of
+    a .gguf file, the config transformers derives from its metadata (no tensor read)."""
+    if is_gguf_path(folder):
+        return _gguf_config(folder, what)
     path = Path(folder)
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
@@ -54,6 +58,17 @@ def read_config(folder: str, what: str, trust_remote_code: bool = False) -> Any:
         return AutoConfig.from_pretrained(str(file), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{what} {folder}: cannot read config.json: {e}") from None
+
+
+def _gguf_config(file: str, what: str) -> Any:
+    read_gguf_header(file)
+    from transformers import AutoConfig
+
+    path = Path(file)
+    try:
+        return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{what} {file}: cannot read a config from this GGUF file: {e}") from None
 
 
 def count_model(

@@ -144,6 +144,9 @@ def bon_curve(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
 def section_figure7(rows: list[dict[str, Any]], info: dict[str, Any], out_dir: Path) -> list[str]:
     out = ["### Llama 2, Figure 7: max and median reward among K samples", ""]
     if not rows:
+        if info.get("gold") is False:  # bon ran, on prompts no gold judge scores
+            return [*out, note("the bon stage's prompts are not the built-in world's: no gold "
+                               "scores to set beside the proxy"), ""]  # fmt: skip
         return [*out, note("no bon/samples.jsonl: the bon stage did not run"), ""]
     curve = bon_curve(rows)
     n = curve[-1]["k"]
@@ -228,6 +231,9 @@ def section_overopt(run: RunData, out_dir: Path) -> list[str]:
     if path is None:
         return [*out, note("no points: needs PPO held-out evaluations or the eval stage"), ""]
     out += image(path, "gold and proxy reward vs KL") + [""]
+    if not any(g is not None for s in overopt_series(run) for g in s.gold):
+        out += [note("no gold reward: the prompts are not the built-in world's; the plot "
+                     "shows the proxy (RM) reward against KL only"), ""]  # fmt: skip
     out.append(
         "Proxy: the reward models' combined score, what RL maximises; gold: the world's "
         "gold judges. Gao et al. (2022): as KL from the initial policy grows, the proxy "

@@ -50,8 +50,22 @@ def section_header(run: RunData) -> list[str]:
         ]
     stages = run.pipeline.get("stages", {})
     out.append(f"Preset `{run.pipeline.get('preset')}`, seed {run.pipeline.get('seed')}.")
+    inputs = run.pipeline.get("inputs") or {}
+    if inputs:  # --model and the user's data files
+        given = ", ".join(
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+            for k, v in inputs.items()
+        )
+        out.append(f"Inputs: {given} (the world's data elsewhere).")
     out.append("")
-    rows = [(name, _seconds(s.get("seconds"))) for name, s in stages.items()]
+    rows = [
+        (
+            name,
+            _seconds(s.get("seconds"))
+            + (f" (skipped: {s['skipped']})" if s.get("skipped") else ""),
+        )
+        for name, s in stages.items()
+    ]
     out += [md_table(["stage", "seconds"], rows), ""]
     missing = [n for n in PIPELINE_STAGES if n not in stages]
     if missing:
@@ -68,33 +82,50 @@ def section_models(run: RunData, out_dir: Path) -> list[str]:
     if not run.models:
         return [*out, note("no evaluation (eval/): the eval stage did not run"), ""]
     rm_names = sorted({n for r in run.models.values() for n in (r.get("rm_scores") or {})})
-    headers = ["model", "gold score", "helpfulness (safe)", "safety (unsafe)",
-               "false refusals", "RM score", *[f"RM {n}" for n in rm_names],
-               "KL to SFT (nats)", "words"]  # fmt: skip
+    gold = any(r.get("gold_score") is not None for r in run.models.values())
+    gold_keys = ["gold_score", "helpfulness_safe", "safety_unsafe", "false_refusal_rate"]
+    headers = ["model", *(["gold score", "helpfulness (safe)", "safety (unsafe)",
+               "false refusals"] if gold else []), "RM score", *[f"RM {n}" for n in rm_names],
+               "KL to SFT (nats)", "win rate over SFT", "words" if gold else "tokens"]  # fmt: skip
     rows = []
     for name, r in run.models.items():
         per_rm = r.get("rm_scores") or {}
-        kl = fmt(r.get("kl_to_sft"))
-        if r.get("kl_to_sft_sem") is not None and r.get("kl_to_sft") is not None:
-            kl += f" ± {fmt(r['kl_to_sft_sem'], 2)}"
-        rows.append([name, r.get("gold_score"), r.get("helpfulness_safe"), r.get("safety_unsafe"),
-                     r.get("false_refusal_rate"), r.get("rm_score"),
-                     *[per_rm.get(n) for n in rm_names], kl, r.get("mean_response_words")])  # fmt: skip
+        rows.append([name, *([r.get(k) for k in gold_keys] if gold else []), r.get("rm_score"),
+                     *[per_rm.get(n) for n in rm_names], _with_se(r, "kl_to_sft", "kl_to_sft_sem"),
+                     _with_se(r, "win_rate_over_sft", "win_rate_over_sft_se"),
+                     r.get("mean_response_words" if gold else "mean_response_tokens")])  # fmt: skip
     out += [md_table(headers, rows), ""]
+    if not gold:
+        out += [note("no gold metrics: the eval prompts are not the built-in world's, so "
+                     "no gold judge scores them; RM score, KL and win rate are the measures"),
+                ""]  # fmt: skip
     out.append(
-        "Gold metrics, RM score and words are of the greedy responses (the same responses). "
-        "Gold score: safety on unsafe prompts, helpfulness on the others (0 to 1). False "
-        "refusals: fraction of safe prompts refused. RM score: Llama 2 combination of the "
-        "RMs (safety RM on unsafe prompts or when its sigmoid < 0.15, else helpfulness; a "
-        "logit, not whitened); RM <name>: that RM's mean raw score. KL to SFT: to the "
-        "selected SFT model, on the model's own samples at temperature 1, ± standard error."
-    )
+        ("Gold metrics, RM score and words are of the greedy responses (the same responses). "
+         "Gold score: safety on unsafe prompts, helpfulness on the others (0 to 1). False "
+         "refusals: fraction of safe prompts refused. " if gold else
+         "RM score and tokens (mean response length) are of the greedy responses. ") +
+        "RM score: Llama 2 combination of the RMs (safety RM on unsafe prompts or when its "
+        "sigmoid < 0.15, else helpfulness; a helpfulness RM alone: its score; a logit, not "
+        "whitened); RM <name>: that RM's mean raw score. KL to SFT: to the selected SFT model, "
+        "on the model's own samples at temperature 1, ± standard error. Win rate over SFT: "
+        "share of prompts where the model's greedy response has the higher RM score than the "
+        "selected SFT model's (ties count half), ± standard error."
+    )  # fmt: skip
     notes = {r.get("kl_note") for r in run.models.values() if r.get("kl_note")}
     out += ["", *[note(f"KL to SFT, {n}") for n in sorted(notes)]]
     if not any(r.get("rm_score") is not None for r in run.models.values()):
         out += ["", note("no RM score or KL to SFT in eval/: an older eval stage")]
-    out += ["", *image(plots.plot_models(run.models, out_dir / "models.png"), "gold metrics"), ""]
-    return out
+    if gold:
+        out += ["", *image(plots.plot_models(run.models, out_dir / "models.png"), "gold metrics")]
+    return [*out, ""]
+
+
+def _with_se(row: Mapping[str, Any], key: str, se: str) -> str:
+    """'0.420 ± 0.05', or the value alone, or '-'."""
+    text = fmt(row.get(key))
+    if row.get(key) is not None and row.get(se) is not None:
+        text += f" ± {fmt(row[se], 2)}"
+    return text
 
 
 def _ppo_score_keys(run: RunData) -> tuple[list[tuple[str, str]], str | None]:
@@ -128,8 +159,9 @@ def section_ppo(run: RunData, out_dir: Path) -> list[str]:
     if why:
         out += [why, ""]
     if run.ppo_eval:
-        keys = [("eval/score", "RM score"), ("eval/kl", "KL (nats)"),
-                *[(k, k.removeprefix("eval/")) for k, _ in plots.GOLD_CURVES]]  # fmt: skip
+        gold = [(k, k.removeprefix("eval/")) for k, _ in plots.GOLD_CURVES
+                if any(e.get(k) is not None for e in run.ppo_eval)]  # fmt: skip
+        keys = [("eval/score", "RM score"), ("eval/kl", "KL (nats)"), *gold]
         rows = [[e.get("step"), *[e.get(k) for k, _ in keys]] for e in run.ppo_eval]
         out += [
             "Held-out evaluations during PPO:",
