@@ -26,7 +26,7 @@ from rlhfkit.models.forward import policy_logits
 from rlhfkit.models.load import autocast_context
 from rlhfkit.models.wrap import unwrap
 from rlhfkit.ops.kl import kl_k1, kl_k3
-from rlhfkit.ops.logprobs import response_logprobs
+from rlhfkit.ops.logprobs import logprob_temperature, response_logprobs
 from rlhfkit.ops.masking import masked_sum
 from rlhfkit.sampling.generator import GenerationSettings, ResponseGenerator
 from rlhfkit.scoring.rm import ScoreResult
@@ -308,7 +308,8 @@ def response_logprob(
     temperature 1: the sampler's own log-probs where they are exactly that (our decoding
     path, `exact_logprobs`, at temperature 1 or greedy: log softmax over the full
     vocabulary, `models.generate`), else one forward of `model` (`sequence_logprobs`)."""
-    if getattr(generator, "exact_logprobs", False) and settings.temperature in (0.0, 1.0):
+    at_one = logprob_temperature(settings.temperature) == 1.0
+    if getattr(generator, "exact_logprobs", False) and at_one:
         return gen.logprobs.float().sum(-1).cpu()
     return sequence_logprobs(model, gen, 1.0, settings.bf16).sum(-1).cpu()
 
@@ -322,7 +323,7 @@ def sequence_kl(
     """((B,) k1, (B,) k3) on the CPU, each summed over the response tokens (EOS included):
     the policy's log-probs (the sampler's, or a forward of `policy` when given) against a
     forward of `reference`, both at the sampling temperature (1 when greedy)."""
-    temperature = settings.temperature if settings.temperature > 0 else 1.0
+    temperature = logprob_temperature(settings.temperature)
     ref_logprobs = sequence_logprobs(reference, gen, temperature, settings.bf16)  # (B, R)
     if policy is None:
         logprobs = gen.logprobs.float()  # (B, R)

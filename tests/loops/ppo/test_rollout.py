@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 
+from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UserError
 from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout, shape_scores
 from rlhfkit.loops.ppo.update import UpdateSettings, add_advantages
@@ -75,6 +76,15 @@ def test_kl_is_zero_before_the_first_update(roles, tiny_tokenizer, temperature):
     torch.testing.assert_close(at_last, r.scores, atol=1e-5, rtol=0)
     others = r.rewards.scatter(1, last[:, None], 0.0)
     assert others.abs().max() < 1e-5 * 0.05 + 1e-7
+
+
+@pytest.mark.parametrize(("temperature", "expected"), [(0.0, 1.0), (0.7, 0.7)])
+def test_rollout_and_update_take_log_probs_at_one_temperature(temperature, expected):
+    """Sampling, the reference and the update score responses at the same temperature:
+    the sampling one, 1 for greedy (`ops.logprobs.logprob_temperature`)."""
+    cfg = PPOConfig(temperature=temperature)
+    assert RolloutSettings.from_config(cfg).logprob_temperature == expected
+    assert UpdateSettings.from_config(cfg).temperature == expected
 
 
 def test_rollout_shapes_masks_and_padding_zeros(roles, tiny_tokenizer):
