@@ -1,7 +1,7 @@
 """Sample, then score (`rlhfkit.sampling.sample_score`): N responses per prompt in prompt-major order
 and fixed batch cuts, the same samples as a direct `models.generate.sample` loop, scores
-equal to scoring the texts directly, KL exactly 0 for a model against itself, and PPO's
-held-out evaluation built on them. Prompts encoded as SFT saw them: conversational records
+equal to scoring the texts directly, KL exactly 0 for a model against itself (held-out
+evaluation, built on them: test_held_out.py). Prompts encoded as SFT saw them: conversational records
 exactly as the chat template renders them with the generation prompt, plain prompts for a
 chat-trained model as one user turn, conversational ones without a template refused,
 overlong ones counted in one note."""
@@ -22,10 +22,7 @@ from rlhfkit.models.generate import decode_responses, sample
 from rlhfkit.models.presets import build_model
 from rlhfkit.sampling.generator import GenerationSettings, make_generator
 from rlhfkit.sampling.sample_score import (
-    GOLD_KEYS,
     encode_prompts,
-    evaluate_policy,
-    gold_metrics,
     sample_and_score,
     sequence_logprobs,
 )
@@ -213,35 +210,6 @@ def _naive_logprobs_match(model, g, got) -> None:
             for t, tok in enumerate(response)
         )
         assert abs(got[row].item() - want) < 1e-4, (row, got[row], want)
-
-
-@pytest.fixture(scope="module")
-def world_prompts(tmp_path_factory):
-    from rlhfkit.data.records import read_prompts
-    from rlhfkit.world import make_world
-
-    root = tmp_path_factory.mktemp("world")
-    make_world(root, seed=0, corpus_docs=5, sft=5, train_prompts=5, eval_prompts=6)
-    return read_prompts(root / "prompts_eval.jsonl")
-
-
-def test_evaluate_policy_reports_reward_kl_lengths_and_gold(model, tiny_tokenizer, world_prompts):
-    settings = GenerationSettings(max_new_tokens=8, temperature=0.0)
-    scorer, tok = rule_scorer("length"), tiny_tokenizer
-    gen = make_generator(model, tok)
-    out = evaluate_policy(
-        gen, copy.deepcopy(model), scorer, world_prompts, tokenizer=tok, settings=settings,
-        max_prompt_len=128, batch_size=4, seed=0, device=torch.device("cpu"),
-    )  # fmt: skip
-    assert set(GOLD_KEYS) <= set(out) and out["n"] == len(world_prompts)
-    assert abs(out["kl"]) < 1e-4 and abs(out["kl_k3"]) < 1e-4  # against a copy of itself
-    ids = encode_prompts(world_prompts, tok, 128)
-    rng = torch.Generator().manual_seed(0 + 12_345)
-    r = sample_and_score(gen, world_prompts, ids, settings, rng, batch_size=4, scorer=scorer)
-    assert out["score"] == pytest.approx(float(r.scores.mean()))
-    assert out["response_length"] == pytest.approx(sum(r.tokens) / len(r.tokens))
-    assert [s["response"] for s in out["samples"]] == r.texts[:4]
-    assert gold_metrics(["not a world prompt"], ["x"], [False], [1]) == {}
 
 
 @pytest.fixture

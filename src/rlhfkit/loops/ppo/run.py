@@ -29,7 +29,8 @@ from rlhfkit.models.sharded import read_checkpoint, write_checkpoint
 from rlhfkit.models.wrap import enable_gradient_checkpointing, is_sharded, wrap_for_training
 from rlhfkit.ops.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.sampling.generator import ResponseGenerator, make_generator
-from rlhfkit.sampling.sample_score import encode_prompts, evaluate_policy
+from rlhfkit.sampling.held_out import evaluate_policy
+from rlhfkit.sampling.sample_score import encode_prompts
 from rlhfkit.scoring.build import unwhitened
 
 # ---------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ from rlhfkit.loops.rejection.samples import (
 from rlhfkit.models.checkpoint import export_hf
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
 from rlhfkit.sampling.generator import make_generator
-from rlhfkit.sampling.sample_score import encode_prompts, gold_metrics, sample_held_out
+from rlhfkit.sampling.held_out import sample_held_out
+from rlhfkit.sampling.sample_score import encode_prompts, gold_metrics
 from rlhfkit.scoring.build import build_scorer
 
 RS_INFO = "rlhfkit_rs.json"
