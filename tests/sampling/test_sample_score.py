@@ -1,10 +1,10 @@
 """Sample, then score (`rlhfkit.sampling.sample_score`): N responses per prompt in prompt-major order
 and fixed batch cuts, the same samples as a direct `models.generate.sample` loop, scores
 equal to scoring the texts directly, KL exactly 0 for a model against itself (held-out
-evaluation, built on them: test_held_out.py). Prompts encoded as SFT saw them: conversational records
-exactly as the chat template renders them with the generation prompt, plain prompts for a
-chat-trained model as one user turn, conversational ones without a template refused,
-overlong ones counted in one note."""
+evaluation, built on them: test_held_out.py). Prompts encoded as SFT saw them:
+conversational records exactly as the chat template renders them with the generation
+prompt, plain prompts for a chat-trained model as one user turn, conversational ones
+without a template refused, overlong ones counted in one note."""
 
 from __future__ import annotations
 
