@@ -132,9 +132,13 @@ def _scorer(cfg: EvalConfig, device: Any) -> Any:
     from rlhfkit.scoring.rm import RewardScorer
 
     return RewardScorer.from_specs(
-        list(cfg.rm), cfg.combine, combine_options(cfg, whiten=False), device=device,
-        trust_remote_code=cfg.trust_remote_code, remote=RemoteSettings.from_config(cfg),
-    )  # fmt: skip
+        list(cfg.rm),
+        cfg.combine,
+        combine_options(cfg, whiten=False),
+        device=device,
+        trust_remote_code=cfg.trust_remote_code,
+        remote=RemoteSettings.from_config(cfg),
+    )
 
 
 def _reference(cfg: EvalConfig, device: Any) -> Any:
@@ -286,8 +290,10 @@ def _print_table(
     if gold is not None:
         print("\n" + format_table(gold))
     elif n_world:
-        print(f"\nno gold metrics: {len(prompts) - n_world} of {len(prompts)} prompts are not "
-              "the built-in world's")  # fmt: skip
+        print(
+            f"\nno gold metrics: {len(prompts) - n_world} of {len(prompts)} prompts are not "
+            "the built-in world's"
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -46,9 +46,17 @@ def evaluate_policy(
     """
     ids = encode_prompts(prompts, tokenizer, max_prompt_len)
     r = sample_held_out(
-        generator, prompts, ids, settings, batch_size=batch_size, seed=seed, device=device,
-        scorer=scorer, tokenizer=tokenizer, reference=reference,
-    )  # fmt: skip
+        generator,
+        prompts,
+        ids,
+        settings,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        scorer=scorer,
+        tokenizer=tokenizer,
+        reference=reference,
+    )
     s = r.scores
     out: dict[str, Any] = {
         "score": float(s.mean()),
@@ -88,6 +96,13 @@ def sample_held_out(
     scored by `scorer`, and with `reference`, their KL to it (`sample_and_score`)."""
     rng = torch.Generator(device=device).manual_seed(seed + 12_345)
     return sample_and_score(
-        generator, prompts, prompt_ids, settings, rng, batch_size=batch_size,
-        scorer=scorer, tokenizer=tokenizer, reference=reference,
-    )  # fmt: skip
+        generator,
+        prompts,
+        prompt_ids,
+        settings,
+        rng,
+        batch_size=batch_size,
+        scorer=scorer,
+        tokenizer=tokenizer,
+        reference=reference,
+    )
