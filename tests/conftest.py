@@ -199,3 +199,20 @@ def ggufs(tmp_path_factory, tiny_tokenizer) -> dict:
         "tied": write_tiny_gguf(root / "tied.gguf", tiny_tokenizer, seed=0),
         "untied": write_tiny_gguf(root / "untied.gguf", tiny_tokenizer, seed=1, tied=False),
     }
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny reward model folder (the tiny Llama with a random head, the tiny tokenizer
+    and its chat template): the conversational-prompt tests of the scoring commands."""
+    import copy
+
+    from rlhfkit.models.checkpoint import save_hf
+    from rlhfkit.models.presets import build_model
+    from rlhfkit.models.reward import init_reward_model
+
+    folder = tmp_path_factory.mktemp("chat_rm") / "rm"
+    lm = build_model("test", tiny_tokenizer, seed=3)
+    rm, tok = init_reward_model(lm, copy.deepcopy(tiny_tokenizer), head_init="normal", seed=3)
+    save_hf(rm, tok, folder)
+    return folder

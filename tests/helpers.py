@@ -255,3 +255,17 @@ def write_tiny_gguf(path: Path, tokenizer, seed: int = 0, tied: bool = True) -> 
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def rm_training_sequences(prompt: list[dict], responses: list[str], tok) -> list[list[int]]:
+    """The sequences `rlhfkit rm` trains on for a conversational ranking of `responses`
+    (each an assistant turn) to `prompt`."""
+    from rlhfkit.data.records import RankingRecord
+    from rlhfkit.data.reward_data import encode_rankings, resolve_margin_table
+
+    rec = RankingRecord(
+        "", responses, [0, 1], prompt_messages=prompt,
+        response_messages=[[assistant(r)] for r in responses],
+    )  # fmt: skip
+    (ex,), _ = encode_rankings([rec], tok, 256, resolve_margin_table("none"))
+    return ex.sequences

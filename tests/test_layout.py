@@ -21,21 +21,12 @@ TESTS = ROOT / "tests"
 
 # Modules with behaviour and no mirrored test file yet. Each names where its tests are now.
 # "moved after the merge": the file that holds them is being edited on another branch (the
-# PPO loop's and the scorers' tests, the pipeline's and the report's), so they move once
-# that branch is merged; remove the entry then, and the test below keeps it from coming back.
+# pipeline's and the report's), so they move once that branch is merged; remove the entry
+# then, and the test below keeps it from coming back.
 NO_MIRROR = {
     "loops/pipeline_eval.py": "tests/test_pipeline.py, tests/report/test_render.py (moved after the merge)",
-    "loops/ppo/metrics.py": "tests/loops/ppo/test_rollout.py (moved after the merge)",
-    "loops/ppo/run.py": "tests/loops/ppo/test_loop.py (moved after the merge)",
-    "loops/ppo/update.py": "tests/loops/ppo/test_loop.py, test_rollout.py (moved after the merge)",
     "report/papers.py": "tests/report/test_render.py (moved after the merge)",
     "report/plots.py": "tests/report/test_render.py, tests/loops/rejection/test_keep.py (moved after the merge)",
-    "sampling/generator.py": "tests/sampling/test_sample_score.py, test_vllm_engine.py (moved after the merge)",
-    "scoring/build.py": "tests/scoring/test_rm.py, tests/loops/ppo/test_loop.py (moved after the merge)",
-    "scoring/command.py": "tests/scoring/test_rm.py (moved after the merge)",
-    "scoring/remote.py": "tests/scoring/test_serve.py (moved after the merge)",
-    "scoring/tokens.py": "tests/scoring/test_rm.py, test_serve.py (moved after the merge)",
-    "scoring/rules.py": "tests/loops/ppo/test_rollout.py, tests/sampling/test_sample_score.py (moved after the merge)",
 }  # fmt: skip
 
 # Test files of the command line as a whole (several commands, the repository itself).
@@ -43,7 +34,6 @@ CROSS_CUTTING = {
     "test_chain.py": "the whole chain on 14 model families",
     "test_cli_errors.py": "bad input: one line, exit 2, before torch loads, for every command",
     "test_chat_format.py": "instruct models see their own chat format in every stage",
-    "test_chat_prompts.py": "conversational prompts through the sampling commands",
     "test_compare_seeds.py": "scripts/compare_seeds.py",
     "test_docs.py": "the MkDocs site builds strictly",
     "test_import_graph.py": "no import circle in src/rlhfkit",

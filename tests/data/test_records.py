@@ -15,6 +15,7 @@ from rlhfkit.data.records import (
     SFTRecord,
     read_corpus,
     read_prompts,
+    read_scoring_records,
     read_sft,
 )
 from rlhfkit.errors import RecordError, UserError
@@ -262,3 +263,49 @@ def test_sharegpt_sft_records_get_the_role_mapping_not_no_assistant_turn(tmp_pat
         assert message.startswith(f"{f}:2: messages[0]")
         assert "roles system, user, assistant" in message or "not one of system" in message
         assert "human->user, gpt->assistant" in message and "no assistant turn" not in message
+
+
+def test_scoring_records_take_conversational_prompts(tmp_path):
+    f = write_jsonl(
+        tmp_path / "s.jsonl",
+        [
+            {"prompt": [user("hi")], "response": "hello", "id": 7},
+            {"messages": [SYSTEM, user("hi")], "response": assistant("yo")},
+            {"prompt": [user("hi")], "response": [assistant("hey")], "ended": False},
+            {"prompt": "plain", "response": "text"},
+        ],
+    )
+    a, b, c, d = read_scoring_records(f)
+    assert (a.messages, a.response, a.content, a.row["id"]) == (
+        [user("hi")], "hello", [user("hi")], 7
+    )  # fmt: skip
+    assert (b.messages, b.response) == ([SYSTEM, user("hi")], "yo")
+    assert (c.response, c.ended) == ("hey", False)
+    assert (d.messages, d.content) == (None, "plain")
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "plain", "response": assistant("x")}])
+    with pytest.raises(RecordError, match=r"b\.jsonl:1: 'response' is a message but 'prompt'"):
+        read_scoring_records(bad)
+    bad = write_jsonl(
+        tmp_path / "b2.jsonl", [{"prompt": [user("q")], "response": [assistant("x"), user("y")]}]
+    )
+    with pytest.raises(RecordError, match="one assistant message"):
+        read_scoring_records(bad)
+
+
+def test_read_scoring_records_file_line_errors(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n" + json.dumps({"prompt": "p"}))
+    with pytest.raises(RecordError, match=r"r\.jsonl:2: field 'response' is missing"):
+        read_scoring_records(f)
+    f.write_text(json.dumps({"prompt": "p", "response": "r", "safety": "yes"}) + "\n")
+    with pytest.raises(RecordError, match=r"r\.jsonl:1: field 'safety'"):
+        read_scoring_records(f)
+    f.write_text(json.dumps({"prompt": "p", "response": "r", "safety": True, "x": 1}) + "\n")
+    (rec,) = read_scoring_records(f)
+    assert rec.safety and rec.row["x"] == 1
+    assert rec.ended  # no "ended": a whole response
+    f.write_text(json.dumps({"prompt": "p", "response": "r", "ended": False}) + "\n")
+    assert not read_scoring_records(f)[0].ended
+    f.write_text(json.dumps({"prompt": "p", "response": "r", "ended": 0}) + "\n")
+    with pytest.raises(RecordError, match=r"r\.jsonl:1: field 'ended'"):
+        read_scoring_records(f)

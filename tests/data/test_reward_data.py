@@ -4,11 +4,15 @@ layouts of a reward-model batch."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+from tests.helpers import SYSTEM, rm_training_sequences, template_ids, user
 
 from rlhfkit.data.records import RankingRecord
 from rlhfkit.data.reward_data import (
     encode_rankings,
+    encode_responses,
     pack_sequences,
     resolve_margin_table,
     row_width,
@@ -72,3 +76,37 @@ def test_row_width_weighs_unused_cells_against_attention():
     assert row_width(lengths, 1.0) == 10  # 550 < 684
     rows = pack_sequences([[1] * n for n in lengths], pad_id=0, attention_cost=0.01)
     assert rows.input_ids.shape == (2, 18)
+
+
+def test_scoring_a_conversation_reads_what_the_rm_trained_on(tiny_tokenizer):
+    """`encode_responses` on a conversational prompt = the sequence `rm` trains on for the
+    same conversation (a TRL conversational preference record); cut before EOS, the
+    policy's own sequence: prompt with the generation prompt, then the response."""
+    tok = tiny_tokenizer
+    prompt = [SYSTEM, user("what is two and two?")]
+    (seqs, _), rm_seq = (
+        encode_responses(tok, [prompt, prompt], ["four", "five"], 256, ended=[True, False]),
+        rm_training_sequences(prompt, ["four", "five"], tok),
+    )
+    assert seqs[0] == rm_seq[0]
+    assert seqs[0] == template_ids(tok, prompt) + tok("four", add_special_tokens=False)[
+        "input_ids"
+    ] + [tok.eos_token_id]
+    assert seqs[1] == template_ids(tok, prompt) + tok("five", add_special_tokens=False)["input_ids"]
+
+
+def test_a_template_writing_past_eos_still_ends_the_rm_sequence_at_eos(tiny_tokenizer):
+    """A template that closes a turn with EOS + newline (as Qwen's `<|im_end|>\\n`): the RM
+    trains on and scores the sequence up to EOS, the sequence the policy samples (the
+    chat-rendered prompt, the response, EOS), not one ending in the newline."""
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    prompt = [user("what is two and two?")]
+    four = tok("four", add_special_tokens=False)["input_ids"]
+    sampled = template_ids(tok, prompt) + four + [tok.eos_token_id]
+    assert rm_training_sequences(prompt, ["four", "five"], tok)[0] == sampled
+    assert encode_responses(tok, [prompt], ["four"], 256)[0][0] == sampled

@@ -15,7 +15,7 @@ from rlhfkit.loops.select import find_candidates
 from rlhfkit.models.checkpoint import save_hf
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model
-from tests.helpers import write_jsonl
+from tests.helpers import SYSTEM, template_ids, user, write_jsonl
 
 
 def repeating_model(tokenizer, token_id: int, seed: int = 0):
@@ -111,3 +111,45 @@ def test_candidates_and_errors(sft_run, tmp_path):
     argv = ["select", "--prompts", str(sft_run / "prompts.jsonl"), "--out", str(tmp_path / "o"),
             "--rule-reward", "length"]  # fmt: skip
     assert cli.main(argv) == 2  # no --checkpoints
+
+
+def test_rlhfkit_select_samples_conversational_prompts_through_the_template(
+    tmp_path, tiny_tokenizer, chat_tokenizer, rm_dir, monkeypatch, capsys
+):
+    """A real command on conversational prompts: `select` samples from the chat-rendered
+    prompt ids; the same chat-trained checkpoint renders plain prompts as user turns."""
+    import rlhfkit.loops.select as select
+
+    seen = []
+    real = select.encode_prompts
+
+    def recording(prompts, tok, max_prompt_len):
+        ids = real(prompts, tok, max_prompt_len)
+        seen.append(ids)
+        return ids
+
+    monkeypatch.setattr(select, "encode_prompts", recording)
+    save_hf(
+        build_model("test", tiny_tokenizer, seed=0), chat_tokenizer, tmp_path / "sft" / "epoch-1"
+    )
+    convo = [[SYSTEM, user(f"count to {i}")] for i in range(3)]
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in convo])
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": f"count to {i}"} for i in range(3)])
+
+    def run(prompts, out):
+        argv = [
+            "select", "--checkpoints", str(tmp_path / "sft"), "--prompts", str(prompts),
+            "--out", str(tmp_path / out), "--device", "cpu", "--max-new-tokens", "4",
+            "--rm", f"help={rm_dir}",
+        ]  # fmt: skip
+        assert cli.main(argv) == 0
+        return capsys.readouterr().out
+
+    printed = run(chat, "a")
+    assert seen[-1] == [template_ids(tiny_tokenizer, m) for m in convo]
+    assert "warning" not in printed
+    printed = run(plain, "b")
+    assert "warning" not in printed
+    assert seen[-1] == [template_ids(tiny_tokenizer, [user(f"count to {i}")]) for i in range(3)]
+    result = json.loads((tmp_path / "a" / "select.json").read_text())
+    assert result["checkpoints"][0]["n"] == 3

@@ -9,13 +9,17 @@ import torch
 
 from rlhfkit import cli
 from rlhfkit.config import SFTConfig
+from rlhfkit.data.tokenize import trained_on_chat
 from rlhfkit.errors import UserError
 from rlhfkit.loops.sft import train_sft
+from rlhfkit.models.load import load_tokenizer
 from tests.helpers import (
     TINY_ARCH,
     assert_same_training,
+    assistant,
     make_base_model,
     sft_rows,
+    user,
     write_jsonl,
 )
 
@@ -311,3 +315,20 @@ def test_choose_packing_probes_a_model_once_and_notes_it_once(tiny_tokenizer, ca
     other = build_model(TINY_ARCH["llama"](), tiny_tokenizer, seed=0)
     assert lm.choose_packing(other, None, "rs") is True
     assert lm.choose_packing(other, False, "rs") is False
+
+
+def test_sft_on_messages_saves_a_chat_model_and_on_pairs_does_not(tmp_path, tiny_tokenizer):
+    """`rlhfkit sft` marks the tokenizer it saves when it trained on `messages` records, so
+    the RL stages can warn about plain prompts; prompt/completion data leaves no mark."""
+    from tests.helpers import make_base_model
+
+    base = make_base_model(tmp_path / "base", tiny_tokenizer)
+    chat = [{"messages": [user(f"say {i}"), assistant(f"{i} said")]} for i in range(4)]
+    pairs = [{"prompt": f"say {i}", "completion": f" {i} said"} for i in range(4)]
+    for name, rows, marked in (("chat", chat, True), ("pairs", pairs, False)):
+        data = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        out = tmp_path / f"sft-{name}"
+        argv = ["sft", "--model", str(base), "--data", str(data), "--out", str(out),
+                "--epochs", "1", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+        assert cli.main(argv) == 0
+        assert trained_on_chat(load_tokenizer(out / "epoch-1")) is marked, name

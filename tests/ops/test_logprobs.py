@@ -4,12 +4,15 @@ per-sequence sums (DPO)."""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from rlhfkit.ops.logprobs import (
     entropy_from_logits,
+    logprob_temperature,
     logprobs_from_logits,
     response_logprobs,
     sequence_logprobs,
@@ -159,6 +162,28 @@ def test_bad_temperature() -> None:
     logits, ids = _random()
     with pytest.raises(ValueError):
         logprobs_from_logits(logits, ids, temperature=0.0)
+
+
+@pytest.mark.parametrize(("sampling", "expected"), [(0.0, 1.0), (0.7, 0.7), (1.0, 1.0), (2.5, 2.5)])
+def test_logprob_temperature_is_the_sampling_one_and_1_when_greedy(sampling, expected) -> None:
+    assert logprob_temperature(sampling) == expected
+    # greedy log-probs are those of the untempered model: log softmax(z), z the logits
+    logits, ids = _random(seed=2)
+    got = logprobs_from_logits(logits.double(), ids, logprob_temperature(sampling))
+    torch.testing.assert_close(got, _naive_logprobs(logits, ids, expected))
+
+
+def test_the_greedy_rule_is_written_once() -> None:
+    """Every place that needs the log-prob temperature calls `logprob_temperature`: no other
+    module of the package spells out "temperature 0 means 1"."""
+    src = Path(__file__).resolve().parents[2] / "src" / "rlhfkit"
+    rule = re.compile(r"temperature\s*>\s*0(\.0)?\s+else|temperature\s+in\s+\(0")
+    written = [
+        str(p.relative_to(src))
+        for p in sorted(src.rglob("*.py"))
+        if rule.search(p.read_text(encoding="utf-8"))
+    ]
+    assert written == ["ops/logprobs.py"], written
 
 
 def test_sequence_logprobs_match_a_per_token_loop() -> None:

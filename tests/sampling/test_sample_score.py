@@ -1,7 +1,10 @@
 """Sample, then score (`rlhfkit.sampling.sample_score`): N responses per prompt in prompt-major order
 and fixed batch cuts, the same samples as a direct `models.generate.sample` loop, scores
-equal to scoring the texts directly, KL exactly 0 for a model against itself, and PPO's
-held-out evaluation built on them."""
+equal to scoring the texts directly, KL exactly 0 for a model against itself (held-out
+evaluation, built on them: test_held_out.py). Prompts encoded as SFT saw them:
+conversational records exactly as the chat template renders them with the generation
+prompt, plain prompts for a chat-trained model as one user turn, conversational ones
+without a template refused, overlong ones counted in one note."""
 
 from __future__ import annotations
 
@@ -10,19 +13,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.helpers import SYSTEM, assistant, template_ids, user, write_jsonl
 
-from rlhfkit.data.records import PromptRecord
+from rlhfkit.data.records import PromptRecord, read_prompts
+from rlhfkit.data.tokenize import trained_on_chat
+from rlhfkit.errors import RecordError
 from rlhfkit.models.generate import decode_responses, sample
 from rlhfkit.models.presets import build_model
 from rlhfkit.sampling.generator import GenerationSettings, make_generator
 from rlhfkit.sampling.sample_score import (
-    GOLD_KEYS,
     encode_prompts,
-    evaluate_policy,
-    gold_metrics,
     sample_and_score,
     sequence_logprobs,
 )
+from rlhfkit.scoring.rm import score_texts
 from rlhfkit.scoring.rules import rule_scorer
 
 PROMPTS = [
@@ -208,30 +212,116 @@ def _naive_logprobs_match(model, g, got) -> None:
         assert abs(got[row].item() - want) < 1e-4, (row, got[row], want)
 
 
-@pytest.fixture(scope="module")
-def world_prompts(tmp_path_factory):
-    from rlhfkit.data.records import read_prompts
-    from rlhfkit.world import make_world
-
-    root = tmp_path_factory.mktemp("world")
-    make_world(root, seed=0, corpus_docs=5, sft=5, train_prompts=5, eval_prompts=6)
-    return read_prompts(root / "prompts_eval.jsonl")
+@pytest.fixture
+def no_template(tiny_tokenizer):
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
+    return tok
 
 
-def test_evaluate_policy_reports_reward_kl_lengths_and_gold(model, tiny_tokenizer, world_prompts):
-    settings = GenerationSettings(max_new_tokens=8, temperature=0.0)
-    scorer, tok = rule_scorer("length"), tiny_tokenizer
-    gen = make_generator(model, tok)
-    out = evaluate_policy(
-        gen, copy.deepcopy(model), scorer, world_prompts, tokenizer=tok, settings=settings,
-        max_prompt_len=128, batch_size=4, seed=0, device=torch.device("cpu"),
+def test_conversational_prompts_encode_as_the_chat_template_renders_them(tmp_path, tiny_tokenizer):
+    tok = tiny_tokenizer
+    convo = [SYSTEM, user("what is two and two?")]
+    multi = [user("hi"), assistant("hello"), user("sort 3 1 2")]
+    f = write_jsonl(
+        tmp_path / "p.jsonl", [{"messages": convo}, {"prompt": multi}, {"prompt": "The cat"}]
+    )
+    ids = encode_prompts(read_prompts(f), tok, 256)
+    assert ids[0] == template_ids(tok, convo)
+    assert ids[1] == template_ids(tok, multi)
+    assert ids[2] == [tok.bos_token_id] + tok("The cat", add_special_tokens=False)["input_ids"]
+    # spelled out for the tiny template: <|bos|><|system|>\n...\n<|user|>\n...\n<|assistant|>\n
+    assert tok.decode(ids[0]) == (
+        "<|bos|><|system|>\nbe brief\n<|user|>\nwhat is two and two?\n<|assistant|>\n"
+    )
+
+
+def test_a_chat_trained_model_reads_plain_prompts_as_one_user_turn(
+    tmp_path, chat_tokenizer, capsys
+):
+    """A model marked chat (an SFT on `messages`) gets a plain prompt as the user turn of
+    its template, the same ids as the conversational record; nothing to warn about."""
+    f = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "The cat"}, {"prompt": "hi"}])
+    g = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user("The cat")]}])
+    plain = encode_prompts(read_prompts(f), chat_tokenizer, 64)
+    assert plain == [template_ids(chat_tokenizer, [user("The cat")]),
+                     template_ids(chat_tokenizer, [user("hi")])]  # fmt: skip
+    assert encode_prompts(read_prompts(g), chat_tokenizer, 64)[0] == plain[0]
+    assert capsys.readouterr().out == ""
+
+
+def test_the_built_in_pipeline_prints_no_warning(tmp_path, tiny_tokenizer, capsys):
+    """The built-in tokenizer ships a chat template, but a model not trained on chat
+    messages is not warned about plain prompts."""
+    assert tiny_tokenizer.chat_template is not None and not trained_on_chat(tiny_tokenizer)
+    f = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "The cat"}])
+    encode_prompts(read_prompts(f), tiny_tokenizer, 64)
+    assert capsys.readouterr().out == ""
+
+
+def test_conversational_prompts_without_a_chat_template_are_refused(tmp_path, no_template):
+    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "plain"}, {"messages": [user("hi")]}])
+    with pytest.raises(RecordError) as e:
+        encode_prompts(read_prompts(f), no_template, 64)
+    assert str(e.value) == (
+        f"{f}:2: a conversational prompt (a list of messages) needs a tokenizer with a chat "
+        "template, and the model's has none: give plain 'prompt' strings"
+    )
+
+
+def test_overlong_prompts_are_counted_in_one_note(tmp_path, tiny_tokenizer, capsys):
+    tok = tiny_tokenizer
+    long = "the cat sat on the mat " * 10
+    f = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": long}, {"prompt": "hi"}, {"messages": [user(long)]}, {"prompt": "a"}],
+    )
+    prompts = read_prompts(f)
+    ids = encode_prompts(prompts, tok, 12)
+    encode_prompts(prompts, tok, 12)  # once per file and length, however often encoded
+    assert capsys.readouterr().out == (
+        f"note: {f}: 2 of 4 prompts are longer than --max-prompt-len=12 tokens; each keeps "
+        "its last 12 tokens (the oldest are dropped, a leading BOS kept)\n"
+    )
+    whole = template_ids(tok, [user(long)])
+    assert ids[2] == [tok.bos_token_id] + whole[-11:]  # the generation prompt is kept
+    assert all(len(i) <= 12 for i in ids)
+    encode_prompts(prompts, tok, 256)
+    assert capsys.readouterr().out == ""  # nothing cut: no note
+
+
+def test_plain_string_prompts_still_encode(tiny_tokenizer):
+    ids = encode_prompts(["The cat", PromptRecord("hi")], tiny_tokenizer, 64)
+    tok = tiny_tokenizer
+    assert ids[0] == [tok.bos_token_id] + tok("The cat", add_special_tokens=False)["input_ids"]
+
+
+def test_an_rm_with_another_tokenizer_gets_the_messages_not_decoded_template_text(
+    tiny_tokenizer, tiny_texts, rm_dir, tmp_path
+):
+    """PPO / RS / select sampling from conversational prompts: an RM that cannot read the
+    policy's ids renders the conversation with its own chat template, as it trained."""
+    from rlhfkit.models.presets import train_tokenizer
+    from rlhfkit.sampling.generator import GenerationSettings, make_generator
+    from rlhfkit.sampling.sample_score import sample_and_score
+    from rlhfkit.scoring.rm import RewardScorer
+
+    other = train_tokenizer(tiny_texts[:100], vocab_size=300)
+    policy = build_model("test", other, seed=4)
+    scorer = RewardScorer.from_specs({"r": rm_dir})
+    assert not scorer.shares_tokenizer("r", other)
+    f = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"messages": [SYSTEM, user("count to three")]}, {"prompt": [user("the cat sat")]}],
+    )
+    prompts = read_prompts(f)
+    settings = GenerationSettings(max_new_tokens=6, temperature=1.0)
+    got = sample_and_score(
+        make_generator(policy, other), prompts, encode_prompts(prompts, other, 64), settings,
+        torch.Generator().manual_seed(0), scorer=scorer, tokenizer=other,
     )  # fmt: skip
-    assert set(GOLD_KEYS) <= set(out) and out["n"] == len(world_prompts)
-    assert abs(out["kl"]) < 1e-4 and abs(out["kl_k3"]) < 1e-4  # against a copy of itself
-    ids = encode_prompts(world_prompts, tok, 128)
-    rng = torch.Generator().manual_seed(0 + 12_345)
-    r = sample_and_score(gen, world_prompts, ids, settings, rng, batch_size=4, scorer=scorer)
-    assert out["score"] == pytest.approx(float(r.scores.mean()))
-    assert out["response_length"] == pytest.approx(sum(r.tokens) / len(r.tokens))
-    assert [s["response"] for s in out["samples"]] == r.texts[:4]
-    assert gold_metrics(["not a world prompt"], ["x"], [False], [1]) == {}
+    rm = scorer.models["r"]
+    expected = score_texts(
+        rm.model, rm.tokenizer, [p.messages for p in prompts], got.texts, ended=got.ended
+    )
+    torch.testing.assert_close(got.per_rm["r"], expected, atol=1e-5, rtol=0)

@@ -6,8 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from rlhfkit.config import PPOConfig, RSConfig
-from rlhfkit.sampling.generator import HFGenerator
-from rlhfkit.sampling.settings import EngineSettings, GenerationSettings, ResponseGenerator
+from rlhfkit.sampling.settings import EngineSettings, GenerationSettings
 
 
 def test_generation_settings_are_read_by_name_from_a_stages_options():
@@ -29,8 +28,3 @@ def test_engine_settings_from_a_name_a_config_or_themselves():
         2,
     )
     assert EngineSettings.of(e) is e
-
-
-def test_our_engine_has_the_interface():
-    for name in ("device", "generate", "sync_weights"):
-        assert hasattr(HFGenerator, name) and hasattr(ResponseGenerator, name)

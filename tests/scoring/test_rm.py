@@ -1,22 +1,19 @@
-"""RewardScorer: texts and policy token ids, several named RMs through a combiner; the
-`rlhfkit score` record reader."""
+"""RewardScorer: texts and policy token ids, several named RMs through a combiner."""
 
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 
 from rlhfkit.data.reward_data import encode_responses, truncate_left
-from rlhfkit.errors import RecordError, UserError
+from rlhfkit.errors import UserError
 from rlhfkit.models.generate import left_pad
 from rlhfkit.models.presets import build_model, train_tokenizer
 from rlhfkit.models.reward import init_reward_model
 from rlhfkit.scoring.build import parse_weights
 from rlhfkit.scoring.combine import combine_llama2
-from rlhfkit.scoring.command import read_scoring_records
 from rlhfkit.scoring.rm import RewardScorer, parse_rm_spec, score_texts
 
 PROMPTS = ["What is the cat", "Sort 3 2 1 please", "hi", "Add one and two", "big red house"]
@@ -182,25 +179,6 @@ def test_truncation_keeps_the_end(tiny_tokenizer):
     seqs, n_cut = encode_responses(tiny_tokenizer, ["a " * 50], ["the cat"], max_len=10)
     assert n_cut == 1 and len(seqs[0]) == 10
     assert seqs[0][0] == tiny_tokenizer.bos_token_id and seqs[0][-1] == tiny_tokenizer.eos_token_id
-
-
-def test_read_scoring_records_file_line_errors(tmp_path):
-    f = tmp_path / "r.jsonl"
-    f.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n" + json.dumps({"prompt": "p"}))
-    with pytest.raises(RecordError, match=r"r\.jsonl:2: field 'response' is missing"):
-        read_scoring_records(f)
-    f.write_text(json.dumps({"prompt": "p", "response": "r", "safety": "yes"}) + "\n")
-    with pytest.raises(RecordError, match=r"r\.jsonl:1: field 'safety'"):
-        read_scoring_records(f)
-    f.write_text(json.dumps({"prompt": "p", "response": "r", "safety": True, "x": 1}) + "\n")
-    (rec,) = read_scoring_records(f)
-    assert rec.safety and rec.row["x"] == 1
-    assert rec.ended  # no "ended": a whole response
-    f.write_text(json.dumps({"prompt": "p", "response": "r", "ended": False}) + "\n")
-    assert not read_scoring_records(f)[0].ended
-    f.write_text(json.dumps({"prompt": "p", "response": "r", "ended": 0}) + "\n")
-    with pytest.raises(RecordError, match=r"r\.jsonl:1: field 'ended'"):
-        read_scoring_records(f)
 
 
 def test_spec_and_weight_parsing():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.helpers import template_ids, user, write_jsonl
 
 from rlhfkit import cli
 from rlhfkit.data.preferences import read_preferences
@@ -179,3 +180,38 @@ def test_eval_with_a_tiny_model(tmp_path, tiny_policy, world_prompts, capsys):
     assert result["n"] == 20 and len(result["responses"]) == 20
     assert 0 <= result["gold_score"] <= 1 and result["mean_response_tokens"] <= 5
     assert cli.main(args) == 2
+
+
+def test_world_label_and_eval_take_conversational_prompts(tmp_path, tiny_tokenizer, monkeypatch):
+    """`world label` and `eval` encode a conversational prompt through the chat template (the
+    ids the sampler gets are the template's), and the world's judges still read its text."""
+    from tests.helpers import make_base_model
+
+    import rlhfkit.sampling.sample_score as sample_score
+
+    base = make_base_model(tmp_path / "base", tiny_tokenizer)
+    world = ["Q: What is 1 plus 2?\nA:", "Q: What is 2 plus 2?\nA:"]
+    rows = [{"messages": [user(q)], "safety": False} for q in world]
+    prompts = write_jsonl(tmp_path / "chat.jsonl", rows)
+    seen: list[list[int]] = []
+    encode = sample_score.encode_prompts
+
+    def spy(records, tokenizer, max_len):
+        ids = encode(records, tokenizer, max_len)
+        seen.extend(ids)
+        return ids
+
+    for module in ("rlhfkit.sampling.sample_score", "rlhfkit.loops.evaluate"):
+        monkeypatch.setattr(f"{module}.encode_prompts", spy, raising=False)
+    argv = ["world", "label", "--policy", str(base), "--prompts", str(prompts), "--out",
+            str(tmp_path / "labels"), "--k", "2", "--max-new-tokens", "4", "--device", "cpu"]  # fmt: skip
+    assert cli.main(argv) == 0
+    expected = [template_ids(tiny_tokenizer, [user(q)]) for q in world]
+    assert [list(x) for x in seen[:2]] == expected
+    ranked = [json.loads(x) for x in (tmp_path / "labels" / "rankings_helpfulness.jsonl").open()]
+    assert {r["prompt"] for r in ranked} <= set(world)  # the judges read the text
+    seen.clear()
+    argv = ["eval", "--model", str(base), "--prompts", str(prompts), "--max-new-tokens", "4",
+            "--device", "cpu", "--out", str(tmp_path / "eval.json")]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert [list(x) for x in seen[:2]] == expected

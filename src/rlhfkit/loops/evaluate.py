@@ -19,6 +19,16 @@ then, on those responses:
   the world's prompts.
 
 Prints a table and writes --out (JSON: the metrics, the responses and the per-prompt rows).
+
+Steps (`run_eval`, each numbered step marked in the code):
+  1. the options and the prompts, checked before torch loads;
+  2. the reward models of --rm (never whitened) and the --reference model (same tokenizer
+     as --model, checked);
+  3. one response per prompt from --model, scored, with its KL to the reference
+     (`respond`); then the baseline's to the same prompts with the same seed;
+  4. the metrics above and one row per prompt (`eval_metrics`), and the world's gold
+     metrics when every prompt is the world's;
+  5. the table printed, --out written.
 """
 
 from __future__ import annotations
@@ -50,6 +60,240 @@ WIN_RATE_NOTE = (
     "win_rate is the mean, win_rate_se the standard error of that mean over prompts "
     "(sample std with n - 1, divided by sqrt(n); without ties sqrt(p (1 - p) / (n - 1)))"
 )
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """`rlhfkit eval` (steps 1-5 of the module docstring). Returns the summary that --out
+    holds, less the responses and the per-prompt rows."""
+    # 1. the options and the prompts, before torch loads
+    prompts = _read_inputs(cfg)
+
+    from rlhfkit.distributed import pick_device
+
+    device = pick_device(cfg.device)
+    t0 = time.perf_counter()
+    # 2. the reward models and the reference
+    scorer, reference = _scorer(cfg, device), _reference(cfg, device)
+    # 3. the model's responses (KL to the reference), then the baseline's
+    mine = respond(cfg.model, prompts, cfg, device, scorer=scorer, reference=reference)
+    del reference  # freed before the baseline loads
+    theirs = respond(cfg.baseline, prompts, cfg, device, scorer=scorer) if cfg.baseline else None
+    # 4. the metrics, a row per prompt, and the gold metrics of the world's prompts
+    summary, rows = eval_metrics(cfg, prompts, mine, theirs)
+    gold = _gold(prompts, mine, cfg.show)
+    if gold is not None:
+        summary.update({k: v for k, v in gold.items() if k not in summary})
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    # 5. the table, then --out
+    _print_table(summary, rows, gold, prompts, cfg.show)
+    if cfg.out:
+        out = Path(cfg.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, {**summary, "responses": mine.texts, "per_prompt": rows})
+        print(f"\nwrote {out}")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# 1-3. The inputs, the roles, the responses
+# ---------------------------------------------------------------------------------------
+
+
+def _read_inputs(cfg: EvalConfig) -> list[PromptRecord]:
+    """The options checked, then the first --max-prompts prompts of --prompts."""
+    _check_options(cfg)
+    prompts = read_prompts(cfg.prompts)[: cfg.max_prompts]
+    if not prompts:
+        raise UserError(f"{cfg.prompts}: no prompts to evaluate on")
+    return prompts
+
+
+def _check_options(cfg: EvalConfig) -> None:
+    if not cfg.model:
+        raise UserError("give the model to evaluate as --model DIR")
+    if not cfg.prompts:
+        raise UserError("give the prompts as --prompts FILE")
+    check_options(cfg)  # the options' declared ranges and rules, as the command line's
+    if cfg.out and Path(cfg.out).exists() and not cfg.overwrite:
+        raise UserError(f"{cfg.out} already exists; pass --overwrite to replace it")
+
+
+def _scorer(cfg: EvalConfig, device: Any) -> Any:
+    """The reward models of --rm combined by --combine, never whitened (None without --rm)."""
+    if not cfg.rm:
+        return None
+    from rlhfkit.scoring.build import combine_options
+    from rlhfkit.scoring.remote import RemoteSettings
+    from rlhfkit.scoring.rm import RewardScorer
+
+    return RewardScorer.from_specs(
+        list(cfg.rm),
+        cfg.combine,
+        combine_options(cfg, whiten=False),
+        device=device,
+        trust_remote_code=cfg.trust_remote_code,
+        remote=RemoteSettings.from_config(cfg),
+    )
+
+
+def _reference(cfg: EvalConfig, device: Any) -> Any:
+    """The --reference model, frozen, once its tokenizer is checked (None without it)."""
+    if not cfg.reference:
+        return None
+    from rlhfkit.models.load import load_reference
+
+    _check_same_vocab(cfg.model, cfg.reference, cfg.trust_remote_code)
+    return load_reference(cfg.reference, device, trust_remote_code=cfg.trust_remote_code)
+
+
+def _check_same_vocab(model: str, reference: str, trust_remote_code: bool) -> None:
+    from rlhfkit.models.load import load_tokenizer
+
+    a = load_tokenizer(model, trust_remote_code=trust_remote_code).get_vocab()
+    b = load_tokenizer(reference, trust_remote_code=trust_remote_code).get_vocab()
+    if a != b:
+        raise UserError(
+            f"--reference {reference} has another tokenizer than --model {model}: "
+            "KL needs both models to read the same tokens"
+        )
+
+
+def respond(
+    path: str,
+    prompts: list[PromptRecord],
+    cfg: EvalConfig,
+    device: Any,
+    *,
+    scorer: Any = None,
+    reference: Any = None,
+) -> Any:
+    """One response per prompt from the causal LM at `path` (`sampling.sample_score.Samples`):
+    scored by `scorer`, with the per-prompt KL to `reference` from full forwards of both."""
+    import torch
+
+    from rlhfkit.data.chat import resolve_chat
+    from rlhfkit.models.load import load_causal_lm, load_tokenizer
+    from rlhfkit.sampling.generator import GenerationSettings, make_generator
+    from rlhfkit.sampling.sample_score import encode_prompts, sample_and_score
+
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
+    resolve_chat(tokenizer, cfg.chat, what=path)  # --chat / --no-chat: model and baseline
+    model = load_causal_lm(path, device, trust_remote_code=cfg.trust_remote_code)
+    model.eval()
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    return sample_and_score(
+        make_generator(model, tokenizer, cfg), prompts,
+        encode_prompts(prompts, tokenizer, MAX_PROMPT_LEN), settings,
+        torch.Generator(device=device).manual_seed(cfg.seed), batch_size=cfg.batch_size,
+        scorer=scorer, tokenizer=tokenizer, reference=reference,
+        policy=model if reference is not None else None,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# 4-5. The metrics and the table
+# ---------------------------------------------------------------------------------------
+
+
+def eval_metrics(
+    cfg: EvalConfig, prompts: Sequence[PromptRecord], mine: Any, theirs: Any = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary of the model's responses `mine` (`sampling.sample_score.Samples`):
+    length, RM score with --rm, KL with --reference, and with a baseline's `theirs` its
+    metrics beside them and the win rate; and one row per prompt."""
+    summary: dict[str, Any] = {
+        "model": cfg.model,
+        "prompts_file": cfg.prompts,
+        "n": len(prompts),
+        "temperature": cfg.temperature,
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+        **length_summary(mine.tokens, mine.ended),
+    }
+    rows: list[dict[str, Any]] = [
+        {"prompt": p.prompt, "response": r, "tokens": t, "eos": e}
+        for p, r, t, e in zip(prompts, mine.texts, mine.tokens, mine.ended, strict=True)
+    ]
+    if mine.scores is not None:
+        summary.update(_rm_summary(mine, cfg))
+        for row, s in zip(rows, mine.scores.tolist(), strict=True):
+            row["rm_score"] = s
+    if mine.kl is not None:
+        kl = mine.kl.tolist()
+        mean, se = mean_and_se(kl)
+        summary.update(
+            reference=cfg.reference, kl_to_reference=mean, kl_to_reference_se=se, kl_note=KL_NOTE
+        )
+        for row, v in zip(rows, kl, strict=True):
+            row["kl"] = v
+    if theirs is not None:
+        _add_baseline(summary, rows, mine, theirs, cfg)
+    return summary, rows
+
+
+def _add_baseline(
+    summary: dict[str, Any], rows: list[dict[str, Any]], mine: Any, theirs: Any, cfg: EvalConfig
+) -> None:
+    """The baseline's length and RM scores beside the model's, the model's win rate over
+    it, and each prompt's baseline response and score in its row."""
+    summary["baseline"] = {
+        "model": cfg.baseline,
+        **length_summary(theirs.tokens, theirs.ended),
+        **_rm_summary(theirs, cfg),
+    }
+    summary.update(win_rate(mine.scores.tolist(), theirs.scores.tolist()))
+    summary["win_rate_note"] = WIN_RATE_NOTE
+    for row, r, s in zip(rows, theirs.texts, theirs.scores.tolist(), strict=True):
+        row.update(baseline_response=r, baseline_rm_score=s)
+
+
+def _rm_summary(samples: Any, cfg: EvalConfig) -> dict[str, Any]:
+    scores = samples.scores.tolist()
+    return {
+        "rm_score": fmean(scores),
+        "rm_score_std": stdev(scores) if len(scores) > 1 else 0.0,
+        "rm_scores": {name: fmean(v.tolist()) for name, v in samples.per_rm.items()},
+        "reward_models": list(cfg.rm),
+        "combine": cfg.combine,
+    }
+
+
+def _gold(prompts: Sequence[PromptRecord], mine: Any, show: int) -> dict[str, Any] | None:
+    """The built-in world's gold metrics of the responses (with `show` samples), or None
+    unless every prompt is one of the world's."""
+    if _world_prompts(prompts) != len(prompts):
+        return None
+    texts, safety = [p.prompt for p in prompts], [p.safety for p in prompts]
+    return summarize(texts, mine.texts, safety, response_tokens=mine.tokens, n_samples=show)
+
+
+def _world_prompts(prompts: Sequence[PromptRecord]) -> int:
+    """How many prompts are the built-in world's (a string of its; never messages)."""
+    return sum(isinstance(p.prompt, str) and is_world_prompt(p.prompt) for p in prompts)
+
+
+def _print_table(
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    gold: dict[str, Any] | None,
+    prompts: Sequence[PromptRecord],
+    show: int,
+) -> None:
+    """The table, then the gold metrics' (or why there are none)."""
+    print(format_eval(summary, rows, show if gold is None else 0))
+    n_world = _world_prompts(prompts)
+    if gold is not None:
+        print("\n" + format_table(gold))
+    elif n_world:
+        print(
+            f"\nno gold metrics: {len(prompts) - n_world} of {len(prompts)} prompts are not "
+            "the built-in world's"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,170 +347,6 @@ def length_summary(tokens: Sequence[int], ended: Sequence[bool]) -> dict[str, An
     return {
         "mean_response_tokens": fmean(float(t) for t in tokens),
         "eos_rate": fmean(1.0 if e else 0.0 for e in ended),
-    }
-
-
-# ---------------------------------------------------------------------------------------
-# The models
-# ---------------------------------------------------------------------------------------
-
-
-def respond(
-    path: str,
-    prompts: list[PromptRecord],
-    cfg: EvalConfig,
-    device: Any,
-    *,
-    scorer: Any = None,
-    reference: Any = None,
-) -> Any:
-    """One response per prompt from the causal LM at `path` (`sampling.sample_score.Samples`):
-    scored by `scorer`, with the per-prompt KL to `reference` from full forwards of both."""
-    import torch
-
-    from rlhfkit.data.chat import resolve_chat
-    from rlhfkit.models.load import load_causal_lm, load_tokenizer
-    from rlhfkit.sampling.generator import GenerationSettings, make_generator
-    from rlhfkit.sampling.sample_score import encode_prompts, sample_and_score
-
-    tokenizer = load_tokenizer(path, trust_remote_code=cfg.trust_remote_code)
-    resolve_chat(tokenizer, cfg.chat, what=path)  # --chat / --no-chat: model and baseline
-    model = load_causal_lm(path, device, trust_remote_code=cfg.trust_remote_code)
-    model.eval()
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    return sample_and_score(
-        make_generator(model, tokenizer, cfg), prompts,
-        encode_prompts(prompts, tokenizer, MAX_PROMPT_LEN), settings,
-        torch.Generator(device=device).manual_seed(cfg.seed), batch_size=cfg.batch_size,
-        scorer=scorer, tokenizer=tokenizer, reference=reference,
-        policy=model if reference is not None else None,
-    )  # fmt: skip
-
-
-def _check_options(cfg: EvalConfig) -> None:
-    if not cfg.model:
-        raise UserError("give the model to evaluate as --model DIR")
-    if not cfg.prompts:
-        raise UserError("give the prompts as --prompts FILE")
-    check_options(cfg)  # the options' declared ranges and rules, as the command line's
-    if cfg.out and Path(cfg.out).exists() and not cfg.overwrite:
-        raise UserError(f"{cfg.out} already exists; pass --overwrite to replace it")
-
-
-def _check_same_vocab(model: str, reference: str, trust_remote_code: bool) -> None:
-    from rlhfkit.models.load import load_tokenizer
-
-    a = load_tokenizer(model, trust_remote_code=trust_remote_code).get_vocab()
-    b = load_tokenizer(reference, trust_remote_code=trust_remote_code).get_vocab()
-    if a != b:
-        raise UserError(
-            f"--reference {reference} has another tokenizer than --model {model}: "
-            "KL needs both models to read the same tokens"
-        )
-
-
-# ---------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------
-
-
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    """`rlhfkit eval` (module docstring). Returns the summary that --out holds, less the
-    responses and the per-prompt rows."""
-    _check_options(cfg)
-    prompts = read_prompts(cfg.prompts)[: cfg.max_prompts]
-    if not prompts:
-        raise UserError(f"{cfg.prompts}: no prompts to evaluate on")
-    texts = [p.prompt for p in prompts]
-    n_world = sum(isinstance(t, str) and is_world_prompt(t) for t in texts)  # not messages
-
-    from rlhfkit.distributed import pick_device
-    from rlhfkit.models.load import load_reference
-    from rlhfkit.scoring.build import combine_options
-    from rlhfkit.scoring.remote import RemoteSettings
-    from rlhfkit.scoring.rm import RewardScorer
-
-    device = pick_device(cfg.device)
-    t0 = time.perf_counter()
-    scorer = None
-    if cfg.rm:
-        scorer = RewardScorer.from_specs(
-            list(cfg.rm), cfg.combine, combine_options(cfg, whiten=False), device=device,
-            trust_remote_code=cfg.trust_remote_code, remote=RemoteSettings.from_config(cfg),
-        )  # fmt: skip
-    reference = None
-    if cfg.reference:
-        _check_same_vocab(cfg.model, cfg.reference, cfg.trust_remote_code)
-        reference = load_reference(cfg.reference, device, trust_remote_code=cfg.trust_remote_code)
-    mine = respond(cfg.model, prompts, cfg, device, scorer=scorer, reference=reference)
-    del reference
-    theirs = respond(cfg.baseline, prompts, cfg, device, scorer=scorer) if cfg.baseline else None
-
-    summary: dict[str, Any] = {
-        "model": cfg.model,
-        "prompts_file": cfg.prompts,
-        "n": len(prompts),
-        "temperature": cfg.temperature,
-        "max_new_tokens": cfg.max_new_tokens,
-        "seed": cfg.seed,
-        **length_summary(mine.tokens, mine.ended),
-    }
-    rows: list[dict[str, Any]] = [
-        {"prompt": p, "response": r, "tokens": t, "eos": e}
-        for p, r, t, e in zip(texts, mine.texts, mine.tokens, mine.ended, strict=True)
-    ]
-    if scorer is not None:
-        summary.update(_rm_summary(mine, cfg))
-        for row, s in zip(rows, mine.scores.tolist(), strict=True):
-            row["rm_score"] = s
-    if mine.kl is not None:
-        kl = mine.kl.tolist()
-        mean, se = mean_and_se(kl)
-        summary.update(
-            reference=cfg.reference, kl_to_reference=mean, kl_to_reference_se=se, kl_note=KL_NOTE
-        )
-        for row, v in zip(rows, kl, strict=True):
-            row["kl"] = v
-    if theirs is not None:
-        summary["baseline"] = {
-            "model": cfg.baseline,
-            **length_summary(theirs.tokens, theirs.ended),
-            **_rm_summary(theirs, cfg),
-        }
-        summary.update(win_rate(mine.scores.tolist(), theirs.scores.tolist()))
-        summary["win_rate_note"] = WIN_RATE_NOTE
-        for row, r, s in zip(rows, theirs.texts, theirs.scores.tolist(), strict=True):
-            row.update(baseline_response=r, baseline_rm_score=s)
-
-    gold = None
-    if n_world == len(prompts):
-        safety = [p.safety for p in prompts]
-        gold = summarize(texts, mine.texts, safety, response_tokens=mine.tokens, n_samples=cfg.show)
-        summary.update({k: v for k, v in gold.items() if k not in summary})
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-
-    print(format_eval(summary, rows, cfg.show if gold is None else 0))
-    if gold is not None:
-        print("\n" + format_table(gold))
-    elif n_world:
-        print(f"\nno gold metrics: {len(prompts) - n_world} of {len(prompts)} prompts are not "
-              "the built-in world's")  # fmt: skip
-    if cfg.out:
-        out = Path(cfg.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, {**summary, "responses": mine.texts, "per_prompt": rows})
-        print(f"\nwrote {out}")
-    return summary
-
-
-def _rm_summary(samples: Any, cfg: EvalConfig) -> dict[str, Any]:
-    scores = samples.scores.tolist()
-    return {
-        "rm_score": fmean(scores),
-        "rm_score_std": stdev(scores) if len(scores) > 1 else 0.0,
-        "rm_scores": {name: fmean(v.tolist()) for name, v in samples.per_rm.items()},
-        "reward_models": list(cfg.rm),
-        "combine": cfg.combine,
     }
 
 

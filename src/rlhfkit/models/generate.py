@@ -15,10 +15,11 @@ here, bench/gen_vs_hf.py). Both give the same tokens and log-probs up to float r
 `logprobs` are what PPO needs as `old_logprobs`: log softmax(logits / temperature) over the
 FULL vocabulary (before top-k/top-p filtering) at the sampled token, i.e. the same number a
 fresh forward pass over prompt + response gives, so rollouts need no second policy pass.
-With temperature 0 (greedy) they are log softmax(logits), temperature 1. With top-k / top-p
-they are NOT the log-probs of the distribution the tokens were drawn from (that one is
-renormalised over the kept tokens): fine for RS and evaluation, wrong as PPO's behaviour
-log-probs, so `rlhfkit ppo` refuses top-k / top-p (`loops.ppo.rollout.check_unfiltered`).
+With temperature 0 (greedy) they are log softmax(logits), temperature 1
+(`ops.logprobs.logprob_temperature`). With top-k / top-p they are NOT the log-probs of the
+distribution the tokens were drawn from (that one is renormalised over the kept tokens):
+fine for RS and evaluation, wrong as PPO's behaviour log-probs, so `rlhfkit ppo` refuses
+top-k / top-p (`loops.ppo.rollout.check_unfiltered`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rlhfkit.models.llama_decoder import LlamaDecoder
 from rlhfkit.models.wrap import is_sharded, unwrap
+from rlhfkit.ops.logprobs import logprob_temperature
 from rlhfkit.ops.masking import position_ids_from_mask
 from rlhfkit.types import Generation
 
@@ -168,17 +170,16 @@ class _Picker:
 
     def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float()
+        t = logprob_temperature(self.temperature)  # greedy: the log-probs at temperature 1
+        scaled = logits if t == 1.0 else logits / t
+        logp = torch.log_softmax(scaled, dim=-1)  # (B, V)
         if self.temperature == 0:
             token = logits.argmax(-1)  # (B,)
-            logp = torch.log_softmax(logits, dim=-1)
-        else:
-            scaled = logits if self.temperature == 1.0 else logits / self.temperature
-            logp = torch.log_softmax(scaled, dim=-1)  # (B, V)
-            if self.filtered:
-                probs = torch.softmax(filter_logits(scaled, self.top_k, self.top_p), dim=-1)
-            else:
-                probs = logp.exp()  # the same distribution, one op instead of a softmax
+        elif self.filtered:
+            probs = torch.softmax(filter_logits(scaled, self.top_k, self.top_p), dim=-1)
             token = _draw(probs, self.generator)
+        else:  # logp.exp(): the same distribution, one op instead of a softmax
+            token = _draw(logp.exp(), self.generator)
         return token, logp.gather(-1, token[:, None]).squeeze(-1)
 
 

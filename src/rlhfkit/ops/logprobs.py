@@ -17,6 +17,17 @@ from __future__ import annotations
 import torch
 
 
+def logprob_temperature(temperature: float) -> float:
+    """The temperature of the log-probs of sampled tokens: the sampling temperature, or 1
+    for greedy decoding (temperature 0), which has no distribution of its own to score
+    under. Sampling, the reference, training and evaluation all use this one rule, so
+    their log-probs of a response agree.
+
+        logprob_temperature(T) = T if T > 0 else 1
+    """
+    return temperature if temperature > 0 else 1.0
+
+
 def _scaled_row(row: torch.Tensor, temperature: float) -> torch.Tensor:
     """One (T, V) row upcast to at least float32 and divided by the temperature."""
     dtype = torch.promote_types(row.dtype, torch.float32)

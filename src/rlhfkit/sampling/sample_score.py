@@ -5,7 +5,8 @@ Generation goes through the `sampling.generator` seam; scoring through a scorer 
 `sample_and_score` is the one loop: N responses per prompt, sampled in batches of
 sequences with one seeded `torch.Generator` (one `generate` call per batch, in order, so
 the same seed, prompts, N and batch size give the same responses), then optionally a
-score per response and the per-sequence KL to a reference.
+score per response and the per-sequence KL to a reference. Held-out evaluation draws
+through it too (`sampling.held_out`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rlhfkit.models.forward import policy_logits
 from rlhfkit.models.load import autocast_context
 from rlhfkit.models.wrap import unwrap
 from rlhfkit.ops.kl import kl_k1, kl_k3
-from rlhfkit.ops.logprobs import response_logprobs
+from rlhfkit.ops.logprobs import logprob_temperature, response_logprobs
 from rlhfkit.ops.masking import masked_sum
 from rlhfkit.sampling.generator import GenerationSettings, ResponseGenerator
 from rlhfkit.scoring.rm import ScoreResult
@@ -308,7 +309,8 @@ def response_logprob(
     temperature 1: the sampler's own log-probs where they are exactly that (our decoding
     path, `exact_logprobs`, at temperature 1 or greedy: log softmax over the full
     vocabulary, `models.generate`), else one forward of `model` (`sequence_logprobs`)."""
-    if getattr(generator, "exact_logprobs", False) and settings.temperature in (0.0, 1.0):
+    at_one = logprob_temperature(settings.temperature) == 1.0
+    if getattr(generator, "exact_logprobs", False) and at_one:
         return gen.logprobs.float().sum(-1).cpu()
     return sequence_logprobs(model, gen, 1.0, settings.bf16).sum(-1).cpu()
 
@@ -322,7 +324,7 @@ def sequence_kl(
     """((B,) k1, (B,) k3) on the CPU, each summed over the response tokens (EOS included):
     the policy's log-probs (the sampler's, or a forward of `policy` when given) against a
     forward of `reference`, both at the sampling temperature (1 when greedy)."""
-    temperature = settings.temperature if settings.temperature > 0 else 1.0
+    temperature = logprob_temperature(settings.temperature)
     ref_logprobs = sequence_logprobs(reference, gen, temperature, settings.bf16)  # (B, R)
     if policy is None:
         logprobs = gen.logprobs.float()  # (B, R)
@@ -335,55 +337,8 @@ def sequence_kl(
 
 
 # ---------------------------------------------------------------------------------------
-# Held-out evaluation
+# The world's gold metrics
 # ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate_policy(
-    generator: ResponseGenerator,
-    reference: torch.nn.Module,
-    scorer: Any,
-    prompts: Sequence[PromptRecord],
-    *,
-    tokenizer: Any,
-    settings: GenerationSettings,
-    max_prompt_len: int,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Reward, KL to the reference and (world prompts) gold metrics of the policy's
-    responses to `prompts`, sampled with `settings` (greedy at temperature 0) in batches of
-    `batch_size` and an rng on `device` seeded by `seed`, so that evaluations at different
-    steps are comparable. `scorer` should not whiten (means must compare across steps).
-
-    `kl` is the sampler's log-probs against a reference forward, summed per response; with
-    greedy decoding it is the log-ratio log pi/pi_ref of the greedy response, not an
-    unbiased KL estimate.
-    """
-    rng = torch.Generator(device=device).manual_seed(seed + 12_345)
-    ids = encode_prompts(prompts, tokenizer, max_prompt_len)
-    r = sample_and_score(
-        generator, prompts, ids, settings, rng, batch_size=batch_size,
-        scorer=scorer, tokenizer=tokenizer, reference=reference,
-    )  # fmt: skip
-    s = r.scores
-    out: dict[str, Any] = {
-        "score": float(s.mean()),
-        "score_std": float(s.std()) if len(s) > 1 else 0.0,
-        "kl": float(r.kl.mean()),
-        "kl_k3": float(r.kl_k3.mean()),
-        "response_length": float(torch.tensor(r.tokens).float().mean()),
-        "n": len(s),
-    }
-    texts, safety = [p.prompt for p in prompts], [p.safety for p in prompts]
-    out.update(gold_metrics(texts, r.texts, safety, r.tokens))
-    out["samples"] = [
-        {"prompt": p.prompt, "response": resp, "score": float(sc)}
-        for p, resp, sc in list(zip(prompts, r.texts, s.tolist(), strict=True))[:4]
-    ]
-    return out
 
 
 def gold_metrics(

@@ -1,6 +1,6 @@
 """`rlhfkit ppo`: one step trains every parameter, PPO raises a rule reward, gamma = 0 ptx is
-plain PPO and ptx adds its gradient, resume equals an uninterrupted run, the command's
-files and 2-process runs."""
+plain PPO, resume equals an uninterrupted run, the command's files and 2-process runs.
+(The update's own steps: test_update.py; the run's construction: test_run.py.)"""
 
 from __future__ import annotations
 
@@ -16,28 +16,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tests.conftest import _synthetic_sentences
-from tests.helpers import assert_same_training, write_jsonl
+from tests.helpers import SYSTEM, user, write_jsonl
 
 from rlhfkit import cli
 from rlhfkit.config import PPOConfig
 from rlhfkit.data.records import PromptRecord
+from rlhfkit.data.tokenize import trained_on_chat
 from rlhfkit.errors import UserError
 from rlhfkit.loops.ppo.loop import build_run, ppo_step
 from rlhfkit.loops.ppo.roles import build_value_model
-from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout
-from rlhfkit.loops.ppo.update import (
-    PtxBatches,
-    Trainables,
-    UpdateSettings,
-    add_advantages,
-    ppo_update,
-)
-from rlhfkit.losses import sft_nll
+from rlhfkit.loops.ppo.rollout import RolloutSettings
 from rlhfkit.models.checkpoint import save_hf
-from rlhfkit.models.load import freeze
+from rlhfkit.models.load import freeze, load_tokenizer
 from rlhfkit.models.presets import build_model
 from rlhfkit.models.reward import init_reward_model
-from rlhfkit.sampling.generator import make_generator
 from rlhfkit.scoring.build import build_scorer
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -138,98 +130,6 @@ def test_ptx_with_gamma_zero_is_plain_ppo(tiny_tokenizer, tiny_texts):
     assert any(not torch.equal(plain[k], ptx[k]) for k in plain)
 
 
-def test_ptx_adds_gamma_times_the_lm_gradient_before_one_step(tiny_tokenizer, tiny_texts):
-    """With SGD (lr 1, no clipping): step_plain - step_ptx = gamma * grad of the LM loss."""
-    from rlhfkit.data.tokenize import pack_corpus
-
-    policy, reference, value = _roles(tiny_tokenizer)
-    rollout = collect_rollout(
-        make_generator(policy, tiny_tokenizer), reference, TokenSetReward(), _prompts(8),
-        tokenizer=tiny_tokenizer, settings=RolloutSettings(max_new_tokens=8), kl_coef=0.05,
-        rng=torch.Generator().manual_seed(0),
-    )  # fmt: skip
-    ptx = PtxBatches(pack_corpus(tiny_texts, tiny_tokenizer, 16), batch_size=4, seed=0)
-    gamma = 0.7
-    s = UpdateSettings(ppo_epochs=1, max_grad_norm=0.0, ptx_coef=gamma)
-    rollout = add_advantages(value, rollout, replace(s, ppo_epochs=2))  # no kept graph
-    p0 = _params(policy)
-
-    def update(with_ptx: bool) -> dict[str, torch.Tensor]:
-        p, v = copy.deepcopy(policy), copy.deepcopy(value)
-        t = Trainables(p, v, torch.optim.SGD(p.parameters(), lr=1.0),
-                       torch.optim.SGD(v.parameters(), lr=1.0))  # fmt: skip
-        ppo_update(t, rollout, s, step=0, ptx=ptx if with_ptx else None)
-        return _params(p)
-
-    plain, mixed = update(False), update(True)
-    lm = copy.deepcopy(policy)
-    loss, _ = sft_nll(lm(input_ids=ptx.batch(0), use_cache=False).logits, ptx.batch(0))
-    loss.backward()
-    for name, param in lm.named_parameters():
-        expected = gamma * param.grad
-        got = plain[name] - mixed[name]
-        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4, msg=name)
-    assert any(not torch.equal(plain[k], p0[k]) for k in p0)
-
-
-def _count_calls(model: torch.nn.Module) -> list[int]:
-    box = [0]
-    model.register_forward_pre_hook(lambda *a: box.__setitem__(0, box[0] + 1))
-    return box
-
-
-@pytest.mark.parametrize("micro_batch_size", [0, 8])
-def test_one_epoch_one_minibatch_runs_the_value_model_once(
-    tiny_tokenizer, monkeypatch, micro_batch_size
-):
-    """The rollout's value forward, kept with its graph, is the update's: the same step as
-    with two forwards, up to float rounding."""
-    import rlhfkit.loops.ppo.update as update_mod
-
-    cfg = PPOConfig(
-        batch_size=8, max_new_tokens=8, ppo_epochs=1, lr=1e-3, weight_decay=0.0,
-        micro_batch_size=micro_batch_size,
-    )  # fmt: skip
-    results = []
-    for shared in (True, False):
-        if not shared:
-            monkeypatch.setattr(update_mod, "reuses_value_forward", lambda s, rows: False)
-        policy, reference, value = _roles(tiny_tokenizer, head_init="normal")
-        w0 = {**_params(policy), **{f"v.{k}": v for k, v in _params(value).items()}}
-        run = build_run(cfg, policy, reference, value, TokenSetReward(), tiny_tokenizer, _prompts())
-        calls = _count_calls(value)  # after build_run: its packing probe runs forwards
-        rollout, metrics = ppo_step(run, 0, cfg.batch_size, cfg.seed)
-        assert calls[0] == (1 if shared else 2)
-        weights = {**_params(policy), **{f"v.{k}": v for k, v in _params(value).items()}}
-        results.append((rollout, metrics, weights))
-    (ra, ma, wa), (rb, mb, wb) = results
-    assert torch.equal(ra.values, rb.values) and not ra.values.requires_grad
-    for k in ("value_loss", "value_clipfrac", "value_grad_norm", "policy_loss", "grad_norm"):
-        assert ma[k] == pytest.approx(mb[k], rel=1e-5, abs=1e-7), k
-    assert ma["time/value"] > 0
-    assert_same_training(wa, wb, w0, rel=2e-2)  # AdamW's first step: lr * g / |g|
-
-
-def test_several_epochs_or_minibatches_run_the_value_model_per_minibatch(tiny_tokenizer):
-    from rlhfkit.loops.ppo.update import reuses_value_forward
-
-    assert reuses_value_forward(UpdateSettings(ppo_epochs=1), 8)
-    assert reuses_value_forward(UpdateSettings(ppo_epochs=1, micro_batch_size=8), 8)
-    assert not reuses_value_forward(UpdateSettings(ppo_epochs=1, micro_batch_size=4), 8)
-    assert not reuses_value_forward(UpdateSettings(ppo_epochs=2), 8)
-    assert not reuses_value_forward(UpdateSettings(ppo_epochs=1, num_mini_batches=2), 8)
-    policy, reference, value = _roles(tiny_tokenizer)
-    cfg = PPOConfig(batch_size=8, max_new_tokens=8, ppo_epochs=2, num_mini_batches=2)
-    run = build_run(cfg, policy, reference, value, TokenSetReward(), tiny_tokenizer, _prompts())
-    calls = _count_calls(value)  # after build_run: its packing probe runs forwards
-    rollout, _ = ppo_step(run, 0, cfg.batch_size, cfg.seed)
-    assert calls[0] == 1 + 2 * 2
-    assert rollout.value_graph is None
-    kept = replace(rollout, value_graph=rollout.values.requires_grad_(True))
-    with pytest.raises(ValueError, match="one epoch"):
-        ppo_update(run.trainables, kept, UpdateSettings(ppo_epochs=2), step=0)
-
-
 def test_ignore_eos_option_reaches_the_rollout_settings():
     assert RolloutSettings.from_config(PPOConfig()).stop_at_eos
     cfg = cli.parse("ppo", ["--policy", "p", "--prompts", "x", "--rm", "a=b", "--out", "o",
@@ -292,21 +192,6 @@ def test_every_role_runs_without_dropout_and_says_so_in_its_config(tmp_path, tin
             a, b = (model(input_ids=ids).logits for _ in range(2))
         assert torch.equal(a, b), name
         model.eval()
-
-
-def test_adam_eps_defaults_to_1e_5_for_policy_and_value(tiny_tokenizer):
-    from rlhfkit.distributed import Dist
-    from rlhfkit.loops.ppo.run import _trainables
-
-    assert PPOConfig().adam_eps == 1e-5  # N+ details, not PyTorch's 1e-8
-    assert cli.parse("ppo", ["--policy", "p", "--prompts", "q", "--out", "o", "--rm", "r",
-                             "--adam-eps", "2e-6"]).adam_eps == 2e-6  # fmt: skip
-    for eps in (None, 2e-6):
-        policy, _, value = _roles(tiny_tokenizer)
-        cfg = PPOConfig() if eps is None else PPOConfig(adam_eps=eps)
-        t = _trainables(cfg, policy, value, Dist(), torch.device("cpu"))
-        for opt in (t.policy_optimizer, t.value_optimizer):
-            assert {g["eps"] for g in opt.param_groups} == {eps or 1e-5}
 
 
 # ---------------------------------------------------------------------------------------
@@ -531,3 +416,29 @@ def test_sigkilled_run_resumed_equals_uninterrupted(files, tmp_path):
             b = load_file(str(cut / "checkpoints" / step / role / "model.safetensors"))
             for k in a:
                 assert torch.equal(a[k], b[k]), (step, role, k)
+
+
+def test_ppo_runs_on_conversational_prompts_and_counts_overlong_ones(
+    tmp_path, tiny_tokenizer, chat_tokenizer, rm_dir, capsys
+):
+    policy = tmp_path / "sft"
+    save_hf(build_model("test", tiny_tokenizer, seed=0), chat_tokenizer, policy)
+    long = "the cat sat on the mat " * 8
+    rows = [{"messages": [SYSTEM, user(f"count to {i}")]} for i in range(3)]
+    prompts = write_jsonl(tmp_path / "chat.jsonl", [*rows, {"prompt": [user(long)]}])
+    out = tmp_path / "ppo"
+    argv = [
+        "ppo", "--policy", str(policy), "--rm", f"help={rm_dir}", "--prompts", str(prompts),
+        "--eval-prompts", str(prompts), "--out", str(out), "--device", "cpu", "--steps", "1",
+        "--batch-size", "2", "--max-new-tokens", "4", "--max-prompt-len", "24",
+        "--sample-every", "0",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    note = (
+        f"note: {prompts}: 1 of 4 prompts are longer than --max-prompt-len=24 tokens; each "
+        "keeps its last 24 tokens (the oldest are dropped, a leading BOS kept)"
+    )
+    assert printed.count(note) == 1  # train and eval prompts are one file: said once
+    assert "warning" not in printed
+    assert trained_on_chat(load_tokenizer(out))  # the next stage still knows

@@ -1,5 +1,5 @@
-"""Rollouts: KL is 0 before any update, padding changes nothing, values sit at the
-position that predicts each token, scores are shaped as asked, scorers plug in.
+"""Rollouts: KL is 0 before any update, padding changes nothing, scores are shaped as
+asked, scorers plug in (where the values sit: test_update.py).
 
 `_collect` is PPO's steps 2-4 (`collect_rollout`, then `add_advantages` for the values)."""
 
@@ -10,12 +10,13 @@ import copy
 import pytest
 import torch
 
+from rlhfkit.config import PPOConfig
 from rlhfkit.errors import UserError
 from rlhfkit.loops.ppo.rollout import RolloutSettings, collect_rollout, shape_scores
 from rlhfkit.loops.ppo.update import UpdateSettings, add_advantages
 from rlhfkit.models.load import freeze
 from rlhfkit.models.presets import build_model
-from rlhfkit.models.reward import init_reward_model, values_for_tokens
+from rlhfkit.models.reward import init_reward_model
 from rlhfkit.ops.masking import global_whiten, masked_whiten
 from rlhfkit.sampling.generator import make_generator
 from rlhfkit.sampling.sample_score import encode_prompts
@@ -77,6 +78,15 @@ def test_kl_is_zero_before_the_first_update(roles, tiny_tokenizer, temperature):
     assert others.abs().max() < 1e-5 * 0.05 + 1e-7
 
 
+@pytest.mark.parametrize(("temperature", "expected"), [(0.0, 1.0), (0.7, 0.7)])
+def test_rollout_and_update_take_log_probs_at_one_temperature(temperature, expected):
+    """Sampling, the reference and the update score responses at the same temperature:
+    the sampling one, 1 for greedy (`ops.logprobs.logprob_temperature`)."""
+    cfg = PPOConfig(temperature=temperature)
+    assert RolloutSettings.from_config(cfg).logprob_temperature == expected
+    assert UpdateSettings.from_config(cfg).temperature == expected
+
+
 def test_rollout_shapes_masks_and_padding_zeros(roles, tiny_tokenizer):
     r = _rollout(roles, tiny_tokenizer, PROMPTS)
     B, P = r.prompt_ids.shape
@@ -112,19 +122,6 @@ def test_padding_never_changes_a_rollout(roles, tiny_tokenizer):
         torch.testing.assert_close(
             getattr(batch, name)[1], getattr(alone, name)[0], atol=1e-5, rtol=0
         )
-
-
-def test_values_are_read_where_each_token_is_predicted(roles, tiny_tokenizer):
-    """values[b, t] = V(prompt + response[:t]): the head at the last token of that prefix."""
-    _, _, value, _ = roles
-    r = _rollout(roles, tiny_tokenizer, PROMPTS[:2])
-    for b in range(2):
-        prompt = r.prompt_ids[b][r.prompt_mask[b]]
-        for t in (0, int(r.response_mask[b].sum()) - 1):
-            prefix = torch.cat([prompt, r.response_ids[b, :t]])[None]
-            with torch.no_grad():
-                v = values_for_tokens(value, prefix, torch.ones_like(prefix, dtype=torch.bool))
-            torch.testing.assert_close(r.values[b, t], v[0, -1], atol=1e-5, rtol=0)
 
 
 def test_text_scorer_sees_the_decoded_responses(roles, tiny_tokenizer):
@@ -189,20 +186,6 @@ def test_global_whiten_is_masked_whiten_in_one_process():
     )
 
 
-def test_rule_scorers():
-    assert rule_scorer("length").score(["p"], ["a b c"], [False]).tolist() == [3.0]
-    assert rule_scorer("count:ab").score(["p", "q"], ["abab", "x"], [False, False]).tolist() == [
-        2,
-        0,
-    ]
-    gold = rule_scorer("gold")
-    prompts = ["Q: What is the sum of 25 and 50?\nA:", "Q: How can I steal a car?\nA:"]
-    s = gold.score(prompts, ["75", "75"], [False, True])
-    assert s.tolist() == [1.0, 0.0]  # right answer; complying with a harmful request
-    with pytest.raises(UserError, match="unknown rule"):
-        rule_scorer("nope")
-
-
 def test_bad_settings_are_user_errors():
     with pytest.raises(UserError):
         RolloutSettings(kl_estimator="k9")
@@ -239,43 +222,6 @@ def test_stop_at_eos_false_gives_every_row_max_new_tokens(roles, tiny_tokenizer)
     for row, n in enumerate(stop.response_mask.sum(-1).tolist()):
         assert torch.equal(full.response_ids[row, :n], stop.response_ids[row, :n])
         torch.testing.assert_close(full.values[row, :n], stop.values[row, :n])
-
-
-def test_llama2_score_is_logged_before_whitening_and_the_reward_is_unchanged(tiny_tokenizer):
-    """`--combine llama2` whitens over the batch: the reward must keep using the whitened
-    score, while score/mean (and so the summary's first / final score) is the combined
-    score before whitening, which the whitened one (mean 0 every batch) cannot show."""
-    from rlhfkit.loops.ppo.metrics import rollout_metrics
-
-    policy = build_model("test", tiny_tokenizer, seed=0).eval()
-    reference = freeze(copy.deepcopy(policy))
-    value, _ = init_reward_model(policy, copy.deepcopy(tiny_tokenizer), head_init="normal", seed=1)
-    rms = {}
-    for name, seed in (("helpfulness", 2), ("safety", 4)):
-        rm, rm_tok = init_reward_model(
-            build_model("test", tiny_tokenizer, seed=seed), copy.deepcopy(tiny_tokenizer),
-            head_init="normal", seed=seed + 1,
-        )  # fmt: skip
-        rms[name] = LoadedRM(freeze(rm), rm_tok, 512)
-    whitening = RewardScorer(rms, "llama2")  # whitens by default
-    plain = RewardScorer(rms, "llama2", {"whiten": False})
-    settings = RolloutSettings(max_new_tokens=6)
-    prompts = PROMPTS * 2
-    r = _collect(
-        policy, reference, value.eval(), whitening, prompts, tokenizer=tiny_tokenizer,
-        settings=settings, kl_coef=0.05, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
-    ids = (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
-    combined = plain.score_tokens(*ids, tiny_tokenizer).scores  # same samples, not whitened
-    torch.testing.assert_close(r.raw_scores, combined)
-    # what enters the reward did not change: the whitening combiner's own output
-    torch.testing.assert_close(r.scores, whitening.score_tokens(*ids, tiny_tokenizer).scores)
-    torch.testing.assert_close(r.scores, masked_whiten(combined, torch.ones_like(r.ended)))
-    m = rollout_metrics(r)
-    assert m["score/mean"] == pytest.approx(float(combined.mean()), abs=1e-5)
-    assert m["score/std"] == pytest.approx(float(combined.std()), abs=1e-4)
-    assert abs(m["score/shaped_mean"]) < 1e-5  # the whitened reward: 0 every batch
-    assert abs(m["score/mean"]) > 0.05, m["score/mean"]  # and the headline is not
 
 
 def test_top_k_and_top_p_are_refused_in_ppo_rollouts():

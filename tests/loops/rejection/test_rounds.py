@@ -54,3 +54,40 @@ def test_rs_keeps_conversational_samples_as_sft_messages(tmp_path, tiny_tokenize
     assert a.labels == [-100] * len(template_ids(tok, prompt)) + reply + [tok.eos_token_id]
     assert b.input_ids == a.input_ids[:-1] and b.labels == a.labels[:-1]
     assert not trained_on_chat(tok)  # encoding never changes the policy's format
+
+
+def test_an_eval_is_one_seeded_response_per_prompt_the_same_every_call(tmp_path, tiny_tokenizer):
+    """`RSRun.evaluate`: one response per --eval-prompts prompt, drawn in batches of
+    --sample-batch-size sequences from a CPU rng seeded by --seed + 12_345 (PPO's held-out
+    draw, `sample_held_out`); the mean reward and length, and the world's gold metrics."""
+    from pathlib import Path
+
+    import torch
+
+    from rlhfkit.config import RSConfig
+    from rlhfkit.data.records import read_prompts
+    from rlhfkit.loops.rejection.rounds import RSRun
+    from rlhfkit.models.presets import build_model
+    from rlhfkit.sampling.generator import GenerationSettings, make_generator
+    from rlhfkit.sampling.sample_score import GOLD_KEYS, encode_prompts, sample_and_score
+    from rlhfkit.scoring.rules import rule_scorer
+    from rlhfkit.world import make_world
+
+    make_world(tmp_path, seed=0, corpus_docs=5, sft=5, train_prompts=5, eval_prompts=7)
+    prompts = read_prompts(tmp_path / "prompts_eval.jsonl")
+    tok, scorer = tiny_tokenizer, rule_scorer("length")
+    model = build_model("test", tok, seed=1)
+    cfg = RSConfig(eval_temperature=0.7, sample_batch_size=3, max_new_tokens=9, seed=3)
+    ids = encode_prompts(prompts, tok, cfg.max_prompt_len)
+    run = RSRun(cfg=cfg, out=tmp_path, device=torch.device("cpu"), tokenizer=tok, scorer=scorer,
+                prompts=[], prompt_ids=[], eval_prompts=prompts, eval_ids=ids,
+                policy_path=Path("unused"), model=model)  # fmt: skip
+    got = run.evaluate()
+    rng = torch.Generator().manual_seed(3 + 12_345)
+    settings = GenerationSettings(max_new_tokens=9, temperature=0.7)
+    r = sample_and_score(make_generator(model, tok), prompts, ids, settings, rng, batch_size=3,
+                         scorer=scorer)  # fmt: skip
+    assert got["n"] == len(prompts) == 7
+    assert got["score"] == sum(r.scores.tolist()) / 7  # the length of each response
+    assert got["response_tokens"] == sum(r.tokens) / 7
+    assert set(GOLD_KEYS) <= set(got) and run.evaluate() == got

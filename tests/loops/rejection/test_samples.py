@@ -11,7 +11,12 @@ import torch
 
 from rlhfkit.data.records import PromptRecord
 from rlhfkit.errors import UserError
-from rlhfkit.loops.rejection.samples import SampleRecord, batch_generator, read_samples
+from rlhfkit.loops.rejection.samples import (
+    SampleRecord,
+    batch_generator,
+    check_rewards,
+    read_samples,
+)
 
 
 def _record(prompt: str, k: int = 2, logprobs: bool = False) -> SampleRecord:
@@ -57,3 +62,10 @@ def test_each_batch_draws_from_its_own_seeded_generator():
     keys = [(0, 1, 2), (1, 1, 2), (0, 2, 2), (0, 1, 3)]
     draws = [draw(*k) for k in keys]
     assert all(not torch.equal(a, b) for i, a in enumerate(draws) for b in draws[i + 1 :])
+
+
+def test_a_nan_reward_is_a_user_error_naming_its_prompt():
+    prompts = [PromptRecord("a", False, 1), PromptRecord("b", False, 2)]
+    check_rewards(prompts, [0.0, 1.0, 2.0, 3.0], k=2)  # no NaN: nothing to say
+    with pytest.raises(UserError, match="the reward is NaN for a response to 'b'"):
+        check_rewards(prompts, [0.0, 1.0, 2.0, float("nan")], k=2)

@@ -1,5 +1,5 @@
 """What PPO shows while it runs: per-step rollout metrics (over all processes) and a table
-of sample responses. Held-out evaluation is `sampling.sample_score.evaluate_policy`."""
+of sample responses. Held-out evaluation is `sampling.held_out.evaluate_policy`."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ from rlhfkit.logging import sync_time
 from rlhfkit.models.forward import policy_logits
 from rlhfkit.models.load import autocast_context
 from rlhfkit.ops.kl import KL_ESTIMATORS, kl_penalized_rewards
-from rlhfkit.ops.logprobs import response_logprobs
+from rlhfkit.ops.logprobs import logprob_temperature, response_logprobs
 from rlhfkit.ops.masking import global_whiten
 from rlhfkit.sampling.generator import GenerationSettings, ResponseGenerator
 from rlhfkit.sampling.sample_score import encode_prompts, start_scoring
@@ -95,7 +95,7 @@ class RolloutSettings:
     @property
     def logprob_temperature(self) -> float:
         """The temperature of every log-prob (sampling, reference, training): greedy -> 1."""
-        return self.temperature if self.temperature > 0 else 1.0
+        return logprob_temperature(self.temperature)
 
     def __post_init__(self) -> None:
         check_unfiltered(self.top_k, self.top_p)

@@ -29,7 +29,8 @@ from rlhfkit.models.sharded import read_checkpoint, write_checkpoint
 from rlhfkit.models.wrap import enable_gradient_checkpointing, is_sharded, wrap_for_training
 from rlhfkit.ops.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.sampling.generator import ResponseGenerator, make_generator
-from rlhfkit.sampling.sample_score import encode_prompts, evaluate_policy
+from rlhfkit.sampling.held_out import evaluate_policy
+from rlhfkit.sampling.sample_score import encode_prompts
 from rlhfkit.scoring.build import unwhitened
 
 # ---------------------------------------------------------------------------------------
@@ -99,14 +100,25 @@ def build_run(
     settings = replace(settings, packed=packed & {"policy", "reference"})
     update_settings = replace(UpdateSettings.from_config(cfg), packed=packed & {"policy", "value"})
     return PPORun(
-        trainables, make_generator(trainables.policy, tokenizer, cfg), reference, scorer,
-        tokenizer, list(prompts), encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
-        settings, update_settings, kl_ctl, d, device, ptx,
-        eval_prompts=list(eval_prompts or []), eval_scorer=unwhitened(scorer, cfg),
+        trainables=trainables,
+        generator=make_generator(trainables.policy, tokenizer, cfg),
+        reference=reference,
+        scorer=scorer,
+        tokenizer=tokenizer,
+        prompts=list(prompts),
+        prompt_ids=encode_prompts(prompts, tokenizer, cfg.max_prompt_len),
+        rollout_settings=settings,
+        update_settings=update_settings,
+        kl_controller=kl_ctl,
+        dist=d,
+        device=device,
+        ptx=ptx,
+        eval_prompts=list(eval_prompts or []),
+        eval_scorer=unwhitened(scorer, cfg),
         eval_settings=replace(
             settings, temperature=cfg.eval_temperature, score_norm="none", stop_at_eos=True
         ),
-    )  # fmt: skip
+    )
 
 
 def _trainables(
@@ -126,17 +138,16 @@ def _trainables(
     sched = dict(
         schedule=cfg.schedule, warmup=cfg.warmup_steps, total=total, min_ratio=cfg.min_lr_ratio
     )
-    p_opt = build_optimizer(trained[0], lr=cfg.lr, **adam)
-    if value_model is None:  # a critic-free estimator: the policy alone
-        return Trainables(trained[0], None, p_opt, None, build_scheduler(p_opt, **sched))
-    v_opt = build_optimizer(trained[1], lr=cfg.value_lr or cfg.lr, **adam)
+    policy, value = trained[0], (None if value_model is None else trained[1])
+    p_opt = build_optimizer(policy, lr=cfg.lr, **adam)
+    v_opt = None if value is None else build_optimizer(value, lr=cfg.value_lr or cfg.lr, **adam)
     return Trainables(
-        trained[0],
-        trained[1],
-        p_opt,
-        v_opt,
-        build_scheduler(p_opt, **sched),
-        build_scheduler(v_opt, **sched),
+        policy=policy,
+        value_model=value,  # None: a critic-free estimator, the policy alone
+        policy_optimizer=p_opt,
+        value_optimizer=v_opt,
+        policy_scheduler=build_scheduler(p_opt, **sched),
+        value_scheduler=None if v_opt is None else build_scheduler(v_opt, **sched),
     )
 
 

@@ -42,7 +42,7 @@ from rlhfkit.models.forward import policy_logits, response_values
 from rlhfkit.models.load import autocast_context
 from rlhfkit.models.wrap import no_sync, unwrap
 from rlhfkit.ops.advantages import gae
-from rlhfkit.ops.logprobs import entropy_from_logits, response_logprobs
+from rlhfkit.ops.logprobs import entropy_from_logits, logprob_temperature, response_logprobs
 from rlhfkit.ops.masking import global_whiten, masked_mean
 from rlhfkit.types import Rollout
 
@@ -92,7 +92,7 @@ class UpdateSettings:
             whiten_advantages=cfg.whiten_advantages,
             whiten_rewards=cfg.whiten_rewards,
             max_grad_norm=cfg.max_grad_norm,
-            temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+            temperature=logprob_temperature(cfg.temperature),
             ptx_coef=cfg.ptx_coef,
             bf16=cfg.bf16,
             seed=cfg.seed,

@@ -98,9 +98,9 @@ def _kept(rec: Any, round_index: int, i: int, pool: Sequence[float]) -> Kept:
     gap = rec.scores[i] - median(pool)
     logprobs = getattr(rec, "logprobs", None)
     return Kept(
-        rec.prompt,
-        rec.responses[i],
-        rec.scores[i],
+        prompt=rec.prompt,
+        completion=rec.responses[i],
+        score=rec.scores[i],
         round=round_index,
         index=i,
         safety=rec.safety,

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -36,13 +37,15 @@ from rlhfkit.loops.rejection.keep import (
 from rlhfkit.loops.rejection.samples import (
     SampleRecord,
     SamplingSettings,
-    evaluate_policy,
+    check_rewards,
     read_samples,
     sample_round,
 )
 from rlhfkit.models.checkpoint import export_hf
 from rlhfkit.models.load import load_causal_lm, load_tokenizer
-from rlhfkit.sampling.sample_score import encode_prompts
+from rlhfkit.sampling.generator import make_generator
+from rlhfkit.sampling.held_out import sample_held_out
+from rlhfkit.sampling.sample_score import encode_prompts, gold_metrics
 from rlhfkit.scoring.build import build_scorer
 
 RS_INFO = "rlhfkit_rs.json"
@@ -151,14 +154,26 @@ class RSRun:
         return self.model
 
     def evaluate(self) -> dict[str, Any]:
-        s = dataclasses.replace(
-            self.settings(self.cfg.eval_temperature),
-            k=1,
-            prompts_per_batch=self.cfg.sample_batch_size,
+        """The policy on --eval-prompts: one response per prompt (`sample_held_out`, greedy
+        at --eval-temperature 0), their mean reward and length, and the world's gold
+        metrics when the prompts are its. The same CPU-seeded draw every call: comparable."""
+        c, prompts = self.cfg, self.eval_prompts
+        r = sample_held_out(
+            make_generator(self.policy(), self.tokenizer, c),
+            prompts,
+            self.eval_ids,
+            self.settings(c.eval_temperature).generation(),
+            batch_size=c.sample_batch_size,
+            seed=c.seed,
+            device=torch.device("cpu"),  # as the rounds' draws: tokens independent of device
+            scorer=self.scorer,
+            tokenizer=self.tokenizer,
         )
-        return evaluate_policy(
-            self.policy(), self.tokenizer, self.eval_prompts, self.eval_ids, self.scorer, s
-        )
+        scores = r.scores.tolist()
+        check_rewards(prompts, scores, k=1)
+        out = {"score": fmean(scores), "n": len(scores), "response_tokens": fmean(r.tokens)}
+        texts, safety = [p.prompt for p in prompts], [p.safety for p in prompts]
+        return {**out, **gold_metrics(texts, r.texts, safety, r.tokens)}
 
     def initial_eval(self) -> dict[str, Any] | None:
         """The starting policy on --eval-prompts (computed once, kept in eval_initial.json)."""

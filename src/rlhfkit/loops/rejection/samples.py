@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -37,7 +37,7 @@ from rlhfkit.errors import UserError
 from rlhfkit.files import write_jsonl
 from rlhfkit.logging import progress
 from rlhfkit.sampling.generator import GenerationSettings, ResponseGenerator, make_generator
-from rlhfkit.sampling.sample_score import gold_metrics, sample_and_score
+from rlhfkit.sampling.sample_score import sample_and_score
 
 
 @dataclass
@@ -157,11 +157,10 @@ def sample_batch(
     texts, scores_l, tokens = r.texts, r.scores.tolist(), r.tokens
     logprobs = r.logprob.tolist() if r.logprob is not None else []
     per = {name: v.tolist() for name, v in r.per_rm.items()}
+    check_rewards(prompts, scores_l, k)
     out = []
     for i, p in enumerate(prompts):
         lo, hi = i * k, (i + 1) * k
-        if any(math.isnan(x) for x in scores_l[lo:hi]):
-            raise UserError(f"the reward is NaN for a response to {p.prompt[:60]!r}")
         out.append(
             SampleRecord(
                 prompt=p.prompt,
@@ -177,6 +176,14 @@ def sample_batch(
             )
         )
     return out
+
+
+def check_rewards(prompts: Sequence[PromptRecord], scores: Sequence[float], k: int) -> None:
+    """A UserError naming the first prompt with a NaN reward (`scores`: K per prompt, in
+    prompt order), before a NaN reaches the keep rule's comparisons and the means."""
+    for i, p in enumerate(prompts):
+        if any(math.isnan(x) for x in scores[i * k : (i + 1) * k]):
+            raise UserError(f"the reward is NaN for a response to {p.prompt[:60]!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,45 +294,3 @@ def sample_round(
     bar.close()
     os.replace(partial, path)
     return done
-
-
-# ---------------------------------------------------------------------------------------
-# Evaluation on held-out prompts
-# ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate_policy(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[PromptRecord],
-    prompt_ids: Sequence[Sequence[int]],
-    scorer: Any,
-    s: SamplingSettings,
-) -> dict[str, Any]:
-    """Mean reward of one response per held-out prompt (greedy at temperature 0), and the
-    world's gold metrics when the prompts are its. Same seed every call: comparable.
-    `s.k` is ignored (one response each); `s.prompts_per_batch` prompts per batch."""
-    one = replace(s, k=1, logprobs=False)  # (no use for log-probs here)
-    generator = make_generator(model, tokenizer, s.engine)
-    recs: list[SampleRecord] = []
-    rng = torch.Generator().manual_seed(s.seed + 12_345)
-    for lo in range(0, len(prompts), s.prompts_per_batch):
-        hi = lo + s.prompts_per_batch
-        recs += sample_batch(
-            generator, tokenizer, prompts[lo:hi], prompt_ids[lo:hi], scorer, one, rng
-        )
-    out: dict[str, Any] = {
-        "score": fmean(r.scores[0] for r in recs),
-        "n": len(recs),
-        "response_tokens": fmean(r.response_tokens[0] for r in recs),
-    }
-    out.update(
-        gold_metrics(
-            [r.prompt for r in recs],
-            [r.responses[0] for r in recs],
-            [r.safety for r in recs],
-            [r.response_tokens[0] for r in recs],
-        )
-    )
-    return out

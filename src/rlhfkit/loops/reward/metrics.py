@@ -65,11 +65,11 @@ class EvalTotals:
             return {b: [r(x) for x in row] for b, row in buckets.items()}
 
         return EvalTotals(
-            r(self.loss_sum),
-            r(self.n_prompts),
-            r(self.gap_sum),
-            rb(self.buckets),
-            rb(self.adjacent_buckets),
+            loss_sum=r(self.loss_sum),
+            n_prompts=r(self.n_prompts),
+            gap_sum=r(self.gap_sum),
+            buckets=rb(self.buckets),
+            adjacent_buckets=rb(self.adjacent_buckets),
         )
 
     def metrics(self) -> dict[str, Any]:
