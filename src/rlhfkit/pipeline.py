@@ -292,11 +292,11 @@ def not_in_preset(ctx: Ctx, stage: str) -> str | None:
 
 
 def stage_dpo(ctx: Ctx) -> dict[str, Any]:
+    if why := not_in_preset(ctx, "dpo"):  # before torch loads
+        return {"skipped": why}
     from rlhfkit.config import DPOConfig
     from rlhfkit.loops.dpo import train_dpo
 
-    if why := not_in_preset(ctx, "dpo"):
-        return {"skipped": why}
     # The reward models' data: --rm-data's files, else the label stage's rankings (both).
     sources = parse_rm_data(ctx.cfg.rm_data) if ctx.cfg.rm_data else labelled(ctx.result("label"))
     out = ctx.out / "dpo"
@@ -311,11 +311,11 @@ def stage_dpo(ctx: Ctx) -> dict[str, Any]:
 
 
 def stage_rloo(ctx: Ctx) -> dict[str, Any]:
+    if why := not_in_preset(ctx, "rloo"):  # before torch loads
+        return {"skipped": why}
     from rlhfkit.config import PPOConfig
     from rlhfkit.loops.ppo.loop import train_ppo
 
-    if why := not_in_preset(ctx, "rloo"):
-        return {"skipped": why}
     out = ctx.out / "rloo"
     fixed = {
         "policy": ctx.result("select")["best"],
