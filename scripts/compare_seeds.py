@@ -1,4 +1,4 @@
-"""Did PPO and RS beat the selected SFT model, over several pipeline runs (seeds)?
+"""Did PPO, RS, RLOO and DPO beat the selected SFT model, over several pipeline runs (seeds)?
 
     .venv/bin/python scripts/compare_seeds.py runs/seed0 runs/seed1 runs/seed2
 
@@ -11,8 +11,13 @@ models, judged by the world's gold judges). Then a plain verdict per model and m
 errors across seeds (with one seed: 2 pooled standard errors), else "not significant".
 
 Metrics: gold helpfulness on safe prompts, gold safety on unsafe prompts (the two the
-exit status is about: 0 when both models beat SFT on both), and false refusals on safe
-prompts (lower is better; a gain is a drop).
+exit status is about: 0 when PPO and RS both beat SFT on both), and false refusals on safe
+prompts (lower is better; a gain is a drop). The models are those of MODELS whose eval
+file every run has (runs made before the dpo and rloo stages compare PPO and RS).
+
+Then the gold win rate over SFT per model: per prompt 1 if the model's gold score (safety
+on unsafe prompts, helpfulness on the others) beats SFT's, 1/2 on a tie, 0 below; per seed
+its mean, then the mean over seeds ± SE across seeds, and pooled over every prompt ± SE.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from rlhfkit.data.records import read_prompts
 from rlhfkit.world import judge
 
 BASELINE = "sft-selected"
-MODELS = ("ppo", "rs")
+MODELS = ("ppo", "rs", "rloo", "dpo")
+HEADLINE_MODELS = ("ppo", "rs")  # the exit status
 # (name, judge key, prompts: "safe" | "unsafe", sign: +1 higher is better, -1 lower is)
 METRICS = (
     ("gold helpfulness (safe prompts)", "helpfulness", "safe", +1),
@@ -51,8 +57,19 @@ def per_prompt(run: Path, model: str) -> dict[str, dict[str, float]]:
             "safety": float(j["safety"]),
             "refusal": float(j["refusal"]),
             "unsafe": rec.safety,
+            "gold": float(j["safety"] if rec.safety else j["helpfulness"]),
         }
     return out
+
+
+def models_in(runs: list[Path]) -> tuple[str, ...]:
+    """The models of MODELS that every run evaluated."""
+    return tuple(m for m in MODELS if all((r / "eval" / f"{m}.json").exists() for r in runs))
+
+
+def outcome(mine: float, base: float) -> float:
+    """1 if the model's score beats the baseline's, 1/2 on a tie, 0 below."""
+    return 1.0 if mine > base else 0.5 if mine == base else 0.0
 
 
 def se(xs: list[float]) -> float:
@@ -105,11 +122,41 @@ class Comparison:
                 f"seeds; {why})")  # fmt: skip
 
 
+@dataclass
+class WinRate:
+    """One model's gold win rate over SFT, per seed and pooled over every prompt."""
+
+    model: str
+    seed_rates: list[float]
+    pooled: list[float]  # per-prompt outcomes (1, 1/2, 0) of every seed
+
+    @property
+    def mean(self) -> float:
+        return fmean(self.seed_rates)
+
+
+def win_rates(runs: list[Path], scores: dict | None = None) -> list[WinRate]:
+    """The gold win rate over SFT of every model present in all `runs`."""
+    models = models_in(runs)
+    scores = scores or {run: {m: per_prompt(run, m) for m in (BASELINE, *models)} for run in runs}
+    out = []
+    for model in models:
+        rates, pooled = [], []
+        for run in runs:
+            base, new = scores[run][BASELINE], scores[run][model]
+            wins = [outcome(new[p]["gold"], base[p]["gold"]) for p in base if p in new]
+            rates.append(fmean(wins))
+            pooled.extend(wins)
+        out.append(WinRate(model, rates, pooled))
+    return out
+
+
 def compare(runs: list[Path]) -> list[Comparison]:
     """Every (model, metric) comparison over `runs`, models then metrics in order."""
-    scores = {run: {m: per_prompt(run, m) for m in (BASELINE, *MODELS)} for run in runs}
+    models = models_in(runs)
+    scores = {run: {m: per_prompt(run, m) for m in (BASELINE, *models)} for run in runs}
     out = []
-    for model in MODELS:
+    for model in models:
         for name, key, which, sign in METRICS:
             seed_gains, pooled = [], []
             for run in runs:
@@ -138,6 +185,18 @@ def format_table(runs: list[Path], rows: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
+def format_win_rates(runs: list[Path], rows: list[WinRate]) -> str:
+    """Gold win rate over SFT per seed, mean ± SE across seeds, pooled ± SE (prompts)."""
+    head = ["model", *[r.name for r in runs], "mean ± SE (seeds)", "pooled ± SE (n)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for w in rows:
+        cells = [w.model, *[f"{x:.3f}" for x in w.seed_rates],
+                 f"{w.mean:.3f} ± {se(w.seed_rates):.3f}",
+                 f"{fmean(w.pooled):.3f} ± {se(w.pooled):.3f} ({len(w.pooled)})"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(runs: list[Path]) -> int:
     rows = compare(runs)
     print(f"Gains over {BASELINE} on the held-out prompts, per run (seed):\n")
@@ -145,8 +204,11 @@ def main(runs: list[Path]) -> int:
     print()
     for c in rows:
         print(c.verdict())
+    print(f"\nGold win rate over {BASELINE} (ties count half), per run (seed):\n")
+    print(format_win_rates(runs, win_rates(runs)))
     headline = {name for name, *_ in HEADLINE}
-    return 0 if all(c.beats() for c in rows if c.metric in headline) else 1
+    judged = [c for c in rows if c.metric in headline and c.model in HEADLINE_MODELS]
+    return 0 if judged and all(c.beats() for c in judged) else 1
 
 
 if __name__ == "__main__":

@@ -88,3 +88,30 @@ def test_verdicts_table_and_exit_status(tmp_path, cs, capsys):
     assert "RS vs SFT on fewer false refusals (safe prompts): not significant (better on 0/3" in out
     assert cs.main(runs[:1]) == 1  # one seed: judged on the pooled SE
     assert "pooled)" in capsys.readouterr().out
+
+
+def test_the_models_every_run_has_and_their_gold_win_rates_by_hand(tmp_path, cs, capsys):
+    """dpo in every run, rloo in none: the comparisons cover ppo, rs and dpo. Gold per
+    prompt: helpfulness on the safe prompts p0-p2, safety on the unsafe p3, p4."""
+    runs = []
+    for seed, h0 in enumerate((0.5, 0.3, 0.5)):
+        # SFT's gold: 0.4 0.5 0.2 | 0 1; DPO's: h0 0.5 0.1 | 1 0
+        dpo = [(h0, 1, 0), (0.5, 1, 0), (0.1, 1, 0), (0.0, 1, 0), (0.3, 0, 0)]
+        runs.append(_run(tmp_path / f"seed{seed}", {"sft-selected": SFT, "ppo": SFT, "rs": SFT,
+                                                     "dpo": dpo}))  # fmt: skip
+    assert cs.models_in(runs) == ("ppo", "rs", "dpo")
+    assert {c.model for c in cs.compare(runs)} == {"ppo", "rs", "dpo"}
+    rates = {w.model: w for w in cs.win_rates(runs)}
+    # ppo and rs answer as SFT does: every prompt a tie
+    assert rates["ppo"].seed_rates == [0.5, 0.5, 0.5]
+    # dpo, seed 0: win (0.5 > 0.4), tie, loss, win (safety 1 > 0), loss -> 2.5 / 5;
+    # seed 1: p0 0.3 < 0.4 is a loss -> 1.5 / 5
+    dpo = rates["dpo"]
+    assert dpo.seed_rates == pytest.approx([0.5, 0.3, 0.5])
+    assert dpo.mean == pytest.approx(1.3 / 3)
+    assert cs.se(dpo.seed_rates) == pytest.approx(0.2 / math.sqrt(3) / math.sqrt(3))
+    assert len(dpo.pooled) == 15 and sum(dpo.pooled) == pytest.approx(6.5)
+    cs.main(runs)
+    out = capsys.readouterr().out
+    assert "Gold win rate over sft-selected" in out
+    assert "| dpo | 0.500 | 0.300 | 0.500 | 0.433 ± 0.067 | 0.433 ± " in out

@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rlhfkit import cli, pipeline
 from rlhfkit.config import (
     ConfigError,
+    DPOConfig,
     EvalConfig,
     PipelineConfig,
     PPOConfig,
@@ -47,6 +49,8 @@ STAGE_CONFIGS = {
     "bon": SelectConfig,
     "ppo": PPOConfig,
     "rs": RSConfig,
+    "dpo": DPOConfig,
+    "rloo": PPOConfig,
     "eval": EvalConfig,
 }
 
@@ -183,6 +187,84 @@ def test_a_bad_section_is_a_cli_error_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "run" / "world").exists()
 
 
+@pytest.mark.parametrize("preset", ["real", "real-smoke"])
+def test_the_real_presets_skip_dpo_and_rloo_and_say_why(preset):
+    """Recorded as {"skipped": why} before anything loads (no stage ran before them here);
+    a section of the stage's own in the pipeline YAML runs it after all."""
+    ctx = _ctx(preset=preset, model="m")
+    for stage in (pipeline.stage_dpo, pipeline.stage_rloo):
+        assert stage(ctx)["skipped"].startswith("not in this preset: the real presets")
+    assert pipeline.not_in_preset(_ctx(preset=preset, model="m", dpo={"epochs": 1}), "dpo") is None
+    for other in ("quick", "default"):
+        assert pipeline.not_in_preset(_ctx(preset=other), "dpo") is None
+        assert pipeline.not_in_preset(_ctx(preset=other), "rloo") is None
+
+
+def test_dpo_and_rloo_stages_get_the_rms_data_and_the_ppo_stages_reward(tmp_path, monkeypatch):
+    """dpo: the selected SFT model (also its reference), both rankings files the RMs
+    trained on; rloo: `ppo --estimator rloo` with ppo's prompts, reward and PPO-ptx."""
+    seen = {}
+    monkeypatch.setattr("rlhfkit.loops.dpo.train_dpo", lambda cfg: seen.setdefault("dpo", cfg))
+    monkeypatch.setattr("rlhfkit.loops.ppo.loop.train_ppo",
+                        lambda cfg: seen.setdefault("rloo", cfg) and {})  # fmt: skip
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in ("helpfulness", "safety"):
+        (labels / f"rankings_{name}.jsonl").write_text("{}\n")
+    ctx = _ctx(tmp_path, preset="default", seed=3, rloo={"steps": 2})
+    ctx.state["stages"] = {
+        "select": {"result": {"best": "sft/epoch-2"}},
+        "label": {"result": {n: str(labels / f"rankings_{n}.jsonl") for n in ("helpfulness", "safety")}},
+        "rm": {"result": {"helpfulness": "rm_h", "safety": "rm_s"}},
+    }  # fmt: skip
+    assert pipeline.stage_dpo(ctx) == {"model": str(tmp_path / "dpo")}
+    dpo = seen["dpo"]
+    assert (dpo.model, dpo.reference, dpo.seed) == ("sft/epoch-2", None, 3)
+    assert [Path(f).name for f in dpo.data] == [
+        "rankings_helpfulness.jsonl",
+        "rankings_safety.jsonl",
+    ]
+    assert (dpo.beta, dpo.lr, dpo.epochs) == (0.1, 2e-5, 2)  # the default preset's
+    assert pipeline.stage_rloo(ctx) == {"model": str(tmp_path / "rloo")}
+    rloo = seen["rloo"]
+    assert (rloo.estimator, rloo.samples_per_prompt, rloo.batch_size) == ("rloo", 4, 8)
+    assert rloo.steps == 2  # the section's
+    assert rloo.rm == ("helpfulness=rm_h", "safety=rm_s") and rloo.combine == "llama2"
+    assert rloo.ptx_coef == 1.0 and rloo.ptx_data == str(tmp_path / "world" / "corpus.jsonl")
+    ppo = PRESETS["default"]["ppo"]
+    # the same responses per step as PPO's
+    assert rloo.batch_size * rloo.samples_per_prompt == ppo["batch_size"]
+    with pytest.raises(ConfigError, match="set by the pipeline"):  # the stage is RLOO
+        bad = dataclasses.replace(ctx.cfg, rloo={"estimator": "grpo"})
+        pipeline.stage_rloo(Ctx(cfg=bad, out=ctx.out, state=ctx.state))
+    # --rm-data: DPO trains on the user's preference files
+    seen.clear()
+    files = tmp_path / "h.jsonl", tmp_path / "s.jsonl"
+    ctx = _ctx(tmp_path, rm_data=(f"helpfulness={files[0]}", f"safety={files[1]}"))
+    ctx.state["stages"] = {"select": {"result": {"best": "sft/epoch-2"}}}
+    pipeline.stage_dpo(ctx)
+    assert seen["dpo"].data == tuple(str(f) for f in files)
+
+
+def test_gold_win_rate_over_sft_by_hand():
+    """Per prompt the gold scores of the greedy responses, the model's against SFT's: win 1,
+    tie 1/2, loss 0; the mean and its standard error over prompts."""
+    from rlhfkit.loops.pipeline_eval import win_rates_over
+
+    extras = {
+        "sft-selected": {"gold_score_per_prompt": [0.5, 0.5, 0.4, 0.0], "rm_score_per_prompt": [0, 1, 0, 1]},
+        "dpo": {"gold_score_per_prompt": [1.0, 0.5, 0.2, 0.0], "rm_score_per_prompt": [1, 1, 1, 1]},
+        "old": {"rm_score_per_prompt": [1, 1, 1, 1]},  # no gold scores: not the world's prompts
+    }  # fmt: skip
+    gold = win_rates_over(extras, "sft-selected", "gold_score_per_prompt")
+    # outcomes 1, 1/2, 0, 1/2: mean 1/2; sample std sqrt((1/4 + 0 + 1/4 + 0) / 3), / sqrt(4)
+    assert list(gold) == ["dpo"]
+    assert gold["dpo"]["gold_win_rate_over_sft"] == 0.5
+    assert gold["dpo"]["gold_win_rate_over_sft_se"] == pytest.approx((0.5 / 3) ** 0.5 / 2)
+    rm = win_rates_over(extras, "sft-selected")  # by RM score: 1, 1/2, 1, 1/2
+    assert rm["dpo"]["win_rate_over_sft"] == rm["old"]["win_rate_over_sft"] == 0.75
+
+
 # ---------------------------------------------------------------------------------------
 # pipeline.json: load, skip, resume, --until, --overwrite (stand-in stages, no training)
 # ---------------------------------------------------------------------------------------
@@ -261,6 +343,8 @@ def test_rerun_skips_finished_stages(tmp_path, fake_stages, capsys):
     assert saved == json.loads(json.dumps(state))
     assert list(saved["stages"]) == NAMES
     assert saved["stages"]["ppo"]["result"] == {"made": "ppo"}
+    for entry in saved["stages"].values():  # wall and CPU time of every stage
+        assert entry["seconds"] >= 0 and entry["cpu_seconds"] >= 0
     capsys.readouterr()
     calls.clear()
     _run(tmp_path / "run")
@@ -364,6 +448,7 @@ SMALL_QUICK = """\
 preset: quick
 world: {corpus_docs: 400, sft: 160, train_prompts: 64, eval_prompts: 24}
 pretrain: {preset: test, epochs: 1, seq_len: 64, vocab_size: 512}
+rloo: {steps: 2, save_every: 2, eval_every: 0}
 """
 
 
@@ -400,7 +485,7 @@ def _model_names(out: Path) -> list[str]:
     stages = json.loads((out / "pipeline.json").read_text())["stages"]
     epochs = [f"sft-{Path(p).name}" for p in stages["sft"]["result"]["epochs"]]
     assert len(epochs) == PRESETS["quick"]["sft"]["epochs"]
-    return ["base", *epochs, "sft-selected", "ppo", "rs"]
+    return ["base", *epochs, "sft-selected", "ppo", "rs", "dpo", "rloo"]
 
 
 @pytest.mark.timeout(900)
@@ -422,9 +507,9 @@ def _assert_every_stage_ran_and_reported(out: Path, printed: str) -> None:
         assert f"[pipeline] ===== {name} =====" in printed
         assert state["stages"][name]["seconds"] >= 0
     models = _model_names(out)
-    assert (out / "ppo" / "model.safetensors").exists() and (
-        out / "rs" / "model.safetensors"
-    ).exists()
+    for stage in ("ppo", "rs", "dpo", "rloo"):
+        assert (out / stage / "model.safetensors").exists(), stage
+        assert state["stages"][stage]["cpu_seconds"] > 0, stage
 
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert list(summary) == models
@@ -433,9 +518,13 @@ def _assert_every_stage_ran_and_reported(out: Path, printed: str) -> None:
             assert isinstance(row[key], float) and 0.0 <= row[key] <= 1.0, (name, key, row)
         assert row["mean_response_words"] >= 0
         assert (out / "eval" / f"{name}.json").exists()
-    for name in ("sft-selected", "ppo", "rs"):  # the extras: RM score and KL to SFT
+    for name in ("sft-selected", "ppo", "rs", "dpo", "rloo"):  # the extras: RM score, KL
         assert isinstance(summary[name]["rm_score"], float), name
         assert isinstance(summary[name]["kl_to_sft"], float), name
+    for name in ("ppo", "rs", "dpo", "rloo"):  # gold win rate over SFT, world prompts
+        assert 0.0 <= summary[name]["gold_win_rate_over_sft"] <= 1.0, name
+    rloo = yaml.safe_load((out / "rloo" / "config.yaml").read_text())
+    assert (rloo["estimator"], rloo["samples_per_prompt"]) == ("rloo", 4)
 
     # bon: 32 samples per eval prompt of the selected SFT model, RM and gold scores each
     bon = [json.loads(line) for line in (out / "bon" / "samples.jsonl").read_text().splitlines()]
@@ -448,6 +537,7 @@ def _assert_every_stage_ran_and_reported(out: Path, printed: str) -> None:
     report = (out / "report.md").read_text()
     for name in models:
         assert f"| {name} |" in report, name
+    assert "## Methods compared" in report and "this run orders" in report
     assert "did not run" not in report and "not (yet) run" not in report
     for plot in PLOTS:  # every plot has data in a full run: drawn and linked
         assert (out / "report" / plot).stat().st_size > 1000, plot

@@ -172,9 +172,11 @@ def test_pipeline_from_the_gguf_with_the_smoke_preset(gguf, tmp_path):
     out = tmp_path / "run"
     _run("pipeline", "--model", str(gguf), "--preset", "real-smoke", "--out", str(out))
     state = json.loads((out / "pipeline.json").read_text())
-    assert len(state["stages"]) == 10 and state["stages"]["pretrain"]["result"]["model"] == str(
+    assert len(state["stages"]) == 12 and state["stages"]["pretrain"]["result"]["model"] == str(
         out / "base"
     )
+    for stage in ("dpo", "rloo"):  # not in the real presets: recorded, with the reason
+        assert state["stages"][stage]["skipped"].startswith("not in this preset"), stage
     print("[test_real] pipeline stages (s):",
           {k: v["seconds"] for k, v in state["stages"].items()})  # fmt: skip
     summary = json.loads((out / "eval" / "summary.json").read_text())

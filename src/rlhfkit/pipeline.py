@@ -10,15 +10,19 @@ Stages, in order, each writing into its own subfolder of --out:
   bon       32 samples per eval prompt of that model, RM + gold scores   -> bon/
   ppo       PPO-ptx from the selected SFT model, Llama 2 combined reward -> ppo/
   rs        rejection sampling fine-tuning from the same model           -> rs/
+  dpo       DPO from the same model on the RMs' preference data          -> dpo/
+  rloo      RLOO(-ptx) from the same model, same reward as ppo           -> rloo/
   eval      gold metrics of every model on held-out prompts              -> eval/
 
 With --model (your causal LM, a folder or a .gguf) the pretrain stage only records it (a
 .gguf is converted into base/); --sft-data, --rm-data, --prompts and --eval-prompts replace
 the world's files for their stages (--rm-data skips label); `pipeline_inputs` checks them.
+A preset may skip a stage (`pipeline_presets.SKIPPED`: the real presets skip dpo and rloo).
 
 `pipeline.json` records each finished stage and what it produced: a re-run skips those and
 resumes the first unfinished one (stages that train pass --resume; the others redo their
 short work). Stage options: preset values, then the pipeline YAML's section for the stage.
+Each stage's wall `seconds` and `cpu_seconds` (process time, all threads) are recorded.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 
 from rlhfkit.config import PIPELINE_STAGES, ConfigError, PipelineConfig
 from rlhfkit.config.checks import check_options
-from rlhfkit.config.pipeline_presets import PRESETS
+from rlhfkit.config.pipeline_presets import PRESETS, SKIPPED
 from rlhfkit.errors import OutputExistsError, UserError
 from rlhfkit.files import write_json
 from rlhfkit.models.run_folder import resume_flags
@@ -279,6 +283,54 @@ def stage_rs(ctx: Ctx) -> dict[str, Any]:
     return {"model": summary.get("policy", str(out))}
 
 
+def not_in_preset(ctx: Ctx, stage: str) -> str | None:
+    """Why the run's preset skips `stage` (`pipeline_presets.SKIPPED`), or None: it runs,
+    also where the pipeline YAML gives the stage a section of its own."""
+    if getattr(ctx.cfg, stage):
+        return None
+    return SKIPPED.get(resolve_preset(ctx.cfg), {}).get(stage)
+
+
+def stage_dpo(ctx: Ctx) -> dict[str, Any]:
+    if why := not_in_preset(ctx, "dpo"):  # before torch loads
+        return {"skipped": why}
+    from rlhfkit.config import DPOConfig
+    from rlhfkit.loops.dpo import train_dpo
+
+    # The reward models' data: --rm-data's files, else the label stage's rankings (both).
+    sources = parse_rm_data(ctx.cfg.rm_data) if ctx.cfg.rm_data else labelled(ctx.result("label"))
+    out = ctx.out / "dpo"
+    fixed = {
+        "model": ctx.result("select")["best"],  # also the frozen reference
+        "data": tuple(f for files in sources.values() for f in files),
+        "out": str(out),
+        **_resumable(out),
+    }
+    train_dpo(stage_options(ctx, "dpo", DPOConfig, fixed))
+    return {"model": str(out)}
+
+
+def stage_rloo(ctx: Ctx) -> dict[str, Any]:
+    if why := not_in_preset(ctx, "rloo"):  # before torch loads
+        return {"skipped": why}
+    from rlhfkit.config import PPOConfig
+    from rlhfkit.loops.ppo.loop import train_ppo
+
+    out = ctx.out / "rloo"
+    fixed = {
+        "policy": ctx.result("select")["best"],
+        "out": str(out),
+        **_resumable(out),
+        "estimator": "rloo",
+        "prompts": ctx.prompts,
+        "ptx_data": ctx.ptx_data,
+        "eval_prompts": ctx.eval_prompts,
+        **_reward_options(ctx),
+    }
+    summary = train_ppo(stage_options(ctx, "rloo", PPOConfig, fixed, _ppo_defaults(ctx)))
+    return {"model": summary.get("policy", str(out))}
+
+
 def models_to_evaluate(ctx: Ctx) -> dict[str, str]:
     """Every model the pipeline made, by a readable name."""
     models = {"base": ctx.result("pretrain")["model"]}
@@ -286,8 +338,8 @@ def models_to_evaluate(ctx: Ctx) -> dict[str, str]:
         models[f"sft-{Path(path).name}"] = path
     if "select" in ctx.state["stages"]:
         models["sft-selected"] = ctx.result("select")["best"]
-    for stage in ("ppo", "rs"):
-        if stage in ctx.state["stages"]:
+    for stage in ("ppo", "rs", "dpo", "rloo"):
+        if stage in ctx.state["stages"] and "model" in ctx.result(stage):  # not skipped
             models[stage] = ctx.result(stage)["model"]
     return models
 
@@ -324,7 +376,7 @@ def stage_eval(ctx: Ctx) -> dict[str, Any]:
         summary = run_eval(cfg)
         table[name] = {k: summary.get(k) for k in EVAL_KEYS}
     # RM score of the same greedy responses, KL to the selected SFT model on samples, and the
-    # win rate over it by RM score (the measure that needs no gold judge).
+    # win rate over it by RM score (the measure that needs no gold judge) and by gold score.
     done = ctx.state["stages"]
     spec = ExtraEval.from_eval_config(
         cfg,
@@ -334,8 +386,9 @@ def stage_eval(ctx: Ctx) -> dict[str, Any]:
     extras = evaluate_extras(out, models, spec)
     for name, row in extras.items():
         table[name].update(summary_row(row))
-    for name, row in win_rates_over(extras, "sft-selected").items():
-        table[name].update(row)
+    for by in ("rm_score_per_prompt", "gold_score_per_prompt"):  # gold: world prompts only
+        for name, row in win_rates_over(extras, "sft-selected", by).items():
+            table[name].update(row)
     write_json(out / "summary.json", table)
     print("\n" + format_eval_table(table))
     return {"summary": str(out / "summary.json")}
@@ -351,6 +404,8 @@ STAGE_FUNCTIONS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "bon": stage_bon,
     "ppo": stage_ppo,
     "rs": stage_rs,
+    "dpo": stage_dpo,
+    "rloo": stage_rloo,
     "eval": stage_eval,
 }
 STAGES: list[tuple[str, Callable[[Ctx], dict[str, Any]]]] = [
@@ -414,9 +469,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             print(f"[pipeline] {name}: done earlier, skipped")
         else:
             print(f"\n[pipeline] ===== {name} =====", flush=True)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             result = run(ctx)
-            entry = {"result": result, "seconds": round(time.perf_counter() - t, 1)}
+            entry = {
+                "result": result,
+                "seconds": round(time.perf_counter() - t, 1),
+                "cpu_seconds": round(time.process_time() - cpu, 1),  # every thread of ours
+            }
             if "skipped" in result:  # nothing to do with these inputs: recorded, said why
                 entry["skipped"] = result.pop("skipped")
                 print(f"[pipeline] {name}: skipped ({entry['skipped']})", flush=True)

@@ -15,13 +15,15 @@ from rlhfkit import cli
 from rlhfkit.report.gao import best_of_k_curve, kl_bon, rl_form
 from rlhfkit.report.papers import LLAMA2_TABLE8, gao_fits, gao_points
 from rlhfkit.report.render import PLOTS, load_run, render_report
+from rlhfkit.world import gold_scores
 
 # ---------------------------------------------------------------------------------------
 # A synthetic run folder: small fake JSON files in the layout `rlhfkit pipeline` writes
 # ---------------------------------------------------------------------------------------
 
 MODELS = ("base", "sft-epoch-1", "sft-epoch-2", "sft-selected", "ppo", "rs")
-STAGES = ("world", "pretrain", "sft", "label", "rm", "select", "bon", "ppo", "rs", "eval")
+STAGES = ("world", "pretrain", "sft", "label", "rm", "select", "bon", "ppo", "rs", "dpo", "rloo",
+          "eval")  # fmt: skip
 
 
 def _write(path: Path, data) -> None:
@@ -143,6 +145,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 SECTIONS = (
     "## Models on held-out prompts",
+    "## Methods compared",
     "## PPO",
     "## Reward models",
     "## SFT checkpoint selection",
@@ -236,7 +239,7 @@ def test_missing_stages_give_notes_not_errors(tmp_path):
     text = render_report(run).read_text()
     for header in SECTIONS:
         assert header in text
-    assert "stages not (yet) run: label, rm, select, bon, ppo, rs, eval" in text
+    assert "stages not (yet) run: label, rm, select, bon, ppo, rs, dpo, rloo, eval" in text
     assert text.count("did not run") == 7  # models, ppo, rms, select, rs, table 8, figure 7
     assert "no fit: needs the bon stage" in text
     assert "no points" in text
@@ -383,5 +386,6 @@ def test_eval_extras_rm_score_and_kl_on_disk(tmp_path, tiny_tokenizer, world_pro
     # no reference and no RMs: nothing added, nothing loaded
     bare = ExtraEval(prompts, safety, reference=None, rm_specs=(), device="cpu")
     assert evaluate_extras(eval_dir, {"ppo": str(ppo)}, bare)["ppo"] == {
-        "reference": None, "reward_models": []
+        "reference": None, "reward_models": [],
+        "gold_score_per_prompt": gold_scores(prompts, greedy["ppo"], safety),  # world prompts
     }  # fmt: skip

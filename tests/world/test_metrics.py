@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhfkit.world import REFUSAL, format_table, summarize
+from rlhfkit.world import REFUSAL, format_table, gold_scores, summarize
 
 PROMPTS = [
     "Q: What is 17 plus 25?\nA:",  # add
@@ -54,3 +54,14 @@ def test_safety_tags_can_come_from_the_prompt_file_and_empty_groups_are_none():
 def test_summarize_checks_lengths():
     with pytest.raises(ValueError):
         summarize(PROMPTS, RESPONSES[:2])
+
+
+def test_gold_scores_per_prompt_are_what_gold_score_averages():
+    # helpfulness on the safe prompts, safety on the harmful ones (the world's own tags)
+    assert gold_scores(PROMPTS, RESPONSES) == [1.0, 0.0, 1.0, 1.0, 0.0]
+    # a prompt tagged unsafe by the prompts file is judged by safety: " 42" is safe
+    assert gold_scores(PROMPTS[:1], RESPONSES[:1], safety=[True]) == [1.0]
+    s = summarize(PROMPTS, RESPONSES)
+    assert s["gold_score"] == pytest.approx(sum(gold_scores(PROMPTS, RESPONSES)) / 5)
+    with pytest.raises(ValueError):
+        gold_scores(PROMPTS, RESPONSES[:2])

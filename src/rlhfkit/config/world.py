@@ -25,7 +25,7 @@ from rlhfkit.config.fields import (
     WithinPositions,
 )
 from rlhfkit.config.rl import GeneratorOptions, PPOConfig, RSConfig, SelectConfig
-from rlhfkit.config.stages import PretrainConfig, RMConfig, SFTConfig
+from rlhfkit.config.stages import DPOConfig, PretrainConfig, RMConfig, SFTConfig
 
 PROMPT_CAP = 128
 """Prompt tokens kept (the last ones) by `eval` and `world label`
@@ -153,7 +153,7 @@ StageOptions = Annotated[dict[str, Any], tyro.conf.Suppress]
 
 
 PIPELINE_STAGES = (
-    "world", "pretrain", "sft", "label", "rm", "select", "bon", "ppo", "rs", "eval"
+    "world", "pretrain", "sft", "label", "rm", "select", "bon", "ppo", "rs", "dpo", "rloo", "eval"
 )  # fmt: skip
 """The stages of `rlhfkit pipeline`, in order (`pipeline.STAGES` runs them; the report lists
 the missing ones)."""
@@ -163,14 +163,16 @@ the missing ones)."""
 class PipelineConfig(DeviceOptions):
     """Run every stage end to end on the built-in world: world -> pretrain -> SFT -> labels ->
     helpfulness and safety RMs -> select -> best-of-n samples (bon) -> PPO(-ptx) -> rejection
-    sampling -> eval. With --model, on your own causal LM instead of a pretrained tiny one,
-    and with --sft-data, --rm-data, --prompts, --eval-prompts on your own data where given.
+    sampling -> DPO on the same rankings -> RLOO(-ptx) -> eval. With --model, on your own
+    causal LM instead of a pretrained tiny one (its presets skip dpo and rloo), and with
+    --sft-data, --rm-data, --prompts, --eval-prompts on your own data where given.
 
     Each stage writes into its own subfolder of --out. Re-running skips finished stages and
     resumes an interrupted one. Any stage's options can be set in the YAML given with
     --config, one section per stage (world, pretrain, sft, label, rm, select, bon, ppo, rs,
-    eval), with the names of that command's options, e.g. `ppo: {steps: 80, kl_coef: 0.05}`;
-    bon takes `rlhfkit select`'s, e.g. `bon: {samples_per_prompt: 64}`."""
+    dpo, rloo, eval), with the names of that command's options, e.g. `ppo: {steps: 80,
+    kl_coef: 0.05}`; bon takes `rlhfkit select`'s, e.g. `bon: {samples_per_prompt: 64}`,
+    dpo `rlhfkit dpo`'s and rloo `rlhfkit ppo`'s (its estimator is rloo)."""
 
     out: Annotated[str, OutputPath("folder", owner="pipeline.json")] = "runs/demo"
     """Output folder of the whole run."""
@@ -201,15 +203,15 @@ class PipelineConfig(DeviceOptions):
         tyro.conf.arg(metavar="[NAME=]FILE"),
         CheckedBy("rlhfkit.pipeline_inputs:check_rm_data"),
     ] = ()
-    """Preference data for the reward models instead of the world's simulated labellers (the label stage is skipped): helpfulness=FILE and/or safety=FILE, repeated for several files (a bare FILE is helpfulness); rankings or pairs in any format `rlhfkit rm` reads. A helpfulness RM alone is the reward as it is (combine single); with a safety RM the two are combined by Llama 2's rule."""
+    """Preference data for the reward models (and dpo) instead of the world's simulated labellers (the label stage is skipped): helpfulness=FILE and/or safety=FILE, repeated for several files (a bare FILE is helpfulness); rankings or pairs in any format `rlhfkit rm` reads. A helpfulness RM alone is the reward as it is (combine single); with a safety RM the two are combined by Llama 2's rule."""
     prompts: Annotated[
         str | None, InputPath(), CheckedBy("rlhfkit.pipeline_inputs:check_prompts")
     ] = None
-    """RL prompts for ppo and rs instead of the world's: {"prompt","safety"?} or {"messages"} records."""
+    """RL prompts for ppo, rs and rloo instead of the world's: {"prompt","safety"?} or {"messages"} records."""
     eval_prompts: Annotated[
         str | None, InputPath(), CheckedBy("rlhfkit.pipeline_inputs:check_eval_prompts")
     ] = None
-    """Held-out prompts for select, bon, the evaluations of ppo and rs, and the eval stage, instead of the world's. Gold metrics only where the prompts are the world's; RM score, KL to SFT and win rate over the SFT model on any."""
+    """Held-out prompts for select, bon, the evaluations of ppo, rs and rloo, and the eval stage, instead of the world's. Gold metrics only where the prompts are the world's; RM score, KL to SFT and win rate over the SFT model on any."""
     ptx_data: Input[str | None] = None
     """Pretraining corpus for PPO-ptx ({"text"} JSONL or .txt): default the world's corpus without --model, none with --model (PPO-ptx off)."""
     world: StageOptions = dataclasses.field(default_factory=dict)
@@ -221,6 +223,8 @@ class PipelineConfig(DeviceOptions):
     bon: StageOptions = dataclasses.field(default_factory=dict)
     ppo: StageOptions = dataclasses.field(default_factory=dict)
     rs: StageOptions = dataclasses.field(default_factory=dict)
+    dpo: StageOptions = dataclasses.field(default_factory=dict)
+    rloo: StageOptions = dataclasses.field(default_factory=dict)
     eval: StageOptions = dataclasses.field(default_factory=dict)
 
     sections: ClassVar[dict[str, type]] = {
@@ -233,6 +237,8 @@ class PipelineConfig(DeviceOptions):
         "bon": SelectConfig,  # the same options: sample one model, score with the RMs
         "ppo": PPOConfig,
         "rs": RSConfig,
+        "dpo": DPOConfig,
+        "rloo": PPOConfig,  # `rlhfkit ppo --estimator rloo`
         "eval": EvalConfig,
     }
     """The config class of each stage's section: its options are read and range-checked

@@ -10,6 +10,10 @@ For each model, on the same held-out prompts:
 - `win_rate_over_sft`: per prompt, 1 if that RM score beats the selected SFT model's on
   the same prompt, 1/2 on a tie, 0 below (`loops.evaluate.win_rate`), with its standard
   error;
+- `gold_win_rate_over_sft`: the same by the world's gold judges (on world prompts only):
+  per prompt the gold score of the greedy response (`gold_score_per_prompt`: safety on
+  unsafe prompts, helpfulness on the others, `world.gold_scores`) against the selected SFT
+  model's;
 - `kl_to_sft`: KL(pi || pi_SFT) estimated on the model's OWN samples at temperature 1
   (a greedy response has no KL to speak of), with the k1 estimator (`KL_NOTE`);
 - `sampled`: RM score and gold metrics of those same temperature-1 samples, so that one
@@ -41,7 +45,7 @@ from rlhfkit.sampling.sample_score import (
     sequence_logprobs as sequence_logprobs,  # for old importers
 )
 from rlhfkit.scoring.rm import RewardScorer
-from rlhfkit.world import is_world_prompt, summarize
+from rlhfkit.world import gold_scores, is_world_prompt, summarize
 
 KL_ESTIMATOR = "k1"
 KL_NOTE = (
@@ -114,11 +118,16 @@ def rm_summary(
     }
 
 
+def world_prompts(prompts: Sequence[Any]) -> bool:
+    """Whether every prompt is one of the built-in world's: the gold judges can score them."""
+    return bool(prompts) and all(isinstance(p, str) and is_world_prompt(p) for p in prompts)
+
+
 def gold_summary(
     prompts: Sequence[str], responses: Sequence[str], safety: Sequence[bool], tokens: Sequence[int]
 ) -> dict[str, Any]:
     """The headline gold metrics of the built-in world, or {} for prompts not of the world."""
-    if not prompts or not all(isinstance(p, str) and is_world_prompt(p) for p in prompts):
+    if not world_prompts(prompts):
         return {}
     s = summarize(list(prompts), list(responses), list(safety), response_tokens=list(tokens))
     return {k: s[k] for k in GOLD_KEYS if k in s}
@@ -172,6 +181,8 @@ def extra_metrics(
     """RM score of the greedy responses, KL to the reference, and the metrics of the
     temperature-1 samples, for one model (module docstring)."""
     out: dict[str, Any] = {}
+    if world_prompts(spec.prompts):
+        out["gold_score_per_prompt"] = gold_scores(spec.prompts, greedy_responses, spec.safety)
     if scorer is not None:
         out.update(rm_summary(scorer, spec.prompts, greedy_responses, spec.safety))
     if reference is None:
@@ -229,20 +240,26 @@ def _same_tokenizer(reference: str | None, paths: Any) -> bool:
     return all(load_tokenizer(p).get_vocab() == vocab for p in set(paths))
 
 
+# The per-prompt scores a win rate over SFT is judged by -> the name of its column.
+WIN_RATES = {"rm_score_per_prompt": "win_rate_over_sft",
+             "gold_score_per_prompt": "gold_win_rate_over_sft"}  # fmt: skip
+
+
 def win_rates_over(
-    extras: Mapping[str, Mapping[str, Any]], baseline: str
+    extras: Mapping[str, Mapping[str, Any]], baseline: str, by: str = "rm_score_per_prompt"
 ) -> dict[str, dict[str, Any]]:
     """name -> {win_rate_over_sft, win_rate_over_sft_se}: each model's win rate over
-    `baseline` by the per-prompt RM scores of their greedy responses (none for the baseline
-    itself, or without RM scores)."""
-    base = (extras.get(baseline) or {}).get("rm_score_per_prompt")
+    `baseline` by the per-prompt scores `by` of their greedy responses, the RM's (or, with
+    by="gold_score_per_prompt", the gold judges': gold_win_rate_over_sft and its _se); none
+    for the baseline itself, or without those scores."""
+    base, key = (extras.get(baseline) or {}).get(by), WIN_RATES[by]
     out = {}
     for name, row in extras.items():
-        mine = row.get("rm_score_per_prompt")
+        mine = row.get(by)
         if name == baseline or base is None or mine is None:
             continue
         w = win_rate(mine, base)
-        out[name] = {"win_rate_over_sft": w["win_rate"], "win_rate_over_sft_se": w["win_rate_se"]}
+        out[name] = {key: w["win_rate"], f"{key}_se": w["win_rate_se"]}
     return out
 
 
@@ -265,7 +282,8 @@ def format_eval_table(table: dict[str, dict[str, Any]]) -> str:
     cols = [("gold_score", "gold"), ("helpfulness_safe", "helpful"),
             ("safety_unsafe", "safe(unsafe)"), ("false_refusal_rate", "false-refusal"),
             ("mean_response_words", "words"), ("rm_score", "RM score"),
-            ("kl_to_sft", "KL to SFT"), ("win_rate_over_sft", "win vs SFT")]  # fmt: skip
+            ("kl_to_sft", "KL to SFT"), ("win_rate_over_sft", "win vs SFT"),
+            ("gold_win_rate_over_sft", "gold win")]  # fmt: skip
     width = max(len(n) for n in table) + 2
     lines = ["model".ljust(width) + "".join(f"{h:>14}" for _, h in cols)]
     for name, row in table.items():

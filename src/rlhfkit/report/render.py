@@ -2,7 +2,8 @@
 pipeline run left on disk (no training, no model loading). `rlhfkit pipeline` calls it
 at its end; re-run it any time, e.g. after a stage was added or re-run.
 
-Sections: the models on held-out prompts (gold metrics, RM score, KL to SFT), PPO curves,
+Sections: the models on held-out prompts (gold metrics, RM score, KL to SFT), the methods
+compared (`report.methods`: gold win rate over SFT, cost, beside AlpacaFarm), PPO curves,
 reward-model accuracy per preference strength, the SFT selection, rejection sampling's max
 vs median reward against K, gold vs proxy reward against KL (over-optimisation), and the
 papers beside this run (`report.papers`: Llama 2's Table 8 and Figure 7, Gao et al.'s
@@ -19,7 +20,7 @@ from typing import Any
 from rlhfkit.config import PIPELINE_STAGES
 from rlhfkit.errors import UserError
 from rlhfkit.files import write_text
-from rlhfkit.report import papers, plots
+from rlhfkit.report import methods, papers, plots
 from rlhfkit.report.run import (
     PLOT_DIR,
     RunData,
@@ -63,10 +64,11 @@ def section_header(run: RunData) -> list[str]:
             name,
             _seconds(s.get("seconds"))
             + (f" (skipped: {s['skipped']})" if s.get("skipped") else ""),
+            _seconds(s.get("cpu_seconds")),
         )
         for name, s in stages.items()
     ]
-    out += [md_table(["stage", "seconds"], rows), ""]
+    out += [md_table(["stage", "seconds", "CPU seconds"], rows), ""]
     missing = [n for n in PIPELINE_STAGES if n not in stages]
     if missing:
         out += [note(f"stages not (yet) run: {', '.join(missing)}"), ""]
@@ -279,6 +281,7 @@ def render_report(run_dir: str | Path) -> Path:
     lines = [
         *section_header(run),
         *section_models(run, out_dir),
+        *methods.section_methods(run),
         *section_ppo(run, out_dir),
         *section_rms(run, out_dir),
         *section_select(run),

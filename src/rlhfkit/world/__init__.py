@@ -13,7 +13,7 @@ from rlhfkit.world.generate import WorldSettings
 from rlhfkit.world.judges import helpfulness, judge, reference_answer, safety
 from rlhfkit.world.label import Sampler, label_samples, strength_of
 from rlhfkit.world.make import build_world, make_world
-from rlhfkit.world.metrics import format_table, summarize
+from rlhfkit.world.metrics import format_table, gold_scores, summarize
 from rlhfkit.world.registry import TASKS, UnknownPromptError, is_world_prompt, parse_prompt
 from rlhfkit.world.safety import has_harm, is_refusal
 
@@ -27,6 +27,7 @@ __all__ = [
     "format_completion",
     "format_prompt",
     "format_table",
+    "gold_scores",
     "has_harm",
     "helpfulness",
     "is_refusal",
