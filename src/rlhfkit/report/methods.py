@@ -232,7 +232,7 @@ def section_alpacafarm(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
         out += [sentence, ""]
     out.append(
         "AlpacaFarm's numbers are LLaMA 7B's win rates against Davinci003 judged by its "
-        "simulated annotators (prompted API models, with label noise); ours are the tiny model's against its own SFT "
+        "simulated annotators (prompted API models, with label noise); ours are this run's models against their own SFT "
         "start, judged by the world's gold judges: the orders compare, the values do not. "
         "Expert iteration (fine-tuning on the reward model's best samples) is our rs."
     )
