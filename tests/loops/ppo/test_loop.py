@@ -367,7 +367,10 @@ def test_two_processes_split_the_batch_and_only_rank0_writes(files, tmp_path):
            "--standalone", "-m", "rlhfkit.cli"]  # fmt: skip
     args = _args(files, out, "--steps", "2", "--save-every", "1", "--num-mini-batches", "2",
                  "--eval-prompts", str(files["eval"]), "--eval-max-prompts", "4")  # fmt: skip
-    r = subprocess.run([*ddp, *args], env=_env(), capture_output=True, text=True)
+    try:  # 12 s alone; once hung under load in a fresh clone (rank output shown if again)
+        r = subprocess.run([*ddp, *args], env=_env(), capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"torchrun hung; its output so far:\n{e.stdout}\n{e.stderr}") from e
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "train/kl" in row] == [1, 2]  # one writer
