@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit import cli
+from rlhfkit.data.chat import chat_format
 from rlhfkit.models.reward import load_reward_model
 from rlhfkit.models.scalar_head import has_sequence_classification
 from tests.helpers import CHAIN_ARCH, make_base_model, sft_rows, write_jsonl
@@ -122,14 +123,23 @@ def test_the_whole_chain_runs_on_every_family(arch, data, tmp_path, tiny_tokeniz
 def rm_scores_in_plain_transformers(rm_dir, rows) -> list[float]:
     """Each eval row's RM score recomputed with plain transformers and the RM's own
     tokenizer: the (prompt, response) pair form, which adds the BOS / EOS rlhfkit adds
-    (tests/models/test_rm_tokenizer.py), without the EOS for a response cut short."""
+    (tests/models/test_rm_tokenizer.py), or for an RM marked chat (one trained from an
+    instruct model) the prompt as a user turn through its chat template with the generation
+    prompt, then the response and the end of turn; without the EOS for a response cut short."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(rm_dir)
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    chat = chat_format(tok)  # an RM trained on a chat model reads its chat template
     scores = []
     for row in rows:
-        ids = tok(row["prompt"], row["response"])["input_ids"]
+        if chat:  # the generation prompt, the response as the assistant's, its end of turn
+            turn = [{"role": "user", "content": row["prompt"]}]
+            head = tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+            ids = tok(head + row["response"].lstrip(), add_special_tokens=False)["input_ids"]
+            ids += [tok.eos_token_id]
+        else:
+            ids = tok(row["prompt"], row["response"])["input_ids"]
         ids = ids if row["eos"] else ids[:-1]
         with torch.no_grad():
             scores.append(rm(input_ids=torch.tensor([ids])).logits[0, 0].item())
