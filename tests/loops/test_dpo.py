@@ -188,7 +188,10 @@ def test_cli_learns_separable_pairs_accuracy_rises_and_loss_falls(base, tiny_tok
     start = AutoModelForCausalLM.from_pretrained(base)
     cfg = DPOConfig(out=str(out))
     before = evaluate_dpo(start, examples, DPORun(start, tiny_tokenizer, []), ref, cfg)
-    assert before["accuracy"] == 0 and before["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # every margin 0 up to float rounding (the cache and this pass batch differently), so
+    # not `accuracy == 0`: a margin of +1e-7 counts as a win (1 of 16 with AVX2 kernels)
+    assert before["margin"] == pytest.approx(0, abs=1e-4)
+    assert before["loss"] == pytest.approx(math.log(2), abs=1e-5)
 
     summary = json.loads((out / "summary.json").read_text())
     evals = [row["eval"] for row in summary["epochs"]]

@@ -151,13 +151,14 @@ def test_save_every_keeps_the_newest_step_checkpoints_and_resumes_exactly(base, 
 
 def test_gradient_accumulation_equals_a_larger_batch(base, tmp_path):
     # Loss is normalised by the step's token count, so 2 x 2 micro-batches == 1 x 4 up to
-    # float rounding (which Adam's g / sqrt(v) amplifies to ~1e-5 of a 2e-2 update).
+    # float rounding, which Adam's g / sqrt(v) amplifies: ~1e-5 of a 2e-2 update, up to
+    # 1.3e-3 of the update with AVX2 kernels (a wrong loss scale would differ by ~1x).
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
     kw = dict(model=str(base), data=str(data), epochs=1, lr=1e-2, schedule="constant")
     train_sft(SFTConfig(**kw, out=str(tmp_path / "a"), batch_size=4, grad_accum=1))
     train_sft(SFTConfig(**kw, out=str(tmp_path / "b"), batch_size=2, grad_accum=2))
     wa, wb = _weights(tmp_path / "a" / "epoch-1"), _weights(tmp_path / "b" / "epoch-1")
-    assert_same_training(wa, wb, _weights(base))
+    assert_same_training(wa, wb, _weights(base), rel=5e-3)
 
 
 def test_packed_and_padded_batches_train_alike(base, tmp_path, monkeypatch):
