@@ -188,16 +188,20 @@ def stage_label(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+def _preference_files(ctx: Ctx) -> dict[str, list[str]]:
+    """The reward models' data, by RM: the user's --rm-data files, else the label stage's
+    rankings (what rm trains on, and dpo too)."""
+    if ctx.cfg.rm_data:
+        return parse_rm_data(ctx.cfg.rm_data)
+    return labelled(ctx.result("label"))
+
+
 def stage_rm(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import RMConfig
     from rlhfkit.loops.reward.train import train_rm
 
-    if ctx.cfg.rm_data:  # the user's preference files, by RM
-        sources = parse_rm_data(ctx.cfg.rm_data)
-    else:
-        sources = labelled(ctx.result("label"))
     result = {}
-    for name, files in sources.items():
+    for name, files in _preference_files(ctx).items():
         out = ctx.out / f"rm_{name}"
         fixed = {
             "model": ctx.result("sft")["last"],
@@ -245,20 +249,27 @@ def stage_bon(ctx: Ctx) -> dict[str, Any]:
 
 
 def stage_ppo(ctx: Ctx) -> dict[str, Any]:
+    return _rl_stage(ctx, "ppo")
+
+
+def _rl_stage(ctx: Ctx, stage: str, estimator: str | None = None) -> dict[str, Any]:
+    """`rlhfkit ppo` from the selected SFT model with the combined RMs, into `stage`/; with
+    `estimator` fixed (rloo), which a YAML section then cannot change."""
     from rlhfkit.config import PPOConfig
     from rlhfkit.loops.ppo.loop import train_ppo
 
-    out = ctx.out / "ppo"
+    out = ctx.out / stage
     fixed = {
         "policy": ctx.result("select")["best"],
         "out": str(out),
         **_resumable(out),
+        **({"estimator": estimator} if estimator else {}),
         "prompts": ctx.prompts,
         "ptx_data": ctx.ptx_data,
         "eval_prompts": ctx.eval_prompts,
         **_reward_options(ctx),
     }
-    summary = train_ppo(stage_options(ctx, "ppo", PPOConfig, fixed, _ppo_defaults(ctx)))
+    summary = train_ppo(stage_options(ctx, stage, PPOConfig, fixed, _ppo_defaults(ctx)))
     return {"model": summary.get("policy", str(out))}
 
 
@@ -297,12 +308,10 @@ def stage_dpo(ctx: Ctx) -> dict[str, Any]:
     from rlhfkit.config import DPOConfig
     from rlhfkit.loops.dpo import train_dpo
 
-    # The reward models' data: --rm-data's files, else the label stage's rankings (both).
-    sources = parse_rm_data(ctx.cfg.rm_data) if ctx.cfg.rm_data else labelled(ctx.result("label"))
     out = ctx.out / "dpo"
     fixed = {
         "model": ctx.result("select")["best"],  # also the frozen reference
-        "data": tuple(f for files in sources.values() for f in files),
+        "data": tuple(f for files in _preference_files(ctx).values() for f in files),
         "out": str(out),
         **_resumable(out),
     }
@@ -313,22 +322,7 @@ def stage_dpo(ctx: Ctx) -> dict[str, Any]:
 def stage_rloo(ctx: Ctx) -> dict[str, Any]:
     if why := not_in_preset(ctx, "rloo"):  # before torch loads
         return {"skipped": why}
-    from rlhfkit.config import PPOConfig
-    from rlhfkit.loops.ppo.loop import train_ppo
-
-    out = ctx.out / "rloo"
-    fixed = {
-        "policy": ctx.result("select")["best"],
-        "out": str(out),
-        **_resumable(out),
-        "estimator": "rloo",
-        "prompts": ctx.prompts,
-        "ptx_data": ctx.ptx_data,
-        "eval_prompts": ctx.eval_prompts,
-        **_reward_options(ctx),
-    }
-    summary = train_ppo(stage_options(ctx, "rloo", PPOConfig, fixed, _ppo_defaults(ctx)))
-    return {"model": summary.get("policy", str(out))}
+    return _rl_stage(ctx, "rloo", estimator="rloo")
 
 
 def models_to_evaluate(ctx: Ctx) -> dict[str, str]:
