@@ -246,25 +246,6 @@ def test_dpo_and_rloo_stages_get_the_rms_data_and_the_ppo_stages_reward(tmp_path
     assert seen["dpo"].data == tuple(str(f) for f in files)
 
 
-def test_gold_win_rate_over_sft_by_hand():
-    """Per prompt the gold scores of the greedy responses, the model's against SFT's: win 1,
-    tie 1/2, loss 0; the mean and its standard error over prompts."""
-    from rlhfkit.loops.pipeline_eval import win_rates_over
-
-    extras = {
-        "sft-selected": {"gold_score_per_prompt": [0.5, 0.5, 0.4, 0.0], "rm_score_per_prompt": [0, 1, 0, 1]},
-        "dpo": {"gold_score_per_prompt": [1.0, 0.5, 0.2, 0.0], "rm_score_per_prompt": [1, 1, 1, 1]},
-        "old": {"rm_score_per_prompt": [1, 1, 1, 1]},  # no gold scores: not the world's prompts
-    }  # fmt: skip
-    gold = win_rates_over(extras, "sft-selected", "gold_score_per_prompt")
-    # outcomes 1, 1/2, 0, 1/2: mean 1/2; sample std sqrt((1/4 + 0 + 1/4 + 0) / 3), / sqrt(4)
-    assert list(gold) == ["dpo"]
-    assert gold["dpo"]["gold_win_rate_over_sft"] == 0.5
-    assert gold["dpo"]["gold_win_rate_over_sft_se"] == pytest.approx((0.5 / 3) ** 0.5 / 2)
-    rm = win_rates_over(extras, "sft-selected")  # by RM score: 1, 1/2, 1, 1/2
-    assert rm["dpo"]["win_rate_over_sft"] == rm["old"]["win_rate_over_sft"] == 0.75
-
-
 # ---------------------------------------------------------------------------------------
 # pipeline.json: load, skip, resume, --until, --overwrite (stand-in stages, no training)
 # ---------------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """loops/rejection/keep.py: best-of-K selection and best-of-all-rounds bookkeeping against naive
 loops, the gap to the pool's median, the KL-regularised ranking, the greedy candidate,
-truncated samples, the round statistics and the max/median curve (and its plot)."""
+truncated samples, the round statistics and the max/median curve (its plot:
+tests/report/test_plots.py)."""
 
 from __future__ import annotations
 
 import math
 import random
-import struct
 
 import pytest
 
@@ -22,7 +22,6 @@ from rlhfkit.loops.rejection.keep import (
     with_greedy,
 )
 from rlhfkit.loops.rejection.samples import SampleRecord
-from rlhfkit.report.plots import plot_max_median
 
 
 def _rec(prompt: str, scores: list[float]) -> SampleRecord:
@@ -185,19 +184,6 @@ def test_round_stats_and_the_max_median_curve_by_hand():
     assert stats["mean_reward_kept"] == 3.5 == stats["mean_reward_best_of_round"]
     assert stats["mean_response_tokens_kept"] == 3.0  # a keeps index 1 (4), b index 0 (2)
     assert stats["kept_from_earlier_rounds"] == 0 and "gold_all" not in stats  # not world
-
-
-def test_plot_is_a_png_with_one_line_pair_per_round(tmp_path):
-    rounds = [
-        {"round": r, "temperature": t, "max_median_at_k": max_median_curve([_rec("a", s)])}
-        for r, t, s in [(1, 0.7, [1.0, 2.0, 0.5]), (2, 1.0, [2.0, 2.5, 3.0])]
-    ]
-    path = plot_max_median(rounds, tmp_path / "rs_max_median.png")
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    assert width > 300 and height > 200
-    assert not list(tmp_path.glob(".*"))  # no temp file left
 
 
 def test_truncated_kept_samples_are_dropped_and_counted_old_files_still_read():
