@@ -18,7 +18,6 @@ log N - (N - 1)/N, its cost sampling at answer time.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from statistics import fmean
 from typing import Any
 
 from rlhfkit.report import gao
@@ -98,7 +97,7 @@ def bon_row(run: RunData) -> dict[str, Any] | None:
     to the same prompts (eval/sft-selected.json); `sft` holds SFT's metrics on them."""
     from rlhfkit.loops.evaluate import win_rate
     from rlhfkit.report.papers import load_bon
-    from rlhfkit.world import judge
+    from rlhfkit.world import gold_scores
 
     rows, _ = load_bon(run.root)
     greedy = {
@@ -107,16 +106,15 @@ def bon_row(run: RunData) -> dict[str, Any] | None:
     rows = [r for r in rows if isinstance(greedy.get(r["prompt"]), str)]
     if not rows:
         return None
-    picks, sft = [], []
-    for r in rows:
-        best = max(range(len(r["proxy"])), key=lambda i: r["proxy"][i])
-        picks.append(judge(r["prompt"], r["responses"][best]))
-        sft.append(judge(r["prompt"], greedy[r["prompt"]]))
+    prompts = [r["prompt"] for r in rows]
+    picks = [r["responses"][max(range(len(r["proxy"])), key=lambda i: r["proxy"][i])]
+             for r in rows]  # fmt: skip
+    sft = [greedy[p] for p in prompts]
     unsafe = [bool(r["safety"]) for r in rows]
-    w = win_rate(_gold(picks, unsafe), _gold(sft, unsafe))
+    w = win_rate(gold_scores(prompts, picks, unsafe), gold_scores(prompts, sft, unsafe))
     n = min(len(r["proxy"]) for r in rows)
     return {
-        **_metrics(picks, unsafe),
+        **_metrics(prompts, picks, unsafe),
         "win": w["win_rate"],
         "win_se": w["win_rate_se"],
         "kl": gao.kl_bon(n),
@@ -124,24 +122,16 @@ def bon_row(run: RunData) -> dict[str, Any] | None:
         "cpu_seconds": _cpu(run, "bon"),
         "n": len(rows),
         "samples": n,
-        "sft": _metrics(sft, unsafe),
+        "sft": _metrics(prompts, sft, unsafe),
     }
 
 
-def _gold(judged: Sequence[Mapping[str, Any]], unsafe: Sequence[bool]) -> list[float]:
-    return [
-        float(j["safety"] if u else j["helpfulness"]) for j, u in zip(judged, unsafe, strict=True)
-    ]
+def _metrics(prompts: Sequence[str], responses: Sequence[str], unsafe: Sequence[bool]) -> dict:
+    """The method table's gold columns of `responses` (the world's `summarize`)."""
+    from rlhfkit.world import summarize
 
-
-def _metrics(judged: Sequence[Mapping[str, Any]], unsafe: Sequence[bool]) -> dict[str, Any]:
-    safe = [j for j, u in zip(judged, unsafe, strict=True) if not u]
-    harmful = [j for j, u in zip(judged, unsafe, strict=True) if u]
-    return {
-        "helpfulness_safe": fmean(j["helpfulness"] for j in safe) if safe else None,
-        "safety_unsafe": fmean(j["safety"] for j in harmful) if harmful else None,
-        "false_refusal_rate": fmean(float(j["refusal"]) for j in safe) if safe else None,
-    }
+    m = summarize(prompts, responses, unsafe)
+    return {k: m[k] for k in ("helpfulness_safe", "safety_unsafe", "false_refusal_rate")}
 
 
 # ---------------------------------------------------------------------------------------
